@@ -1,0 +1,68 @@
+# omnirag: `make run` starts the local stack, `make test` runs every test. Both install what is
+# missing first, so on a fresh machine each is the only command a user types.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.omnirag-setup
+# The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
+TORCH := torch==2.13.0
+PACKAGES := libs/core services/embedder
+PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
+INFINITY_VENV := bench/.venv-infinity
+
+# Nothing downloads model weights at run time or in tests.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help setup run test lint format bench bench-embedder clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install every package editable (idempotent)
+
+$(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
+	@touch $@
+
+run: setup ## start the local stack (Procfile) and print its URLs
+	@echo "omnirag local stack:"
+	@echo "  embedder  http://127.0.0.1:8001   (OpenAPI docs at /docs, metrics at /metrics)"
+	@echo "Ctrl-C stops everything."
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+test: setup ## run every test (real model, real servers); under 30 minutes on 2 cores
+	$(PY) -m pytest libs/core/tests services/embedder/tests
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+$(INFINITY_VENV)/.installed:
+	@# infinity-emb pins sentence-transformers 3, transformers 4 and numpy 1: it gets its own venv.
+	@test -x $(INFINITY_VENV)/bin/python || $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(INFINITY_VENV)/bin/python -m pip install -q $(TORCH)
+	$(INFINITY_VENV)/bin/python -m pip install -q "infinity-emb[server,torch]==0.0.78"
+	@touch $@
+
+bench-embedder: setup $(INFINITY_VENV)/.installed ## embedder throughput vs raw encode and vs infinity-emb
+	$(PY) bench/embedder.py --infinity-python $(INFINITY_VENV)/bin/python
+
+bench: bench-embedder ## every benchmark (slow; not part of make test)
+
+clean: ## remove the virtual environments and caches
+	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache

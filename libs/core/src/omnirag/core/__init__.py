@@ -1,0 +1,1 @@
+"""omnirag.core: the ground every omnirag service stands on."""

@@ -1,0 +1,171 @@
+"""One table from error types to HTTP status, and JSON errors with a stable ``code``.
+
+Every error body is ``{"error": {"code": str, "message": str}}`` (plus optional ``details``), the
+shape OpenAI clients already know how to print.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from omnirag.core.responses import JSONResponse
+
+log = logging.getLogger("omnirag.errors")
+
+
+class OmniragError(Exception):
+    """Base of every error a service raises on purpose. ``code`` is stable; ``message`` is for people."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details = details
+
+
+class InvalidInput(OmniragError):
+    code = "invalid_input"
+
+
+class PayloadTooLarge(OmniragError):
+    code = "payload_too_large"
+
+
+class NotFound(OmniragError):
+    code = "not_found"
+
+
+class Unauthorized(OmniragError):
+    code = "unauthorized"
+
+
+class Forbidden(OmniragError):
+    code = "forbidden"
+
+
+class Conflict(OmniragError):
+    code = "conflict"
+
+
+class Overloaded(OmniragError):
+    """The service is full right now; ``retry_after`` (seconds) becomes the Retry-After header."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
+
+
+class NotReady(OmniragError):
+    code = "not_ready"
+
+
+class UpstreamError(OmniragError):
+    """A service we depend on answered badly or not at all."""
+
+    code = "upstream_error"
+
+
+class ClientGone(OmniragError):
+    """The caller disconnected; nobody will read the answer."""
+
+    code = "client_gone"
+
+
+# The one table. Lookup walks the MRO, so a subclass inherits its parent's status.
+ERROR_STATUS: dict[type[OmniragError], int] = {
+    InvalidInput: 422,
+    PayloadTooLarge: 413,
+    NotFound: 404,
+    Unauthorized: 401,
+    Forbidden: 403,
+    Conflict: 409,
+    Overloaded: 429,
+    ClientGone: 499,
+    NotReady: 503,
+    UpstreamError: 502,
+    OmniragError: 500,
+}
+
+
+def status_for(exc: OmniragError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_STATUS:
+            return ERROR_STATUS[cls]
+    return 500
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def error_response(exc: OmniragError) -> JSONResponse:
+    headers = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.details), status_code=status_for(exc), headers=headers
+    )
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "overloaded",
+}
+
+
+def _describe_validation(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    more = len(errors) - 5
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OmniragError)
+    async def _omnirag(_: Request, exc: OmniragError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
+        ]
+        return JSONResponse(
+            error_body("invalid_input", _describe_validation(errors), errors[:20]), status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The trace goes to the log, never to the caller.
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "internal error; see the service log"), status_code=500
+        )

@@ -1,0 +1,76 @@
+"""Test support: serve an app for real (uvicorn, a loopback port) in a background thread.
+
+Tests talk to services over real HTTP, the way clients do, so that the official SDKs, streaming,
+disconnects and middleware are exercised as they run in production.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI, *, ready_path: str | None = "/readyz", timeout: float = 120.0
+) -> Iterator[str]:
+    """Run ``app`` (lifespan included) on 127.0.0.1 and a free port; yield its base URL.
+
+    With ``ready_path`` it also waits until that path answers 200, so the model or index is loaded.
+    """
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="omnirag-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        if ready_path:
+            wait_ready(base + ready_path, deadline - time.monotonic())
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
+
+
+def metric_value(text: str, name: str, labels: str = "") -> float:
+    """One sample's value from Prometheus text exposition (0 when the series is absent)."""
+    key = f"{name}{{{labels}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

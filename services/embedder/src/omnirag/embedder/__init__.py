@@ -1,0 +1,1 @@
+"""omnirag.embedder: SentenceTransformer behind a dynamic batching queue."""

