@@ -163,3 +163,22 @@ async def test_a_failing_pass_fails_only_its_own_requests():
         assert await asyncio.gather(*q.submit("k", ["after"], [1])) == ["after"]  # the worker lives on
     finally:
         await q.stop()
+
+
+async def test_short_texts_do_not_ride_with_a_long_one_even_when_the_budget_allows():
+    rec = Recorder()
+    rec.gate.clear()
+    q, stats, _ = make_queue(rec, max_batch_size=32, max_batch_tokens=8192)
+    q.start()
+    try:
+        blocker = q.submit("k", ["blocker"], [1])
+        await asyncio.sleep(0.05)
+        shorts = [f"s{i}" for i in range(20)]
+        futs = q.submit("k", [*shorts, "passage"], [18] * 20 + [256])
+        rec.gate.set()
+        await asyncio.gather(*blocker, *futs)
+        # 21 x 256 = 5376 padded tokens would fit the budget, but 20 x 18 + 256 costs far less.
+        assert [sorted(t) for _, t in rec.passes[1:]] == [sorted(shorts), ["passage"]]
+        assert [s.padded_tokens for s in stats[1:]] == [360, 256]
+    finally:
+        await q.stop()

@@ -129,3 +129,21 @@ def test_request_metrics_by_route_and_status(base_url):
     assert metric_value(text, "omnirag_embedder_input_tokens_total") > 0
     assert "omnirag_embedder_inference_seconds_count" in text
     assert "omnirag_embedder_batch_tokens_bucket" in text
+
+
+async def test_mixed_long_and_short_texts_under_concurrency_all_succeed(base_url, st_model):
+    # Regression: counting tokens on one thread while a pass tokenized on another corrupted the
+    # shared tokenizer's padding state and failed whole batches with 500.
+    texts = [
+        ("检索增强生成把文档和大模型连在一起。" * 30) if i % 3 == 0 else f"short question {i}?"
+        for i in range(48)
+    ]
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        rs = await asyncio.gather(
+            *(client.post("/v1/embeddings", json={"input": t, "encoding_format": "float"}) for t in texts)
+        )
+    assert [r.status_code for r in rs] == [200] * len(texts)
+    got = np.array([r.json()["data"][0]["embedding"] for r in rs], dtype=np.float32)
+    want = st_model.encode(texts)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.9999

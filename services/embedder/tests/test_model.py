@@ -31,3 +31,29 @@ def test_languages_come_from_the_model_card(tmp_path):
 def test_languages_setting_overrides_the_card(monkeypatch):
     monkeypatch.setenv("EMBEDDER_LANGUAGES", '["en", "zh"]')
     assert EmbedderSettings().languages == ["en", "zh"]
+
+
+def test_counting_tokens_beside_a_running_pass_does_not_corrupt_it():
+    # A fast tokenizer keeps padding/truncation state in shared objects; counting on the request
+    # side while the inference thread tokenizes a padded batch used to fail that batch.
+    import threading
+
+    from omnirag.embedder.model import EmbeddingModel
+
+    s = EmbedderSettings()
+    model = EmbeddingModel(s.resolved_model_path(), s.resolved_model_name(), "cpu", 1)
+    stop = threading.Event()
+
+    def count_forever():
+        while not stop.is_set():
+            model.count_tokens(["a short one", "another short text"])
+
+    counter = threading.Thread(target=count_forever)
+    counter.start()
+    try:
+        batch = ["short", "a much longer text about retrieval and batching " * 8]
+        for _ in range(80):
+            assert model.encode(batch).shape == (2, 384)
+    finally:
+        stop.set()
+        counter.join()

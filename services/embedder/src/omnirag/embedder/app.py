@@ -42,7 +42,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
                     settings.max_chars_per_input,
                 )
                 service = EmbedService(model, settings, metrics)
-                service.queue.start()
+                await service.start()
                 app.state.service = service
                 readiness.set("model", True)
             except Exception as exc:
@@ -57,7 +57,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
             loader.cancel()
             service = getattr(app.state, "service", None)
             if service is not None:
-                await service.queue.stop()
+                await service.stop()
 
     app = create_service_app(
         "embedder",

@@ -6,6 +6,7 @@ request handlers call to know a request's cost before it is queued.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -81,6 +82,9 @@ class EmbeddingModel:
         self.model = SentenceTransformer(path, device=self.device, local_files_only=True)
         self.model.eval()
         self.tokenizer = self.model.tokenizer
+        # A fast tokenizer keeps truncation/padding state in shared Rust objects: counting on another
+        # thread while encode() tokenizes a batch corrupts that batch. Counting gets its own copy.
+        self._counter = copy.deepcopy(self.tokenizer)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
         self.prompts: dict[str, str] = {k: v or "" for k, v in (self.model.prompts or {}).items()}
@@ -102,10 +106,12 @@ class EmbeddingModel:
         return text if len(text) <= self.max_chars else text[: self.max_chars]
 
     def count_tokens(self, texts: list[str], prompt: str | None = None) -> list[int]:
-        """Tokens each text costs as the model sees it: prompt and special tokens in, truncated."""
+        """Tokens each text costs as the model sees it: prompt and special tokens in, truncated.
+
+        Not thread-safe with itself: call it from one thread at a time (the service does)."""
         if prompt:
             texts = [prompt + t for t in texts]
-        enc = self.tokenizer(
+        enc = self._counter(
             texts,
             add_special_tokens=True,
             truncation=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -18,8 +19,6 @@ from omnirag.embedder.model import EmbeddingModel
 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-# Counting tokens for many texts takes milliseconds; do it off the event loop above this many.
-_COUNT_INLINE_MAX = 64
 
 
 class EmbedderMetrics:
@@ -64,6 +63,14 @@ class EmbedService:
             on_drop=lambda n: metrics.failures.labels("client_gone").inc(n),
             on_error=lambda e: metrics.failures.labels("inference_error").inc(),
         )
+        self._count_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnirag-count")
+
+    async def start(self) -> None:
+        self.queue.start()
+
+    async def stop(self) -> None:
+        await self.queue.stop()
+        self._count_executor.shutdown(wait=False, cancel_futures=True)
 
     def _run_pass(self, key: Hashable, texts: list[str]) -> Sequence[Any]:
         output_value, prompt = cast(tuple[str, str | None], key)
@@ -111,10 +118,10 @@ class EmbedService:
                 code="too_many_inputs",
             )
         texts = [self.model.clip(t) for t in texts]
-        if len(texts) > _COUNT_INLINE_MAX:
-            counts = await asyncio.to_thread(self.model.count_tokens, texts, prompt)
-        else:
-            counts = self.model.count_tokens(texts, prompt)
+        # One counting thread: off the event loop for long texts, and never two counts at once.
+        counts = await asyncio.get_running_loop().run_in_executor(
+            self._count_executor, self.model.count_tokens, texts, prompt
+        )
         try:
             futures = self.queue.submit((output_value, prompt), texts, counts)
         except Exception as exc:
