@@ -10,9 +10,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
-PACKAGES := libs/core services/embedder
+PACKAGES := libs/core libs/index services/embedder services/retriever
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
+INDEX_ROOT := data/index
 
 # Nothing downloads model weights at run time or in tests.
 export HF_HUB_OFFLINE := 1
@@ -34,13 +35,15 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	@touch $@
 
 run: setup ## start the local stack (Procfile) and print its URLs
+	@mkdir -p $(INDEX_ROOT)
 	@echo "omnirag local stack:"
 	@echo "  embedder  http://127.0.0.1:8001   (OpenAPI docs at /docs, metrics at /metrics)"
+	@echo "  retriever http://127.0.0.1:8002   (collections under $(INDEX_ROOT))"
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
 test: setup ## run every test (real model, real servers); under 30 minutes on 2 cores
-	$(PY) -m pytest libs/core/tests services/embedder/tests
+	$(PY) -m pytest $(addsuffix /tests,$(PACKAGES))
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,239 @@
+"""The retriever over HTTP, for plain code and for LangChain.
+
+    from omnirag.core.clients.retriever import OmniragVectorStore
+    store = OmniragVectorStore(base_url="http://127.0.0.1:8002", collection="docs")
+    retriever = store.as_retriever(search_kwargs={"k": 4, "filter": {"kb": "docs"}})
+    docs = retriever.invoke("how do I deploy?")
+
+``OmniragRetriever`` is the same thing as a ``BaseRetriever`` with its options as fields. The store is
+read-only: documents go in through the indexer, never from a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.vectorstores import VectorStore
+from pydantic import ConfigDict, Field
+
+from omnirag.core.errors import NotFound, UpstreamError
+from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
+from omnirag.core.schemas.retrieval import SearchMode
+
+
+def _body(
+    query: str | None,
+    vector: list[float] | None,
+    k: int,
+    filter: dict[str, Any] | None,
+    mode: SearchMode,
+    score_threshold: float | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"k": k, "mode": mode}
+    if query is not None:
+        body["query"] = query
+    if vector is not None:
+        body["vector"] = list(vector)
+    if filter:
+        body["filter"] = filter
+    if score_threshold is not None:
+        body["score_threshold"] = score_threshold
+    return body
+
+
+def _headers() -> dict[str, str]:
+    rid = request_id_var.get()
+    return {REQUEST_ID_HEADER: rid} if rid else {}
+
+
+def _check(response: httpx.Response, collection: str) -> dict[str, Any]:
+    if response.status_code == 404:
+        raise NotFound(f"retriever: no collection {collection!r}")
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:
+            message = response.text[:200]
+        raise UpstreamError(
+            f"retriever answered {response.status_code}: {message}", details={"status": response.status_code}
+        )
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def to_documents(result: dict[str, Any]) -> list[tuple[Document, float]]:
+    out = []
+    for hit in result["hits"]:
+        meta = dict(hit["metadata"])
+        meta.setdefault("id", hit["id"])
+        out.append((Document(page_content=hit["text"], metadata=meta, id=hit["id"]), float(hit["score"])))
+    return out
+
+
+class RetrieverClient:
+    """Sync and async search against one retriever service."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers = headers or {}
+
+    def search(
+        self,
+        collection: str,
+        *,
+        query: str | None = None,
+        vector: list[float] | None = None,
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        mode: SearchMode = "hybrid",
+        score_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
+            r = client.post(
+                f"{self.base_url}/v1/collections/{collection}/search",
+                headers=_headers(),
+                json=_body(query, vector, k, filter, mode, score_threshold),
+            )
+        return _check(r, collection)
+
+    async def asearch(
+        self,
+        collection: str,
+        *,
+        query: str | None = None,
+        vector: list[float] | None = None,
+        k: int = 4,
+        filter: dict[str, Any] | None = None,
+        mode: SearchMode = "hybrid",
+        score_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
+            r = await client.post(
+                f"{self.base_url}/v1/collections/{collection}/search",
+                headers=_headers(),
+                json=_body(query, vector, k, filter, mode, score_threshold),
+            )
+        return _check(r, collection)
+
+
+class OmniragRetriever(BaseRetriever):
+    """A remote collection as a LangChain retriever."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    base_url: str
+    collection: str
+    k: int = 4
+    filter: dict[str, Any] | None = None
+    mode: SearchMode = "hybrid"
+    score_threshold: float | None = None
+    timeout: float = 30.0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    def _client(self) -> RetrieverClient:
+        return RetrieverClient(self.base_url, timeout=self.timeout, headers=self.headers)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "filter": self.filter,
+            "mode": self.mode,
+            "score_threshold": self.score_threshold,
+        }
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        result = self._client().search(self.collection, query=query, **self._kwargs())
+        return [doc for doc, _ in to_documents(result)]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        result = await self._client().asearch(self.collection, query=query, **self._kwargs())
+        return [doc for doc, _ in to_documents(result)]
+
+
+class OmniragVectorStore(VectorStore):
+    """A read-only LangChain ``VectorStore`` whose searches run in the retriever service.
+
+    Search keyword arguments: ``filter`` (metadata conditions), ``mode`` (dense, sparse, hybrid),
+    ``score_threshold``. Scores are the service's: cosine for dense, fused 0..1 for hybrid.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        collection: str,
+        *,
+        mode: SearchMode = "hybrid",
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.client = RetrieverClient(base_url, timeout=timeout, headers=headers)
+        self.collection = collection
+        self.mode: SearchMode = mode
+
+    @property
+    def embeddings(self) -> Embeddings | None:
+        return None  # queries are embedded by the service
+
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict] | None = None, **kwargs: Any
+    ) -> list[str]:
+        raise NotImplementedError(
+            "the retriever is read-only; add documents through the indexer or the gateway"
+        )
+
+    @classmethod
+    def from_texts(
+        cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, **kwargs: Any
+    ) -> OmniragVectorStore:
+        raise NotImplementedError("the retriever is read-only; build collections with the indexer")
+
+    def _opts(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "filter": kwargs.get("filter"),
+            "mode": kwargs.get("mode", self.mode),
+            "score_threshold": kwargs.get("score_threshold"),
+        }
+
+    def similarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return to_documents(self.client.search(self.collection, query=query, k=k, **self._opts(kwargs)))
+
+    def similarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in self.similarity_search_with_score(query, k, **kwargs)]
+
+    def similarity_search_by_vector(
+        self, embedding: list[float], k: int = 4, **kwargs: Any
+    ) -> list[Document]:
+        opts = self._opts(kwargs) | {"mode": "dense"}
+        return [
+            doc for doc, _ in to_documents(self.client.search(self.collection, vector=embedding, k=k, **opts))
+        ]
+
+    async def asimilarity_search_with_score(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return to_documents(
+            await self.client.asearch(self.collection, query=query, k=k, **self._opts(kwargs))
+        )
+
+    async def asimilarity_search(self, query: str, k: int = 4, **kwargs: Any) -> list[Document]:
+        return [doc for doc, _ in await self.asimilarity_search_with_score(query, k, **kwargs)]
+
+    def _similarity_search_with_relevance_scores(
+        self, query: str, k: int = 4, **kwargs: Any
+    ) -> list[tuple[Document, float]]:
+        return self.similarity_search_with_score(query, k, **kwargs)

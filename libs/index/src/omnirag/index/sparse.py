@@ -1,0 +1,97 @@
+"""BM25 over words, with CJK runs segmented by jieba (rjieba), stored with the version.
+
+bm25s saves its matrices as ``.npy`` and its vocabulary as JSON; it is loaded with
+``allow_pickle=False``. The BM25 row of each document is recorded in ``sparse/ids.npy``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import bm25s
+import numpy as np
+import rjieba
+
+TOKENIZER_NAME = "rjieba+words-v1"
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_STOP = frozenset(bm25s.tokenization.STOPWORDS_EN)
+
+
+def tokenize(text: str) -> list[str]:
+    """jieba words for CJK runs, lower-cased words for the rest; English stopwords dropped."""
+    tokens: list[str] = []
+    pos = 0
+    for match in _CJK.finditer(text):
+        tokens.extend(_words(text[pos : match.start()]))
+        tokens.extend(t for t in rjieba.cut(match.group()) if t.strip())
+        pos = match.end()
+    tokens.extend(_words(text[pos:]))
+    return tokens
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP]
+
+
+def cjk_share(text: str) -> float:
+    """Share of the letters of ``text`` that are CJK: how Chinese (or Japanese, Korean) a query is."""
+    letters = sum(1 for ch in text if ch.isalnum())
+    if not letters:
+        return 0.0
+    return sum(len(m.group()) for m in _CJK.finditer(text)) / letters
+
+
+class SparseIndex:
+    def __init__(self, bm25: bm25s.BM25 | None, ids: np.ndarray) -> None:
+        self.bm25 = bm25
+        self.ids = ids  # BM25 row → int id
+        self._row_of: dict[int, int] | None = None
+
+    @classmethod
+    def build(cls, docs: Iterable[tuple[int, str]]) -> SparseIndex:
+        ids: list[int] = []
+        corpus: list[list[str]] = []
+        for iid, text in docs:
+            ids.append(iid)
+            corpus.append(tokenize(text) or [""])
+        if not corpus:
+            return cls(None, np.zeros(0, dtype=np.int64))
+        bm25 = bm25s.BM25()
+        bm25.index(corpus, show_progress=False)
+        return cls(bm25, np.array(ids, dtype=np.int64))
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "ids.npy", self.ids, allow_pickle=False)
+        if self.bm25 is not None:
+            self.bm25.save(str(directory), show_progress=False, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: Path) -> SparseIndex:
+        ids = np.load(directory / "ids.npy", allow_pickle=False)
+        if len(ids) == 0:
+            return cls(None, ids)
+        bm25 = bm25s.BM25.load(str(directory), show_progress=False, allow_pickle=False, mmap=False)
+        return cls(bm25, ids)
+
+    def row_of(self) -> dict[int, int]:
+        if self._row_of is None:
+            self._row_of = {int(i): r for r, i in enumerate(self.ids)}
+        return self._row_of
+
+    def scores(self, query: str, allowed_rows: np.ndarray | None = None) -> np.ndarray:
+        """BM25 score of every document (0 where the query shares no word, or not allowed)."""
+        n = len(self.ids)
+        if self.bm25 is None or n == 0:
+            return np.zeros(n, dtype=np.float32)
+        tokens = tokenize(query)
+        if not tokens:
+            return np.zeros(n, dtype=np.float32)
+        mask = None
+        if allowed_rows is not None:
+            mask = np.zeros(n, dtype=np.float32)
+            mask[allowed_rows] = 1.0
+        return np.asarray(self.bm25.get_scores(tokens, weight_mask=mask), dtype=np.float32)

@@ -1,0 +1,1 @@
+"""omnirag.retriever: read-only search over the collections of an index root."""

@@ -1,0 +1,37 @@
+"""Retriever settings (env prefix ``RETRIEVER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from omnirag.core.settings import ServiceSettings
+
+
+class RetrieverSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVER_", env_file=".env", extra="ignore")
+
+    port: int = Field(8002, ge=1, le=65535)
+    index_root: Path = Field(Path("data/index"), description="Directory holding one folder per collection.")
+    embedder_url: str = Field("http://127.0.0.1:8001", description="Base URL of the embedder service.")
+    embedder_timeout: float = Field(10.0, gt=0, description="Seconds one query embedding may take.")
+    poll_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often CURRENT files are checked. Shorter: new versions appear sooner; "
+        "each poll is a stat per collection.",
+    )
+    max_k: int = Field(100, ge=1, le=10000, description="Most hits one search may ask for; more is 422.")
+    verify_checksums: bool = Field(
+        True,
+        description="Hash every file of a version before serving it. Costs a read of the version at "
+        "load time; catches a truncated copy or a bad disk.",
+    )
+    retire_seconds: float = Field(
+        30.0, ge=0, description="How long a replaced version stays open for searches already running on it."
+    )
+    search_threads: int = Field(
+        4, ge=1, le=64, description="Threads running searches (FAISS releases the GIL)."
+    )
