@@ -32,7 +32,7 @@ log = logging.getLogger("omnirag.index.collection")
 Mode = Literal["dense", "sparse", "hybrid"]
 # Below this many matching documents an approximate index is bypassed by an exact scan.
 EXACT_SCAN_MAX = 20000
-CJK_LANGUAGES = frozenset({"zh", "ja", "ko", "multilingual"})
+CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 DENSE_WEIGHT = 0.5
 
 
@@ -60,9 +60,12 @@ def dense_weight(query: str | None, languages: list[str]) -> float:
     if not query or not languages:
         return DENSE_WEIGHT
     langs = {lang.lower().split("-")[0] for lang in languages}
-    if cjk_share(query) >= 0.5 and not langs & CJK_LANGUAGES:
+    if "multilingual" in langs:
+        return DENSE_WEIGHT
+    cjk = cjk_share(query) >= 0.5
+    if cjk and not langs & CJK_LANGUAGES:
         return 0.0
-    if cjk_share(query) < 0.5 and langs and langs <= CJK_LANGUAGES:
+    if not cjk and langs <= CJK_LANGUAGES:
         return 0.0
     return DENSE_WEIGHT
 
@@ -187,7 +190,9 @@ class Collection:
             [s_all[row_of[int(i)]] if int(i) in row_of else 0.0 for i in c_ids], dtype=np.float32
         )
         w_dense = dense_weight(query, self.manifest.embedding.languages)
-        d_norm = np.clip(dense_c, 0, None) / max(float(dense_c.max(initial=0.0)), 1e-9)
+        # Min-max: cosine (or negative L2) spreads over the candidates like BM25 does after its max.
+        d_lo, d_hi = float(dense_c.min(initial=0.0)), float(dense_c.max(initial=0.0))
+        d_norm = (dense_c - d_lo) / max(d_hi - d_lo, 1e-9)
         s_norm = sparse_c / max(float(sparse_c.max(initial=0.0)), 1e-9)
         fused = w_dense * d_norm + (1.0 - w_dense) * s_norm
         # Ties (e.g. documents BM25 does not find when dense counts 0) are broken by the dense score.

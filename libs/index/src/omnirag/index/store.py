@@ -33,7 +33,7 @@ TMP_DIR = ".tmp"
 
 
 def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValueError(
             f"collection name {name!r}: use 1-63 of a-z, 0-9, _ and -, starting with a letter or digit"
         )
@@ -64,7 +64,7 @@ def list_collections(root: Path) -> list[str]:
     """Collections under ``root`` that have a published version."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if NAME_RE.match(p.name) and (p / CURRENT).is_file())
+    return sorted(p.name for p in root.iterdir() if NAME_RE.fullmatch(p.name) and (p / CURRENT).is_file())
 
 
 def read_current(root: Path, name: str) -> str | None:
@@ -72,7 +72,7 @@ def read_current(root: Path, name: str) -> str | None:
         version = (root / name / CURRENT).read_text().strip()
     except FileNotFoundError:
         return None
-    if not VERSION_RE.match(version):
+    if not VERSION_RE.fullmatch(version):
         raise ValueError(f"{root / name / CURRENT}: not a version id: {version[:80]!r}")
     return version
 
@@ -110,11 +110,9 @@ class VersionWriter:
         self.config = config or IndexConfig()
         self.version = new_version_id()
         self.parent = read_current(self.root, name) if base == "current" else base
-        self.tmp = self.root / name / TMP_DIR / self.version
-        self.tmp.mkdir(parents=True)
-        db = self.tmp / "docs.sqlite"
-        if self.parent:
-            parent_dir = version_path(self.root, name, self.parent)
+        parent_dir = version_path(self.root, name, self.parent) if self.parent else None
+        if parent_dir is not None:
+            # Checked before anything is written, so a refused writer leaves nothing behind.
             parent_manifest = Manifest.model_validate(json.loads((parent_dir / "manifest.json").read_text()))
             if (parent_manifest.embedding.model, parent_manifest.embedding.dimension) != (
                 embedding.model,
@@ -126,15 +124,25 @@ class VersionWriter:
                     f"not {embedding.model} ({embedding.dimension}d); "
                     "rebuild it from scratch (base=None)"
                 )
-            src = sqlite3.connect(
-                f"file:{(parent_dir / 'docs.sqlite').as_posix()}?mode=ro&immutable=1", uri=True
-            )
-            dst = sqlite3.connect(db)
-            with dst:
-                src.backup(dst)
-            src.close()
-            dst.close()
-        self.docs = DocStore.create(db, embedding.dimension)
+        self.tmp = self.root / name / TMP_DIR / self.version
+        self.tmp.mkdir(parents=True)
+        db = self.tmp / "docs.sqlite"
+        try:
+            if parent_dir is not None:
+                src = sqlite3.connect(
+                    f"file:{(parent_dir / 'docs.sqlite').as_posix()}?mode=ro&immutable=1", uri=True
+                )
+                dst = sqlite3.connect(db)
+                try:
+                    with dst:
+                        src.backup(dst)
+                finally:
+                    src.close()
+                    dst.close()
+            self.docs = DocStore.create(db, embedding.dimension)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         self._done = False
 
     def __enter__(self) -> VersionWriter:
@@ -198,6 +206,9 @@ class VersionWriter:
 
 def publish(root: Path, name: str, version: str) -> None:
     """Point ``CURRENT`` at an existing, complete version, atomically."""
+    check_name(name)
+    if not VERSION_RE.fullmatch(version):
+        raise ValueError(f"{version!r} is not a version id")
     if not (version_path(root, name, version) / "manifest.json").is_file():
         raise FileNotFoundError(f"version {version} of {name} is not complete")
     coll = root / name
@@ -220,7 +231,7 @@ def prune_versions(root: Path, name: str, *, keep: int = 3, grace_seconds: float
     versions_dir = coll / "versions"
     if versions_dir.is_dir():
         versions = sorted(
-            (p for p in versions_dir.iterdir() if VERSION_RE.match(p.name)), key=lambda p: p.name
+            (p for p in versions_dir.iterdir() if VERSION_RE.fullmatch(p.name)), key=lambda p: p.name
         )
         for path in versions[: max(0, len(versions) - keep)]:
             if path.name == current or now - path.stat().st_mtime < grace_seconds:
