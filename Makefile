@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test lint format bench bench-embedder clean
+.PHONY: help setup run test lint format bench bench-embedder bench-retriever eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -65,7 +65,13 @@ $(INFINITY_VENV)/.installed:
 bench-embedder: setup $(INFINITY_VENV)/.installed ## embedder throughput vs raw encode and vs infinity-emb
 	$(PY) bench/embedder.py --infinity-python $(INFINITY_VENV)/bin/python
 
-bench: bench-embedder ## every benchmark (slow; not part of make test)
+bench-retriever: setup ## retriever latency over HTTP vs in-process FAISS, HNSW recall, memory per vector
+	$(PY) bench/retriever.py
+
+eval: setup ## retrieval quality on CMRC 2018 (dense, sparse, hybrid) → bench/results/retrieval_cmrc.json
+	$(PY) bench/eval_retrieval.py
+
+bench: bench-embedder bench-retriever eval ## every benchmark (slow; not part of make test)
 
 clean: ## remove the virtual environments and caches
 	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache

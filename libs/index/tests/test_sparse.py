@@ -148,3 +148,15 @@ def test_sparse_search_with_a_filter(coll: Collection) -> None:
     filtered = coll.search(query="中国", k=10, mode="sparse", filter={"k": {"$ne": "wall"}})
     assert {h.id for h in filtered} == {"shanghai", "tea"}
     assert coll.search(query="中国", k=10, mode="sparse", filter={"k": "panda"}) == []
+
+
+def test_ceiling_is_the_sum_of_each_query_terms_best_score() -> None:
+    from omnirag.index.sparse import SparseIndex
+
+    index = SparseIndex.build([(1, "apple banana"), (2, "apple apple cherry"), (3, "banana split")])
+    full = index.scores("apple banana")
+    one = {t: index.scores(t).max() for t in ("apple", "banana")}
+    assert index.ceiling("apple banana") == pytest.approx(one["apple"] + one["banana"], rel=1e-6)
+    assert full.max() <= index.ceiling("apple banana") + 1e-6
+    assert index.ceiling("apple apple banana") == index.ceiling("apple banana")  # distinct terms
+    assert index.ceiling("durian") == 0.0

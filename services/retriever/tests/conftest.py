@@ -126,7 +126,7 @@ def index_root(tmp_path) -> Path:
 def retriever(index_root, embedder_url, build) -> Iterator[str]:
     build(index_root, "docs")
     settings = RetrieverSettings(
-        index_root=index_root, embedder_url=embedder_url, poll_seconds=0.2, retire_seconds=1.0, log_json=False
+        index_root=index_root, embedder_url=embedder_url, poll_seconds=0.2, log_json=False
     )
     with serve_in_thread(create_retriever(settings)) as base:
         yield base

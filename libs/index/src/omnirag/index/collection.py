@@ -4,8 +4,10 @@ Filters are applied inside the search, not after it: the matching ids are found 
 FAISS (or, for selective filters over approximate indexes, an exact scan of those vectors) and BM25
 only consider them, so a filter matching 1% of the documents still returns k hits when k exist.
 
-Hybrid fusion takes the union of both parts' candidates, scores every candidate by both (exactly),
-normalizes each part by its best candidate and mixes them with weights. The dense weight drops to
+Hybrid fusion takes the union of both parts' candidates and scores every candidate by both, exactly.
+Dense scores are min-max normalized over the candidates; BM25 scores are divided by the query's
+ceiling (the sum of each query term's best score), so a hit that shares only common words with the
+query does not count as a perfect match. The two are mixed with weights; the dense weight drops to
 0 when the query's language is not one the embedding model covers (MiniLM is English-only: on
 Chinese its vectors are close to noise), so a weak dense ranking cannot drag a strong BM25 ranking
 down; dense then only orders what BM25 does not find at all.
@@ -193,7 +195,7 @@ class Collection:
         # Min-max: cosine (or negative L2) spreads over the candidates like BM25 does after its max.
         d_lo, d_hi = float(dense_c.min(initial=0.0)), float(dense_c.max(initial=0.0))
         d_norm = (dense_c - d_lo) / max(d_hi - d_lo, 1e-9)
-        s_norm = sparse_c / max(float(sparse_c.max(initial=0.0)), 1e-9)
+        s_norm = sparse_c / max(self.sparse.ceiling(query), float(sparse_c.max(initial=0.0)), 1e-9)
         fused = w_dense * d_norm + (1.0 - w_dense) * s_norm
         # Ties (e.g. documents BM25 does not find when dense counts 0) are broken by the dense score.
         order = np.lexsort((-dense_c, -fused))[:k]

@@ -49,6 +49,7 @@ class SparseIndex:
         self.bm25 = bm25
         self.ids = ids  # BM25 row → int id
         self._row_of: dict[int, int] | None = None
+        self._term_max: np.ndarray | None = None
 
     @classmethod
     def build(cls, docs: Iterable[tuple[int, str]]) -> SparseIndex:
@@ -81,6 +82,22 @@ class SparseIndex:
         if self._row_of is None:
             self._row_of = {int(i): r for r, i in enumerate(self.ids)}
         return self._row_of
+
+    def ceiling(self, query: str) -> float:
+        """The most any document could score for ``query``: the sum of each distinct query term's best
+        score in the collection. Dividing by it (not by the best hit) keeps a hit that matched only
+        common words from looking like a perfect match."""
+        if self.bm25 is None:
+            return 0.0
+        if self._term_max is None:
+            data, indptr = self.bm25.scores["data"], self.bm25.scores["indptr"]
+            term_max = np.zeros(len(indptr) - 1, dtype=np.float32)
+            present = np.flatnonzero(np.diff(indptr) > 0)
+            if len(present):
+                term_max[present] = np.maximum.reduceat(data, indptr[present])
+            self._term_max = term_max
+        vocab = self.bm25.vocab_dict
+        return float(sum(self._term_max[vocab[t]] for t in dict.fromkeys(tokenize(query)) if t in vocab))
 
     def scores(self, query: str, allowed_rows: np.ndarray | None = None) -> np.ndarray:
         """BM25 score of every document (0 where the query shares no word, or not allowed)."""

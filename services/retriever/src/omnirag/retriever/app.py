@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import faiss
 from fastapi import FastAPI
 
 from omnirag.core.app import create_service_app
@@ -22,6 +23,7 @@ def create_app(settings: RetrieverSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        faiss.omp_set_num_threads(settings.faiss_threads)
         metrics = RetrieverMetrics(app.state.metrics)
         embedder = QueryEmbedder(settings.embedder_url, settings.embedder_timeout)
         registry = Registry(settings, embedder, metrics)

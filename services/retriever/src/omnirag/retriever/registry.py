@@ -3,8 +3,9 @@
 A poll (and ``POST /v1/admin/reload``) reads every collection's ``CURRENT``. A changed version is
 loaded beside the one being served — in a thread, checksums verified, its embedding model checked
 against the embedder's — and swapped in with one assignment, so a search holds either the old or
-the new collection, never a half-loaded one. The old one is closed ``retire_seconds`` later, after
-the searches already running on it have finished. A version that fails to load is reported and not
+the new collection, never a half-loaded one. The old one is not closed by a timer: searches still
+running on it hold references, and it is freed (its SQLite connection closed) when the last of
+them lets go, however slow they are. A version that fails to load is reported and not
 retried until ``CURRENT`` changes again; the previous version keeps serving.
 """
 
@@ -90,7 +91,6 @@ class Registry:
         self.metrics = metrics
         self.entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
-        self._retiring: set[asyncio.Task[None]] = set()
 
     def get(self, name: str) -> Entry:
         entry = self.entries.get(name)
@@ -127,8 +127,10 @@ class Registry:
                 await self._load(name, version, changes)
             for name in set(self.entries) - set(names):
                 old = self.entries.pop(name)
-                self._retire(old)
-                self.metrics.documents.remove(name)
+                if old.collection is not None:
+                    with contextlib.suppress(KeyError):
+                        self.metrics.documents.remove(name)
+                        self.metrics.version.remove(name, old.collection.version)
                 changes["removed"].append(name)
             return changes
 
@@ -145,9 +147,7 @@ class Registry:
         problem = compatibility(collection, self.embedder.info)
         new = Entry(name, version, "refused" if problem else "ready", problem, collection)
         old = self.entries.get(name)
-        self.entries[name] = new  # the swap: one assignment
-        if old is not None:
-            self._retire(old)
+        self.entries[name] = new  # the swap: one assignment; searches on the old one keep it alive
         self._publish_metrics(old, new)
         self.metrics.reloads.labels(name).inc()
         changes["loaded"].append(f"{name}@{version}")
@@ -191,19 +191,6 @@ class Registry:
         self.metrics.version.labels(new.name, new.collection.version).set(1)
         self.metrics.documents.labels(new.name).set(new.collection.count)
 
-    def _retire(self, entry: Entry) -> None:
-        if entry.collection is None:
-            return
-        collection = entry.collection
-
-        async def close_later() -> None:
-            await asyncio.sleep(self.settings.retire_seconds)
-            collection.close()
-
-        task = asyncio.get_running_loop().create_task(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
     async def poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_seconds)
@@ -213,8 +200,6 @@ class Registry:
                 log.exception("index poll failed")
 
     async def close(self) -> None:
-        for task in list(self._retiring):
-            task.cancel()
         for entry in self.entries.values():
             if entry.collection is not None:
                 entry.collection.close()
