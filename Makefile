@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
-PACKAGES := libs/core libs/index services/embedder services/retriever
+PACKAGES := libs/core libs/index services/embedder services/retriever jobs/indexer
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
 INDEX_ROOT := data/index
@@ -20,12 +20,17 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup run test lint format bench bench-embedder bench-retriever eval clean
+.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv and install every package editable (idempotent)
+setup: $(STAMP) system-deps ## create .venv and install every package editable (idempotent)
+
+system-deps: ## Debian packages the stack and the tests run: redis-server
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +39,13 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
 	@touch $@
 
-run: setup ## start the local stack (Procfile) and print its URLs
-	@mkdir -p $(INDEX_ROOT)
+run: setup ## index the example knowledge base, start the local stack (Procfile), print its URLs
+	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
 	@echo "omnirag local stack:"
 	@echo "  embedder  http://127.0.0.1:8001   (OpenAPI docs at /docs, metrics at /metrics)"
 	@echo "  retriever http://127.0.0.1:8002   (collections under $(INDEX_ROOT))"
+	@echo "  redis     redis://127.0.0.1:6379  (ingest queue; chat history later)"
+	@echo "  indexer   indexes config/knowledge-bases.yaml once the embedder is up, then serves the ingest queue"
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 

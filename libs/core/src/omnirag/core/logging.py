@@ -91,5 +91,5 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
         logging.getLogger(name).propagate = True
     # Our middleware logs requests with their id; uvicorn's access log would say it twice.
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "bm25s", "jieba", "RapidOCR"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -115,6 +115,14 @@ class DocStore:
                 deleted += cur.rowcount
         return deleted
 
+    def set_metadata_field(self, ids: Sequence[str], key: str, value: str | int | float | bool) -> None:
+        """Set one metadata field of existing documents, leaving text and vector as they are."""
+        path = f'$."{key}"'
+        with self.conn:
+            self.conn.execute("BEGIN")
+            rows = [(path, value, i) for i in ids]
+            self.conn.executemany("UPDATE docs SET metadata = json_set(metadata, ?, ?) WHERE id = ?", rows)
+
     def hashes(self, source: str | None = None) -> dict[str, str]:
         """id → content hash, for incremental indexing (optionally of one source)."""
         if source is None:

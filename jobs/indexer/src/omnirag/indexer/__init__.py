@@ -1,0 +1,1 @@
+"""omnirag.indexer: crawl and load documents, split, embed, and publish index versions."""

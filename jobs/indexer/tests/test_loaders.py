@@ -1,0 +1,426 @@
+"""Loaders on real files generated here, read by the real libraries (pypdf, python-docx, trafilatura,
+RapidOCR)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from omnirag.indexer import loaders
+from omnirag.indexer.loaders import (
+    SUPPORTED_SUFFIXES,
+    LoadError,
+    TooLarge,
+    UnsupportedFile,
+    load_bytes,
+    load_file,
+    normalize_text,
+)
+
+
+def _text_image(path: Path, lines: list[str]) -> Path:
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (800, 200), "white")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=48)
+    for number, line in enumerate(lines):
+        draw.text((20, 20 + 90 * number), line, fill="black", font=font)
+    image.save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ general
+
+
+def test_supported_suffixes() -> None:
+    assert {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx", ".png", ".jpg", ".jpeg"} == set(
+        SUPPORTED_SUFFIXES
+    )
+
+
+def test_unsupported_suffix(tmp_path: Path) -> None:
+    path = tmp_path / "script.py"
+    path.write_text("print('hi')\n")
+    with pytest.raises(UnsupportedFile, match=r"\.py"):
+        load_file(path)
+    with pytest.raises(UnsupportedFile):
+        load_file(tmp_path / "Makefile")
+
+
+def test_too_large(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_text("x" * 5000)
+    with pytest.raises(TooLarge, match="5000 bytes"):
+        load_file(path, max_bytes=4096)
+    assert load_file(path, max_bytes=5000).text == "x" * 5000
+    # All loader failures share one base class.
+    assert issubclass(TooLarge, LoadError) and issubclass(UnsupportedFile, LoadError)
+
+
+def test_missing_file_is_a_load_error(tmp_path: Path) -> None:
+    with pytest.raises(LoadError, match=r"gone\.md"):
+        load_file(tmp_path / "gone.md")
+
+
+def test_suffix_is_case_insensitive(tmp_path: Path) -> None:
+    path = tmp_path / "NOTES.TXT"
+    path.write_text("hello")
+    assert load_file(path).text == "hello"
+
+
+def test_normalize_text() -> None:
+    raw = "a  \r\nb\t\n\n\n\n\nc\x00d\fe\n\n"
+    assert normalize_text(raw) == "a\nb\n\ncd\n\ne"
+    # Indentation (code blocks) is kept.
+    assert normalize_text("x\n    code\n") == "x\n    code"
+
+
+# ------------------------------------------------------------------------------------ text, Markdown
+
+
+def test_markdown_title_and_text_kept(tmp_path: Path) -> None:
+    path = tmp_path / "guide.md"
+    source = (
+        "Intro line before the title.   \n\n\n\n"
+        "```bash\n# not a heading, a shell comment\n```\n\n"
+        "# Installation Guide\n\nRun the installer.\n\n## Requirements\n\nPython 3.11.\n"
+    )
+    path.write_text(source)
+    loaded = load_file(path)
+    assert loaded.title == "Installation Guide"
+    assert loaded.content_type == "text/markdown"
+    assert "## Requirements\n\nPython 3.11." in loaded.text
+    assert "# not a heading, a shell comment" in loaded.text
+    assert "Intro line before the title.\n\n```bash" in loaded.text  # trailing spaces, blank runs gone
+
+
+def test_markdown_title_fallbacks(tmp_path: Path) -> None:
+    no_heading = tmp_path / "release-notes.markdown"
+    no_heading.write_text("## Only a second-level heading\n\ntext\n")
+    assert load_file(no_heading).title == "release-notes"
+
+    setext = tmp_path / "setext.md"
+    setext.write_text("Big Title\n=========\n\nbody\n")
+    assert load_file(setext).title == "Big Title"
+
+    front = tmp_path / "front.md"
+    front.write_text("---\ntitle: From Front Matter\ntags: [a]\n---\n# Heading\n\nbody\n")
+    loaded = load_file(front)
+    assert loaded.title == "From Front Matter"
+    assert loaded.text.startswith("# Heading")
+
+
+def test_text_gb18030_chinese(tmp_path: Path) -> None:
+    text = "检索增强生成（RAG）把检索到的段落交给大模型。\n\n第二段：向量数据库。"
+    path = tmp_path / "中文.txt"
+    path.write_bytes(text.encode("gb18030"))
+    loaded = load_file(path)
+    assert loaded.text == text
+    assert loaded.title == "中文"
+    assert loaded.content_type == "text/plain"
+
+
+def test_text_encodings_fallbacks(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffhello wörld".encode())
+    assert load_file(bom).text == "hello wörld"
+
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes("hello utf-16 ✓".encode("utf-16"))
+    assert load_file(utf16).text == "hello utf-16 ✓"
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café au lait, déjà vu".encode("latin-1"))
+    assert load_file(latin).text == "café au lait, déjà vu"
+
+
+def test_load_bytes() -> None:
+    loaded = load_bytes(b"# Upload\n\nbody", "upload.md")
+    assert (loaded.title, loaded.text) == ("Upload", "# Upload\n\nbody")
+    with pytest.raises(UnsupportedFile):
+        load_bytes(b"x", "x.exe")
+    with pytest.raises(TooLarge):
+        load_bytes(b"x" * 2000, "x.txt", max_bytes=1024)
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+
+_ARTICLE_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Deploying omnirag | Docs</title></head>
+<body>
+<header><div class="logo">omnirag</div>
+  <nav><ul><li><a href="/">Home</a></li><li><a href="/pricing">Pricing</a></li>
+  <li><a href="/blog">Blog</a></li><li><a href="/careers">Careers</a></li></ul></nav></header>
+<aside class="sidebar"><a href="/a">Sidebar link one</a><a href="/b">Sidebar link two</a></aside>
+<main><article>
+  <h1>Deploying omnirag</h1>
+  <p>The gateway listens on port 8000 and forwards chat requests to the configured model server.</p>
+  <h2>Helm chart</h2>
+  <p>Install the chart with helm install and set the embedding model in the values file
+  before the first run.</p>
+  <table><tr><th>Service</th><th>Port</th></tr><tr><td>gateway</td><td>8000</td></tr>
+  <tr><td>retriever</td><td>8001</td></tr></table>
+</article></main>
+<footer><p>Copyright 2024 Example Corp. All rights reserved. Subscribe to our newsletter.</p></footer>
+<script>var tracking = "should never appear";</script>
+</body></html>
+"""
+
+
+def test_html_main_text_without_boilerplate(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.html"
+    path.write_text(_ARTICLE_HTML)
+    loaded = load_file(path)
+    assert loaded.title == "Deploying omnirag | Docs"
+    assert loaded.content_type == "text/html"
+    assert "The gateway listens on port 8000" in loaded.text
+    assert "Install the chart with helm install" in loaded.text
+    assert "## Helm chart" in loaded.text  # Markdown headings
+    assert "retriever" in loaded.text and "8001" in loaded.text  # the table
+    for boilerplate in ("Pricing", "Careers", "Sidebar link", "newsletter", "tracking"):
+        assert boilerplate not in loaded.text
+
+
+def test_html_fallback_strip_and_h1_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trafilatura
+
+    monkeypatch.setattr(trafilatura, "extract", lambda *args, **kwargs: None)
+    path = tmp_path / "page.htm"
+    path.write_text(
+        "<html><body><nav>Menu Home About</nav><h1>Only &amp; Heading</h1>"
+        "<p>First paragraph.</p><p>Second <b>bold</b> paragraph.</p>"
+        "<script>alert('x')</script><footer>Footer text</footer></body></html>"
+    )
+    loaded = load_file(path)
+    assert loaded.title == "Only & Heading"
+    assert loaded.text == "# Only & Heading\n\nFirst paragraph.\n\nSecond bold paragraph."
+
+
+def test_html_meta_charset(tmp_path: Path) -> None:
+    body = "<p>" + "知识库由多个来源组成，索引器会定期抓取并更新向量索引。" * 3 + "</p>"
+    html = f'<html><head><meta http-equiv="Content-Type" content="text/html; charset=gbk"><title>知识库</title></head><body>{body}</body></html>'  # noqa: E501
+    path = tmp_path / "zh.html"
+    path.write_bytes(html.encode("gbk"))
+    loaded = load_file(path)
+    assert loaded.title == "知识库"
+    assert "索引器会定期抓取" in loaded.text
+
+
+# ---------------------------------------------------------------------------------------------- PDF
+
+
+def _two_page_pdf(path: Path, *, title: str | None = "Quarterly Report") -> Path:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    if title:
+        pdf.set_title(title)
+    pdf.set_font("Helvetica", size=14)
+    pdf.add_page()
+    pdf.multi_cell(0, 10, "Page one talks about revenue growth in the northern region.")
+    pdf.add_page()
+    pdf.multi_cell(0, 10, "Page two covers hiring plans for the next year.")
+    pdf.output(str(path))
+    return path
+
+
+def test_pdf_two_pages(tmp_path: Path) -> None:
+    loaded = load_file(_two_page_pdf(tmp_path / "report.pdf"))
+    assert loaded.title == "Quarterly Report"
+    assert loaded.content_type == "application/pdf"
+    assert "revenue growth in the northern region" in loaded.text
+    assert "hiring plans for the next year" in loaded.text
+    assert loaded.text.index("revenue") < loaded.text.index("hiring")
+    assert "\n\n" in loaded.text  # pages separated by a blank line
+
+
+def test_pdf_title_falls_back_to_stem(tmp_path: Path) -> None:
+    loaded = load_file(_two_page_pdf(tmp_path / "annual-summary.pdf", title=None))
+    assert loaded.title == "annual-summary"
+
+
+def test_corrupt_pdf(tmp_path: Path) -> None:
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage garbage")
+    with pytest.raises(LoadError, match="PDF"):
+        load_file(path)
+    truncated = tmp_path / "truncated.pdf"
+    truncated.write_bytes(_two_page_pdf(tmp_path / "ok.pdf").read_bytes()[:200])
+    with pytest.raises(LoadError):
+        load_file(truncated)
+
+
+def test_encrypted_pdf_needs_password(tmp_path: Path) -> None:
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for page in PdfReader(_two_page_pdf(tmp_path / "plain.pdf")).pages:
+        writer.add_page(page)
+    writer.encrypt(user_password="secret", owner_password="owner", algorithm="RC4-128")
+    path = tmp_path / "locked.pdf"
+    with path.open("wb") as handle:
+        writer.write(handle)
+    with pytest.raises(LoadError, match="encrypted"):
+        load_file(path)
+
+    # Encrypted with an empty user password (restrictions only): readable.
+    writer = PdfWriter()
+    for page in PdfReader(tmp_path / "plain.pdf").pages:
+        writer.add_page(page)
+    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")
+    restricted = tmp_path / "restricted.pdf"
+    with restricted.open("wb") as handle:
+        writer.write(handle)
+    assert "hiring plans" in load_file(restricted).text
+
+
+def test_pdf_without_text_or_images(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.line(10, 10, 100, 100)
+    path = tmp_path / "drawing.pdf"
+    pdf.output(str(path))
+    with pytest.raises(LoadError, match="no text layer"):
+        load_file(path)
+
+
+def test_scanned_pdf_is_read_by_ocr(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    image = _text_image(tmp_path / "scan.png", ["SCANNED CONTRACT", "CLAUSE 7"])
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.image(str(image), x=10, y=10, w=190)
+    path = tmp_path / "scan.pdf"
+    pdf.output(str(path))
+    loaded = load_file(path)
+    assert "SCANNED CONTRACT" in loaded.text.upper()
+    assert "CLAUSE 7" in loaded.text.upper()
+
+
+# --------------------------------------------------------------------------------------------- DOCX
+
+
+def test_docx_headings_paragraphs_table(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Onboarding Handbook", level=1)
+    document.add_paragraph("Welcome to the team. Read this before your first day.")
+    document.add_heading("Equipment", level=2)
+    document.add_paragraph("Laptops are issued by IT.", style="List Bullet")
+    table = document.add_table(rows=2, cols=2)
+    table.cell(0, 0).text = "Item"
+    table.cell(0, 1).text = "Owner"
+    table.cell(1, 0).text = "Laptop"
+    table.cell(1, 1).text = "IT desk"
+    document.add_paragraph("Closing paragraph after the table.")
+    path = tmp_path / "handbook.docx"
+    document.save(str(path))
+
+    loaded = load_file(path)
+    assert loaded.title == "Onboarding Handbook"
+    assert loaded.content_type.endswith("wordprocessingml.document")
+    assert loaded.text == (
+        "# Onboarding Handbook\n\n"
+        "Welcome to the team. Read this before your first day.\n\n"
+        "## Equipment\n\n"
+        "- Laptops are issued by IT.\n\n"
+        "| Item | Owner |\n|---|---|\n| Laptop | IT desk |\n\n"
+        "Closing paragraph after the table."
+    )
+
+
+def test_docx_title_from_core_properties(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.core_properties.title = "Policy 12"
+    document.add_paragraph("Just a paragraph.")
+    path = tmp_path / "p.docx"
+    document.save(str(path))
+    assert load_file(path).title == "Policy 12"
+
+    untitled = docx.Document()
+    untitled.add_paragraph("No heading here.")
+    path2 = tmp_path / "plain-notes.docx"
+    untitled.save(str(path2))
+    assert load_file(path2).title == "plain-notes"
+
+
+def test_corrupt_docx(tmp_path: Path) -> None:
+    path = tmp_path / "broken.docx"
+    path.write_bytes(b"PK\x03\x04 this is not really a zip")
+    with pytest.raises(LoadError, match="DOCX"):
+        load_file(path)
+
+
+# ---------------------------------------------------------------------------------------------- OCR
+
+
+def test_image_ocr(tmp_path: Path) -> None:
+    path = _text_image(tmp_path / "invoice.png", ["INVOICE 2024", "TOTAL 42"])
+    loaded = load_file(path)
+    assert loaded.title == "invoice"
+    assert loaded.content_type == "image/png"
+    lines = loaded.text.upper().split("\n")
+    assert len(lines) == 2
+    assert "INVOICE" in lines[0] and "2024" in lines[0]
+    assert "TOTAL" in lines[1] and "42" in lines[1]
+
+
+def test_blank_image_has_no_text(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "blank.jpg"
+    Image.new("RGB", (120, 80), "white").save(path)
+    with pytest.raises(LoadError, match="no text found in image"):
+        load_file(path)
+
+
+def test_corrupt_image(tmp_path: Path) -> None:
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(LoadError, match="cannot read image"):
+        load_file(path)
+
+
+def test_ocr_engine_is_built_once() -> None:
+    assert loaders._get_ocr_engine() is loaders._get_ocr_engine()
+
+
+def test_reading_order_groups_lines() -> None:
+    def box(x0: float, y0: float, x1: float, y1: float) -> list[list[float]]:
+        return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+    result = [
+        [box(400, 12, 600, 48), "right", 0.9],  # same line as "left", a little higher
+        [box(10, 100, 200, 140), "second", 0.9],
+        [box(10, 10, 200, 50), "left", 0.9],
+        [box(10, 200, 200, 240), "  ", 0.9],  # blank text is dropped
+    ]
+    assert loaders._reading_order(result) == "left right\nsecond"
+
+
+def test_image_modes_are_converted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    seen: list[str] = []
+
+    class FakeEngine:
+        def __call__(self, image: Image.Image) -> tuple[list[object] | None, None]:
+            seen.append(image.mode)
+            return None, None
+
+    monkeypatch.setattr(loaders, "_ocr_engine", FakeEngine())
+    for mode in ("RGBA", "P", "L", "CMYK"):
+        buffer = io.BytesIO()
+        Image.new(mode, (10, 10)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
+        assert loaders.ocr_image(buffer.getvalue()) == ""
+    assert seen == ["RGB"] * 4

@@ -1,0 +1,160 @@
+"""The ingest worker against a real Redis: requests become searchable, poison goes to the
+dead-letter stream without blocking the next request, failures are retried."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from omnirag.core.schemas.ingest import CONSUMER_GROUP, DEAD_LETTER_STREAM, INGEST_STREAM, job_key
+from omnirag.index import open_current
+from omnirag.indexer.worker import Worker
+
+
+def job() -> str:
+    return uuid.uuid4().hex
+
+
+@pytest.fixture
+async def redis(redis_url):
+    r = aioredis.from_url(redis_url)
+    await r.flushdb()
+    yield r
+    await r.aclose()
+
+
+async def run_until(worker: Worker, predicate, limit: float = 60.0) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(limit):
+            while not await predicate():
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await task
+
+
+async def status(r, job_id: str) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (await r.hgetall(job_key(job_id))).items()}
+
+
+async def test_text_and_file_requests_become_searchable(settings, redis_url, redis):
+    settings.redis_url = redis_url
+    settings.uploads_dir.mkdir(parents=True)
+    (settings.uploads_dir / "abc123.md").write_text(
+        "# Parking\n\nVisitors park in the wombatlot behind building C.\n"
+    )
+    text_job, file_job = job(), job()
+    await redis.xadd(
+        INGEST_STREAM,
+        {
+            "job_id": text_job,
+            "collection": "uploads",
+            "kind": "text",
+            "source": "note-1",
+            "title": "Cafeteria",
+            "text": "The cafeteria serves platypus pie on Fridays.",
+        },
+    )
+    await redis.xadd(
+        INGEST_STREAM,
+        {
+            "job_id": file_job,
+            "collection": "uploads",
+            "kind": "file",
+            "source": "parking.md",
+            "path": "abc123.md",
+        },
+    )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200)
+    try:
+
+        async def both_done():
+            return (await status(redis, text_job)).get("status") == "done" and (
+                await status(redis, file_job)
+            ).get("status") == "done"
+
+        await run_until(worker, both_done)
+    finally:
+        await worker.close()
+    coll = open_current(settings.index_root, "uploads")
+    assert coll is not None
+    assert coll.search(query="platypus pie", k=1, mode="sparse")[0].metadata["source"] == "note-1"
+    assert coll.search(query="wombatlot parking", k=1, mode="sparse")[0].metadata["title"] == "Parking"
+    st = await status(redis, file_job)
+    assert st["version"] == coll.version or st["version"]
+    # Acknowledged: nothing left pending in the group.
+    pending = await redis.xpending(INGEST_STREAM, CONSUMER_GROUP)
+    assert pending["pending"] == 0
+
+
+async def test_poison_goes_to_dead_letter_without_blocking_the_next(settings, redis_url, redis):
+    settings.redis_url = redis_url
+    settings.uploads_dir.mkdir(parents=True)
+    escape, malformed, good = job(), job(), job()
+    await redis.xadd(
+        INGEST_STREAM,
+        {
+            "job_id": escape,
+            "collection": "uploads",
+            "kind": "file",
+            "source": "x",
+            "path": "../../etc/passwd",
+        },
+    )
+    await redis.xadd(
+        INGEST_STREAM,
+        {"job_id": malformed, "collection": "Not A Name", "kind": "text", "source": "x", "text": "t"},
+    )
+    await redis.xadd(
+        INGEST_STREAM,
+        {
+            "job_id": good,
+            "collection": "uploads",
+            "kind": "text",
+            "source": "ok",
+            "text": "the ocelot report is due monday",
+        },
+    )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200)
+    try:
+
+        async def good_done():
+            return (await status(redis, good)).get("status") == "done"
+
+        await run_until(worker, good_done)
+    finally:
+        await worker.close()
+    assert (await status(redis, escape))["status"] == "dead"
+    assert "outside the uploads directory" in (await status(redis, escape))["error"]
+    assert (await status(redis, malformed))["status"] == "dead"
+    dead = await redis.xrange(DEAD_LETTER_STREAM)
+    assert {fields[b"job_id"].decode() for _, fields in dead} == {escape, malformed}
+
+
+async def test_failures_are_retried_then_dead_lettered(settings, redis_url, redis):
+    settings.redis_url = redis_url
+    settings.embedder_url = "http://127.0.0.1:9"  # nobody listens: every attempt fails
+    settings.embed_timeout = 2.0
+    settings.uploads_dir.mkdir(parents=True)
+    failing = job()
+    await redis.xadd(
+        INGEST_STREAM,
+        {"job_id": failing, "collection": "uploads", "kind": "text", "source": "s", "text": "never indexed"},
+    )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200, max_attempts=2)
+    try:
+
+        async def dead():
+            return (await status(redis, failing)).get("status") == "dead"
+
+        await run_until(worker, dead, limit=120)
+    finally:
+        await worker.close()
+    st = await status(redis, failing)
+    assert st["attempts"] == "2" and "embedder" in st["error"]
+    assert len(await redis.xrange(DEAD_LETTER_STREAM)) == 1

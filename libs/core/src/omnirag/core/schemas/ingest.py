@@ -1,0 +1,41 @@
+"""On-demand ingestion: the gateway queues requests on a Redis stream, the indexer worker consumes
+them. Both sides use these names and this message shape."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+INGEST_STREAM = "omnirag:ingest"
+DEAD_LETTER_STREAM = "omnirag:ingest:dead"
+CONSUMER_GROUP = "indexers"
+JOB_TTL_SECONDS = 7 * 24 * 3600
+
+
+def job_key(job_id: str) -> str:
+    return f"omnirag:ingest:job:{job_id}"
+
+
+class IngestRequest(BaseModel):
+    job_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
+    collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    kind: Literal["file", "text"]
+    source: str = Field(
+        min_length=1, max_length=1024, description="Stable name: re-ingesting it replaces it."
+    )
+    title: str | None = Field(None, max_length=1024)
+    path: str | None = Field(None, description="For files: path relative to the shared uploads directory.")
+    text: str | None = Field(None, max_length=10_000_000)
+    attempts: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _payload(self) -> IngestRequest:
+        if self.kind == "file" and not self.path:
+            raise ValueError("a file request needs path")
+        if self.kind == "text" and not self.text:
+            raise ValueError("a text request needs text")
+        return self
+
+
+JobStatus = Literal["queued", "running", "done", "failed", "dead"]
