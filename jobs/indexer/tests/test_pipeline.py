@@ -190,3 +190,112 @@ def test_a_run_killed_midway_leaves_the_served_version_intact(tmp_path, settings
     final = open_current(settings.index_root, "kb", verify=True)
     assert final is not None and final.version != before
     assert final.search(query="paragraph 149 topic", k=1, mode="sparse")[0].metadata["source"] == "d149.md"
+
+
+SITE_PAGES = {
+    "/": "<html><head><title>Docs</title></head><body><main><h1>Docs home</h1><p>Start here.</p>"
+    '<a href="/install">Install</a> <a href="/private/keys">Keys</a></main></body></html>',
+    "/install": "<html><head><title>Install</title></head><body><main><h1>Install</h1>"
+    "<p>Install the capybaractl tool with the package manager, then run it.</p></main></body></html>",
+    "/private/keys": "<html><body><p>secret keys page</p></body></html>",
+    "/robots.txt": "User-agent: *\nDisallow: /private/\n",
+}
+
+
+class _Site:
+    """A tiny documentation site on 127.0.0.1 that answers conditional requests with 304."""
+
+    def __init__(self) -> None:
+        self.pages = dict(SITE_PAGES)
+
+    def __enter__(self):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        site = self
+        site.hits: list[tuple[str, int]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = site.pages.get(self.path)
+                if body is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    site.hits.append((self.path, 404))
+                    return
+                etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+                if self.headers.get("If-None-Match") == etag:
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    site.hits.append((self.path, 304))
+                    return
+                data = body.encode()
+                self.send_response(200)
+                ctype = "text/plain" if self.path.endswith(".txt") else "text/html; charset=utf-8"
+                self.send_header("Content-Type", ctype)
+                self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                site.hits.append((self.path, 200))
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_a_crawled_site_is_indexed_and_rerun_with_conditional_requests(tmp_path, settings):
+    with _Site() as site:
+        spec = {
+            "knowledgeBases": [
+                {
+                    "name": "web",
+                    "sources": [
+                        {
+                            "type": "web",
+                            "urls": [site.url],
+                            "maxDepth": 2,
+                            "allowHosts": ["127.0.0.1"],
+                            "delaySeconds": 0,
+                        }
+                    ],
+                }
+            ]
+        }
+        kb = parse(spec, tmp_path)[0]
+        first = await run_kb(kb, settings)
+        assert first.published and first.added == 2
+        coll = open_current(settings.index_root, "web")
+        assert (
+            coll.search(query="capybaractl install", k=1, mode="sparse")[0].metadata["source"]
+            == site.url + "install"
+        )
+        assert all(
+            "/private/" not in h.metadata["source"]
+            for h in coll.search(query="secret keys", k=5, mode="sparse")
+        )
+        site.hits.clear()
+        again = await run_kb(kb, settings)
+        assert not again.published and again.chunks_embedded == 0 and again.deleted == 0
+        assert ("/install", 304) in site.hits and ("/install", 200) not in site.hits
+
+        site.pages["/install"] = site.pages["/install"].replace("package manager", "installer script")
+        third = await run_kb(kb, settings)
+        assert third.published and third.changed == 1
+        # The same crawl with the default policy fetches nothing: loopback is refused.
+        default = parse(
+            {"knowledgeBases": [{"name": "web2", "sources": [{"type": "web", "urls": [site.url]}]}]}, tmp_path
+        )[0]
+        site.hits.clear()
+        refused = await run_kb(default, settings)
+        assert refused.refused and site.hits == [] and not refused.published

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from omnirag.index import Document, EmbeddingInfo, IndexConfig, VersionWriter, prune_versions, read_current
-from omnirag.index.store import version_path
+from omnirag.index.store import read_extra, version_path
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.embed import EmbedClient
 from omnirag.indexer.lock import collection_lock
@@ -73,8 +73,10 @@ async def gather_documents(
     kb: KnowledgeBase,
     settings: IndexerSettings,
     previous_validators: dict[str, dict],
+    crawl_state: dict[str, dict],
 ) -> tuple[dict[str, SourceDocument], set[str], list[SourceProblem]]:
-    """(documents by source, sources to keep as they are, problems)."""
+    """(documents by source, sources to keep as they are, problems). Fills ``crawl_state`` with the
+    validators (ETag, Last-Modified, links) the crawler wants back next run."""
     docs: dict[str, SourceDocument] = {}
     keep: set[str] = set()
     problems: list[SourceProblem] = []
@@ -97,11 +99,10 @@ async def gather_documents(
 
             result = await crawl(CrawlConfig.from_spec(src), previous=previous_validators)
             for doc in result.documents:
-                validators = result.validators.get(doc.source) or {}
-                doc.metadata.update({k: v for k, v in validators.items() if v})
                 docs[doc.source] = doc
             keep.update(result.unchanged)
             problems.extend(result.problems)
+            crawl_state.update(result.validators)
     return docs, keep, problems
 
 
@@ -119,25 +120,19 @@ def _existing(writer: VersionWriter) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _previous_validators(settings: IndexerSettings, kb: KnowledgeBase) -> dict[str, dict]:
-    version = read_current(settings.index_root, kb.name)
-    if version is None:
-        return {}
-    import sqlite3
+CRAWL_STATE = "crawl.json"
 
-    path = version_path(settings.index_root, kb.name, version) / "docs.sqlite"
-    conn = sqlite3.connect(f"file:{path.as_posix()}?mode=ro&immutable=1", uri=True)
+
+def _previous_validators(settings: IndexerSettings, kb: KnowledgeBase) -> dict[str, dict]:
+    """What the crawler returned last time (kept beside the version it built, in extra/)."""
+    raw = read_extra(settings.index_root, kb.name, CRAWL_STATE)
+    if raw is None:
+        return {}
     try:
-        out: dict[str, dict] = {}
-        for (meta_json,) in conn.execute(
-            "SELECT metadata FROM docs WHERE json_extract(metadata, '$.etag') IS NOT NULL "
-            "OR json_extract(metadata, '$.last_modified') IS NOT NULL"
-        ):
-            meta = json.loads(meta_json)
-            out[meta["source"]] = {"etag": meta.get("etag"), "last_modified": meta.get("last_modified")}
-        return out
-    finally:
-        conn.close()
+        state = json.loads(raw)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 async def run_kb(
@@ -171,7 +166,9 @@ async def run_kb(
             ttl=settings.lock_ttl_seconds,
             wait=settings.lock_wait_seconds,
         ):
-            docs, keep, problems = await gather_documents(kb, settings, _previous_validators(settings, kb))
+            previous = _previous_validators(settings, kb)
+            crawl_state: dict[str, dict] = {}
+            docs, keep, problems = await gather_documents(kb, settings, previous, crawl_state)
             summary.refused = [p.source for p in problems if p.kind == "refused"]
             summary.problems = [{"source": p.source, "kind": p.kind, "reason": p.reason} for p in problems]
             await asyncio.to_thread(settings.index_root.mkdir, parents=True, exist_ok=True)
@@ -195,6 +192,10 @@ async def run_kb(
             ) as writer:
                 changed = await _apply(kb, writer, embedder, docs, keep, problems, summary, tick)
                 summary.chunks_total = writer.count()
+                if crawl_state:
+                    # Pages answered 304 keep last run's validators; the rest bring new ones.
+                    kept = {u: v for u, v in previous.items() if u in keep and u not in crawl_state}
+                    writer.put_extra(CRAWL_STATE, json.dumps(kept | crawl_state, ensure_ascii=False).encode())
                 if changed:
                     summary.version = await asyncio.to_thread(writer.commit)
                     summary.published = True

@@ -155,6 +155,14 @@ class VersionWriter:
     def upsert(self, docs: Sequence[Document]) -> None:
         self.docs.upsert(docs)
 
+    def put_extra(self, name: str, data: bytes) -> None:
+        """Store a small file of the writer's own (e.g. crawl state) in ``extra/``, versioned and
+        checksummed with everything else; readers of the index ignore it."""
+        if not NAME_RE.fullmatch(name.replace(".", "-")):
+            raise ValueError(f"bad extra file name {name!r}")
+        (self.tmp / "extra").mkdir(exist_ok=True)
+        (self.tmp / "extra" / name).write_bytes(data)
+
     def delete(self, ids: Sequence[str]) -> int:
         return self.docs.delete(ids)
 
@@ -219,6 +227,15 @@ def publish(root: Path, name: str, version: str) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, coll / CURRENT)
     _fsync_path(coll)
+
+
+def read_extra(root: Path, name: str, file: str) -> bytes | None:
+    """A writer's extra file from the current version, if any."""
+    version = read_current(root, name)
+    if version is None:
+        return None
+    path = version_path(root, name, version) / "extra" / file
+    return path.read_bytes() if path.is_file() else None
 
 
 def prune_versions(root: Path, name: str, *, keep: int = 3, grace_seconds: float = 3600.0) -> list[str]:

@@ -1,0 +1,1024 @@
+"""The web crawler behind ``type: web`` sources: safe, polite, bounded, incremental.
+
+Safety (SSRF). Every host is resolved once per crawl (``socket.getaddrinfo`` in a thread) and refused
+when *any* of its addresses is loopback, private, link-local, multicast, reserved, unspecified, not
+globally routable or a cloud-metadata address, unless the host (or that address) is listed in
+``allowHosts``. The checked addresses are *pinned*: the httpx client runs on a custom httpcore
+network backend (:class:`_PinnedBackend`) whose ``connect_tcp`` never resolves anything itself — it
+asks the :class:`AddressGuard` for the host's checked addresses (resolving and checking them the
+first time) and opens the TCP socket to one of those IPs. The URL keeps its host name, so the
+``Host`` header, TLS SNI and certificate verification all use the name while the socket goes to the
+checked IP: a DNS answer that changes between check and connect (rebinding) cannot be used. No
+proxy is used (``trust_env=False``); unix sockets are refused. Redirects are followed by hand (at
+most 5) and every hop is checked again (scheme, credentials, addresses, robots.txt, scope) before it
+is requested; refused URLs are reported as ``SourceProblem(kind="refused")`` and never fetched.
+
+Politeness. robots.txt is fetched once per origin through the same fetcher (unreachable or 5xx →
+allow everything, 401/403 → disallow everything, other 4xx → allow); ``Crawl-delay`` (whole seconds,
+as the stdlib parser reads it, capped at :data:`MAX_CRAWL_DELAY`) raises the per-host delay. Requests
+to one host start at least ``delay`` seconds apart; at most ``concurrency`` requests run at once.
+
+Incremental. ``previous`` (URL → validators of the last run) turns requests into conditional ones;
+304 answers land in :attr:`CrawlResult.unchanged`. Validators of HTML pages also carry the page's
+links (``"links"``) and ``"content_type"``, so that links of an unchanged page are still followed on
+the next run; a previous entry without ``"links"`` is not used for pages whose links are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import gzip
+import html
+import io
+import ipaddress
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urljoin
+from urllib.robotparser import RobotFileParser
+
+import httpcore
+import httpx
+import trafilatura
+
+from omnirag.indexer.types import SourceDocument, SourceProblem
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "omnirag-indexer/0.1 (+https://github.com/omnirag)"
+MAX_REDIRECTS = 5
+MAX_CRAWL_DELAY = 30.0
+ROBOTS_MAX_BYTES = 512 * 1024
+MAX_SITEMAP_FILES = 50
+MAX_SITEMAP_NESTING = 3
+MAX_LINKS_PER_PAGE = 5000
+RETRY_PAUSE = 0.2
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Links to these are never worth a request: nothing here turns into text.
+_SKIP_EXTENSIONS = (
+    *(".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".ico", ".bmp", ".tif", ".tiff", ".avif"),
+    *(".mp3", ".mp4", ".m4a", ".ogg", ".wav", ".webm", ".avi", ".mov"),
+    *(".zip", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".tar", ".exe", ".dmg", ".iso", ".bin"),
+    *(".woff", ".woff2", ".ttf", ".otf", ".eot", ".css", ".js", ".mjs", ".map", ".wasm"),
+)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class CrawlConfig:
+    """One ``type: web`` source plus the crawler settings (delay, concurrency, timeout, size cap)."""
+
+    urls: list[str]
+    max_depth: int = 2
+    max_pages: int = 500
+    sitemap: bool = False
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    allow_hosts: list[str] = field(default_factory=list)
+    same_host: bool = True
+    delay: float = 0.5
+    concurrency: int = 4
+    timeout: float = 15.0
+    max_bytes: int = 5 * 1024 * 1024
+    user_agent: str = USER_AGENT
+    max_redirects: int = MAX_REDIRECTS
+    retries: int = 1
+
+    _include_re: list[re.Pattern[str]] = field(init=False, repr=False, compare=False)
+    _exclude_re: list[re.Pattern[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.urls or not all(isinstance(u, str) and u for u in self.urls):
+            raise ValueError("web source: 'urls' must be a non-empty list of URLs")
+        if self.max_depth < 0:
+            raise ValueError("web source: 'maxDepth' must be >= 0")
+        if self.max_pages < 1:
+            raise ValueError("web source: 'maxPages' must be >= 1")
+        if self.concurrency < 1 or self.timeout <= 0 or self.max_bytes < 1 or self.delay < 0:
+            raise ValueError("crawler settings: concurrency, timeout and max_bytes must be positive")
+        self._include_re = _compile(self.include, "include")
+        self._exclude_re = _compile(self.exclude, "exclude")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], **settings: Any) -> CrawlConfig:
+        """Build from a knowledge-base source entry (camelCase keys); ``settings`` override fields
+        by their Python name (``delay=``, ``concurrency=``, ``timeout=``, ``max_bytes=``...)."""
+        keys = {
+            "urls": "urls",
+            "maxDepth": "max_depth",
+            "maxPages": "max_pages",
+            "sitemap": "sitemap",
+            "include": "include",
+            "exclude": "exclude",
+            "allowHosts": "allow_hosts",
+            "sameHost": "same_host",
+        }
+        values: dict[str, Any] = {name: spec[key] for key, name in keys.items() if spec.get(key) is not None}
+        urls = values.get("urls")
+        if isinstance(urls, str):
+            values["urls"] = [urls]
+        for name in ("urls", "include", "exclude", "allow_hosts"):
+            if name in values:
+                if not isinstance(values[name], list | tuple) or not all(
+                    isinstance(v, str) for v in values[name]
+                ):
+                    raise ValueError(f"web source: {name!r} must be a list of strings")
+                values[name] = list(values[name])
+        for name in ("max_depth", "max_pages"):
+            if name in values and (not isinstance(values[name], int) or isinstance(values[name], bool)):
+                raise ValueError(f"web source: {name!r} must be an integer")
+        for name in ("sitemap", "same_host"):
+            if name in values and not isinstance(values[name], bool):
+                raise ValueError(f"web source: {name!r} must be true or false")
+        values.update(settings)
+        if "urls" not in values:
+            raise ValueError("web source: 'urls' is required")
+        return cls(**values)
+
+
+def _compile(patterns: Iterable[str], what: str) -> list[re.Pattern[str]]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"web source: bad {what} pattern {pattern!r}: {exc}") from exc
+    return compiled
+
+
+@dataclass
+class CrawlResult:
+    documents: list[SourceDocument] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    problems: list[SourceProblem] = field(default_factory=list)
+    validators: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------- address guard
+
+
+class RefusedURL(Exception):
+    """A URL or address the crawler will not connect to."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ResolveError(Exception):
+    """The host name did not resolve."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo client, NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_refusal(address: str | IPAddress) -> str | None:
+    """Why connecting to ``address`` is refused by default, or None for a public address.
+
+    Pure classification, no network.
+    """
+    if isinstance(address, str):
+        try:
+            ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0].strip("[]"))
+        except ValueError:
+            return f"not an IP address: {address!r}"
+    else:
+        ip = address
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata address"
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            reason = address_refusal(embedded)
+            if reason:
+                return f"{reason} (IPv4 {embedded} inside {ip})"
+        if ip.is_site_local:
+            return "site-local address"
+    checks = (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("not globally routable", not ip.is_global),
+    )
+    for reason, hit in checks:
+        if hit:
+            return f"{reason} address"
+    return None
+
+
+def _normalise_host(host: str) -> str:
+    return host.strip().strip("[]").lower().rstrip(".")
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """``socket.getaddrinfo`` in a thread; the unique addresses in the resolver's order."""
+    try:
+        infos = await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ResolveError(f"cannot resolve {host}: {exc}") from exc
+    addresses: list[str] = []
+    for info in infos:
+        address = str(info[4][0]).split("%", 1)[0]
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+class AddressGuard:
+    """Resolves each host once, refuses unsafe addresses and pins the checked ones for the crawl.
+
+    ``allow_hosts`` holds host names or IP addresses allowed although they are not public. Cloud
+    metadata addresses stay refused unless that very address is listed.
+    """
+
+    def __init__(self, allow_hosts: Iterable[str] = (), resolver: Resolver | None = None) -> None:
+        self._allowed_hosts: set[str] = set()
+        self._allowed_ips: set[IPAddress] = set()
+        for entry in allow_hosts:
+            host = _normalise_host(entry)
+            self._allowed_hosts.add(host)
+            with contextlib.suppress(ValueError):
+                self._allowed_ips.add(ipaddress.ip_address(host))
+        self._resolver = resolver or system_resolver
+        self._pins: dict[str, list[str] | Exception] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def is_allowed_host(self, host: str) -> bool:
+        return _normalise_host(host) in self._allowed_hosts
+
+    def refusal(self, host: str, address: str) -> str | None:
+        """Why ``host`` may not be reached at ``address`` (None: allowed)."""
+        ip = ipaddress.ip_address(address)
+        if ip in self._allowed_ips:
+            return None
+        reason = address_refusal(ip)
+        if reason is None:
+            return None
+        if self.is_allowed_host(host) and ip not in METADATA_ADDRESSES:
+            return None
+        return reason
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The checked, pinned addresses of ``host``; raises RefusedURL or ResolveError."""
+        key = _normalise_host(host)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._pins:
+                self._pins[key] = await self._check(key, port)
+        pinned = self._pins[key]
+        if isinstance(pinned, Exception):
+            raise pinned
+        return pinned
+
+    async def _check(self, host: str, port: int) -> list[str] | Exception:
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                addresses = await self._resolver(host, port)
+            except ResolveError as exc:
+                return exc
+            if not addresses:
+                return ResolveError(f"cannot resolve {host}: no addresses")
+        for address in addresses:
+            try:
+                reason = self.refusal(host, address)
+            except ValueError:
+                reason = "unparsable address"
+            if reason:
+                shown = host if host == address else f"{host} resolves to {address},"
+                return RefusedURL(f"{shown} {reason}; list the host in allowHosts to allow it")
+        return addresses
+
+
+class _PinnedBackend(httpcore.AsyncNetworkBackend):
+    """Connects only to the addresses the guard checked for the host: no resolution of its own."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._guard.addresses(host, port)
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        assert error is not None
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise RefusedURL("unix sockets are not allowed")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _PinnedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool rebuilt on :class:`_PinnedBackend`, no proxy."""
+
+    def __init__(self, guard: AddressGuard, max_connections: int) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=5.0,
+            network_backend=_PinnedBackend(guard),
+        )
+
+
+# --------------------------------------------------------------------------------------------- URLs
+
+
+def normalize_url(url: str, base: str | None = None) -> str | None:
+    """Absolute http(s) URL with lowercase scheme/host, no default port, no fragment; else None."""
+    url = url.strip()
+    if base is not None:
+        try:
+            url = urljoin(base, url)
+        except ValueError:
+            return None
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        return None
+    scheme = parsed.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parsed.raw_host:
+        return None
+    if port is not None and not 0 < port < 65536:
+        return None
+    host = parsed.raw_host.decode("ascii").lower()
+    netloc = f"[{host}]" if ":" in host else host
+    if parsed.userinfo:
+        netloc = f"{parsed.userinfo.decode('ascii')}@{netloc}"
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc = f"{netloc}:{port}"
+    path = parsed.raw_path.decode("ascii") or "/"
+    return f"{scheme}://{netloc}{path}"
+
+
+def url_refusal(url: str) -> str | None:
+    """Refusal that needs no DNS: scheme, credentials, malformed URL."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, UnicodeError):
+        return "malformed URL"
+    if parsed.scheme.lower() not in _DEFAULT_PORTS:
+        return f"scheme {parsed.scheme!r} is not http(s)"
+    if parsed.userinfo:
+        return "URLs with credentials are not fetched"
+    if not parsed.raw_host:
+        return "URL without host"
+    if port is not None and not 0 < port < 65536:
+        return "bad port"
+    return None
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = httpx.URL(url)
+    return parsed.raw_host.decode("ascii").lower(), parsed.port or _DEFAULT_PORTS[parsed.scheme]
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a normalised URL."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _mime(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+
+class _PageParser(HTMLParser):
+    """Links (a/area href), <base href>, <title>, meta robots and a plain-text fallback."""
+
+    _SKIP_TEXT = frozenset({"script", "style", "noscript", "template", "nav", "header", "footer", "svg"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.links: list[str] = []
+        self.base: str | None = None
+        self.robots: set[str] = set()
+        self._title: list[str] = []
+        self._in_title = False
+        self._skip = 0
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {k.lower(): (v or "") for k, v in attrs}
+        if tag in ("a", "area") and attr.get("href") and len(self.links) < MAX_LINKS_PER_PAGE:
+            self.links.append(attr["href"])
+        elif tag == "base" and self.base is None and attr.get("href"):
+            self.base = attr["href"]
+        elif tag == "meta" and attr.get("name", "").lower() in ("robots", "omnirag-indexer"):
+            self.robots.update(t.strip().lower() for t in attr.get("content", "").split(","))
+        elif tag == "title":
+            self._in_title = True
+        if tag in self._SKIP_TEXT:
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+        if tag in self._SKIP_TEXT and self._skip:
+            self._skip -= 1
+        if tag in ("p", "div", "li", "br", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"):
+            self._text.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self._title.append(data)
+        elif not self._skip:
+            self._text.append(data)
+
+    @property
+    def title(self) -> str:
+        return " ".join("".join(self._title).split())
+
+    @property
+    def text(self) -> str:
+        lines = (" ".join(line.split()) for line in "".join(self._text).splitlines())
+        return "\n".join(line for line in lines if line)
+
+
+def _decode(body: bytes, content_type: str | None, sniff_html: bool) -> str:
+    if body.startswith(codecs.BOM_UTF8):
+        return body[3:].decode("utf-8", errors="replace")
+    charset = None
+    match = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.IGNORECASE)
+    if match:
+        charset = match.group(1)
+    elif sniff_html:
+        found = re.search(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", body[:4096], re.IGNORECASE)
+        if found:
+            charset = found.group(1).decode("ascii")
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def _extract_html(markup: str, url: str) -> tuple[str, str, _PageParser]:
+    """(title, main text, parser) of an HTML page; runs in a worker thread."""
+    parser = _PageParser()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:  # html.parser is lenient; never let one odd page stop the crawl
+        logger.debug("html.parser failed on %s", url, exc_info=True)
+    text = trafilatura.extract(
+        markup, url=url, output_format="markdown", include_tables=True, favor_recall=True
+    )
+    if not text or not text.strip():
+        text = parser.text
+    title = ""
+    try:
+        metadata = trafilatura.extract_metadata(markup, default_url=url)
+        title = (metadata.title if metadata is not None else None) or ""
+    except Exception:
+        logger.debug("trafilatura metadata failed on %s", url, exc_info=True)
+    return (title or parser.title or url).strip(), text.strip(), parser
+
+
+def _text_title(text: str, url: str, markdown: bool) -> str:
+    if markdown:
+        for line in text.splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    name = httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1]
+    return name or url
+
+
+_LOC = re.compile(r"<(?:\w+:)?loc>\s*(.*?)\s*</(?:\w+:)?loc>", re.IGNORECASE | re.DOTALL)
+
+
+def parse_sitemap(text: str) -> tuple[bool, list[str]]:
+    """(is a sitemap index, <loc> values) — a regex scan, no XML parser, so no entity expansion."""
+    is_index = re.search(r"<(?:\w+:)?sitemapindex[\s>]", text, re.IGNORECASE) is not None
+    return is_index, [html.unescape(loc) for loc in _LOC.findall(text)]
+
+
+# ------------------------------------------------------------------------------------------ crawler
+
+
+class _Problem(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass
+class _Hop:
+    url: str
+    status: int
+    headers: httpx.Headers
+    content_type: str
+    body: bytes = b""
+
+
+@dataclass
+class _Item:
+    url: str
+    depth: int
+    fetched: bool = False  # counted against maxPages
+
+
+def _is_page_type(content_type: str) -> bool:
+    return content_type in HTML_TYPES or content_type in TEXT_TYPES
+
+
+class _Crawler:
+    def __init__(
+        self,
+        config: CrawlConfig,
+        previous: Mapping[str, Mapping[str, Any]] | None,
+        on_page: Callable[[str], None] | None,
+        resolver: Resolver | None,
+    ) -> None:
+        self.config = config
+        self.previous: dict[str, Mapping[str, Any]] = {}
+        for url, entry in (previous or {}).items():
+            key = normalize_url(url)
+            if key is not None and isinstance(entry, Mapping):
+                self.previous[key] = entry
+        self.on_page = on_page
+        self.guard = AddressGuard(config.allow_hosts, resolver)
+        self.result = CrawlResult()
+        self.hosts: set[str] = set()
+        self.seen: set[str] = set()
+        self.done: set[str] = set()
+        self.started = 0
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.semaphore = asyncio.Semaphore(config.concurrency)
+        self.host_locks: dict[str, asyncio.Lock] = {}
+        self.host_next: dict[str, float] = {}
+        self.host_delay: dict[str, float] = {}
+        self.robots: dict[str, RobotFileParser] = {}
+        self.robots_locks: dict[str, asyncio.Lock] = {}
+        self.client = httpx.AsyncClient(
+            transport=_PinnedTransport(self.guard, max_connections=config.concurrency * 2),
+            trust_env=False,
+            follow_redirects=False,
+            timeout=httpx.Timeout(config.timeout),
+            headers={
+                "User-Agent": config.user_agent,
+                "Accept": "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8,*/*;q=0.1",
+            },
+        )
+
+    # ---- scope
+
+    def in_scope(self, url: str, *, check_host: bool = True) -> bool:
+        host, _ = _host_port(url)
+        if check_host and self.config.same_host and host not in self.hosts:
+            return False
+        if self.config._include_re and not any(p.search(url) for p in self.config._include_re):
+            return False
+        if any(p.search(url) for p in self.config._exclude_re):
+            return False
+        return not httpx.URL(url).path.lower().endswith(_SKIP_EXTENSIONS)
+
+    def enqueue(self, url: str, depth: int, *, seed: bool = False) -> None:
+        if url in self.seen or depth > self.config.max_depth or self.started >= self.config.max_pages:
+            return
+        if not seed and not self.in_scope(url):
+            return
+        self.seen.add(url)
+        self.queue.put_nowait(_Item(url, depth))
+
+    def problem(self, url: str, kind: str, reason: str) -> None:
+        logger.info("crawl: %s %s: %s", kind, url, reason)
+        self.result.problems.append(SourceProblem(source=url, reason=reason, kind=kind))
+
+    # ---- run
+
+    async def run(self) -> CrawlResult:
+        seeds: list[str] = []
+        for raw in self.config.urls:
+            url = normalize_url(raw)
+            if url is None:
+                self.problem(raw, "refused", url_refusal(raw) or "not an http(s) URL")
+                continue
+            seeds.append(url)
+            self.hosts.add(_host_port(url)[0])
+        async with self.client:
+            for url in seeds:
+                self.enqueue(url, 0, seed=True)
+            workers = [asyncio.create_task(self.worker()) for _ in range(self.config.concurrency)]
+            sitemap = asyncio.create_task(self.sitemap_urls(seeds)) if self.config.sitemap else None
+            try:
+                await self.queue.join()
+                if sitemap is not None:
+                    # Pages only the sitemap knows, after the link crawl (so depths stay those of the
+                    # links), at the depth limit: fetched, their links not followed.
+                    for url in await sitemap:
+                        self.enqueue(url, self.config.max_depth)
+                    await self.queue.join()
+            finally:
+                for task in [*workers, *([sitemap] if sitemap else [])]:
+                    task.cancel()
+                await asyncio.gather(*workers, *([sitemap] if sitemap else []), return_exceptions=True)
+        return self.result
+
+    async def worker(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                if self.started < self.config.max_pages:
+                    await self.process(item)
+            except Exception as exc:  # a bug on one page must not hang the crawl
+                logger.exception("crawl: unexpected failure on %s", item.url)
+                self.problem(item.url, "error", f"unexpected error: {exc!r}")
+            finally:
+                self.queue.task_done()
+
+    async def process(self, item: _Item) -> None:
+        try:
+            hop = await self.follow(item)
+            if hop is None:
+                return
+            if hop.status == 304:
+                self.unchanged(item, hop)
+            else:
+                await self.document(item, hop)
+        except _Problem as exc:
+            self.problem(item.url, exc.kind, exc.reason)
+        finally:
+            if item.fetched and self.on_page is not None:
+                self.on_page(item.url)
+
+    # ---- fetching
+
+    async def check_url(self, url: str) -> None:
+        reason = url_refusal(url)
+        if reason:
+            raise _Problem("refused", f"{url}: {reason}")
+        host, port = _host_port(url)
+        try:
+            await self.guard.addresses(host, port)
+        except RefusedURL as exc:
+            raise _Problem("refused", f"{url}: {exc.reason}") from exc
+        except ResolveError as exc:
+            raise _Problem("error", str(exc)) from exc
+
+    async def follow(self, item: _Item) -> _Hop | None:
+        """Request a page following redirects; every hop is checked (scheme, credentials, addresses,
+        scope, robots.txt) before it is requested. Returns None when the page is left to another
+        queue entry or the page budget is spent; raises _Problem.
+        """
+        url = item.url
+        for hops in range(self.config.max_redirects + 1):
+            try:
+                await self.check_url(url)
+            except _Problem as exc:
+                if hops:
+                    exc.reason = f"redirect refused: {exc.reason}"
+                raise
+            if hops:
+                if url in self.done or url in self.seen:
+                    return None  # another queue entry fetches it
+                if not self.in_scope(url):
+                    if item.depth == 0 and self.in_scope(url, check_host=False):
+                        self.hosts.add(_host_port(url)[0])  # a start URL moving to www. and the like
+                    else:
+                        raise _Problem("refused", f"redirect to {url}, outside the crawl scope")
+                self.seen.add(url)
+            robots = await self.robots_for(url)
+            if not robots.can_fetch(self.config.user_agent, url):
+                raise _Problem("refused", f"{url}: disallowed by robots.txt")
+            if not item.fetched:
+                if self.started >= self.config.max_pages:
+                    return None
+                self.started += 1
+                item.fetched = True
+            headers = self.conditional_headers(url, item.depth)
+            hop = await self.request(url, headers, accept=_is_page_type, max_bytes=self.config.max_bytes)
+            if hop.status in (301, 302, 303, 307, 308):
+                location = hop.headers.get("location")
+                target = normalize_url(location, base=url) if location else None
+                if target is None:
+                    kind = "refused" if location and url_refusal(urljoin(url, location)) else "error"
+                    raise _Problem(kind, f"{url}: bad redirect location {location!r}")
+                url = target
+                continue
+            if hop.status == 304 and not headers:
+                raise _Problem("error", f"{url}: 304 Not Modified to an unconditional request")
+            return hop
+        raise _Problem("error", f"more than {self.config.max_redirects} redirects")
+
+    def conditional_headers(self, url: str, depth: int) -> dict[str, str]:
+        entry = self.previous.get(url)
+        if not entry:
+            return {}
+        needs_links = depth < self.config.max_depth and _mime(entry.get("content_type")) not in TEXT_TYPES
+        if needs_links and "links" not in entry:
+            return {}
+        headers = {}
+        if entry.get("etag"):
+            headers["If-None-Match"] = str(entry["etag"])
+        if entry.get("last_modified"):
+            headers["If-Modified-Since"] = str(entry["last_modified"])
+        return headers
+
+    async def wait_turn(self, host: str) -> None:
+        lock = self.host_locks.setdefault(host, asyncio.Lock())
+        loop = asyncio.get_running_loop()
+        async with lock:
+            wait = self.host_next.get(host, 0.0) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.host_next[host] = loop.time() + self.host_delay.get(host, self.config.delay)
+
+    async def request(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        accept: Callable[[str], bool],
+        max_bytes: int,
+        truncate: bool = False,
+    ) -> _Hop:
+        host, _ = _host_port(url)
+        attempts = 1 + max(0, self.config.retries)
+        for attempt in range(attempts):
+            try:
+                async with self.semaphore:
+                    await self.wait_turn(host)  # inside the slot, so the spacing is the real one
+                    async with asyncio.timeout(self.config.timeout):
+                        return await self.request_once(url, headers, accept, max_bytes, truncate)
+            except _Retryable as exc:
+                if attempt + 1 >= attempts:
+                    raise _Problem("error", f"{url}: {exc}") from exc
+                logger.debug("crawl: retrying %s after %s", url, exc)
+                await asyncio.sleep(RETRY_PAUSE)
+            except TimeoutError as exc:
+                raise _Problem("error", f"{url}: timed out after {self.config.timeout:g} s") from exc
+            except RefusedURL as exc:  # the pinned backend's last word
+                raise _Problem("refused", f"{url}: {exc.reason}") from exc
+            except ResolveError as exc:
+                raise _Problem("error", str(exc)) from exc
+            except httpx.HTTPError as exc:
+                raise _Problem("error", f"{url}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def request_once(
+        self, url: str, headers: dict[str, str], accept: Callable[[str], bool], max_bytes: int, truncate: bool
+    ) -> _Hop:
+        try:
+            async with self.client.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                if status >= 500 or status == 429:
+                    raise _Retryable(f"HTTP {status}")
+                content_type = _mime(response.headers.get("content-type"))
+                hop = _Hop(url, status, response.headers, content_type)
+                if status != 200 or not accept(content_type):
+                    return hop
+                length = response.headers.get("content-length", "")
+                if not truncate and length.isdigit() and int(length) > max_bytes:
+                    raise _Problem("too_large", f"{url}: {length} bytes, more than the {max_bytes} allowed")
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in response.aiter_bytes():
+                    total += len(chunk)
+                    if total > max_bytes:
+                        if truncate:
+                            chunks.append(chunk[: max_bytes - (total - len(chunk))])
+                            break
+                        raise _Problem("too_large", f"{url}: more than the {max_bytes} bytes allowed")
+                    chunks.append(chunk)
+                hop.body = b"".join(chunks)
+                return hop
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retryable(f"cannot connect: {exc}") from exc
+
+    # ---- robots.txt and sitemaps
+
+    async def robots_for(self, url: str) -> RobotFileParser:
+        origin = _origin(url)
+        lock = self.robots_locks.setdefault(origin, asyncio.Lock())
+        async with lock:
+            if origin not in self.robots:
+                self.robots[origin] = await self.fetch_robots(origin)
+            return self.robots[origin]
+
+    async def fetch_robots(self, origin: str) -> RobotFileParser:
+        parser = RobotFileParser(origin + "/robots.txt")
+        try:
+            hop = await self.follow_plain(origin + "/robots.txt", max_bytes=ROBOTS_MAX_BYTES, truncate=True)
+        except _Problem as exc:
+            logger.info("crawl: robots.txt of %s unavailable (%s): allowing all", origin, exc.reason)
+            hop = None
+        if hop is not None and hop.status in (401, 403):
+            parser.parse(["User-agent: *", "Disallow: /"])  # like Google: auth-walled robots = no access
+        elif hop is None or hop.status != 200:
+            parser.parse([])  # missing or unreachable: everything allowed
+        else:
+            parser.parse(_decode(hop.body, None, sniff_html=False).splitlines())
+            delay = parser.crawl_delay(self.config.user_agent)
+            if delay:
+                host, _ = _host_port(origin)
+                wanted = min(float(delay), MAX_CRAWL_DELAY)
+                self.host_delay[host] = max(self.host_delay.get(host, self.config.delay), wanted)
+        parser.modified()  # can_fetch() answers False until the parser counts as read
+        return parser
+
+    async def follow_plain(self, url: str, *, max_bytes: int, truncate: bool = False) -> _Hop:
+        """GET with checked redirects, no robots/scope (robots.txt, sitemaps)."""
+        for _ in range(self.config.max_redirects + 1):
+            await self.check_url(url)
+            hop = await self.request(url, {}, accept=lambda _: True, max_bytes=max_bytes, truncate=truncate)
+            location = hop.headers.get("location") if hop.status in (301, 302, 303, 307, 308) else None
+            if location is None:
+                return hop
+            target = normalize_url(location, base=url)
+            if target is None:
+                raise _Problem("error", f"{url}: bad redirect location {location!r}")
+            url = target
+        raise _Problem("error", f"more than {self.config.max_redirects} redirects")
+
+    async def sitemap_urls(self, seeds: list[str]) -> list[str]:
+        """Page URLs listed by /sitemap.xml (and robots.txt Sitemap: lines) of the start hosts."""
+        pending: list[tuple[str, int]] = []
+        for origin in dict.fromkeys(_origin(u) for u in seeds):
+            pending.append((origin + "/sitemap.xml", 0))
+            try:
+                await self.check_url(origin)
+                robots = await self.robots_for(origin + "/")
+            except _Problem:
+                continue
+            for extra in robots.site_maps() or []:
+                normalised = normalize_url(extra)
+                if normalised is not None:
+                    pending.append((normalised, 0))
+        fetched: set[str] = set()
+        found: list[str] = []
+        while pending and len(fetched) < MAX_SITEMAP_FILES and len(found) < self.config.max_pages:
+            url, level = pending.pop(0)
+            if url in fetched or _host_port(url)[0] not in self.hosts:
+                continue
+            fetched.add(url)
+            try:
+                hop = await self.follow_plain(url, max_bytes=self.config.max_bytes)
+            except _Problem as exc:
+                logger.info("crawl: sitemap %s: %s", url, exc.reason)
+                continue
+            if hop.status != 200:
+                continue
+            body = hop.body
+            if body[:2] == b"\x1f\x8b":
+                try:
+                    with gzip.GzipFile(fileobj=io.BytesIO(body)) as unzipped:
+                        body = unzipped.read(self.config.max_bytes + 1)
+                except (OSError, EOFError):
+                    continue
+                if len(body) > self.config.max_bytes:
+                    continue
+            is_index, locs = parse_sitemap(_decode(body, hop.headers.get("content-type"), sniff_html=False))
+            for loc in locs:
+                normalised = normalize_url(loc)
+                if normalised is None:
+                    continue
+                if is_index:
+                    if level + 1 < MAX_SITEMAP_NESTING:
+                        pending.append((normalised, level + 1))
+                elif normalised not in found:
+                    found.append(normalised)
+        return found[: self.config.max_pages]
+
+    # ---- results
+
+    def validators(self, hop: _Hop) -> dict[str, Any]:
+        return {"etag": hop.headers.get("etag"), "last_modified": hop.headers.get("last-modified")}
+
+    def unchanged(self, item: _Item, hop: _Hop) -> None:
+        if hop.url in self.done:
+            return
+        self.done.add(hop.url)
+        self.result.unchanged.append(hop.url)
+        entry = dict(self.previous.get(hop.url, {}))
+        entry.update({k: v for k, v in self.validators(hop).items() if v})
+        self.result.validators[hop.url] = entry
+        if item.depth < self.config.max_depth:
+            for raw in entry.get("links") or []:
+                link = normalize_url(raw) if isinstance(raw, str) else None
+                if link is not None:
+                    self.enqueue(link, item.depth + 1)
+
+    async def document(self, item: _Item, hop: _Hop) -> None:
+        if hop.status != 200:
+            raise _Problem("error", f"{hop.url}: HTTP {hop.status}")
+        if not _is_page_type(hop.content_type):
+            raise _Problem("unsupported", f"{hop.url}: content type {hop.content_type or 'unknown'!r}")
+        if hop.url in self.done:
+            return
+        self.done.add(hop.url)
+        robots_header = hop.headers.get("x-robots-tag", "").lower()
+        links: list[str] = []
+        if hop.content_type in HTML_TYPES:
+            markup = _decode(hop.body, hop.headers.get("content-type"), sniff_html=True)
+            title, text, parser = await asyncio.to_thread(_extract_html, markup, hop.url)
+            directives = parser.robots | {t.strip() for t in robots_header.split(",")}
+            if "nofollow" not in directives and "none" not in directives:
+                base = normalize_url(parser.base, base=hop.url) if parser.base else None
+                for href in parser.links:
+                    link = normalize_url(href, base=base or hop.url)
+                    if link is not None and link not in links:
+                        links.append(link)
+            if "noindex" in directives or "none" in directives:
+                return
+        else:
+            text = _decode(hop.body, hop.headers.get("content-type"), sniff_html=False).strip()
+            title = _text_title(text, hop.url, markdown=hop.content_type != "text/plain")
+        validators = self.validators(hop)
+        if any(validators.values()):
+            validators["content_type"] = hop.content_type
+            if hop.content_type in HTML_TYPES:
+                validators["links"] = links
+            self.result.validators[hop.url] = validators
+        if item.depth < self.config.max_depth:
+            for link in links:
+                self.enqueue(link, item.depth + 1)
+        if not text:
+            raise _Problem("unsupported", f"{hop.url}: no text")
+        self.result.documents.append(
+            SourceDocument(
+                source=hop.url,
+                title=title,
+                text=text,
+                metadata={"url": hop.url, "content_type": hop.content_type, "depth": item.depth},
+            )
+        )
+
+
+async def crawl(
+    config: CrawlConfig,
+    *,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
+    on_page: Callable[[str], None] | None = None,
+    resolver: Resolver | None = None,
+) -> CrawlResult:
+    """Crawl a web source. Problems are reported in the result, never raised.
+
+    ``previous``: URL → validators from the last run's :attr:`CrawlResult.validators` (persist the
+    whole entries: they also carry the links of HTML pages). ``on_page`` is called with each page
+    URL once its fetch is done. ``resolver`` replaces the system DNS lookup (tests, custom DNS).
+    """
+    return await _Crawler(config, previous, on_page, resolver).run()

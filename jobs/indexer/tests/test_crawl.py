@@ -1,0 +1,779 @@
+"""The web crawler against real HTTP servers on 127.0.0.1 — and nothing else.
+
+Every test runs under ``_only_local_connections``: the socket-level connect of the crawler's network
+backend is wrapped so that any attempt to reach an address other than 127.0.0.1 fails the test, and
+the system resolver is replaced so that no DNS query leaves the machine either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpcore
+import pytest
+
+from omnirag.indexer import crawl as crawl_mod
+from omnirag.indexer.crawl import (
+    AddressGuard,
+    CrawlConfig,
+    RefusedURL,
+    ResolveError,
+    address_refusal,
+    crawl,
+    normalize_url,
+    parse_sitemap,
+    url_refusal,
+)
+
+# ------------------------------------------------------------------------------------ test plumbing
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Site:
+    """A tiny web site on a ThreadingHTTPServer; records every request it gets."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[Seen] = field(default_factory=list)
+    base: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    inflight: int = 0
+    max_inflight: int = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def paths(self) -> list[str]:
+        with self.lock:
+            return [r.path for r in self.requests]
+
+    def page(
+        self, path: str, body: str | bytes, content_type: str = "text/html; charset=utf-8", **headers: str
+    ):
+        self.routes[path] = lambda h: send(h, 200, body, content_type, headers)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> None:
+        self.routes[path] = lambda h: send(h, status, b"", "text/plain", {"Location": location})
+
+
+def send(h: BaseHTTPRequestHandler, status: int, body: str | bytes, content_type: str, headers=None) -> None:
+    data = body.encode() if isinstance(body, str) else body
+    h.send_response(status)
+    h.send_header("Content-Type", content_type)
+    h.send_header("Content-Length", str(len(data)))
+    for name, value in (headers or {}).items():
+        h.send_header(name.replace("_", "-"), value)
+    h.end_headers()
+    h.wfile.write(data)
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    state = Site()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with state.lock:
+                state.requests.append(Seen(self.path, dict(self.headers.items()), time.monotonic()))
+                state.inflight += 1
+                state.max_inflight = max(state.max_inflight, state.inflight)
+            try:
+                route = state.routes.get(self.path)
+                if route is None:
+                    send(self, 404, "not found", "text/plain")
+                else:
+                    route(self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                with state.lock:
+                    state.inflight -= 1
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    state.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
+    """Every socket the crawler opens; anything but 127.0.0.1 fails the test before connecting."""
+    made: list[tuple[str, int]] = []
+    original = httpcore.AnyIOBackend.connect_tcp
+
+    async def guarded(self, host, port, *args, **kwargs):
+        made.append((host, port))
+        if host != "127.0.0.1":
+            raise AssertionError(f"test tried to connect to {host}:{port}")
+        return await original(self, host, port, *args, **kwargs)
+
+    async def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError(f"test tried a DNS lookup of {host}")
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", guarded)
+    monkeypatch.setattr(crawl_mod, "system_resolver", no_dns)
+    yield made
+    assert all(host == "127.0.0.1" for host, _ in made), made
+
+
+def config(
+    site: Site, *paths: str, delay: float = 0.0, timeout: float = 5.0, concurrency: int = 4, **spec
+) -> CrawlConfig:
+    """A spec crawling the test site (127.0.0.1 explicitly allowed); settings fast for tests."""
+    max_bytes = spec.pop("max_bytes", 5 * 1024 * 1024)
+    spec = {"urls": [site.url(p) for p in paths or ("/",)], "allowHosts": ["127.0.0.1"], **spec}
+    return CrawlConfig.from_spec(
+        spec, delay=delay, timeout=timeout, concurrency=concurrency, max_bytes=max_bytes
+    )
+
+
+def html_page(title: str, *links: str, body: str = "") -> str:
+    anchors = "".join(f'<li><a href="{href}">link {i}</a></li>' for i, href in enumerate(links))
+    return (
+        f"<html><head><title>{title}</title></head><body><nav><ul>{anchors}</ul></nav>"
+        f"<main><h1>{title}</h1><p>{body or 'The page called ' + title + ' has this sentence in it.'}</p>"
+        "</main></body></html>"
+    )
+
+
+ARTICLE = """<!doctype html><html><head><title>Pinning sockets | Example docs</title></head><body>
+<header><div class="logo">ExampleCorp</div></header>
+<nav class="menu"><ul><li><a href="/">Home</a></li><li><a href="/pricing">Pricing NAVIGATION-ONLY</a></li>
+<li><a href="/careers">Careers NAVIGATION-ONLY</a></li></ul></nav>
+<main><article><h1>Pinning sockets</h1>
+<p>A crawler that checks an address and then connects by name can be tricked by a resolver that answers
+differently the second time. The fix is to connect to the very address that was checked.</p>
+<p>Pinning keeps the host name for the Host header and for TLS, while the socket goes to the checked IP.
+This paragraph is long enough for the extractor to treat the article as the main content of the page.</p>
+<p>Redirects are followed one hop at a time, and every hop is checked again before it is requested.</p>
+</article></main>
+<footer>Copyright ExampleCorp FOOTER-ONLY. All rights reserved. Imprint. Privacy.</footer>
+</body></html>"""
+
+
+def by_source(result) -> dict[str, object]:
+    return {d.source: d for d in result.documents}
+
+
+def problems(result) -> dict[str, tuple[str, str]]:
+    return {p.source: (p.kind, p.reason) for p in result.problems}
+
+
+# ------------------------------------------------------------------------------- pure classification
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.5.6.7", "loopback"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.1.1", "private"),
+        ("169.254.1.1", "link-local"),
+        ("169.254.169.254", "cloud metadata"),
+        ("100.100.100.200", "cloud metadata"),
+        ("fd00:ec2::254", "cloud metadata"),
+        ("100.64.0.1", "not globally routable"),
+        ("0.0.0.0", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("239.255.255.250", "multicast"),
+        ("240.0.0.1", "private"),
+        ("255.255.255.255", "private"),
+        ("::1", "loopback"),
+        ("::", "unspecified"),
+        ("fe80::1", "link-local"),
+        ("fe80::1%eth0", "link-local"),
+        ("fc00::1", "private"),
+        ("fd12:3456::1", "private"),
+        ("fec0::1", "site-local"),
+        ("ff02::1", "multicast"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:169.254.169.254", "cloud metadata"),
+        ("64:ff9b::a00:1", "private"),
+        ("2002:a00:1::1", "private"),
+        ("2001:db8::1", "private"),
+    ],
+)
+def test_address_guard_refuses_non_public_addresses(address, reason):
+    refusal = address_refusal(address)
+    assert refusal is not None and reason in refusal
+
+
+@pytest.mark.parametrize(
+    "address", ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2001:4860:4860::8888"]
+)
+def test_address_guard_allows_public_addresses(address):
+    assert address_refusal(address) is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com/file", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("gopher://example.com/", "scheme"),
+        ("http://user:secret@example.com/", "credentials"),
+        ("https://token@example.com/", "credentials"),
+        ("http://example.com:99999/", "port"),
+    ],
+)
+def test_url_refusal(url, reason):
+    refusal = url_refusal(url)
+    assert refusal is not None and reason in refusal
+
+
+def test_url_refusal_accepts_plain_http_urls():
+    assert url_refusal("https://docs.example.com/a?b=1") is None
+    assert url_refusal("http://[2606:4700::1]:8080/") is None
+
+
+def test_normalize_url():
+    assert normalize_url("HTTP://Example.COM:80/a#frag") == "http://example.com/a"
+    assert normalize_url("https://example.com:443") == "https://example.com/"
+    assert normalize_url("https://example.com:8443/x?q=1#z") == "https://example.com:8443/x?q=1"
+    assert normalize_url("../b/./c", base="http://h.org/a/x/y") == "http://h.org/a/b/c"
+    assert normalize_url("//other.org/p", base="https://h.org/") == "https://other.org/p"
+    assert normalize_url("https://bücher.de/") == "https://xn--bcher-kva.de/"
+    assert normalize_url("http://[::1]:8080/") == "http://[::1]:8080/"
+    for bad in ("mailto:a@b.c", "javascript:alert(1)", "tel:123", "data:text/html,hi", "ftp://h/"):
+        assert normalize_url(bad, base="http://h.org/") is None
+    assert normalize_url("http://") is None and normalize_url("not a url") is None
+
+
+async def test_guard_refuses_a_host_if_any_address_is_private_and_pins_the_answer():
+    calls: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return {"mixed.test": ["93.184.216.34", "10.1.2.3"], "public.test": ["93.184.216.34"]}[host]
+
+    guard = AddressGuard([], resolver)
+    with pytest.raises(RefusedURL, match=r"10\.1\.2\.3, private"):
+        await guard.addresses("mixed.test", 80)
+    assert await guard.addresses("public.test", 443) == ["93.184.216.34"]
+    assert await guard.addresses("PUBLIC.test", 443) == ["93.184.216.34"]
+    with pytest.raises(RefusedURL):
+        await guard.addresses("mixed.test", 80)
+    assert calls == ["mixed.test", "public.test"]  # one lookup per host per crawl: the answer is pinned
+
+
+async def test_guard_allow_hosts():
+    async def resolver(host: str, port: int) -> list[str]:
+        return {"intranet.test": ["10.0.0.7"], "evil.test": ["169.254.169.254"], "gone.test": []}[host]
+
+    guard = AddressGuard(["intranet.test", "evil.test", "192.168.0.9", "[::1]"], resolver)
+    assert await guard.addresses("intranet.test", 80) == ["10.0.0.7"]
+    assert await guard.addresses("192.168.0.9", 80) == ["192.168.0.9"]
+    assert await guard.addresses("::1", 80) == ["::1"]
+    with pytest.raises(RefusedURL, match="metadata"):  # an allowed name still may not lead to metadata
+        await guard.addresses("evil.test", 80)
+    with pytest.raises(RefusedURL, match="loopback"):
+        await AddressGuard([], resolver).addresses("127.0.0.1", 80)
+    with pytest.raises(ResolveError):
+        await guard.addresses("gone.test", 80)
+    assert await AddressGuard(["169.254.169.254"], resolver).addresses("169.254.169.254", 80)
+
+
+def test_config_from_spec():
+    cfg = CrawlConfig.from_spec({"type": "web", "urls": ["https://docs.example.com/"]})
+    assert (cfg.max_depth, cfg.max_pages, cfg.sitemap, cfg.same_host) == (2, 500, False, True)
+    assert (cfg.delay, cfg.concurrency, cfg.timeout, cfg.max_bytes) == (0.5, 4, 15.0, 5 * 1024 * 1024)
+    assert cfg.user_agent == "omnirag-indexer/0.1 (+https://github.com/omnirag)"
+    assert cfg.allow_hosts == [] and cfg.include == [] and cfg.exclude == []
+    cfg = CrawlConfig.from_spec(
+        {
+            "urls": ["https://docs.example.com/"],
+            "maxDepth": 1,
+            "maxPages": 10,
+            "sitemap": True,
+            "include": ["^https://docs\\.example\\.com/"],
+            "exclude": ["/changelog/"],
+            "allowHosts": ["wiki.internal"],
+            "sameHost": False,
+        },
+        delay=1.5,
+        concurrency=2,
+    )
+    assert (cfg.max_depth, cfg.max_pages, cfg.sitemap, cfg.same_host, cfg.delay, cfg.concurrency) == (
+        1,
+        10,
+        True,
+        False,
+        1.5,
+        2,
+    )
+    for bad in ({}, {"urls": []}, {"urls": ["x"], "include": ["("]}, {"urls": ["x"], "maxDepth": "2"}):
+        with pytest.raises(ValueError):
+            CrawlConfig.from_spec(bad)
+
+
+def test_parse_sitemap_index_and_urlset():
+    index = (
+        '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        "<sitemap><loc>https://h.org/s1.xml</loc></sitemap></sitemapindex>"
+    )
+    assert parse_sitemap(index) == (True, ["https://h.org/s1.xml"])
+    urlset = (
+        '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        "<url><loc> https://h.org/a?x=1&amp;y=2 </loc></url><url><loc>https://h.org/b</loc></url></urlset>"
+    )
+    assert parse_sitemap(urlset) == (False, ["https://h.org/a?x=1&y=2", "https://h.org/b"])
+
+
+# ------------------------------------------------------------------------------------ real crawling
+
+
+def build_docs_site(site: Site) -> None:
+    site.page("/robots.txt", "User-agent: *\nDisallow: /private/\n", "text/plain")
+    site.page(
+        "/sitemap.xml",
+        f'<sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><sitemap>'
+        f"<loc>{site.url('/sitemap-pages.xml')}</loc></sitemap></sitemapindex>",
+        "application/xml",
+    )
+    site.page(
+        "/sitemap-pages.xml",
+        f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        f"<url><loc>{site.url('/orphan')}</loc></url><url><loc>{site.url('/level1')}</loc></url></urlset>",
+        "application/xml",
+    )
+    site.page(
+        "/",
+        html_page(
+            "Home",
+            "/level1",
+            "level1#section",
+            f"HTTP://127.0.0.1:{site.port}/article",
+            "/private/secret",
+            "/excluded/page",
+            "/big",
+            "/big-stream",
+            "/to-metadata",
+            "/to-private",
+            "/moved",
+            "/notes.txt",
+            "/readme.md",
+            "/logo.png",
+            "/file.pdf",
+            "mailto:someone@example.com",
+            "javascript:void(0)",
+            "http://example.com/elsewhere",
+            "#top",
+        ),
+    )
+    site.page("/level1", html_page("Level one", "/level1/level2"))
+    site.page("/level1/level2", html_page("Level two", "/level1/level2/level3"))
+    site.page("/level1/level2/level3", html_page("Level three", "/level1/level2/level3/level4"))
+    site.page("/level1/level2/level3/level4", html_page("Level four"))
+    site.page("/article", ARTICLE)
+    site.page("/orphan", html_page("Orphan", body="Only the sitemap knows about this orphan page."))
+    site.page("/private/secret", html_page("Secret"))
+    site.page("/excluded/page", html_page("Excluded"))
+    site.page("/big", "x" * 100_000, "text/plain")
+
+    def big_stream(h: BaseHTTPRequestHandler) -> None:  # no Content-Length: the cap must hold while reading
+        h.send_response(200)
+        h.send_header("Content-Type", "text/html")
+        h.end_headers()
+        for _ in range(40):
+            h.wfile.write(b"<p>" + b"y" * 10_000 + b"</p>")
+            h.wfile.flush()
+
+    site.routes["/big-stream"] = big_stream
+    site.redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/iam/")
+    site.redirect("/to-private", "http://10.0.0.1/admin")
+    site.redirect("/moved", "/landing", status=301)
+    site.page("/landing", html_page("Landing", body="You landed here after a permanent redirect."))
+    site.page("/notes.txt", "plain notes\n  kept   as is\n", "text/plain; charset=utf-8")
+    site.page("/readme.md", "# Read me\n\nSome *markdown* text.\n", "text/markdown")
+    site.page("/logo.png", b"\x89PNG", "image/png")
+    site.page("/file.pdf", b"%PDF-1.4", "application/pdf")
+
+
+async def test_crawl_a_site(site, connections):
+    build_docs_site(site)
+    seen_pages: list[str] = []
+    cfg = config(site, maxDepth=3, sitemap=True, exclude=["/excluded/"], max_bytes=50_000)
+    result = await crawl(cfg, on_page=seen_pages.append)
+
+    docs = by_source(result)
+    expected = ["/", "/level1", "/level1/level2", "/level1/level2/level3", "/article", "/orphan"]
+    expected += ["/landing", "/notes.txt", "/readme.md"]
+    assert sorted(docs) == sorted(site.url(p) for p in expected)
+
+    assert docs[site.url("/")].metadata == {"url": site.url("/"), "content_type": "text/html", "depth": 0}
+    assert docs[site.url("/level1/level2/level3")].metadata["depth"] == 3
+    assert docs[site.url("/orphan")].text.endswith("Only the sitemap knows about this orphan page.")
+    assert docs[site.url("/orphan")].metadata["depth"] == 3  # sitemap-only: at the depth limit
+    assert docs[site.url("/level1")].metadata["depth"] == 1  # depth is the link depth
+    # a redirect: the document is the final URL
+    assert docs[site.url("/landing")].title == "Landing"
+    # text/plain and markdown are kept as they are
+    assert docs[site.url("/notes.txt")].text == "plain notes\n  kept   as is"
+    assert docs[site.url("/readme.md")].title == "Read me"
+    assert docs[site.url("/readme.md")].metadata["content_type"] == "text/markdown"
+    # main text, not the boilerplate around it
+    article = docs[site.url("/article")]
+    assert "connect to the very address that was checked" in article.text
+    assert "every hop is checked again" in article.text
+    assert "NAVIGATION-ONLY" not in article.text and "FOOTER-ONLY" not in article.text
+    assert article.title.startswith("Pinning sockets")
+
+    found = problems(result)
+    assert found[site.url("/private/secret")][0] == "refused"
+    assert "robots.txt" in found[site.url("/private/secret")][1]
+    assert found[site.url("/big")][0] == "too_large"
+    assert found[site.url("/big-stream")][0] == "too_large"
+    assert found[site.url("/to-metadata")][0] == "refused"
+    assert "169.254.169.254" in found[site.url("/to-metadata")][1]
+    assert "metadata" in found[site.url("/to-metadata")][1]
+    assert found[site.url("/to-private")][0] == "refused"
+    assert found[site.url("/file.pdf")][0] == "unsupported"
+    assert found[site.url("/careers")] == ("error", f"{site.url('/careers')}: HTTP 404")  # article's nav
+    assert found[site.url("/pricing")][0] == "error"
+    assert len(found) == len(result.problems) == 8
+
+    requested = site.paths()
+    for never in ("/private/secret", "/excluded/page", "/logo.png", "/level1/level2/level3/level4"):
+        assert never not in requested
+    assert requested.count("/robots.txt") == 1
+    assert requested.count("/level1") == 1  # linked twice and listed in the sitemap: fetched once
+    assert {"/sitemap.xml", "/sitemap-pages.xml"} <= set(requested)
+    # every socket went to the test server; the refused redirect targets were never connected to
+    assert connections and {c for c in connections} == {("127.0.0.1", site.port)}
+    assert all(s.headers["User-Agent"] == cfg.user_agent for s in site.requests)
+    # on_page: once per page fetched (under the URL that was queued), not for robots-refused ones
+    fetched = set(expected) - {"/landing"} | {"/moved", "/big", "/big-stream", "/to-metadata", "/to-private"}
+    fetched |= {"/file.pdf", "/careers", "/pricing"}
+    assert sorted(seen_pages) == sorted(site.url(p) for p in fetched)
+
+
+async def test_default_policy_refuses_loopback_and_connects_nowhere(site, connections):
+    build_docs_site(site)
+    cfg = CrawlConfig.from_spec({"urls": [site.url("/")], "sitemap": True}, delay=0.0)
+    result = await crawl(cfg)
+    assert result.documents == [] and result.unchanged == []
+    assert [(p.source, p.kind) for p in result.problems] == [(site.url("/"), "refused")]
+    assert "loopback" in result.problems[0].reason
+    assert connections == [] and site.paths() == []
+
+
+async def test_refused_start_urls_are_reported(site, connections):
+    cfg = CrawlConfig.from_spec(
+        {"urls": ["file:///etc/passwd", "http://user:pw@127.0.0.1/", "http://169.254.169.254/"]}, delay=0.0
+    )
+    result = await crawl(cfg)
+    assert [p.kind for p in result.problems] == ["refused"] * 3
+    assert connections == []
+
+
+async def test_conditional_requests_on_the_second_crawl(site):
+    def conditional(path: str, etag: str | None = None, modified: str | None = None, body: str = "") -> None:
+        def route(h: BaseHTTPRequestHandler) -> None:
+            if etag and h.headers.get("If-None-Match") == etag:
+                send(h, 304, b"", "text/html", {"ETag": etag})
+            elif modified and h.headers.get("If-Modified-Since") == modified:
+                send(h, 304, b"", "text/html", {})
+            else:
+                headers = {"ETag": etag} if etag else {"Last-Modified": modified} if modified else {}
+                send(h, 200, body, "text/html; charset=utf-8", headers)
+
+        site.routes[path] = route
+
+    conditional("/", etag='"root-1"', body=html_page("Root", "/a", "/b"))
+    conditional("/a", etag='W/"a-1"', body=html_page("A", "/c"))
+    conditional("/b", modified="Wed, 21 Oct 2015 07:28:00 GMT", body=html_page("B"))
+    conditional("/c", body=html_page("C"))
+
+    first = await crawl(config(site, maxDepth=3))
+    assert sorted(by_source(first)) == sorted(site.url(p) for p in ("/", "/a", "/b", "/c"))
+    assert first.unchanged == []
+    assert first.validators[site.url("/")]["etag"] == '"root-1"'
+    assert first.validators[site.url("/b")]["last_modified"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert site.url("/c") not in first.validators
+
+    site.requests.clear()
+    second = await crawl(config(site, maxDepth=3), previous=first.validators)
+    assert sorted(second.unchanged) == sorted(site.url(p) for p in ("/", "/a", "/b"))
+    # /c is reached through the stored links of the unchanged /a
+    assert sorted(by_source(second)) == [site.url("/c")]
+    assert second.problems == []
+    assert set(second.validators) == {site.url(p) for p in ("/", "/a", "/b")}
+    headers = {s.path: s.headers for s in site.requests}
+    assert headers["/"]["If-None-Match"] == '"root-1"'
+    assert headers["/a"]["If-None-Match"] == 'W/"a-1"'
+    assert headers["/b"]["If-Modified-Since"] == "Wed, 21 Oct 2015 07:28:00 GMT"
+    assert "If-None-Match" not in headers["/c"]
+
+    # validators without links (e.g. kept by an older pipeline) are not used where links are needed
+    bare = {url: {"etag": v["etag"]} for url, v in first.validators.items() if v.get("etag")}
+    site.requests.clear()
+    third = await crawl(config(site, maxDepth=3), previous=bare)
+    assert third.unchanged == [] and len(third.documents) == 4
+
+
+async def test_depth_and_page_limits(site):
+    site.page("/", html_page("Root", "/1"))
+    for n in range(1, 6):
+        site.page(f"/{n}", html_page(f"P{n}", f"/{n + 1}"))
+    result = await crawl(config(site, maxDepth=2))
+    assert sorted(by_source(result)) == sorted(site.url(p) for p in ("/", "/1", "/2"))
+    assert "/3" not in site.paths()
+
+    site.requests.clear()
+    site.page("/", html_page("Root", *[f"/{n}" for n in range(1, 6)]))
+    result = await crawl(config(site, maxDepth=5, maxPages=3))
+    assert len(result.documents) == 3
+    assert len([p for p in site.paths() if p != "/robots.txt"]) == 3
+
+
+async def test_include_patterns_and_same_host(site):
+    site.page("/", html_page("Root", "/docs/a", "/blog/b", "http://127.0.0.2:1/outside"))
+    site.page("/docs/a", html_page("A"))
+    site.page("/blog/b", html_page("B"))
+    result = await crawl(config(site, include=[r"/docs/"]))
+    # start URLs are always fetched; links must match include
+    assert sorted(by_source(result)) == sorted(site.url(p) for p in ("/", "/docs/a"))
+    assert "/blog/b" not in site.paths()
+
+
+async def test_pinned_connection_keeps_the_host_name(site, connections):
+    """A name that resolves to 127.0.0.1: the socket goes to the checked IP, Host stays the name."""
+    site.page("/", html_page("Root", "/next"))
+    site.page("/next", html_page("Next"))
+    answers = iter([["127.0.0.1"]] + [["10.0.0.1"]] * 10)  # the second answer would be a rebinding
+    lookups: list[str] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return next(answers)
+
+    cfg = CrawlConfig.from_spec(
+        {"urls": [f"http://docs.test:{site.port}/"], "allowHosts": ["docs.test"]}, delay=0.0
+    )
+    result = await crawl(cfg, resolver=resolver)
+    assert sorted(by_source(result)) == [
+        f"http://docs.test:{site.port}/",
+        f"http://docs.test:{site.port}/next",
+    ]
+    assert lookups == ["docs.test"]
+    assert {s.headers["Host"] for s in site.requests} == {f"docs.test:{site.port}"}
+    assert {host for host, _ in connections} == {"127.0.0.1"}
+
+
+async def test_name_resolving_to_a_private_address_is_refused(site, connections):
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "192.168.1.20"] if host == "mixed.test" else ["127.0.0.1"]
+
+    site.redirect("/hop", "http://mixed.test/x")
+    cfg = CrawlConfig.from_spec(
+        {"urls": ["http://mixed.test/", site.url("/hop")], "allowHosts": ["127.0.0.1"]}, delay=0.0
+    )
+    result = await crawl(cfg, resolver=resolver)
+    found = problems(result)
+    assert found["http://mixed.test/"][0] == "refused" and "192.168.1.20" in found["http://mixed.test/"][1]
+    assert found[site.url("/hop")][0] == "refused"
+    assert {host for host, _ in connections} == {"127.0.0.1"}
+
+
+async def test_redirect_limit(site):
+    for n in range(8):
+        site.redirect(f"/r{n}", f"/r{n + 1}")
+    site.page("/r8", html_page("End"))
+    result = await crawl(config(site, "/r0"))
+    assert result.documents == []
+    assert result.problems[0].kind == "error" and "redirects" in result.problems[0].reason
+    assert "/r6" not in site.paths()
+
+
+async def test_robots_forbidden_and_unreachable(site):
+    site.routes["/robots.txt"] = lambda h: send(h, 403, "no", "text/plain")
+    site.page("/", html_page("Root"))
+    result = await crawl(config(site))
+    assert result.documents == [] and result.problems[0].kind == "refused"
+    assert site.paths() == ["/robots.txt"]
+
+    site.requests.clear()
+    site.routes["/robots.txt"] = lambda h: send(h, 503, "down", "text/plain")
+    result = await crawl(config(site))
+    assert [d.source for d in result.documents] == [site.url("/")]
+
+
+async def test_meta_robots_noindex_nofollow(site):
+    site.page(
+        "/",
+        '<html><head><meta name="robots" content="nofollow"></head><body><p>Root text</p>'
+        '<a href="/hidden">x</a></body></html>',
+    )
+    site.page("/n", '<html><head><meta name="robots" content="noindex"></head><body><p>t</p></body></html>')
+    site.page("/hidden", html_page("Hidden"))
+    result = await crawl(config(site, "/", "/n"))
+    assert [d.source for d in result.documents] == [site.url("/")]
+    assert "/hidden" not in site.paths()
+
+
+async def test_retry_once_on_server_errors(site):
+    calls = {"n": 0}
+
+    def flaky(h: BaseHTTPRequestHandler) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            send(h, 503, "busy", "text/plain")
+        else:
+            send(h, 200, html_page("Flaky"), "text/html")
+
+    site.routes["/flaky"] = flaky
+    site.routes["/down"] = lambda h: send(h, 500, "broken", "text/plain")
+    result = await crawl(config(site, "/flaky", "/down"))
+    assert [d.source for d in result.documents] == [site.url("/flaky")]
+    assert problems(result)[site.url("/down")][0] == "error"
+    assert "500" in problems(result)[site.url("/down")][1]
+    assert site.paths().count("/down") == 2 and site.paths().count("/flaky") == 2
+
+
+async def test_timeout_per_page(site):
+    def slow(h: BaseHTTPRequestHandler) -> None:
+        time.sleep(1.0)
+        send(h, 200, html_page("Slow"), "text/html")
+
+    site.routes["/slow"] = slow
+    site.page("/", html_page("Root", "/slow"))
+    started = time.monotonic()
+    result = await crawl(config(site, timeout=0.3))
+    assert time.monotonic() - started < 1.0
+    assert problems(result)[site.url("/slow")][0] == "error"
+    assert "timed out" in problems(result)[site.url("/slow")][1]
+    assert [d.source for d in result.documents] == [site.url("/")]
+
+
+async def test_bounded_concurrency(site):
+    def slow(h: BaseHTTPRequestHandler) -> None:
+        time.sleep(0.2)
+        send(h, 200, html_page(h.path), "text/html")
+
+    paths = [f"/p{n}" for n in range(6)]
+    site.page("/", html_page("Root", *paths))
+    for p in paths:
+        site.routes[p] = slow
+    result = await crawl(config(site, concurrency=2))
+    assert len(result.documents) == 7
+    assert site.max_inflight == 2
+
+
+async def test_per_host_delay_and_crawl_delay(site):
+    site.page("/", html_page("Root", "/a", "/b"))
+    site.page("/a", html_page("A"))
+    site.page("/b", html_page("B"))
+    await crawl(config(site, delay=0.25))
+    times = [s.at for s in site.requests]
+    assert len(times) == 4
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.24
+
+    # Crawl-delay (1 s) wins over the configured delay (0 s)
+    site.requests.clear()
+    site.page("/robots.txt", "User-agent: *\nCrawl-delay: 1\n", "text/plain")
+    site.page("/", html_page("Root", "/a"))
+    await crawl(config(site, delay=0.0))
+    page_times = [s.at for s in site.requests if s.path != "/robots.txt"]
+    assert len(page_times) == 2 and page_times[1] - page_times[0] >= 0.95
+
+
+async def test_non_ascii_page_and_charset(site):
+    body = (
+        "<html><head><meta charset='iso-8859-1'><title>Caf\xe9</title></head><body><p>Cr\xe8me br\xfbl\xe9e."
+    )
+    body += " A long enough sentence about desserts, so that the page has text to extract.</p></body></html>"
+    site.page("/", body.encode("iso-8859-1"), "text/html")
+    result = await crawl(config(site))
+    doc = result.documents[0]
+    assert doc.title == "Café" and "Crème brûlée" in doc.text
+
+
+def test_tests_cannot_reach_the_network(connections):
+    # the fixture itself: a connect to anything but 127.0.0.1 fails before a socket exists
+    backend = httpcore.AnyIOBackend()
+    with pytest.raises(AssertionError, match=r"10\.0\.0\.1"):
+        asyncio.run(backend.connect_tcp("10.0.0.1", 80, timeout=0.01))
+    connections.clear()
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[str, str]:
+    """(cert, key) of a self-signed certificate for docs.test."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
+    command = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    command += ["-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=docs.test"]
+    command += ["-addext", "subjectAltName=DNS:docs.test"]
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_pins_the_ip_but_keeps_sni_and_certificate_checks_on_the_name(self_signed, connections):
+    """TLS to a name resolved to 127.0.0.1: the socket goes to the IP, SNI says the name, and the
+    certificate is verified for the name (a self-signed one fails: no silent downgrade)."""
+    cert, key = self_signed
+    names: list[str | None] = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            pass
+
+    server = Server(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    try:
+        cfg = CrawlConfig.from_spec(
+            {"urls": [f"https://docs.test:{port}/"], "allowHosts": ["docs.test"]}, delay=0
+        )
+        result = await crawl(cfg, resolver=resolver)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.documents == []
+    assert result.problems[0].kind == "error" and "CERTIFICATE_VERIFY_FAILED" in result.problems[0].reason
+    assert names and set(names) == {"docs.test"}
+    assert {host for host, _ in connections} == {"127.0.0.1"}
