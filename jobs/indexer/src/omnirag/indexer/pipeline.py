@@ -11,11 +11,12 @@ changes nothing publishes nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,12 +136,21 @@ def _previous_validators(settings: IndexerSettings, kb: KnowledgeBase) -> dict[s
     return state if isinstance(state, dict) else {}
 
 
-async def run_kb(
-    kb: KnowledgeBase, settings: IndexerSettings, progress: Progress | None = None
-) -> RunSummary:
-    started = time.monotonic()
-    summary = RunSummary(kb=kb.name)
-    tick = progress or (lambda stage, n, total: None)
+def _current_manifest(settings: IndexerSettings, name: str) -> dict[str, Any] | None:
+    current = read_current(settings.index_root, name)
+    if current is None:
+        return None
+    manifest: dict[str, Any] = json.loads(
+        (version_path(settings.index_root, name, current) / "manifest.json").read_text()
+    )
+    return manifest
+
+
+@contextlib.asynccontextmanager
+async def _session(
+    settings: IndexerSettings, name: str, *, lock_wait: float, expect_model: str | None = None
+) -> AsyncIterator[tuple[EmbedClient, EmbeddingInfo]]:
+    """The embedder (and what it serves) and this collection's write lock, for one run."""
     async with EmbedClient(
         settings.embedder_url,
         batch_size=settings.embed_batch_size,
@@ -148,10 +158,9 @@ async def run_kb(
         timeout=settings.embed_timeout,
     ) as embedder:
         info = await embedder.fetch_info()
-        if kb.embedding_model and kb.embedding_model != info["model"]:
-            served = info["model"]
+        if expect_model and expect_model != info["model"]:
             raise SpecError(
-                f"knowledge base {kb.name!r} expects {kb.embedding_model}, the embedder serves {served}"
+                f"knowledge base {name!r} expects {expect_model}, the embedder serves {info['model']}"
             )
         embedding = EmbeddingInfo(
             model=info["model"],
@@ -160,54 +169,65 @@ async def run_kb(
             languages=info.get("languages") or [],
         )
         async with collection_lock(
-            settings.redis_url,
-            settings.index_root,
-            kb.name,
-            ttl=settings.lock_ttl_seconds,
-            wait=settings.lock_wait_seconds,
+            settings.redis_url, settings.index_root, name, ttl=settings.lock_ttl_seconds, wait=lock_wait
         ):
-            previous = _previous_validators(settings, kb)
-            crawl_state: dict[str, dict] = {}
-            docs, keep, problems = await gather_documents(kb, settings, previous, crawl_state)
-            summary.refused = [p.source for p in problems if p.kind == "refused"]
-            summary.problems = [{"source": p.source, "kind": p.kind, "reason": p.reason} for p in problems]
             await asyncio.to_thread(settings.index_root.mkdir, parents=True, exist_ok=True)
-            base: str | None = "current"
-            current = read_current(settings.index_root, kb.name)
-            if current is not None:
-                manifest = json.loads(
-                    (version_path(settings.index_root, kb.name, current) / "manifest.json").read_text()
-                )
-                if (manifest["embedding"]["model"], manifest["embedding"]["dimension"]) != (
-                    embedding.model,
-                    embedding.dimension,
-                ) or manifest["index"]["type"] != kb.index_type:
-                    log.warning(
-                        "embedding model or index type changed: rebuilding the collection from scratch",
-                        extra={"kb": kb.name},
-                    )
-                    base = None
-            with VersionWriter(
-                settings.index_root, kb.name, embedding, IndexConfig(type=kb.index_type), base=base
-            ) as writer:
-                changed = await _apply(kb, writer, embedder, docs, keep, problems, summary, tick)
-                summary.chunks_total = writer.count()
-                if crawl_state:
-                    # Pages answered 304 keep last run's validators; the rest bring new ones.
-                    kept = {u: v for u, v in previous.items() if u in keep and u not in crawl_state}
-                    writer.put_extra(CRAWL_STATE, json.dumps(kept | crawl_state, ensure_ascii=False).encode())
-                if changed:
-                    summary.version = await asyncio.to_thread(writer.commit)
-                    summary.published = True
-                    await asyncio.to_thread(
-                        prune_versions,
-                        settings.index_root,
-                        kb.name,
-                        keep=settings.keep_versions,
-                        grace_seconds=settings.prune_grace_seconds,
-                    )
-                else:
-                    summary.version = current
+            yield embedder, embedding
+
+
+async def _finish(
+    writer: VersionWriter, changed: bool, summary: RunSummary, settings: IndexerSettings
+) -> None:
+    summary.chunks_total = writer.count()
+    if changed:
+        summary.version = await asyncio.to_thread(writer.commit)
+        summary.published = True
+        await asyncio.to_thread(
+            prune_versions,
+            settings.index_root,
+            summary.kb,
+            keep=settings.keep_versions,
+            grace_seconds=settings.prune_grace_seconds,
+        )
+    else:
+        summary.version = read_current(settings.index_root, summary.kb)
+
+
+async def run_kb(
+    kb: KnowledgeBase, settings: IndexerSettings, progress: Progress | None = None
+) -> RunSummary:
+    started = time.monotonic()
+    summary = RunSummary(kb=kb.name)
+    tick = progress or (lambda stage, n, total: None)
+    async with _session(
+        settings, kb.name, lock_wait=settings.lock_wait_seconds, expect_model=kb.embedding_model
+    ) as (embedder, embedding):
+        previous = _previous_validators(settings, kb)
+        crawl_state: dict[str, dict] = {}
+        docs, keep, problems = await gather_documents(kb, settings, previous, crawl_state)
+        summary.refused = [p.source for p in problems if p.kind == "refused"]
+        summary.problems = [{"source": p.source, "kind": p.kind, "reason": p.reason} for p in problems]
+        base: str | None = "current"
+        manifest = _current_manifest(settings, kb.name)
+        if manifest is not None and (
+            (manifest["embedding"]["model"], manifest["embedding"]["dimension"])
+            != (embedding.model, embedding.dimension)
+            or manifest["index"]["type"] != kb.index_type
+        ):
+            log.warning(
+                "embedding model or index type changed: rebuilding the collection from scratch",
+                extra={"kb": kb.name},
+            )
+            base = None
+        with VersionWriter(
+            settings.index_root, kb.name, embedding, IndexConfig(type=kb.index_type), base=base
+        ) as writer:
+            changed = await _apply(kb, writer, embedder, docs, keep, problems, summary, tick)
+            if crawl_state:
+                # Pages answered 304 keep last run's validators; the rest bring new ones.
+                kept = {u: v for u, v in previous.items() if u in keep and u not in crawl_state}
+                writer.put_extra(CRAWL_STATE, json.dumps(kept | crawl_state, ensure_ascii=False).encode())
+            await _finish(writer, changed, summary, settings)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 
@@ -303,51 +323,25 @@ async def ingest(
     kb = KnowledgeBase(
         name=collection, sources=[], base_dir=Path("."), chunk_size=chunk_size, chunk_overlap=chunk_overlap
     )
-    async with EmbedClient(
-        settings.embedder_url,
-        batch_size=settings.embed_batch_size,
-        concurrency=settings.embed_concurrency,
-        timeout=settings.embed_timeout,
-    ) as embedder:
-        info = await embedder.fetch_info()
-        embedding = EmbeddingInfo(
-            model=info["model"],
-            dimension=info["dimension"],
-            normalize=True,
-            languages=info.get("languages") or [],
-        )
-        async with collection_lock(
-            settings.redis_url,
-            settings.index_root,
-            collection,
-            ttl=settings.lock_ttl_seconds,
-            wait=max(settings.lock_wait_seconds, 30.0),
-        ):
-            await asyncio.to_thread(settings.index_root.mkdir, parents=True, exist_ok=True)
-            current = read_current(settings.index_root, collection)
-            config = IndexConfig()
-            if current is not None:
-                manifest = json.loads(
-                    (version_path(settings.index_root, collection, current) / "manifest.json").read_text()
-                )
-                config = IndexConfig.model_validate(manifest["index"])
-            with VersionWriter(settings.index_root, collection, embedding, config) as writer:
-                changed = await _apply(
-                    kb,
-                    writer,
-                    embedder,
-                    {d.source: d for d in docs},
-                    set(),
-                    [],
-                    summary,
-                    lambda *a: None,
-                    delete_missing=False,
-                )
-                summary.chunks_total = writer.count()
-                if changed:
-                    summary.version = await asyncio.to_thread(writer.commit)
-                    summary.published = True
-                else:
-                    summary.version = current
+    # Uploads queue behind a running index of the same collection rather than failing.
+    async with _session(settings, collection, lock_wait=max(settings.lock_wait_seconds, 30.0)) as (
+        embedder,
+        embedding,
+    ):
+        manifest = _current_manifest(settings, collection)
+        config = IndexConfig.model_validate(manifest["index"]) if manifest else IndexConfig()
+        with VersionWriter(settings.index_root, collection, embedding, config) as writer:
+            changed = await _apply(
+                kb,
+                writer,
+                embedder,
+                {d.source: d for d in docs},
+                set(),
+                [],
+                summary,
+                lambda *a: None,
+                delete_missing=False,
+            )
+            await _finish(writer, changed, summary, settings)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
