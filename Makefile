@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever eval clean
+.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -75,10 +75,13 @@ bench-embedder: setup $(INFINITY_VENV)/.installed ## embedder throughput vs raw 
 bench-retriever: setup ## retriever latency over HTTP vs in-process FAISS, HNSW recall, memory per vector
 	$(PY) bench/retriever.py
 
+bench-indexer: setup ## indexing throughput vs the embedder's own, and an unchanged re-run
+	$(PY) bench/indexer.py
+
 eval: setup ## retrieval quality on CMRC 2018 (dense, sparse, hybrid) → bench/results/retrieval_cmrc.json
 	$(PY) bench/eval_retrieval.py
 
-bench: bench-embedder bench-retriever eval ## every benchmark (slow; not part of make test)
+bench: bench-embedder bench-retriever bench-indexer eval ## every benchmark (slow; not part of make test)
 
 clean: ## remove the virtual environments and caches
 	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache
