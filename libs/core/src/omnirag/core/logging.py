@@ -7,6 +7,7 @@ the next service, so one grep finds a request's whole path.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import sys
@@ -27,8 +28,14 @@ _STD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _SKIP = {"color_message"}  # uvicorn duplicates its message with ANSI colours here
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """Unique per process (random prefix) and per request (counter): 32 hex characters without a
+    random-number syscall on every request, which costs tens of microseconds on some VMs."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def accept_request_id(value: str | None) -> str:

@@ -8,7 +8,8 @@ from omnirag.core.errors import NotReady
 from omnirag.embedder.service import EmbedService
 
 
-def get_service(request: Request) -> EmbedService:
+async def get_service(request: Request) -> EmbedService:
+    # async: FastAPI would run a plain function in its thread pool, a thread hop per request.
     service: EmbedService | None = getattr(request.app.state, "service", None)
     if service is None:
         error = getattr(request.app.state, "load_error", None)

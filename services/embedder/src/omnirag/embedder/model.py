@@ -84,7 +84,8 @@ class EmbeddingModel:
         self.tokenizer = self.model.tokenizer
         # A fast tokenizer keeps truncation/padding state in shared Rust objects: counting on another
         # thread while encode() tokenizes a batch corrupts that batch. Counting gets its own copy.
-        self._counter = copy.deepcopy(self.tokenizer)
+        self._counter = copy.deepcopy(self.tokenizer)  # used on the counting thread only
+        self._inline_counter = copy.deepcopy(self.tokenizer)  # used on the event loop only
         self.max_seq_length = int(self.model.max_seq_length or 512)
         self.dimension = int(self.model.get_embedding_dimension() or 0)
         self.prompts: dict[str, str] = {k: v or "" for k, v in (self.model.prompts or {}).items()}
@@ -105,13 +106,15 @@ class EmbeddingModel:
     def clip(self, text: str) -> str:
         return text if len(text) <= self.max_chars else text[: self.max_chars]
 
-    def count_tokens(self, texts: list[str], prompt: str | None = None) -> list[int]:
+    def count_tokens(self, texts: list[str], prompt: str | None = None, *, inline: bool = False) -> list[int]:
         """Tokens each text costs as the model sees it: prompt and special tokens in, truncated.
 
-        Not thread-safe with itself: call it from one thread at a time (the service does)."""
+        Each tokenizer copy must be used by one thread only: ``inline`` on the event loop, the
+        other on the service's counting thread."""
         if prompt:
             texts = [prompt + t for t in texts]
-        enc = self._counter(
+        tokenizer = self._inline_counter if inline else self._counter
+        enc = tokenizer(
             texts,
             add_special_tokens=True,
             truncation=True,

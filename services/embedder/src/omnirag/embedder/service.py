@@ -18,6 +18,8 @@ from omnirag.embedder.config import EmbedderSettings
 from omnirag.embedder.model import EmbeddingModel
 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_COUNT_INLINE_MAX = 16
+_COUNT_INLINE_CHARS = 16384
 TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 
@@ -118,10 +120,14 @@ class EmbedService:
                 code="too_many_inputs",
             )
         texts = [self.model.clip(t) for t in texts]
-        # One counting thread: off the event loop for long texts, and never two counts at once.
-        counts = await asyncio.get_running_loop().run_in_executor(
-            self._count_executor, self.model.count_tokens, texts, prompt
-        )
+        if len(texts) <= _COUNT_INLINE_MAX and sum(map(len, texts)) <= _COUNT_INLINE_CHARS:
+            # A few short texts: counting takes microseconds, less than a hop to another thread.
+            counts = self.model.count_tokens(texts, prompt, inline=True)
+        else:
+            # Many or long texts: off the event loop, on one counting thread.
+            counts = await asyncio.get_running_loop().run_in_executor(
+                self._count_executor, self.model.count_tokens, texts, prompt
+            )
         try:
             futures = self.queue.submit((output_value, prompt), texts, counts)
         except Exception as exc:
