@@ -16,6 +16,8 @@ from omnirag.core.errors import InvalidInput
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 MAX_FIELDS = 16
+# Metadata fields the docstore also keeps in an indexed column of their own.
+INDEXED_COLUMNS = frozenset({"source"})
 MAX_VALUES = 1024
 Scalar = str | int | float | bool
 
@@ -47,8 +49,11 @@ def compile_filter(spec: dict[str, Any] | None) -> tuple[str, list[Scalar]]:
     for field, cond in spec.items():
         if not isinstance(field, str) or not _FIELD.match(field):
             raise FilterError(f"filter field {field!r} is not a plain metadata name")
-        path = f'$."{field}"'
-        expr = "json_extract(metadata, ?)"
+        if field in INDEXED_COLUMNS:
+            # A real, indexed column: a 1% filter on 100k documents is an index lookup, not a scan.
+            expr, arg = field, []
+        else:
+            expr, arg = "json_extract(metadata, ?)", [f'$."{field}"']
         if isinstance(cond, dict):
             if len(cond) != 1:
                 raise FilterError(f"filter.{field}: give exactly one operator ($eq, $ne, $in, $nin)")
@@ -57,10 +62,10 @@ def compile_filter(spec: dict[str, Any] | None) -> tuple[str, list[Scalar]]:
                 v = _scalar(value, f"filter.{field}.{op}")
                 if op == "$eq":
                     clauses.append(f"{expr} = ?")
+                    params.extend([*arg, v])
                 else:
                     clauses.append(f"({expr} IS NULL OR {expr} != ?)")
-                    params.append(path)
-                params.extend([path, v])
+                    params.extend([*arg, *arg, v])
             elif op in ("$in", "$nin"):
                 if not isinstance(value, list) or not value:
                     raise FilterError(f"filter.{field}.{op} must be a non-empty list")
@@ -70,13 +75,13 @@ def compile_filter(spec: dict[str, Any] | None) -> tuple[str, list[Scalar]]:
                 marks = ",".join("?" * len(values))
                 if op == "$in":
                     clauses.append(f"{expr} IN ({marks})")
-                    params.extend([path, *values])
+                    params.extend([*arg, *values])
                 else:
                     clauses.append(f"({expr} IS NULL OR {expr} NOT IN ({marks}))")
-                    params.extend([path, path, *values])
+                    params.extend([*arg, *arg, *values])
             else:
                 raise FilterError(f"filter.{field}: unknown operator {op!r}; use $eq, $ne, $in or $nin")
         else:
             clauses.append(f"{expr} = ?")
-            params.extend([path, _scalar(cond, f"filter.{field}")])
+            params.extend([*arg, _scalar(cond, f"filter.{field}")])
     return " AND ".join(clauses), params
