@@ -22,11 +22,20 @@ FAISS p50, flat; target <= 2 ms) and ``hnsw_recall@10`` (target >= 0.95) carry t
 
     .venv/bin/python bench/retriever.py [--vectors 100000] [--queries 1000] [--out FILE]
 
+FAISS runs one OpenMP thread per search everywhere (here and in the server): a thread's OpenMP team
+size comes from OMP_NUM_THREADS when OpenMP loads, and ``faiss.omp_set_num_threads()`` changes only
+the calling thread, so searches on other threads would each spin up a team of one thread per core.
+
 RETRIEVER_* variables in the environment reach the server unchanged (and are recorded), so settings
 can be compared without editing anything: ``RETRIEVER_SEARCH_THREADS=2 .venv/bin/python ...``.
 """
 
 from __future__ import annotations
+
+import os
+
+# Before faiss loads OpenMP (see above); the imports below load it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import asyncio
@@ -35,7 +44,6 @@ import cProfile
 import hashlib
 import json
 import math
-import os
 import platform
 import pstats
 import shutil
@@ -152,6 +160,8 @@ def build_collection(root: Path, name: str, data: np.ndarray, index_type: str) -
     embedding = EmbeddingInfo(model=MODEL, dimension=DIMENSION, normalize=True, languages=["en"])
     config = IndexConfig(type=index_type, **HNSW)
     started = time.perf_counter()
+    # Building is not what is measured: it may use every core (on this, the main, thread only).
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
     with VersionWriter(root, name, embedding, config) as writer:
         for start in range(0, len(data), UPSERT_CHUNK):
             writer.upsert(
@@ -169,6 +179,8 @@ def build_collection(root: Path, name: str, data: np.ndarray, index_type: str) -
         upserted = time.perf_counter()
         version = writer.commit()
     done = time.perf_counter()
+    build_threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
     path = version_path(root, name, version)
     files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
     return {
@@ -176,7 +188,7 @@ def build_collection(root: Path, name: str, data: np.ndarray, index_type: str) -
         "upsert_s": upserted - started,
         "commit_s": done - upserted,  # FAISS build + BM25 + checksums + fsync
         "total_s": done - started,
-        "faiss_build_threads": faiss.omp_get_max_threads(),
+        "faiss_build_threads": build_threads,
         "files_bytes": files,
         "path": path,
     }
@@ -289,7 +301,7 @@ def faiss_threaded_qps(index: Any, queries: np.ndarray, threads: int) -> dict[st
         index.search(queries[i : i + 1], K)
         return time.perf_counter() - t0
 
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads, initializer=faiss.omp_set_num_threads, initargs=(1,)) as pool:
         list(pool.map(one, range(min(WARMUP, len(queries)))))
         t0 = time.perf_counter()
         latencies = list(pool.map(one, range(len(queries))))
@@ -873,7 +885,42 @@ def server_env_record(server: Server) -> dict[str, str]:
     }
 
 
-def bench_server(root: Path, kind: str, tmp: Path, args: argparse.Namespace, mon: Monitor) -> dict[str, Any]:
+def paired(port: int, requests: Sequence[bytes], index: Any, queries: np.ndarray) -> dict[str, Any]:
+    """Each query searched in-process with FAISS and then over HTTP, back to back. The overhead is a
+    difference of two similar numbers (14 ms each for flat); measured minutes apart on a shared machine,
+    their drift is larger than the difference itself, so the two are taken under the same conditions."""
+    conn = BlockingConnection(port)
+    try:
+        for i in range(min(WARMUP, len(requests))):
+            index.search(queries[i : i + 1], K)
+            conn.exchange(requests[i])
+        local, remote = [], []
+        for i, req in enumerate(requests):
+            t0 = time.perf_counter()
+            index.search(queries[i : i + 1], K)
+            t1 = time.perf_counter()
+            status, body = conn.exchange(req)
+            t2 = time.perf_counter()
+            if status != 200:
+                raise BenchError(f"HTTP {status}: {body[:300]!r}")
+            local.append(t1 - t0)
+            remote.append(t2 - t1)
+    finally:
+        conn.close()
+    return {
+        "inprocess_faiss": summary(local),
+        "http": summary(remote),
+        "overhead_p50_ms": (percentile(sorted(remote), 0.5) - percentile(sorted(local), 0.5)) * 1000,
+        "overhead_median_of_differences_ms": statistics.median(
+            [r - x for r, x in zip(remote, local, strict=True)]
+        )
+        * 1000,
+    }
+
+
+def bench_server(
+    root: Path, faiss_path: Path, kind: str, tmp: Path, args: argparse.Namespace, mon: Monitor
+) -> dict[str, Any]:
     name = f"bench-{kind}"
     q = args.data.queries
     with serving(root, tmp / f"server-{kind}.log", args.start_timeout, name) as (server, load_s):
@@ -886,6 +933,11 @@ def bench_server(root: Path, kind: str, tmp: Path, args: argparse.Namespace, mon
         out["sequential"] = summary(lat)
         out["rows"], took = parse_hits(bodies)
         out["server_took"] = summary(took)  # the service's own clock: from route entry to response dict
+
+        index = faiss.read_index(str(faiss_path))
+        with mon.measure(f"HTTP {kind} paired with in-process FAISS, 1 client", server.pid):
+            out["paired"] = paired(port, reqs, index, q)
+        del index
 
         n_conc = max(args.concurrent_requests, args.clients)
         conc_reqs = [reqs[i % len(reqs)] for i in range(n_conc)]
@@ -916,6 +968,12 @@ def bench_server(root: Path, kind: str, tmp: Path, args: argparse.Namespace, mon
 # ---------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------
+
+
+def faiss_threads_in_new_thread() -> int:
+    """The OpenMP team size a fresh thread (like a service search thread) gets: should be 1."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(faiss.omp_get_max_threads).result()
 
 
 def versions() -> dict[str, str | None]:
@@ -958,8 +1016,11 @@ def analyse(report: dict[str, Any], data: Dataset) -> None:
         checks[f"{kind}_filtered_hits_all_match_filter"] = float(
             np.all((hf_rows == -1) | (hf_rows % SOURCES == FILTER_REMAINDER))
         )
-        overhead = http[kind]["sequential"]["p50_ms"] - ip[kind]["faiss"]["p50_ms"]
-        report[f"http_overhead_p50_ms_{kind}"] = overhead
+        # Paired: each query in-process then over HTTP, under the same conditions (see paired()).
+        report[f"http_overhead_p50_ms_{kind}"] = http[kind]["paired"]["overhead_p50_ms"]
+        report[f"http_overhead_p50_ms_{kind}_unpaired"] = (
+            http[kind]["sequential"]["p50_ms"] - ip[kind]["faiss"]["p50_ms"]
+        )
         report[f"http_qps_vs_inprocess_{kind}"] = (
             http[kind]["concurrent"]["qps"] / ip[kind]["faiss_threads"]["qps"]
         )
@@ -1002,6 +1063,8 @@ def render(report: dict[str, Any]) -> str:
         ("in-process Collection, filter 1%", lambda k: ip[k]["collection_filtered"]),
         ("in-process ASGI app (no socket)", lambda k: ip[k]["asgi_app"]),
         ("HTTP, 1 client", lambda k: http[k]["sequential"]),
+        ("paired: in-process FAISS", lambda k: http[k]["paired"]["inprocess_faiss"]),
+        ("paired: HTTP, 1 client", lambda k: http[k]["paired"]["http"]),
         ("  server's took_ms", lambda k: http[k]["server_took"]),
         (f"HTTP, {clients} clients", lambda k: http[k]["concurrent"]),
         ("HTTP, filter 1%, 1 client", lambda k: http[k]["filtered"]),
@@ -1023,7 +1086,8 @@ def render(report: dict[str, Any]) -> str:
             f"RSS {m['rss_bytes_per_vector']:.0f} B/vector "
             f"(after bench {m['rss_bytes_per_vector_after_bench']:.0f}), "
             f"vectors.faiss {m['faiss_file_bytes_per_vector']:.0f} B/vector; "
-            f"HTTP overhead p50 {report[f'http_overhead_p50_ms_{kind}']:.3f} ms; "
+            f"HTTP overhead p50 {report[f'http_overhead_p50_ms_{kind}']:.3f} ms paired "
+            f"({report[f'http_overhead_p50_ms_{kind}_unpaired']:.3f} unpaired); "
             f"HTTP QPS / in-process QPS {report[f'http_qps_vs_inprocess_{kind}']:.2f}"
         )
     c = report["checks"]
@@ -1133,7 +1197,8 @@ def main(argv: list[str] | None = None) -> int:
             "concurrent_requests": args.concurrent_requests,
             "max_load": args.max_load,
             "load_wait_s": args.load_wait,
-            "inprocess_faiss_threads": 1,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "faiss_threads_per_search": faiss_threads_in_new_thread(),
             "client": "hand-rolled keep-alive HTTP/1.1 (blocking socket for 1 client, uvloop for many)",
         },
         "build": {},
@@ -1187,7 +1252,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind in INDEX_TYPES:
             print(f"HTTP {kind}", flush=True)
             report["http"][kind] = with_restarts(
-                f"{kind} server", lambda k=kind: bench_server(roots[k], k, tmp, args, mon), restarts
+                f"{kind} server",
+                lambda k=kind: bench_server(
+                    roots[k], report["build"][k]["path"] / "vectors.faiss", k, tmp, args, mon
+                ),
+                restarts,
             )
 
         report["load"] = mon.records
