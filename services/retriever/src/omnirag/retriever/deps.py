@@ -8,11 +8,12 @@ from omnirag.retriever.registry import Registry
 from omnirag.retriever.search import Searcher
 
 
-def get_registry(request: Request) -> Registry:
+# async: FastAPI runs plain-function dependencies in its thread pool, a hop per request.
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_searcher(request: Request) -> Searcher:
+async def get_searcher(request: Request) -> Searcher:
     searcher: Searcher = request.app.state.searcher
     return searcher

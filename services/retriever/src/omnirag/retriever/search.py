@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import faiss
 import numpy as np
 
 from omnirag.core.errors import InvalidInput, NotReady, OmniragError
@@ -25,7 +26,13 @@ class Searcher:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="omnirag-search")
+        # FAISS's OpenMP thread count is per thread: set it in every search thread, not once.
+        self.executor = ThreadPoolExecutor(
+            settings.search_threads,
+            thread_name_prefix="omnirag-search",
+            initializer=faiss.omp_set_num_threads,
+            initargs=(settings.faiss_threads,),
+        )
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
