@@ -20,7 +20,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, PrivateAttr
 
 from omnirag.core.errors import NotFound, UpstreamError
 from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
@@ -28,12 +28,13 @@ from omnirag.core.schemas.retrieval import SearchMode
 
 
 def _body(
-    query: str | None,
-    vector: list[float] | None,
-    k: int,
-    filter: dict[str, Any] | None,
-    mode: SearchMode,
-    score_threshold: float | None,
+    *,
+    query: str | None = None,
+    vector: list[float] | None = None,
+    k: int = 4,
+    filter: dict[str, Any] | None = None,
+    mode: SearchMode = "hybrid",
+    score_threshold: float | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"k": k, "mode": mode}
     if query is not None:
@@ -85,43 +86,23 @@ class RetrieverClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = headers or {}
+        # The sync client is kept: a new connection per search would add a TCP setup to each. An
+        # async client is bound to the event loop it was made in, so async searches make their own.
+        self._sync: httpx.Client | None = None
 
-    def search(
-        self,
-        collection: str,
-        *,
-        query: str | None = None,
-        vector: list[float] | None = None,
-        k: int = 4,
-        filter: dict[str, Any] | None = None,
-        mode: SearchMode = "hybrid",
-        score_threshold: float | None = None,
-    ) -> dict[str, Any]:
-        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
-            r = client.post(
-                f"{self.base_url}/v1/collections/{collection}/search",
-                headers=_headers(),
-                json=_body(query, vector, k, filter, mode, score_threshold),
-            )
+    def _url(self, collection: str) -> str:
+        return f"{self.base_url}/v1/collections/{collection}/search"
+
+    def search(self, collection: str, **options: Any) -> dict[str, Any]:
+        """Options: query, vector, k, filter, mode, score_threshold (see SearchRequest)."""
+        if self._sync is None:
+            self._sync = httpx.Client(timeout=self.timeout, headers=self.headers)
+        r = self._sync.post(self._url(collection), headers=_headers(), json=_body(**options))
         return _check(r, collection)
 
-    async def asearch(
-        self,
-        collection: str,
-        *,
-        query: str | None = None,
-        vector: list[float] | None = None,
-        k: int = 4,
-        filter: dict[str, Any] | None = None,
-        mode: SearchMode = "hybrid",
-        score_threshold: float | None = None,
-    ) -> dict[str, Any]:
+    async def asearch(self, collection: str, **options: Any) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
-            r = await client.post(
-                f"{self.base_url}/v1/collections/{collection}/search",
-                headers=_headers(),
-                json=_body(query, vector, k, filter, mode, score_threshold),
-            )
+            r = await client.post(self._url(collection), headers=_headers(), json=_body(**options))
         return _check(r, collection)
 
 
@@ -139,8 +120,12 @@ class OmniragRetriever(BaseRetriever):
     timeout: float = 30.0
     headers: dict[str, str] = Field(default_factory=dict)
 
+    _http: RetrieverClient | None = PrivateAttr(default=None)
+
     def _client(self) -> RetrieverClient:
-        return RetrieverClient(self.base_url, timeout=self.timeout, headers=self.headers)
+        if self._http is None:
+            self._http = RetrieverClient(self.base_url, timeout=self.timeout, headers=self.headers)
+        return self._http
 
     def _kwargs(self) -> dict[str, Any]:
         return {
