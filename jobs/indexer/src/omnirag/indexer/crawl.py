@@ -3,9 +3,9 @@
 Safety (SSRF). Every host is resolved once per crawl (``socket.getaddrinfo`` in a thread) and refused
 when *any* of its addresses is loopback, private, link-local, multicast, reserved, unspecified, not
 globally routable or a cloud-metadata address, unless the host (or that address) is listed in
-``allowHosts``. The checked addresses are *pinned*: the httpx client runs on a custom httpcore
-network backend (:class:`_PinnedBackend`) whose ``connect_tcp`` never resolves anything itself — it
-asks the :class:`AddressGuard` for the host's checked addresses (resolving and checking them the
+``allowHosts``. The checked addresses are *pinned*: the httpx client runs on core's
+:class:`~omnirag.core.netguard.PinnedTransport`, whose network backend never resolves anything itself:
+it asks the :class:`AddressGuard` for the host's checked addresses (resolving and checking them the
 first time) and opens the TCP socket to one of those IPs. The URL keeps its host name, so the
 ``Host`` header, TLS SNI and certificate verification all use the name while the socket goes to the
 checked IP: a DNS answer that changes between check and connect (rebinding) cannot be used. No
@@ -28,25 +28,35 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import contextlib
 import gzip
 import html
 import io
-import ipaddress
 import logging
 import re
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin
 from urllib.robotparser import RobotFileParser
 
-import httpcore
 import httpx
 import trafilatura
 
+# The SSRF guard lives in core (the gateway fetches image URLs through it too); the names stay
+# importable from here for the indexer's code and tests.
+from omnirag.core.netguard import (
+    METADATA_ADDRESSES,  # noqa: F401 - re-exported
+    AddressGuard,
+    IPAddress,  # noqa: F401 - re-exported
+    PinnedTransport,
+    RefusedURL,
+    ResolveError,
+    Resolver,
+    address_refusal,  # noqa: F401 - re-exported
+    system_resolver,
+    url_refusal,
+)
 from omnirag.indexer.types import SourceDocument, SourceProblem
 
 logger = logging.getLogger(__name__)
@@ -62,10 +72,6 @@ RETRY_PAUSE = 0.2
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
-)
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Links to these are never worth a request: nothing here turns into text.
 _SKIP_EXTENSIONS = (
@@ -74,10 +80,6 @@ _SKIP_EXTENSIONS = (
     *(".zip", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".tar", ".exe", ".dmg", ".iso", ".bin"),
     *(".woff", ".woff2", ".ttf", ".otf", ".eot", ".css", ".js", ".mjs", ".map", ".wasm"),
 )
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-
 
 # --------------------------------------------------------------------------------------------- config
 
@@ -172,209 +174,6 @@ class CrawlResult:
     validators: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-# ------------------------------------------------------------------------------------- address guard
-
-
-class RefusedURL(Exception):
-    """A URL or address the crawler will not connect to."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ResolveError(Exception):
-    """The host name did not resolve."""
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries (mapped, 6to4, Teredo client, NAT64), if any."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def address_refusal(address: str | IPAddress) -> str | None:
-    """Why connecting to ``address`` is refused by default, or None for a public address.
-
-    Pure classification, no network.
-    """
-    if isinstance(address, str):
-        try:
-            ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0].strip("[]"))
-        except ValueError:
-            return f"not an IP address: {address!r}"
-    else:
-        ip = address
-    if ip in METADATA_ADDRESSES:
-        return "cloud metadata address"
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(ip)
-        if embedded is not None:
-            reason = address_refusal(embedded)
-            if reason:
-                return f"{reason} (IPv4 {embedded} inside {ip})"
-        if ip.is_site_local:
-            return "site-local address"
-    checks = (
-        ("unspecified", ip.is_unspecified),
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        ("not globally routable", not ip.is_global),
-    )
-    for reason, hit in checks:
-        if hit:
-            return f"{reason} address"
-    return None
-
-
-def _normalise_host(host: str) -> str:
-    return host.strip().strip("[]").lower().rstrip(".")
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """``socket.getaddrinfo`` in a thread; the unique addresses in the resolver's order."""
-    try:
-        infos = await asyncio.to_thread(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ResolveError(f"cannot resolve {host}: {exc}") from exc
-    addresses: list[str] = []
-    for info in infos:
-        address = str(info[4][0]).split("%", 1)[0]
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
-class AddressGuard:
-    """Resolves each host once, refuses unsafe addresses and pins the checked ones for the crawl.
-
-    ``allow_hosts`` holds host names or IP addresses allowed although they are not public. Cloud
-    metadata addresses stay refused unless that very address is listed.
-    """
-
-    def __init__(self, allow_hosts: Iterable[str] = (), resolver: Resolver | None = None) -> None:
-        self._allowed_hosts: set[str] = set()
-        self._allowed_ips: set[IPAddress] = set()
-        for entry in allow_hosts:
-            host = _normalise_host(entry)
-            self._allowed_hosts.add(host)
-            with contextlib.suppress(ValueError):
-                self._allowed_ips.add(ipaddress.ip_address(host))
-        self._resolver = resolver or system_resolver
-        self._pins: dict[str, list[str] | Exception] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def is_allowed_host(self, host: str) -> bool:
-        return _normalise_host(host) in self._allowed_hosts
-
-    def refusal(self, host: str, address: str) -> str | None:
-        """Why ``host`` may not be reached at ``address`` (None: allowed)."""
-        ip = ipaddress.ip_address(address)
-        if ip in self._allowed_ips:
-            return None
-        reason = address_refusal(ip)
-        if reason is None:
-            return None
-        if self.is_allowed_host(host) and ip not in METADATA_ADDRESSES:
-            return None
-        return reason
-
-    async def addresses(self, host: str, port: int) -> list[str]:
-        """The checked, pinned addresses of ``host``; raises RefusedURL or ResolveError."""
-        key = _normalise_host(host)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            if key not in self._pins:
-                self._pins[key] = await self._check(key, port)
-        pinned = self._pins[key]
-        if isinstance(pinned, Exception):
-            raise pinned
-        return pinned
-
-    async def _check(self, host: str, port: int) -> list[str] | Exception:
-        try:
-            addresses = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            try:
-                addresses = await self._resolver(host, port)
-            except ResolveError as exc:
-                return exc
-            if not addresses:
-                return ResolveError(f"cannot resolve {host}: no addresses")
-        for address in addresses:
-            try:
-                reason = self.refusal(host, address)
-            except ValueError:
-                reason = "unparsable address"
-            if reason:
-                shown = host if host == address else f"{host} resolves to {address},"
-                return RefusedURL(f"{shown} {reason}; list the host in allowHosts to allow it")
-        return addresses
-
-
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects only to the addresses the guard checked for the host: no resolution of its own."""
-
-    def __init__(self, guard: AddressGuard) -> None:
-        self._guard = guard
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._guard.addresses(host, port)
-        error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise RefusedURL("unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class _PinnedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with its connection pool rebuilt on :class:`_PinnedBackend`, no proxy."""
-
-    def __init__(self, guard: AddressGuard, max_connections: int) -> None:
-        super().__init__(trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=5.0,
-            network_backend=_PinnedBackend(guard),
-        )
-
-
 # --------------------------------------------------------------------------------------------- URLs
 
 
@@ -404,24 +203,6 @@ def normalize_url(url: str, base: str | None = None) -> str | None:
         netloc = f"{netloc}:{port}"
     path = parsed.raw_path.decode("ascii") or "/"
     return f"{scheme}://{netloc}{path}"
-
-
-def url_refusal(url: str) -> str | None:
-    """Refusal that needs no DNS: scheme, credentials, malformed URL."""
-    try:
-        parsed = httpx.URL(url)
-        port = parsed.port
-    except (httpx.InvalidURL, ValueError, UnicodeError):
-        return "malformed URL"
-    if parsed.scheme.lower() not in _DEFAULT_PORTS:
-        return f"scheme {parsed.scheme!r} is not http(s)"
-    if parsed.userinfo:
-        return "URLs with credentials are not fetched"
-    if not parsed.raw_host:
-        return "URL without host"
-    if port is not None and not 0 < port < 65536:
-        return "bad port"
-    return None
 
 
 def _host_port(url: str) -> tuple[str, int]:
@@ -600,7 +381,8 @@ class _Crawler:
             if key is not None and isinstance(entry, Mapping):
                 self.previous[key] = entry
         self.on_page = on_page
-        self.guard = AddressGuard(config.allow_hosts, resolver)
+        # system_resolver is looked up here, at crawl time, so that tests can replace this module's.
+        self.guard = AddressGuard(config.allow_hosts, resolver or system_resolver)
         self.result = CrawlResult()
         self.hosts: set[str] = set()
         self.seen: set[str] = set()
@@ -614,7 +396,7 @@ class _Crawler:
         self.robots: dict[str, RobotFileParser] = {}
         self.robots_locks: dict[str, asyncio.Lock] = {}
         self.client = httpx.AsyncClient(
-            transport=_PinnedTransport(self.guard, max_connections=config.concurrency * 2),
+            transport=PinnedTransport(self.guard, max_connections=config.concurrency * 2),
             trust_env=False,
             follow_redirects=False,
             timeout=httpx.Timeout(config.timeout),
