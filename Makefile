@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
-PACKAGES := libs/core libs/index services/embedder services/retriever jobs/indexer
+PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway jobs/indexer
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
 INDEX_ROOT := data/index

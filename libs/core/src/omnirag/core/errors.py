@@ -35,6 +35,12 @@ class InvalidInput(OmniragError):
     code = "invalid_input"
 
 
+class BadRequest(OmniragError):
+    """A request the service understood but cannot serve as asked (400, as OpenAI answers it)."""
+
+    code = "bad_request"
+
+
 class PayloadTooLarge(OmniragError):
     code = "payload_too_large"
 
@@ -84,6 +90,7 @@ class ClientGone(OmniragError):
 # The one table. Lookup walks the MRO, so a subclass inherits its parent's status.
 ERROR_STATUS: dict[type[OmniragError], int] = {
     InvalidInput: 422,
+    BadRequest: 400,
     PayloadTooLarge: 413,
     NotFound: 404,
     Unauthorized: 401,

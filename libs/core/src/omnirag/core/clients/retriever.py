@@ -81,14 +81,21 @@ class RetrieverClient:
     """Sync and async search against one retriever service."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
+        async_client: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.headers = headers or {}
         # The sync client is kept: a new connection per search would add a TCP setup to each. An
-        # async client is bound to the event loop it was made in, so async searches make their own.
+        # async client is bound to the event loop it was made in, so async searches make their own
+        # unless the caller (a service with its own loop) lends one that it keeps open.
         self._sync: httpx.Client | None = None
+        self._async = async_client
 
     def _url(self, collection: str) -> str:
         return f"{self.base_url}/v1/collections/{collection}/search"
@@ -101,6 +108,14 @@ class RetrieverClient:
         return _check(r, collection)
 
     async def asearch(self, collection: str, **options: Any) -> dict[str, Any]:
+        if self._async is not None:
+            r = await self._async.post(
+                self._url(collection),
+                headers=self.headers | _headers(),
+                json=_body(**options),
+                timeout=self.timeout,
+            )
+            return _check(r, collection)
         async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
             r = await client.post(self._url(collection), headers=_headers(), json=_body(**options))
         return _check(r, collection)
@@ -163,8 +178,9 @@ class OmniragVectorStore(VectorStore):
         mode: SearchMode = "hybrid",
         timeout: float = 30.0,
         headers: dict[str, str] | None = None,
+        async_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.client = RetrieverClient(base_url, timeout=timeout, headers=headers)
+        self.client = RetrieverClient(base_url, timeout=timeout, headers=headers, async_client=async_client)
         self.collection = collection
         self.mode: SearchMode = mode
 

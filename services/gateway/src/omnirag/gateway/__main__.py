@@ -1,0 +1,14 @@
+"""``python -m omnirag.gateway``: serve on ``GATEWAY_HOST:GATEWAY_PORT`` (default 127.0.0.1:8000)."""
+
+from omnirag.core.app import run
+from omnirag.gateway.app import create_app
+from omnirag.gateway.config import GatewaySettings
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    run(create_app(settings), settings, "gateway")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""``create_app(settings)``: the gateway's FastAPI app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from langchain_openai import ChatOpenAI
+
+from omnirag.core.app import create_service_app
+from omnirag.gateway.api import chat, ingest, models, sessions
+from omnirag.gateway.auth import KeyStore, RateLimiter
+from omnirag.gateway.chat import ChatHandler
+from omnirag.gateway.config import GatewaySettings
+from omnirag.gateway.llm import PassThrough, create_chat_model
+from omnirag.gateway.memory import History
+from omnirag.gateway.metrics import GatewayMetrics
+from omnirag.gateway.multimodal import OCR
+
+
+@dataclass
+class Gateway:
+    """The parts every route uses, made once in the lifespan."""
+
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    keys: KeyStore
+    redis: Any
+    history: History
+    limiter: RateLimiter
+    http: httpx.AsyncClient
+    llm_http: httpx.AsyncClient
+    chat_model: ChatOpenAI
+    passthrough: PassThrough
+    ocr: OCR
+    chat: Any = None
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = GatewayMetrics(app.state.metrics)
+        keys = KeyStore.load(
+            inline=settings.api_keys,
+            path=settings.api_keys_file,
+            dev_key=settings.dev_key.get_secret_value() if settings.dev_key else None,
+            default_rpm=settings.default_rpm,
+            default_tpm=settings.default_tpm,
+        )
+        if settings.auth_enabled and not keys.keys:
+            raise RuntimeError(
+                "no API keys configured: set GATEWAY_API_KEYS, GATEWAY_API_KEYS_FILE or GATEWAY_DEV_KEY "
+                "(or GATEWAY_AUTH_ENABLED=false on a private machine)"
+            )
+        redis = aioredis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            decode_responses=True,
+        )
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        http = httpx.AsyncClient(timeout=settings.upstream_timeout, limits=limits)
+        llm_http = httpx.AsyncClient(timeout=httpx.Timeout(settings.llm_timeout, connect=5.0), limits=limits)
+        gw = Gateway(
+            settings=settings,
+            metrics=metrics,
+            keys=keys,
+            redis=redis,
+            history=History(
+                redis,
+                max_turns=settings.history_max_turns,
+                ttl_seconds=settings.history_ttl_seconds,
+                cache_size=settings.session_cache_size,
+            ),
+            limiter=RateLimiter(redis, on_limited=lambda limit: metrics.rate_limited.labels(limit).inc()),
+            http=http,
+            llm_http=llm_http,
+            chat_model=create_chat_model(settings, http_async_client=llm_http),
+            passthrough=PassThrough(settings, llm_http),
+            ocr=OCR(),
+        )
+        gw.chat = ChatHandler(gw)
+        app.state.gateway = gw
+        readiness = app.state.readiness
+
+        async def llm_probe() -> tuple[bool, str]:
+            r = await llm_http.get(settings.llm_base_url.rstrip("/") + "/models", timeout=2.0)
+            return r.status_code < 400, f"{settings.llm_model} at {settings.llm_base_url} ({r.status_code})"
+
+        async def optional(name: str, url: str) -> tuple[bool, str]:
+            # The gateway answers without these (degraded), so they never hold readiness back.
+            try:
+                r = await http.get(url, timeout=1.5)
+                return (
+                    True,
+                    "ok" if r.status_code < 400 else f"not ready ({r.status_code}); answers are degraded",
+                )
+            except Exception as exc:
+                return True, f"down ({type(exc).__name__}); answers are degraded"
+
+        async def redis_probe() -> tuple[bool, str]:
+            try:
+                await redis.ping()
+                return True, "ok"
+            except Exception as exc:
+                return True, f"down ({type(exc).__name__}); no history, no rate limits"
+
+        readiness.add_probe("llm", llm_probe)
+        readiness.add_probe(
+            "retriever", lambda: optional("retriever", settings.retriever_url.rstrip("/") + "/readyz")
+        )
+        readiness.add_probe(
+            "embedder", lambda: optional("embedder", settings.embedder_url.rstrip("/") + "/readyz")
+        )
+        readiness.add_probe("redis", redis_probe)
+        try:
+            yield
+        finally:
+            await http.aclose()
+            await llm_http.aclose()
+            await redis.aclose()
+            gw.ocr.close()
+
+    app = create_service_app(
+        "gateway",
+        settings,
+        lifespan=lifespan,
+        title="omnirag gateway",
+        description="OpenAI-compatible RAG chat over the team's documents.",
+    )
+    for module in (chat, models, sessions, ingest):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,491 @@
+"""``POST /v1/chat/completions`` behind the route: RAG answers and pass-through, streamed or not.
+
+RAG: prepare the input (images read by OCR for a text-only model), load the session history,
+rewrite a follow-up into a standalone question, retrieve, then answer from numbered sources. Every
+failure that can still be reported with a status (bad input, a forbidden collection, the LLM down)
+happens before the response starts: a stream is opened only once the LLM has produced its first
+token. After that, an upstream failure ends the stream with an error event and ``[DONE]`` — no
+retry, so no text is ever sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import orjson
+from langchain_core.messages import AIMessageChunk
+from pydantic import BaseModel, ConfigDict, Field
+
+from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
+from omnirag.gateway.auth import ApiKey
+from omnirag.gateway.llm import LLMError
+from omnirag.gateway.memory import check_session_id
+from omnirag.gateway.multimodal import prepare
+from omnirag.gateway.rag import (
+    answer_messages,
+    clean_rewrite,
+    history_messages,
+    message_text,
+    needs_rewrite,
+    nothing_found,
+    retrieve,
+    rewrite_chain,
+    to_langchain,
+)
+
+log = logging.getLogger("omnirag.gateway.chat")
+
+OMNIRAG_FIELDS = ("collection", "session_id", "top_k", "filter", "rag")
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat request plus omnirag's options. Unknown OpenAI fields are kept and passed on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    # omnirag (extra_body in the OpenAI SDK)
+    collection: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    session_id: str | None = None
+    top_k: int | None = Field(None, ge=1)
+    filter: dict[str, Any] | None = None
+    rag: bool | None = Field(
+        None,
+        description="Answer from the collection (default) or pass through to the LLM. "
+        "Requests with tools pass through.",
+    )
+
+
+@dataclass
+class Outcome:
+    """What the ``omnirag`` object reports, and what is kept for history and limits."""
+
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    rewritten_query: str | None = None
+    session_id: str | None = None
+    degraded: list[str] = field(default_factory=list)
+    collection: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "citations": self.citations,
+            "rewritten_query": self.rewritten_query,
+            "session_id": self.session_id,
+            "degraded": self.degraded,
+            "collection": self.collection,
+        }
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChatHandler:
+    """One per app; reached through ``request.app.state.chat``."""
+
+    def __init__(self, gw: Any) -> None:
+        self.gw = gw
+        self.s = gw.settings
+        self.m = gw.metrics
+
+    # ---------- shared steps ----------
+
+    def _validate(self, req: ChatRequest) -> None:
+        if len(req.messages) > self.s.max_messages:
+            raise InvalidInput(
+                f"{len(req.messages)} messages; the limit is {self.s.max_messages}", code="too_many_messages"
+            )
+        for i, m in enumerate(req.messages):
+            if m.get("role") not in ROLES:
+                raise InvalidInput(
+                    f"messages[{i}].role must be one of {sorted(ROLES)}", code="invalid_message"
+                )
+
+    def _max_tokens(self, req: ChatRequest) -> int:
+        asked = req.max_completion_tokens or req.max_tokens or self.s.max_tokens_cap
+        return min(asked, self.s.max_tokens_cap)
+
+    async def _history(self, key: ApiKey, req: ChatRequest, outcome: Outcome) -> list[dict[str, Any]]:
+        """Earlier turns: the client's own when it sends the conversation, else the session's."""
+        earlier = req.messages[:-1]
+        if req.session_id is None:
+            return earlier
+        if any(m.get("role") == "assistant" for m in earlier):
+            return earlier  # stateless client: it sent the whole conversation
+        try:
+            stored = await self.gw.history.load(key.name, req.session_id)
+        except Exception as exc:
+            self._degrade(outcome, "history", exc)
+            stored = []
+        return stored + earlier
+
+    def _degrade(self, outcome: Outcome, part: str, exc: BaseException) -> None:
+        if part not in outcome.degraded:
+            outcome.degraded.append(part)
+            self.m.degraded.labels(part).inc()
+        log.warning("%s is down; answering without it", part, extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _remember(
+        self, key: ApiKey, req: ChatRequest, question: str, answer: str, outcome: Outcome
+    ) -> None:
+        if req.session_id is None or "history" in outcome.degraded:
+            return
+        turn = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        try:
+            await self.gw.history.append(key.name, req.session_id, turn)
+        except Exception as exc:
+            log.warning("could not store the turn", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _count(self, key: ApiKey, prompt_tokens: int, completion_tokens: int) -> None:
+        self.m.llm_tokens.labels("prompt").inc(prompt_tokens)
+        self.m.llm_tokens.labels("completion").inc(completion_tokens)
+        try:
+            await self.gw.limiter.add_tokens(key, prompt_tokens + completion_tokens)
+        except Exception as exc:
+            log.warning("could not count tokens", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def _envelope(self, cid: str, created: int) -> dict[str, Any]:
+        return {"id": cid, "created": created, "model": self.s.llm_model}
+
+    # ---------- entry ----------
+
+    async def handle(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+        self._validate(req)
+        if req.session_id is not None:
+            check_session_id(req.session_id)
+        rag = req.rag if req.rag is not None else not req.tools
+        if req.tools and not self.s.llm_tools:
+            raise BadRequest(
+                "the configured model cannot take tools (GATEWAY_LLM_TOOLS=false)", code="tools_unsupported"
+            )
+        if rag and req.tools:
+            raise BadRequest(
+                "tools are passed through only with rag off ('rag': false)", code="tools_need_rag_off"
+            )
+        if rag:
+            return await self._rag(key, req)
+        return await self._pass_through(key, req)
+
+    # ---------- pass-through ----------
+
+    async def _pass_through(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+        started = time.perf_counter()
+        outcome = Outcome(session_id=req.session_id)
+        history = await self._history(key, req, outcome)
+        prepared = await prepare(history + req.messages[-1:], self.s, self.gw.ocr)
+        body = req.model_dump(exclude_none=True, exclude=set(OMNIRAG_FIELDS) | {"max_completion_tokens"})
+        body["messages"] = prepared.messages
+        body["model"] = self.s.llm_model
+        body["max_tokens"] = self._max_tokens(req)
+        prompt_estimate = sum(len(message_text(m)) for m in prepared.messages) // 4
+        if not req.stream:
+            result = await self.gw.passthrough.complete(body)
+            self.m.ttft.labels("passthrough").observe(time.perf_counter() - started)
+            usage = result.get("usage") or {}
+            await self._count(
+                key,
+                int(usage.get("prompt_tokens") or prompt_estimate),
+                int(usage.get("completion_tokens") or 0),
+            )
+            choice = (result.get("choices") or [{}])[0]
+            answer = (choice.get("message") or {}).get("content") or ""
+            await self._remember(key, req, prepared.question, answer, outcome)
+            result["model"] = self.s.llm_model
+            result["omnirag"] = outcome.public()
+            return result
+        payloads = await self.gw.passthrough.stream(body)
+        return self._relay(key, req, payloads, outcome, prepared.question, prompt_estimate, started)
+
+    async def _relay(
+        self,
+        key: ApiKey,
+        req: ChatRequest,
+        payloads: AsyncIterator[bytes],
+        outcome: Outcome,
+        question: str,
+        prompt_estimate: int,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        parts: list[str] = []
+        first = True
+        envelope: dict[str, Any] = {}
+        try:
+            async for payload in payloads:
+                if first:
+                    self.m.ttft.labels("passthrough").observe(time.perf_counter() - started)
+                    first = False
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    continue
+                if not envelope:
+                    envelope = {
+                        "id": chunk.get("id"),
+                        "created": chunk.get("created"),
+                        "model": self.s.llm_model,
+                    }
+                chunk["model"] = self.s.llm_model
+                for choice in chunk.get("choices") or []:
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        parts.append(text)
+                yield _sse(chunk)
+        except Exception as exc:
+            self.m.llm_errors.labels("mid_stream").inc()
+            yield _sse(
+                {"error": {"code": "llm_error", "message": f"the LLM stream broke: {type(exc).__name__}"}}
+            )
+            yield DONE
+            return
+        answer = "".join(parts)
+        yield _sse(envelope | {"object": "chat.completion.chunk", "choices": [], "omnirag": outcome.public()})
+        yield DONE
+        await self._count(key, prompt_estimate, len(parts))
+        await self._remember(key, req, question, answer, outcome)
+
+    # ---------- RAG ----------
+
+    async def _rag(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+        started = time.perf_counter()
+        collection = req.collection or self.s.default_collection
+        key.check_collection(collection)
+        top_k = min(req.top_k or self.s.default_top_k, self.s.max_top_k)
+        outcome = Outcome(session_id=req.session_id, collection=collection)
+        if req.messages[-1].get("role") != "user":
+            raise InvalidInput("the last message must be the user's question", code="invalid_message")
+        history = await self._history(key, req, outcome)
+        prepared = await prepare(req.messages[-1:], self.s, self.gw.ocr)
+        question_message = prepared.messages[-1]
+        question = prepared.question
+        if not question.strip():
+            raise InvalidInput("the question is empty", code="empty_question")
+
+        query = question
+        if needs_rewrite(question, history):
+            llm = self.gw.chat_model.bind(max_tokens=self.s.rewrite_max_tokens, temperature=0)
+            try:
+                raw = await rewrite_chain(llm).ainvoke(
+                    {"history": history_messages(history, self.s.history_prompt_turns), "question": question}
+                )
+            except Exception as exc:
+                raise LLMError(
+                    f"the LLM failed while rewriting the question: {type(exc).__name__}: {exc}"
+                ) from exc
+            query = clean_rewrite(raw, question)
+            outcome.rewritten_query = query
+            self.m.rewrites.labels("changed" if query != question else "same").inc()
+        else:
+            self.m.rewrites.labels("skipped").inc()
+
+        sources: list[Any] | None
+        try:
+            sources = await retrieve(
+                base_url=self.s.retriever_url,
+                client=self.gw.http,
+                collection=collection,
+                query=query,
+                k=top_k,
+                filter=req.filter,
+                threshold=self.s.relevance_threshold,
+                timeout=self.s.upstream_timeout,
+            )
+        except NotFound:
+            raise NotFound(f"no collection {collection!r}", code="collection_not_found") from None
+        except UpstreamError as exc:
+            if exc.details and exc.details.get("status") == 422:
+                raise InvalidInput(
+                    f"retrieval refused the request: {exc.message}", code="invalid_filter"
+                ) from None
+            self._retrieval_down(outcome, exc)
+            sources = None
+        except (httpx.HTTPError, OSError) as exc:
+            self._retrieval_down(outcome, exc)
+            sources = None
+        self.m.rag_prep_seconds.observe(time.perf_counter() - started)
+        if sources is not None:
+            self.m.retrieval_hits.observe(len(sources))
+            outcome.citations = [s.citation() for s in sources]
+
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if sources == []:
+            self.m.empty_contexts.inc()
+            answer = nothing_found(collection, question)
+            await self._remember(key, req, question, answer, outcome)
+            if req.stream:
+                return self._canned_stream(cid, created, answer, outcome)
+            return self._completion(cid, created, answer, "stop", outcome, 0, 0)
+
+        system_extra = "\n".join(
+            message_text(m) for m in req.messages[:-1] if m.get("role") in ("system", "developer")
+        )
+        messages = answer_messages(
+            question_message,
+            [m for m in history if m.get("role") in ("user", "assistant")],
+            sources,
+            turns=self.s.history_prompt_turns,
+            max_chars=self.s.context_max_chars,
+            system_extra=system_extra,
+        )
+        llm = self.gw.chat_model.bind(
+            max_tokens=self._max_tokens(req),
+            temperature=self.s.llm_temperature if req.temperature is None else req.temperature,
+        )
+        lc_messages = to_langchain(messages)
+        if not req.stream:
+            try:
+                result = await llm.ainvoke(lc_messages)
+            except Exception as exc:
+                self.m.llm_errors.labels("before_stream").inc()
+                raise LLMError(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
+            self.m.ttft.labels("rag").observe(time.perf_counter() - started)
+            answer = str(result.content)
+            usage = getattr(result, "usage_metadata", None) or {}
+            finish = (result.response_metadata or {}).get("finish_reason") or "stop"
+            await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+            await self._remember(key, req, question, answer, outcome)
+            return self._completion(
+                cid,
+                created,
+                answer,
+                finish,
+                outcome,
+                int(usage.get("input_tokens", 0)),
+                int(usage.get("output_tokens", 0)),
+            )
+
+        stream = llm.astream(lc_messages).__aiter__()
+        try:
+            first = await stream.__anext__()  # opens the connection: failures here still get a status
+        except StopAsyncIteration:
+            first = AIMessageChunk(content="")
+        except Exception as exc:
+            self.m.llm_errors.labels("before_stream").inc()
+            raise LLMError(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
+        self.m.ttft.labels("rag").observe(time.perf_counter() - started)
+        return self._rag_stream(key, req, cid, created, first, stream, outcome, question)
+
+    def _retrieval_down(self, outcome: Outcome, exc: BaseException) -> None:
+        if self.s.retrieval_fail_closed:
+            raise NotReady("the retriever is unavailable", code="retriever_unavailable") from exc
+        self._degrade(outcome, "retriever", exc)
+        return None
+
+    def _completion(
+        self,
+        cid: str,
+        created: int,
+        answer: str,
+        finish: str,
+        outcome: Outcome,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> dict[str, Any]:
+        return self._envelope(cid, created) | {
+            "object": "chat.completion",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "omnirag": outcome.public(),
+        }
+
+    def _chunk(self, cid: str, created: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _sse(
+            self._envelope(cid, created)
+            | {
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+        )
+
+    def _tail(self, cid: str, created: int, outcome: Outcome) -> bytes:
+        return _sse(
+            self._envelope(cid, created)
+            | {"object": "chat.completion.chunk", "choices": [], "omnirag": outcome.public()}
+        )
+
+    async def _canned_stream(
+        self, cid: str, created: int, answer: str, outcome: Outcome
+    ) -> AsyncIterator[bytes]:
+        yield self._chunk(cid, created, {"role": "assistant", "content": ""})
+        yield self._chunk(cid, created, {"content": answer})
+        yield self._chunk(cid, created, {}, "stop")
+        yield self._tail(cid, created, outcome)
+        yield DONE
+
+    async def _rag_stream(
+        self,
+        key: ApiKey,
+        req: ChatRequest,
+        cid: str,
+        created: int,
+        first: AIMessageChunk,
+        rest: AsyncIterator[AIMessageChunk],
+        outcome: Outcome,
+        question: str,
+    ) -> AsyncIterator[bytes]:
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        finish: Literal["stop", "length"] | str = "stop"
+        yield self._chunk(cid, created, {"role": "assistant", "content": ""})
+
+        def take(piece: AIMessageChunk) -> bytes | None:
+            nonlocal usage, finish
+            if piece.usage_metadata:
+                usage = dict(piece.usage_metadata)
+            reason = (piece.response_metadata or {}).get("finish_reason")
+            if reason:
+                finish = reason
+            text = piece.content if isinstance(piece.content, str) else ""
+            if text:
+                parts.append(text)
+                return self._chunk(cid, created, {"content": text})
+            return None
+
+        try:
+            out = take(first)
+            if out:
+                yield out
+            async for piece in rest:
+                out = take(piece)
+                if out:
+                    yield out
+        except Exception as exc:
+            self.m.llm_errors.labels("mid_stream").inc()
+            log.warning("the LLM stream broke", extra={"error": f"{type(exc).__name__}: {exc}"})
+            yield _sse(
+                {"error": {"code": "llm_error", "message": f"the LLM stream broke: {type(exc).__name__}"}}
+            )
+            yield DONE
+            return
+        yield self._chunk(cid, created, {}, finish)
+        yield self._tail(cid, created, outcome)
+        yield DONE
+        answer = "".join(parts)
+        await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", len(parts))))
+        await self._remember(key, req, question, answer, outcome)
+
+
+__all__ = ["ChatHandler", "ChatRequest", "OmniragError"]

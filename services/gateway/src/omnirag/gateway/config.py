@@ -1,0 +1,167 @@
+"""Gateway settings (env prefix ``GATEWAY_``). ``config/.env.example`` documents every variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from omnirag.core.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
+
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body; above max_upload_bytes so an upload meets its own, clearer limit.",
+    )
+
+    # --- the services behind the gateway ---
+    embedder_url: str = Field("http://127.0.0.1:8001", description="Base URL of the embedder service.")
+    retriever_url: str = Field("http://127.0.0.1:8002", description="Base URL of the retriever service.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for chat history, rate limits, feedback and the ingest queue.",
+    )
+    upstream_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a call to the embedder or retriever may take before it counts as down.",
+    )
+    redis_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds a Redis command may take; past it history counts as down for that request.",
+    )
+
+    # --- the LLM (anything that speaks the OpenAI chat API) ---
+    llm_base_url: str = Field(
+        "http://127.0.0.1:6006/v1",
+        description="OpenAI-compatible base URL: vLLM in the cluster, the local llama.cpp server, "
+        "or a hosted API.",
+    )
+    llm_api_key: SecretStr = Field(
+        SecretStr("not-needed"), description="Key sent to the LLM (vLLM and llama.cpp ignore it)."
+    )
+    llm_model: str = Field(
+        "smollm2-135m-instruct", description="Model name sent to the LLM (vLLM's --served-model-name)."
+    )
+    llm_vision: bool = Field(
+        False, description="The model takes image_url parts. Off: images are read by OCR and sent as text."
+    )
+    llm_audio: bool = Field(
+        False, description="The model takes input_audio parts. Off: audio is refused with 400."
+    )
+    llm_tools: bool = Field(
+        True,
+        description="The model takes tools / tool_choice. Off: requests with tools are refused with 400.",
+    )
+    llm_timeout: float = Field(120.0, gt=0, description="Seconds one LLM call may take, streaming included.")
+    llm_connect_retries: int = Field(
+        2, ge=0, le=5, description="Retries of an LLM call that failed before its first byte (never after)."
+    )
+    llm_temperature: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="Temperature of the RAG answer and the rewrite when the client sets none.",
+    )
+
+    # --- RAG ---
+    default_collection: str = Field("docs", description="Collection searched when a request names none.")
+    default_top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved when a request sets no top_k.")
+    max_top_k: int = Field(20, ge=1, le=100, description="Largest top_k a request may ask for.")
+    relevance_threshold: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Chunks scoring below this (hybrid scores are 0..1) are dropped before the prompt. "
+        "Higher: fewer off-topic sources; too high and real answers lose their context.",
+    )
+    retrieval_fail_closed: bool = Field(
+        False,
+        description="When the retriever is down: false answers without context and marks it degraded; "
+        "true answers 503.",
+    )
+    rewrite_max_tokens: int = Field(64, ge=8, le=512, description="Tokens the rewrite step may generate.")
+    context_max_chars: int = Field(
+        6000,
+        ge=500,
+        description="Characters of retrieved text put in the prompt; keeps small models' context.",
+    )
+
+    # --- memory ---
+    history_max_turns: int = Field(
+        20, ge=1, le=1000, description="Messages kept per session in Redis (older ones are trimmed)."
+    )
+    history_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="A session's history expires this long after its last turn."
+    )
+    history_prompt_turns: int = Field(
+        6, ge=0, le=100, description="Most recent messages given to the rewrite and answer prompts."
+    )
+    session_cache_size: int = Field(
+        1024, ge=0, description="Sessions cached in process in front of Redis (0 turns the cache off)."
+    )
+
+    # --- keys and limits ---
+    auth_enabled: bool = Field(True, description="Require an API key on every route but health and metrics.")
+    api_keys: str | None = Field(
+        None,
+        description='Keys as JSON: [{"name", "key_sha256" or "key", "collections": ["*"], "rpm", "tpm"}]. '
+        "Prefer api_keys_file (a mounted secret) in a cluster.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="YAML or JSON file with the keys, same shape as api_keys."
+    )
+    dev_key: SecretStr | None = Field(
+        None, description="One extra key with every collection and the default limits (make run sets one)."
+    )
+    default_rpm: int = Field(
+        600, ge=0, description="Requests per minute per key unless the key says (0: none)."
+    )
+    default_tpm: int = Field(
+        200_000,
+        ge=0,
+        description="LLM tokens (prompt + completion) per minute per key unless the key says (0: none).",
+    )
+
+    # --- bounded inputs ---
+    max_messages: int = Field(100, ge=1, description="Messages one request may carry.")
+    max_message_chars: int = Field(32_000, ge=1, description="Characters of text in one message.")
+    max_total_chars: int = Field(200_000, ge=1, description="Characters of text in one request.")
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Bytes of one image (decoded).")
+    max_images: int = Field(8, ge=0, description="Images in one request.")
+    max_tokens_cap: int = Field(
+        1024, ge=1, description="Upper bound on max_tokens; a request asking for more gets this many."
+    )
+    image_fetch_timeout: float = Field(10.0, gt=0, description="Seconds to fetch an http(s) image URL.")
+    image_fetch_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts whose private or loopback addresses image URLs may reach (none by default).",
+    )
+
+    # --- uploads ---
+    uploads_dir: Path = Field(
+        Path("data/uploads"), description="Shared directory the indexer worker reads uploaded files from."
+    )
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest uploaded document.")
+    upload_types: list[str] = Field(
+        default_factory=lambda: [
+            ".md",
+            ".markdown",
+            ".txt",
+            ".html",
+            ".htm",
+            ".pdf",
+            ".docx",
+            ".png",
+            ".jpg",
+            ".jpeg",
+        ],
+        description="File extensions accepted for upload (the indexer's loaders read these).",
+    )

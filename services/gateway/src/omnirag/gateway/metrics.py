@@ -1,0 +1,43 @@
+"""The gateway's own Prometheus series, beside the request counters every service has."""
+
+from __future__ import annotations
+
+from omnirag.core.metrics import ServiceMetrics
+
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+class GatewayMetrics:
+    def __init__(self, m: ServiceMetrics) -> None:
+        self.ttft = m.histogram(
+            "time_to_first_token_seconds",
+            "Seconds from request to the first answer token, by mode.",
+            ["mode"],
+            buckets=TTFT_BUCKETS,
+        )
+        self.llm_tokens = m.counter(
+            "llm_tokens_total", "LLM tokens, by direction (prompt, completion).", ["direction"]
+        )
+        self.retrieval_hits = m.histogram(
+            "retrieval_hits", "Chunks kept for the prompt per RAG answer.", buckets=(0, 1, 2, 4, 8, 16, 32)
+        )
+        self.rewrites = m.counter(
+            "rewrites_total", "History-aware rewrites, by outcome (skipped, changed, same).", ["outcome"]
+        )
+        self.empty_contexts = m.counter(
+            "empty_contexts_total", "RAG answers for which nothing relevant was found."
+        )
+        self.degraded = m.counter("degraded_total", "Answers given with a part down, by part.", ["part"])
+        self.rate_limited = m.counter(
+            "rate_limited_total", "Requests refused by a rate limit, by limit (rpm, tpm).", ["limit"]
+        )
+        self.rag_prep_seconds = m.histogram(
+            "rag_prep_seconds", "Seconds of history, rewrite and retrieval before the LLM is called."
+        )
+        self.llm_errors = m.counter(
+            "llm_errors_total", "LLM calls that failed, by when (before_stream, mid_stream).", ["when"]
+        )
+        self.feedback = m.counter("feedback_total", "Answer ratings received, by rating.", ["rating"])
+        self.ingest_jobs = m.counter(
+            "ingest_jobs_total", "Documents queued for the indexer, by kind.", ["kind"]
+        )

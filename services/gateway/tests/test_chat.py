@@ -1,0 +1,229 @@
+"""End to end over the real stack: Redis, embedder, the example knowledge base, retriever, the local
+SmolLM2 through llama.cpp, and the gateway — driven by the official ``openai`` client and LangChain."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import openai
+import pytest
+from langchain_openai import ChatOpenAI
+
+from omnirag.core.testing import metric_value
+
+from .conftest import AUTH, DEV_KEY
+
+
+def client(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key=DEV_KEY, max_retries=0, timeout=120)
+
+
+def test_streamed_rag_answer_cites_the_right_document(gateway_url: str) -> None:
+    stream = client(gateway_url).chat.completions.create(
+        model="omnirag",
+        messages=[{"role": "user", "content": "Which port does the gateway listen on?"}],
+        stream=True,
+        max_tokens=60,
+        extra_body={"collection": "docs"},
+    )
+    text, tail = "", None
+    chunks = 0
+    for chunk in stream:
+        chunks += 1
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+        extra = (chunk.model_extra or {}).get("omnirag")
+        if extra is not None:
+            tail = extra
+    assert chunks > 3, "the answer must arrive in several chunks"
+    assert text.strip()
+    assert tail is not None, "the last chunk before [DONE] carries the omnirag object"
+    sources = [c["source"] for c in tail["citations"]]
+    assert sources and sources[0].endswith("getting-started.md"), sources
+    assert tail["rewritten_query"] is None and tail["degraded"] == []
+    first = tail["citations"][0]
+    assert {"id", "source", "title", "score", "snippet"} <= set(first)
+    assert "8000" in " ".join(c["snippet"] for c in tail["citations"]) or "8000" in text
+
+
+def test_sse_framing_is_exact(gateway_url: str) -> None:
+    body = {
+        "model": "omnirag",
+        "messages": [{"role": "user", "content": "Which port does the embedder listen on?"}],
+        "stream": True,
+        "max_tokens": 20,
+    }
+    with httpx.stream(
+        "POST", gateway_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert payloads[-1]["choices"] == [] and "omnirag" in payloads[-1]
+    assert payloads[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_follow_up_is_rewritten_with_the_session_history(gateway_url: str) -> None:
+    c = client(gateway_url)
+    session = f"s-{uuid.uuid4().hex[:10]}"
+    first = c.chat.completions.create(
+        model="omnirag",
+        messages=[{"role": "user", "content": "Which port does the embedder listen on?"}],
+        max_tokens=40,
+        extra_body={"session_id": session},
+    )
+    assert first.model_extra["omnirag"]["rewritten_query"] is None
+    follow = c.chat.completions.create(
+        model="omnirag",
+        messages=[{"role": "user", "content": "And what does it serve?"}],
+        max_tokens=40,
+        extra_body={"session_id": session},
+    )
+    meta = follow.model_extra["omnirag"]
+    rewritten = meta["rewritten_query"]
+    assert rewritten and rewritten != "And what does it serve?"
+    assert meta["session_id"] == session
+    stored = httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).json()["messages"]
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[0]["content"] == "Which port does the embedder listen on?"
+    metrics = httpx.get(gateway_url + "/metrics").text
+    assert metric_value(metrics, "omnirag_gateway_rewrites_total", 'outcome="skipped"') >= 1
+    assert httpx.delete(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).json()["deleted"] is True
+    assert httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).status_code == 404
+
+
+def test_rewrite_gets_the_history_and_its_output_is_the_retrieval_query(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    """Watch the gateway's real outgoing requests: the rewrite call carries the earlier turns, and
+    the retriever is asked exactly the rewritten question."""
+    llm_bodies: list[dict] = []
+    searches: list[dict] = []
+
+    async def record_llm(request: httpx.Request) -> None:
+        llm_bodies.append(json.loads(request.content))
+
+    async def record_search(request: httpx.Request) -> None:
+        if request.url.path.endswith("/search"):
+            searches.append(json.loads(request.content))
+
+    with gateway_factory() as base:
+        gw = gateway_factory.last_app.state.gateway
+        gw.llm_http.event_hooks["request"].append(record_llm)
+        gw.http.event_hooks["request"].append(record_search)
+        history = [
+            {"role": "user", "content": "Which port does the retriever listen on?"},
+            {"role": "assistant", "content": "The retriever listens on port 8002 [1]."},
+            {"role": "user", "content": "How do I change it?"},
+        ]
+        r = client(base).chat.completions.create(model="omnirag", messages=history, max_tokens=30)
+    rewritten = r.model_extra["omnirag"]["rewritten_query"]
+    assert rewritten, "a follow-up with history is rewritten"
+    rewrite_call = next(b for b in llm_bodies if "standalone question" in json.dumps(b["messages"]))
+    sent = json.dumps(rewrite_call["messages"])
+    assert "Which port does the retriever listen on?" in sent and "port 8002" in sent
+    assert [s["query"] for s in searches] == [rewritten]
+
+
+def test_langchain_chat_openai_works_unchanged(gateway_url: str) -> None:
+    llm = ChatOpenAI(
+        model="omnirag",
+        base_url=gateway_url + "/v1",
+        api_key=DEV_KEY,
+        max_tokens=40,
+        max_retries=0,
+        temperature=0,
+    )
+    answer = llm.invoke("Which port does the gateway listen on?")
+    assert isinstance(answer.content, str) and answer.content.strip()
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("Which port does the retriever listen on?"))
+    assert streamed.strip()
+
+
+def test_nothing_relevant_says_so(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    with gateway_factory(relevance_threshold=0.99) as base:
+        r = client(base).chat.completions.create(
+            model="omnirag", messages=[{"role": "user", "content": "What is the capital of Mongolia?"}]
+        )
+    assert "could not find" in r.choices[0].message.content
+    assert r.model_extra["omnirag"]["citations"] == []
+
+
+def test_pass_through_with_a_forced_tool_call(gateway_url: str) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    c = client(gateway_url)
+    kwargs = {
+        "model": "omnirag",
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 40,
+        "extra_body": {"rag": False},
+    }
+    r = c.chat.completions.create(**kwargs)
+    call = r.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+    names, args = set(), ""
+    for chunk in c.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                if tc.function and tc.function.name:
+                    names.add(tc.function.name)
+                if tc.function and tc.function.arguments:
+                    args += tc.function.arguments
+    assert names == {"get_weather"}
+    assert "city" in json.loads(args)
+
+
+def test_bad_requests_get_clear_errors(gateway_url: str) -> None:
+    post = lambda body, **kw: httpx.post(gateway_url + "/v1/chat/completions", json=body, timeout=30, **kw)  # noqa: E731
+    assert post({"messages": [{"role": "user", "content": "hi"}]}).status_code == 401
+    r = post(
+        {"messages": [{"role": "user", "content": "hi"}]}, headers={"Authorization": "Bearer wrong-key-123"}
+    )
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert post({"messages": []}, headers=AUTH).status_code == 422
+    assert post({"messages": [{"role": "wizard", "content": "hi"}]}, headers=AUTH).status_code == 422
+    r = post({"messages": [{"role": "user", "content": "hi"}], "collection": "nope"}, headers=AUTH)
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+    many = [{"role": "user", "content": "x"}] * 101
+    assert post({"messages": many}, headers=AUTH).status_code == 422
+    r = post({"messages": [{"role": "user", "content": "x" * 40_000}]}, headers=AUTH)
+    assert r.status_code in (413, 422)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_audio_is_refused_by_a_text_only_model(gateway_url: str, stream: bool) -> None:
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is said here?"},
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                ],
+            }
+        ],
+        "stream": stream,
+    }
+    r = httpx.post(gateway_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
+    assert r.status_code == 400
+    assert "audio" in r.json()["error"]["message"]
