@@ -71,7 +71,7 @@ def llm_url() -> Iterator[str]:
         return
     from omnirag.core.testing import llm_server
 
-    with llm_server() as base:
+    with llm_server(threads=1) as base:
         yield base
 
 

@@ -29,15 +29,15 @@ def test_streamed_rag_answer_cites_the_right_document(gateway_url: str) -> None:
         extra_body={"collection": "docs"},
     )
     text, tail = "", None
-    chunks = 0
+    pieces = 0
     for chunk in stream:
-        chunks += 1
         for choice in chunk.choices:
             text += choice.delta.content or ""
+            pieces += bool(choice.delta.content)
         extra = (chunk.model_extra or {}).get("omnirag")
         if extra is not None:
             tail = extra
-    assert chunks > 3, "the answer must arrive in several chunks"
+    assert pieces >= 3, "the answer must arrive token by token, not in one piece"
     assert text.strip()
     assert tail is not None, "the last chunk before [DONE] carries the omnirag object"
     sources = [c["source"] for c in tail["citations"]]
@@ -181,16 +181,28 @@ def test_pass_through_with_a_forced_tool_call(gateway_url: str) -> None:
     call = r.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather"
     assert "city" in json.loads(call.function.arguments)
-    names, args = set(), ""
+    names, ids, args = [], [], ""
     for chunk in c.chat.completions.create(stream=True, **kwargs):
         for choice in chunk.choices:
             for tc in choice.delta.tool_calls or []:
+                if tc.id:
+                    ids.append(tc.id)
                 if tc.function and tc.function.name:
-                    names.add(tc.function.name)
+                    names.append(tc.function.name)
                 if tc.function and tc.function.arguments:
                     args += tc.function.arguments
-    assert names == {"get_weather"}
+    # As OpenAI streams them: id and name once, then the arguments in pieces.
+    assert names == ["get_weather"] and len(ids) == 1
     assert "city" in json.loads(args)
+    # LangChain's accumulator must rebuild the same call from the stream.
+    llm = ChatOpenAI(
+        model="omnirag", base_url=gateway_url + "/v1", api_key=DEV_KEY, max_retries=0
+    ).bind_tools(tools, tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    merged = None
+    for piece in llm.stream("What is the weather in Paris?", extra_body={"rag": False}, max_tokens=40):
+        merged = piece if merged is None else merged + piece
+    assert merged is not None and merged.tool_calls[0]["name"] == "get_weather"
+    assert "city" in merged.tool_calls[0]["args"]
 
 
 def test_bad_requests_get_clear_errors(gateway_url: str) -> None:

@@ -90,6 +90,22 @@ class Outcome:
         }
 
 
+def _normalise_tool_deltas(delta: dict[str, Any], announced: set[int]) -> None:
+    """Make streamed tool calls look like OpenAI's: ``id``, ``type`` and the function's ``name``
+    only in the first delta of each call, then only ``arguments``. llama.cpp repeats them in every
+    delta, which the openai SDK's and LangChain's accumulators concatenate into "namename…"."""
+    delta.pop("function_call", None)
+    for call in delta.get("tool_calls") or []:
+        index = call.get("index", 0)
+        if index in announced:
+            call.pop("id", None)
+            call.pop("type", None)
+            if isinstance(call.get("function"), dict):
+                call["function"].pop("name", None)
+        else:
+            announced.add(index)
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
@@ -191,7 +207,12 @@ class ChatHandler:
         history = await self._history(key, req, outcome)
         prepared = await prepare(history + req.messages[-1:], self.s, self.gw.ocr)
         body = req.model_dump(exclude_none=True, exclude=set(OMNIRAG_FIELDS) | {"max_completion_tokens"})
-        body["messages"] = prepared.messages
+        # Some servers (llama.cpp) refuse an assistant turn whose content is null beside tool_calls,
+        # which is what OpenAI clients send back; an empty string means the same.
+        body["messages"] = [
+            m | {"content": ""} if m.get("role") == "assistant" and m.get("content") is None else m
+            for m in prepared.messages
+        ]
         body["model"] = self.s.llm_model
         body["max_tokens"] = self._max_tokens(req)
         prompt_estimate = sum(len(message_text(m)) for m in prepared.messages) // 4
@@ -205,7 +226,10 @@ class ChatHandler:
                 int(usage.get("completion_tokens") or 0),
             )
             choice = (result.get("choices") or [{}])[0]
-            answer = (choice.get("message") or {}).get("content") or ""
+            message = choice.get("message") or {}
+            if message.get("tool_calls"):
+                message.pop("function_call", None)  # the legacy field, beside tool_calls
+            answer = message.get("content") or ""
             await self._remember(key, req, prepared.question, answer, outcome)
             result["model"] = self.s.llm_model
             result["omnirag"] = outcome.public()
@@ -226,6 +250,7 @@ class ChatHandler:
         parts: list[str] = []
         first = True
         envelope: dict[str, Any] = {}
+        announced: set[int] = set()
         try:
             async for payload in payloads:
                 if first:
@@ -243,7 +268,9 @@ class ChatHandler:
                     }
                 chunk["model"] = self.s.llm_model
                 for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    _normalise_tool_deltas(delta, announced)
+                    text = delta.get("content")
                     if text:
                         parts.append(text)
                 yield _sse(chunk)

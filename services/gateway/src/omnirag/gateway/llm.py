@@ -29,6 +29,9 @@ def create_chat_model(
     streaming: bool = False,
     http_async_client: httpx.AsyncClient | None = None,
 ) -> ChatOpenAI:
+    # ``streaming`` is passed only when true: an explicit ``streaming=False`` makes LangChain's
+    # ``astream`` quietly fall back to one non-streamed call (and retry it whole on a broken body).
+    extra: dict[str, Any] = {"streaming": True} if streaming else {}
     return ChatOpenAI(
         model=settings.llm_model,
         base_url=settings.llm_base_url,
@@ -37,9 +40,9 @@ def create_chat_model(
         max_tokens=max_tokens,
         timeout=settings.llm_timeout,
         max_retries=settings.llm_connect_retries,
-        streaming=streaming,
         stream_usage=True,
         http_async_client=http_async_client,
+        **extra,
     )
 
 
