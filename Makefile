@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer eval clean
+.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer bench-gateway eval clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -54,14 +54,11 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
 	@touch $@
 
-run: setup $(LLM_STAMP) ## index the example knowledge base, start the local stack (Procfile), print its URLs
+run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole local stack (Procfile), print its URLs
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
-	@echo "omnirag local stack:"
-	@echo "  embedder  http://127.0.0.1:8001   (OpenAPI docs at /docs, metrics at /metrics)"
-	@echo "  retriever http://127.0.0.1:8002   (collections under $(INDEX_ROOT))"
-	@echo "  redis     redis://127.0.0.1:6379  (ingest queue; chat history later)"
-	@echo "  llm       http://127.0.0.1:6006/v1 (llama.cpp, SmolLM2-135M-Instruct: a demo model)"
-	@echo "  indexer   indexes config/knowledge-bases.yaml once the embedder is up, then serves the ingest queue"
+	@$(PY) scripts/local_stack.py env
+	@echo "omnirag local stack: starting redis, embedder, retriever, indexer (example knowledge base, then"
+	@echo "the ingest worker), llm and gateway. The URLs and the API key are printed once all are ready."
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
@@ -94,10 +91,13 @@ bench-retriever: setup ## retriever latency over HTTP vs in-process FAISS, HNSW 
 bench-indexer: setup ## indexing throughput vs the embedder's own, and an unchanged re-run
 	$(PY) bench/indexer.py
 
+bench-gateway: setup ## gateway overhead over a direct LLM call, the RAG stage before the LLM, a profile
+	$(PY) bench/gateway.py --profile
+
 eval: setup ## retrieval quality on CMRC 2018 (dense, sparse, hybrid) → bench/results/retrieval_cmrc.json
 	$(PY) bench/eval_retrieval.py
 
-bench: bench-embedder bench-retriever bench-indexer eval ## every benchmark (slow; not part of make test)
+bench: bench-embedder bench-retriever bench-indexer bench-gateway eval ## every benchmark (slow; not part of make test)
 
 clean: ## remove the virtual environments and caches
 	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -82,6 +82,10 @@ def main() -> None:
         command = server_command(sys.argv[1:])
     except RuntimeError as exc:
         sys.exit(f"llm_server: {exc}")
+    # llama_cpp.server reads HOST and PORT from the environment *over* its flags, and process
+    # runners such as honcho set PORT for every process: drop them so the flags decide.
+    os.environ.pop("PORT", None)
+    os.environ.pop("HOST", None)
     os.execv(command[0], command)  # noqa: S606 - our own interpreter, fixed arguments
 
 
