@@ -182,3 +182,22 @@ async def test_short_texts_do_not_ride_with_a_long_one_even_when_the_budget_allo
         assert [s.padded_tokens for s in stats[1:]] == [360, 256]
     finally:
         await q.stop()
+
+
+async def test_the_price_of_a_pass_decides_between_padding_and_more_passes():
+    """Texts of 10, 20 and 40 tokens: a cheap pass cuts three tight passes, a costly one rides them
+    together in one pass padded to 40."""
+    for overhead, expected in ((0.0, [["a"], ["b"], ["c"]]), (1000.0, [["a", "b", "c"]])):
+        rec = Recorder()
+        rec.gate.clear()
+        q, _, _ = make_queue(rec, max_batch_size=32, max_batch_tokens=8192, pass_overhead_tokens=overhead)
+        q.start()
+        try:
+            blocker = q.submit("k", ["blocker"], [1])
+            await asyncio.sleep(0.05)
+            futs = q.submit("k", ["a", "b", "c"], [10, 20, 40])
+            rec.gate.set()
+            await asyncio.gather(*blocker, *futs)
+            assert [t for _, t in rec.passes[1:]] == expected
+        finally:
+            await q.stop()

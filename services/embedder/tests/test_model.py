@@ -57,3 +57,14 @@ def test_counting_tokens_beside_a_running_pass_does_not_corrupt_it():
     finally:
         stop.set()
         counter.join()
+
+
+def test_pass_overhead_is_measured_on_the_real_model():
+    from omnirag.embedder.config import EmbedderSettings
+    from omnirag.embedder.model import EmbeddingModel
+
+    s = EmbedderSettings()
+    model = EmbeddingModel(s.resolved_model_path(), s.resolved_model_name(), "cpu", 0, None, 4096)
+    overhead = model.calibrate_pass_overhead(repeats=3)
+    # A CPU pass costs something before its first token, and less than a full long batch.
+    assert 4.0 <= overhead <= 1024.0

@@ -41,7 +41,10 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
                     settings.languages,
                     settings.max_chars_per_input,
                 )
-                service = EmbedService(model, settings, metrics)
+                overhead = None
+                if settings.pass_overhead_tokens is None:
+                    overhead = await asyncio.to_thread(model.calibrate_pass_overhead)
+                service = EmbedService(model, settings, metrics, pass_overhead_tokens=overhead)
                 await service.start()
                 app.state.service = service
                 readiness.set("model", True)

@@ -27,9 +27,10 @@ from omnirag.core.errors import NotReady, Overloaded
 
 log = logging.getLogger("omnirag.embedder.batching")
 
-# What one more forward pass costs besides its tokens (call overhead, kernel launches), in tokens.
-# Measured on CPU with MiniLM: a pass of one short text costs about as much as 32 padded tokens.
-PASS_OVERHEAD_TOKENS = 32
+# What one more forward pass costs besides its tokens (call overhead, kernel launches), in tokens,
+# when the model does not measure it (EmbeddingModel.calibrate_pass_overhead does at start-up). On
+# 2 CPU threads MiniLM spends 10-14 ms per pass before its first token, as much as ~100 tokens.
+PASS_OVERHEAD_TOKENS = 96
 
 RunPass = Callable[[Hashable, list[str]], Sequence[Any]]
 
@@ -62,6 +63,7 @@ class BatchQueue:
         plan_batches: int,
         max_wait: float,
         max_queue: int,
+        pass_overhead_tokens: float = PASS_OVERHEAD_TOKENS,
         on_pass: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
@@ -73,6 +75,7 @@ class BatchQueue:
         self.plan_batches = plan_batches
         self.max_wait = max_wait
         self.max_queue = max_queue
+        self.pass_overhead_tokens = pass_overhead_tokens
         self._on_pass = on_pass or (lambda s: None)
         self._on_depth = on_depth or (lambda d: None)
         self._on_drop = on_drop or (lambda n: None)
@@ -170,7 +173,7 @@ class BatchQueue:
                 size = end - start
                 if size > 1 and size * longest > self.max_batch_tokens:
                     break
-                cost = best[start] + size * longest + PASS_OVERHEAD_TOKENS
+                cost = best[start] + size * longest + self.pass_overhead_tokens
                 if cost < best[end]:
                     best[end], cut_at[end] = cost, start
         passes: list[list[_Item]] = []

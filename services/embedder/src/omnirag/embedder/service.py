@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from omnirag.core.errors import ClientGone, InvalidInput, NotFound, PayloadTooLarge
 from omnirag.core.metrics import ServiceMetrics
-from omnirag.embedder.batching import BatchQueue, BatchStats
+from omnirag.embedder.batching import PASS_OVERHEAD_TOKENS, BatchQueue, BatchStats
 from omnirag.embedder.config import EmbedderSettings
 from omnirag.embedder.model import EmbeddingModel
 
@@ -34,6 +34,10 @@ class EmbedderMetrics:
         self.failures = m.counter("failures_total", "Requests or texts that failed, by reason.", ["reason"])
         self.input_tokens = m.counter("input_tokens_total", "Tokens embedded (after truncation).")
         self.texts = m.counter("texts_total", "Texts embedded.")
+        self.pass_overhead = m.gauge(
+            "pass_overhead_tokens",
+            "The batcher's price of one more forward pass, in tokens (measured at start-up).",
+        )
 
     def on_pass(self, stats: BatchStats) -> None:
         self.batch_size.observe(stats.size)
@@ -49,10 +53,21 @@ class Encoded:
 
 
 class EmbedService:
-    def __init__(self, model: EmbeddingModel, settings: EmbedderSettings, metrics: EmbedderMetrics) -> None:
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        settings: EmbedderSettings,
+        metrics: EmbedderMetrics,
+        *,
+        pass_overhead_tokens: float | None = None,
+    ) -> None:
         self.model = model
         self.settings = settings
         self.metrics = metrics
+        overhead = settings.pass_overhead_tokens
+        if overhead is None:
+            overhead = pass_overhead_tokens if pass_overhead_tokens is not None else PASS_OVERHEAD_TOKENS
+        metrics.pass_overhead.set(overhead)
         self.queue = BatchQueue(
             self._run_pass,
             max_batch_size=settings.max_batch_size,
@@ -60,6 +75,7 @@ class EmbedService:
             plan_batches=settings.plan_batches,
             max_wait=settings.max_wait_ms / 1000.0,
             max_queue=settings.max_queue_inputs,
+            pass_overhead_tokens=overhead,
             on_pass=metrics.on_pass,
             on_depth=metrics.queue_depth.set,
             on_drop=lambda n: metrics.failures.labels("client_gone").inc(n),
