@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -73,15 +73,6 @@ class ScriptedLLM:
         return Starlette(
             routes=[Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models)]
         )
-
-
-@pytest.fixture
-def spare_retriever(index_root: Path, embedder_url: str) -> Iterator[tuple[str, object]]:
-    app = create_retriever(
-        RetrieverSettings(index_root=index_root, embedder_url=embedder_url, log_json=False)
-    )
-    with serve_in_thread(app) as base:
-        yield base, app
 
 
 def test_retriever_down_gives_a_degraded_answer_quickly(

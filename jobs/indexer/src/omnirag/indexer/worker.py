@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -67,9 +67,11 @@ def to_document(req: IngestRequest, uploads: Path, max_bytes: int) -> SourceDocu
     if not path.is_file():
         raise PermanentError(f"uploaded file {req.path!r} does not exist")
     loaded = load_file(path, max_bytes=max_bytes)
+    # The stored name is generated; a title that is only that name says nothing, the source's does.
+    own_title = loaded.title if loaded.title and loaded.title != path.stem else None
     return SourceDocument(
         source=req.source,
-        title=req.title or loaded.title,
+        title=req.title or own_title or PurePosixPath(req.source).name,
         text=loaded.text,
         metadata={"content_type": loaded.content_type, "ingest_job": req.job_id},
     )

@@ -419,7 +419,9 @@ async def _upload_file(
         if upload.size == 0 or upload.path is None:
             raise InvalidInput(f"the file {upload.filename!r} is empty", code="empty_file")
         source = upload.fields.get("source", "").strip() or f"upload/{upload.filename}"
-        title = upload.fields.get("title", "").strip() or upload.filename
+        # No title given: the indexer takes the document's own (a Markdown heading, an HTML
+        # <title>) and falls back to the file name.
+        title = upload.fields.get("title", "").strip() or None
         return _ingest_request(
             job_id=job_id,
             collection=collection,
