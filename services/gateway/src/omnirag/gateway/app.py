@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from langchain_openai import ChatOpenAI
 
 from omnirag.core.app import create_service_app
-from omnirag.gateway.api import chat, ingest, models, sessions
+from omnirag.gateway.api import chat, feedback, ingest, models, sessions
 from omnirag.gateway.auth import KeyStore, RateLimiter
 from omnirag.gateway.chat import ChatHandler
 from omnirag.gateway.config import GatewaySettings
@@ -135,6 +135,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="omnirag gateway",
         description="OpenAI-compatible RAG chat over the team's documents.",
     )
-    for module in (chat, models, sessions, ingest):
+    for module in (chat, models, sessions, ingest, feedback):
         app.include_router(module.router)
     return app
