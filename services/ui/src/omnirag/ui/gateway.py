@@ -1,0 +1,270 @@
+"""The gateway as the UI sees it: its public API and nothing else.
+
+Chat goes through the official ``openai`` client (streaming), exactly as any team's code would;
+collections, sessions, uploads, ingest jobs and feedback are plain HTTP. Every failure comes out
+as one ``GatewayError`` with the HTTP status, the gateway's stable ``code`` and message, and the
+``Retry-After`` wait, so the page can say what happened instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+import openai
+
+from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
+from omnirag.ui.config import UiSettings
+
+if TYPE_CHECKING:
+    from openai.types.chat import ChatCompletionUserMessageParam
+
+log = logging.getLogger("omnirag.ui.gateway")
+
+
+class GatewayError(Exception):
+    """A gateway call that did not succeed. ``status`` is None when no answer came at all."""
+
+    def __init__(
+        self, status: int | None, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{status or '-'} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def _retry_after(headers: httpx.Headers | None) -> int | None:
+    value = (headers or httpx.Headers()).get("retry-after", "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def _from_response(r: httpx.Response) -> GatewayError:
+    code, message = "http_error", r.reason_phrase or f"HTTP {r.status_code}"
+    try:
+        err = r.json().get("error")
+        if isinstance(err, dict):
+            code = str(err.get("code") or code)
+            message = str(err.get("message") or message)
+    except ValueError:
+        pass
+    return GatewayError(r.status_code, code, message, retry_after=_retry_after(r.headers))
+
+
+def _from_openai(exc: Exception) -> GatewayError:
+    if isinstance(exc, openai.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", body) if isinstance(body.get("error"), dict) else body
+        return GatewayError(
+            exc.status_code,
+            str(err.get("code") or "http_error"),
+            str(err.get("message") or exc.message),
+            retry_after=_retry_after(exc.response.headers),
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return GatewayError(None, "timeout", "the gateway did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        return GatewayError(None, "unreachable", "the gateway cannot be reached")
+    if isinstance(exc, openai.APIError):
+        # An error event inside a stream that had already started (the LLM broke off).
+        body = exc.body if isinstance(exc.body, dict) else {}
+        return GatewayError(502, str(body.get("code") or "stream_broken"), str(body.get("message") or exc))
+    return GatewayError(None, "client_error", f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Answer:
+    """What a streamed answer has produced so far; ``done`` once the ``omnirag`` object arrived."""
+
+    id: str | None = None
+    text: str = ""
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    rewritten_query: str | None = None
+    degraded: list[str] = field(default_factory=list)
+    session_id: str | None = None
+    done: bool = False
+
+
+class GatewayClient:
+    """One per app, opened in the lifespan: a pooled ``httpx.AsyncClient`` that the openai client
+    shares, so chat and the other calls reuse the same connections to the gateway."""
+
+    def __init__(self, settings: UiSettings) -> None:
+        self.settings = settings
+        self.base = settings.gateway_url.rstrip("/")
+        self._http: httpx.AsyncClient | None = None
+        self._openai: openai.AsyncOpenAI | None = None
+
+    @property
+    def has_key(self) -> bool:
+        return self.settings.api_key is not None and bool(self.settings.api_key.get_secret_value())
+
+    def _key(self) -> str:
+        # An empty key still reaches the gateway, which answers 401 with its own message.
+        return self.settings.api_key.get_secret_value() if self.settings.api_key else ""
+
+    async def open(self) -> None:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.settings.request_timeout, connect=5.0), limits=limits
+        )
+        self._openai = openai.AsyncOpenAI(
+            base_url=self.base + "/v1",
+            api_key=self._key() or "missing",
+            http_client=self._http,
+            max_retries=0,  # a 429 is shown with its wait, not retried behind the user's back
+            timeout=httpx.Timeout(self.settings.chat_timeout, connect=5.0),
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("GatewayClient.open() was not called (the app's lifespan opens it)")
+        return self._http
+
+    def _headers(self, *, auth: bool = True) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._key()}"} if auth else {}
+        rid = request_id_var.get()
+        if rid:
+            headers[REQUEST_ID_HEADER] = rid
+        return headers
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = await self.http.request(method, self.base + path, headers=self._headers(), **kwargs)
+        except httpx.TimeoutException:
+            raise GatewayError(None, "timeout", "the gateway did not answer in time") from None
+        except httpx.HTTPError:
+            raise GatewayError(None, "unreachable", "the gateway cannot be reached") from None
+        if r.status_code >= 400:
+            raise _from_response(r)
+        try:
+            return r.json()
+        except ValueError:
+            raise GatewayError(r.status_code, "bad_response", "the gateway's answer was not JSON") from None
+
+    # --- health ---
+
+    async def reachable(self) -> tuple[bool, str]:
+        try:
+            r = await self.http.get(self.base + "/healthz", timeout=2.0)
+        except httpx.HTTPError as exc:
+            return False, f"{self.base} unreachable ({type(exc).__name__})"
+        detail = f"{self.base} ({r.status_code})" + ("" if self.has_key else "; no API key configured")
+        return r.status_code == 200, detail
+
+    # --- chat ---
+
+    async def chat(
+        self,
+        content: str | list[dict[str, Any]],
+        *,
+        session_id: str,
+        collection: str | None,
+    ) -> AsyncIterator[Answer]:
+        """Stream one turn of a conversation whose history the gateway keeps under ``session_id``.
+
+        Yields the growing ``Answer`` after every piece of text and once more when the ``omnirag``
+        object (citations, rewritten question, degraded parts) has arrived."""
+        assert self._openai is not None, "GatewayClient.open() was not called"
+        extra: dict[str, Any] = {"session_id": session_id}
+        if collection:
+            extra["collection"] = collection
+        if self.settings.top_k:
+            extra["top_k"] = self.settings.top_k
+        answer = Answer(session_id=session_id)
+        try:
+            stream = await self._openai.chat.completions.create(
+                model="omnirag",
+                messages=[cast("ChatCompletionUserMessageParam", {"role": "user", "content": content})],
+                stream=True,
+                max_tokens=self.settings.max_tokens,
+                extra_body=extra,
+                extra_headers=self._headers(auth=False),
+            )
+            async for chunk in stream:
+                answer.id = answer.id or chunk.id
+                for choice in chunk.choices:
+                    if choice.delta and choice.delta.content:
+                        answer.text += choice.delta.content
+                        yield answer
+                meta = (chunk.model_extra or {}).get("omnirag")
+                if isinstance(meta, dict):
+                    answer.citations = list(meta.get("citations") or [])
+                    answer.rewritten_query = meta.get("rewritten_query")
+                    answer.degraded = list(meta.get("degraded") or [])
+                    answer.session_id = meta.get("session_id") or session_id
+                    answer.done = True
+                    yield answer
+        except openai.OpenAIError as exc:
+            raise _from_openai(exc) from None
+        if not answer.done:
+            answer.done = True
+            yield answer
+
+    # --- the rest of the API ---
+
+    async def collections(self) -> dict[str, str | None]:
+        """The collections this key may read, each with the index version being served."""
+        body = await self._call("GET", "/v1/collections")
+        return {
+            str(c["name"]): (str(c["version"]) if c.get("version") else None)
+            for c in body.get("data", [])
+            if isinstance(c, dict) and c.get("name")
+        }
+
+    async def session(self, session_id: str) -> list[dict[str, Any]]:
+        """The stored messages, oldest first; [] when the gateway has none (new or expired)."""
+        try:
+            body = await self._call("GET", f"/v1/sessions/{session_id}")
+        except GatewayError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return list(body.get("messages", []))
+
+    async def delete_session(self, session_id: str) -> bool:
+        body = await self._call("DELETE", f"/v1/sessions/{session_id}")
+        return bool(body.get("deleted"))
+
+    async def upload(self, collection: str, filename: str, data: bytes, content_type: str) -> dict[str, Any]:
+        timeout = httpx.Timeout(max(self.settings.request_timeout, 60.0), connect=5.0)
+        body: dict[str, Any] = await self._call(
+            "POST",
+            f"/v1/collections/{collection}/documents",
+            files={"file": (filename, data, content_type)},
+            timeout=timeout,
+        )
+        return body
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call("GET", f"/v1/ingest/{job_id}")
+        return body
+
+    async def feedback(
+        self,
+        *,
+        rating: str,
+        session_id: str,
+        message_id: str | None,
+        message_index: int | None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"rating": rating, "session_id": session_id}
+        if message_id:
+            payload["message_id"] = message_id
+        if message_index is not None:
+            payload["message_index"] = message_index
+        if comment:
+            payload["comment"] = comment
+        body: dict[str, Any] = await self._call("POST", "/v1/feedback", json=payload)
+        return body

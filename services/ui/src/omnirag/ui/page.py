@@ -1,0 +1,588 @@
+"""The page: a Gradio Blocks chat over the gateway.
+
+Left, the knowledge base, the conversations (new, switch, delete) and document uploads; right, the
+chat, whose answers stream in with their sources under them, and a multimodal box for text, images
+(sent as image parts) and documents (uploaded into the knowledge base, then asked about).
+
+Every handler is async and talks to the gateway through ``GatewayClient``; every gateway failure is
+caught and shown as a sentence in the user's language, so the page stays usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import mimetypes
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from omnirag.ui.config import UiSettings
+from omnirag.ui.conversations import COLLECTION, Store, compact, title_of
+from omnirag.ui.gateway import Answer, GatewayClient, GatewayError
+from omnirag.ui.metrics import UiMetrics
+from omnirag.ui.render import (
+    answer_content,
+    answer_key,
+    error_content,
+    error_text,
+    escape,
+    sources_html,
+)
+from omnirag.ui.texts import I18N_PREFIX, i18n_tables, lang_of, t
+
+log = logging.getLogger("omnirag.ui")
+
+Row = dict[str, Any]  # one chat message as shown, with what rating it needs
+
+CSS = """
+#sidebar { gap: 10px; }
+.omnirag-meta { margin-top: 10px; font-size: 0.9em; }
+.omnirag-sources { border-top: 1px solid var(--border-color-primary); padding-top: 6px; }
+.omnirag-sources summary { cursor: pointer; font-weight: 600; }
+.omnirag-sources ul { list-style: none; padding-left: 0; margin: 6px 0 0 0; }
+.omnirag-source { margin-bottom: 8px; }
+.omnirag-n { font-weight: 700; margin-right: 4px; }
+.omnirag-score { color: var(--body-text-color-subdued); }
+.omnirag-snippet { color: var(--body-text-color-subdued); font-size: 0.92em; }
+.omnirag-rewritten { color: var(--body-text-color-subdued); margin-bottom: 6px; }
+.omnirag-degraded, .omnirag-error { padding: 6px 10px; border-radius: 6px; margin-bottom: 6px; }
+.omnirag-degraded { background: #fff4e5; color: #7a4b00; border: 1px solid #f0c36d; }
+.omnirag-error { background: #fdecea; color: #8a1c12; border: 1px solid #f5b7b1; }
+#notice:empty { display: none; }
+"""
+
+
+def _lang(request: gr.Request | None) -> str:
+    headers = getattr(request, "headers", None) or {}
+    return lang_of(dict(headers).get("accept-language"))
+
+
+def _chatbot(rows: list[Row]) -> list[dict[str, Any]]:
+    return [{"role": r["role"], "content": r["content"]} for r in rows]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def rows_from_history(
+    lang: str, messages: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
+) -> list[Row]:
+    """The chat as the gateway stored it, with each answer's sources found again by its text."""
+    rows: list[Row] = []
+    for i, m in enumerate(messages):
+        text = _text_of(m.get("content"))
+        if m.get("role") == "user":
+            rows.append({"role": "user", "content": text, "rateable": False})
+        elif m.get("role") == "assistant":
+            key = answer_key(text)
+            info = meta.get(key)
+            rows.append(
+                {
+                    "role": "assistant",
+                    "content": answer_content(lang, text, info),
+                    "rateable": True,
+                    "key": key,
+                    "id": (info or {}).get("id"),
+                    "index": i,
+                }
+            )
+    return rows
+
+
+def _notice(text: str) -> str:
+    return error_content(text) if text else ""
+
+
+class Page:
+    """The handlers, bound to one app's settings, gateway client and metrics."""
+
+    def __init__(self, settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> None:
+        self.s = settings
+        self.client = client
+        self.m = metrics
+        self.images = {t.lower() for t in settings.image_types}
+        self.documents = {t.lower() for t in settings.upload_types}
+
+    def _store(self, raw: Any) -> Store:
+        return Store.parse(raw, self.s.max_conversations)
+
+    def _fail(self, lang: str, exc: BaseException, where: str) -> str:
+        if isinstance(exc, GatewayError):
+            self.m.gateway_errors.labels(where, str(exc.status or "none")).inc()
+            log.info("gateway call failed", extra={"where": where, "error": str(exc)})
+        else:
+            self.m.gateway_errors.labels(where, "ui").inc()
+            log.exception("UI handler failed", extra={"where": where})
+        return error_text(lang, exc, self.s.gateway_url)
+
+    def _conversations(self, store: Store, lang: str) -> Any:
+        return gr.Radio(choices=store.choices(t(lang, "untitled")), value=store.current)
+
+    async def _collections(self, lang: str, wanted: str | None, *, keep: bool = False) -> tuple[Any, str]:
+        """The knowledge-base chooser: the collections the key may read; ``wanted`` selected when it
+        is one of them (or always, with ``keep``: a name just typed for a new collection)."""
+        try:
+            names = sorted(await self.client.collections())
+        except Exception as exc:
+            return gr.Dropdown(choices=[], value=wanted), _notice(self._fail(lang, exc, "collections"))
+        if keep and wanted and wanted not in names:
+            names.append(wanted)
+        if not names:
+            return gr.Dropdown(choices=[], value=None), t(lang, "no_collections")
+        value = next(
+            (c for c in (wanted, self.s.default_collection) if c and c in names),
+            names[0],
+        )
+        return gr.Dropdown(choices=names, value=value), ""
+
+    async def _history(self, lang: str, store: Store) -> tuple[list[Row], str]:
+        if store.current is None:
+            return [], ""
+        try:
+            messages = await self.client.session(store.current)
+        except Exception as exc:
+            return [], _notice(self._fail(lang, exc, "session"))
+        return rows_from_history(lang, messages, store.meta.get(store.current, {})), ""
+
+    # --- page load, conversations ---
+
+    async def load(self, raw: Any, request: gr.Request) -> tuple[Any, ...]:
+        lang = _lang(request)
+        store = self._store(raw)
+        conv = store.ensure_current(None, self.s.max_conversations)
+        dropdown, problem = await self._collections(lang, conv.collection)
+        rows, history_problem = await self._history(lang, store)
+        return (
+            dropdown,
+            self._conversations(store, lang),
+            _chatbot(rows),
+            rows,
+            problem or history_problem,
+            store.dump(),
+        )
+
+    async def new_conversation(
+        self, raw: Any, collection: str | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        lang = _lang(request)
+        store = self._store(raw)
+        current = store.get(store.current)
+        if current is not None and not current.title:
+            # The open conversation is still empty: reuse it rather than pile up empty ones.
+            current.collection = collection or current.collection
+        else:
+            store.start(collection, self.s.max_conversations)
+        self.m.conversations.labels("new").inc()
+        return self._conversations(store, lang), [], [], "", store.dump()
+
+    async def switch(self, cid: str | None, raw: Any, request: gr.Request) -> tuple[Any, ...]:
+        lang = _lang(request)
+        store = self._store(raw)
+        conv = store.get(cid)
+        if conv is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), store.dump(), gr.skip()
+        store.current = conv.id
+        rows, problem = await self._history(lang, store)
+        self.m.conversations.labels("switch").inc()
+        collection = gr.Dropdown(value=conv.collection) if conv.collection else gr.skip()
+        return _chatbot(rows), rows, problem, collection, store.dump(), self._conversations(store, lang)
+
+    async def delete(self, raw: Any, collection: str | None, request: gr.Request) -> tuple[Any, ...]:
+        lang = _lang(request)
+        store = self._store(raw)
+        if store.current is None:
+            return gr.skip(), gr.skip(), gr.skip(), "", store.dump()
+        try:
+            await self.client.delete_session(store.current)
+        except Exception as exc:
+            # The conversation stays listed: its history is still in the gateway.
+            return gr.skip(), gr.skip(), gr.skip(), _notice(self._fail(lang, exc, "delete")), store.dump()
+        store.remove(store.current)
+        self.m.conversations.labels("delete").inc()
+        if store.current is None:
+            store.start(collection, self.s.max_conversations)
+        rows, problem = await self._history(lang, store)
+        return (
+            self._conversations(store, lang),
+            _chatbot(rows),
+            rows,
+            problem or t(lang, "deleted"),
+            store.dump(),
+        )
+
+    # --- files ---
+
+    def _check_files(self, lang: str, paths: list[str], allowed: set[str]) -> str:
+        if len(paths) > self.s.max_files:
+            return t(lang, "too_many_files", n=self.s.max_files)
+        for p in paths:
+            path = Path(p)
+            limit = self.s.max_image_bytes if path.suffix.lower() in self.images else self.s.max_upload_bytes
+            if path.suffix.lower() not in allowed:
+                return t(lang, "file_type", name=escape(path.name), types=", ".join(sorted(allowed)))
+            if path.stat().st_size > limit:
+                return t(lang, "file_too_large", name=escape(path.name), limit=round(limit / 2**20, 1))
+        return ""
+
+    async def _image_part(self, path: str) -> dict[str, Any]:
+        data = await asyncio.to_thread(Path(path).read_bytes)
+        mime = mimetypes.guess_type(path)[0] or "image/png"
+        url = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    async def _ingest(self, lang: str, collection: str, path: str) -> AsyncIterator[tuple[str, bool]]:
+        """Upload one document and watch its job; yields (status line, finished)."""
+        name = Path(path).name
+        shown = escape(name)
+        data = await asyncio.to_thread(Path(path).read_bytes)
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        started = time.monotonic()
+        try:
+            job = await self.client.upload(collection, name, data, mime)
+        except Exception as exc:
+            self.m.uploads.labels("refused").inc()
+            yield t(lang, "upload_failed", name=shown, error=self._fail(lang, exc, "upload")), True
+            return
+        yield t(lang, "upload_queued", name=shown, collection=escape(collection)), False
+        status = "queued"
+        while True:
+            await asyncio.sleep(self.s.ingest_poll_seconds)
+            try:
+                st = await self.client.job(str(job["job_id"]))
+            except Exception as exc:
+                yield t(lang, "upload_failed", name=shown, error=self._fail(lang, exc, "job")), True
+                return
+            status = str(st.get("status") or status)
+            if status == "done":
+                chunks = st.get("chunks") or 0
+                async for line in self._until_served(
+                    lang, collection, st.get("version"), shown, chunks, started
+                ):
+                    yield line, False
+                self.m.uploads.labels("done").inc()
+                yield t(lang, "upload_done", name=shown, collection=escape(collection), chunks=chunks), True
+                return
+            if status in ("failed", "dead"):
+                self.m.uploads.labels("failed").inc()
+                yield t(lang, "upload_failed", name=shown, error=escape(st.get("error") or status, 300)), True
+                return
+            waited = time.monotonic() - started
+            if waited > self.s.ingest_wait_seconds:
+                self.m.uploads.labels("still_running").inc()
+                yield t(lang, "upload_waiting", name=shown, status=status, seconds=int(waited)), True
+                return
+            if status == "running":
+                yield t(lang, "upload_running", name=shown), False
+
+    async def _until_served(
+        self, lang: str, collection: str, version: Any, shown: str, chunks: int, started: float
+    ) -> AsyncIterator[str]:
+        """A finished job has published an index version; the retriever serves it after its next
+        poll. "Searchable" is said only once the gateway lists that version (or a newer one)."""
+        if not isinstance(version, str) or not version:
+            return
+        line = t(lang, "upload_publishing", name=shown, collection=escape(collection), chunks=chunks)
+        while time.monotonic() - started < self.s.ingest_wait_seconds:
+            try:
+                served = (await self.client.collections()).get(collection)
+            except GatewayError:
+                served = None
+            # Version ids start with their UTC creation time, so a later one sorts after.
+            if served is not None and served >= version:
+                return
+            yield line
+            await asyncio.sleep(self.s.ingest_poll_seconds)
+
+    async def upload(
+        self, files: list[str] | None, collection: str | None, request: gr.Request
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """The upload panel: every file into the chosen knowledge base, each watched until done."""
+        lang = _lang(request)
+        paths = [str(f) for f in files or []]
+        if not paths:
+            yield _notice(t(lang, "upload_nothing")), gr.skip(), gr.skip()
+            return
+        if not collection or not collection.strip():
+            yield _notice(t(lang, "upload_need_collection")), gr.skip(), gr.skip()
+            return
+        collection = collection.strip()
+        problem = self._check_files(lang, paths, self.documents | self.images)
+        if problem:
+            yield _notice(problem), gr.skip(), gr.skip()
+            return
+        lines = [""] * len(paths)
+        for i, path in enumerate(paths):
+            async for line, _done in self._ingest(lang, collection, path):
+                lines[i] = line
+                yield "\n\n".join(x for x in lines if x), gr.skip(), gr.skip()
+        dropdown, _ = await self._collections(lang, collection, keep=True)
+        yield "\n\n".join(lines), dropdown, None
+
+    # --- chat ---
+
+    async def ask(
+        self,
+        message: dict[str, Any] | None,
+        collection: str | None,
+        raw: Any,
+        rows: list[Row] | None,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """One turn: show the question, ingest attached documents, stream the answer and its sources.
+
+        Outputs: chatbot, textbox, notice, conversations, stored conversations, rows."""
+        lang = _lang(request)
+        store = self._store(raw)
+        rows = list(rows or [])
+        text = str((message or {}).get("text") or "")
+        paths = [str(p) for p in (message or {}).get("files") or []]
+        skip = gr.skip()
+        if not text.strip() and not paths:
+            yield skip, skip, _notice(t(lang, "empty_question")), skip, skip, skip
+            return
+        problem = self._check_files(lang, paths, self.images | self.documents)
+        if problem:
+            yield skip, skip, _notice(problem), skip, skip, skip
+            return
+        if collection and not COLLECTION.match(collection):
+            collection = None
+        conv = store.ensure_current(collection, self.s.max_conversations)
+        collection = collection or conv.collection or self.s.default_collection
+        images = [p for p in paths if Path(p).suffix.lower() in self.images]
+        documents = [p for p in paths if p not in images]
+        shown: list[Any] = [text] if text.strip() else []
+        shown += [{"path": p} for p in paths]
+        rows.append({"role": "user", "content": shown[0] if len(shown) == 1 else shown, "rateable": False})
+        busy = gr.MultimodalTextbox(value=None, interactive=False)
+        yield _chatbot(rows), busy, "", skip, skip, rows
+
+        notice_html = ""
+        kept = bool(documents)
+        if documents:
+            rows.append({"role": "assistant", "content": "", "rateable": False})
+            lines = [""] * len(documents)
+            for i, path in enumerate(documents):
+                async for line, _done in self._ingest(lang, collection, path):
+                    lines[i] = line
+                    rows[-1] = rows[-1] | {"content": "\n\n".join(x for x in lines if x)}
+                    yield _chatbot(rows), skip, skip, skip, skip, rows
+
+        if text.strip() or images:
+            content: str | list[dict[str, Any]] = text
+            if images:
+                content = ([{"type": "text", "text": text}] if text.strip() else []) + [
+                    await self._image_part(p) for p in images
+                ]
+            rows.append({"role": "assistant", "content": t(lang, "thinking"), "rateable": False})
+            yield _chatbot(rows), skip, skip, skip, skip, rows
+            started = time.perf_counter()
+            first = True
+            answer = Answer()
+            try:
+                async for answer in self.client.chat(content, session_id=conv.id, collection=collection):
+                    if first and answer.text:
+                        self.m.ttft.observe(time.perf_counter() - started)
+                        first = False
+                    if not answer.done:
+                        rows[-1] = rows[-1] | {"content": answer.text}
+                        yield _chatbot(rows), skip, skip, skip, skip, rows
+            except Exception as exc:
+                notice_html = error_content(self._fail(lang, exc, "chat"))
+                partial = answer.text + "\n\n" if answer.text else ""
+                rows[-1] = {"role": "assistant", "content": partial + notice_html, "rateable": False}
+                self.m.answers.labels("error").inc()
+            else:
+                meta = compact(
+                    {
+                        "id": answer.id,
+                        "citations": answer.citations,
+                        "rewritten": answer.rewritten_query,
+                        "degraded": answer.degraded,
+                    }
+                )
+                key = answer_key(answer.text)
+                store.remember(conv.id, key, meta)
+                kept = True
+                rows[-1] = {
+                    "role": "assistant",
+                    "content": answer_content(lang, answer.text, meta),
+                    "rateable": True,
+                    "key": key,
+                    "id": answer.id,
+                    # Its place in the gateway's history: every earlier answer and question is there.
+                    "index": 2 * sum(1 for r in rows[:-1] if r.get("rateable")) + 1,
+                }
+                if answer.degraded:
+                    notice_html = sources_html(lang, [], degraded=answer.degraded)
+                self.m.answers.labels("degraded" if answer.degraded else "ok").inc()
+        if kept:
+            # Only a turn the gateway kept names the conversation and moves it up the list.
+            store.touch(
+                conv.id,
+                question=title_of(text or ", ".join(Path(p).name for p in paths)),
+                collection=collection,
+            )
+        idle = gr.MultimodalTextbox(value=None, interactive=True)
+        yield (
+            _chatbot(rows),
+            idle,
+            notice_html,
+            self._conversations(store, lang),
+            store.dump(),
+            rows,
+        )
+
+    # --- feedback ---
+
+    async def rate(self, data: gr.LikeData, raw: Any, rows: list[Row] | None, request: gr.Request) -> str:
+        lang = _lang(request)
+        store = self._store(raw)
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        rows = rows or []
+        row = rows[index] if 0 <= index < len(rows) else None
+        if row is None or not row.get("rateable") or store.current is None:
+            return t(lang, "feedback_not_rateable")
+        liked = data.liked
+        if liked in (True, "Like"):
+            rating = "up"
+        elif liked in (False, "Dislike"):
+            rating = "down"
+        else:
+            return ""  # a rating taken back: nothing to store
+        try:
+            await self.client.feedback(
+                rating=rating,
+                session_id=store.current,
+                message_id=row.get("id"),
+                message_index=row.get("index"),
+            )
+        except Exception as exc:
+            return _notice(self._fail(lang, exc, "feedback"))
+        self.m.feedback.labels(rating).inc()
+        return t(lang, "feedback_thanks_up" if rating == "up" else "feedback_thanks_down")
+
+
+def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tuple[gr.Blocks, gr.I18n]:
+    """The Blocks and the I18n table that must be mounted with it."""
+    i18n = gr.I18n(**i18n_tables())
+
+    def label(key: str) -> Any:
+        return i18n(I18N_PREFIX + key)
+
+    page = Page(settings, client, metrics)
+    accepted = sorted({*settings.image_types, *settings.upload_types})
+    with gr.Blocks(title=settings.title, fill_height=True, analytics_enabled=False) as demo:
+        store = gr.BrowserState(
+            {"current": None, "conversations": [], "meta": {}},
+            storage_key=settings.browser_state_key,
+            secret=settings.browser_state_secret.get_secret_value(),
+        )
+        rows = gr.State([])
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260, elem_id="sidebar"):
+                gr.Markdown(f"## {escape(settings.title)}")
+                collection = gr.Dropdown(
+                    label=label("collection"),
+                    choices=[],
+                    allow_custom_value=True,
+                    interactive=True,
+                    elem_id="collection",
+                )
+                new_button = gr.Button(label("new_chat"), variant="primary", elem_id="new-chat")
+                conversations = gr.Radio(label=label("conversations"), choices=[], elem_id="conversations")
+                delete_button = gr.Button(
+                    label("delete_chat"), variant="stop", size="sm", elem_id="delete-chat"
+                )
+                with gr.Accordion(label("upload_title"), open=False, elem_id="upload"):
+                    gr.Markdown(label("upload_hint"))
+                    files = gr.File(
+                        label=label("upload_files"),
+                        file_count="multiple",
+                        file_types=accepted,
+                        elem_id="upload-files",
+                    )
+                    upload_button = gr.Button(label("upload_button"), elem_id="upload-button")
+                    upload_status = gr.Markdown(elem_id="upload-status")
+            with gr.Column(scale=4):
+                gr.Markdown(label("subtitle"))
+                notice = gr.Markdown(elem_id="notice")
+                chatbot = gr.Chatbot(
+                    label=label("chatbot"),
+                    elem_id="chatbot",
+                    height="62vh",
+                    group_consecutive_messages=False,
+                    feedback_options=("Like", "Dislike"),
+                    buttons=["copy"],
+                    latex_delimiters=[],
+                )
+                box = gr.MultimodalTextbox(
+                    placeholder=label("placeholder"),
+                    file_types=accepted,
+                    file_count="multiple",
+                    sources=["upload"],
+                    show_label=False,
+                    autofocus=True,
+                    elem_id="chat-input",
+                )
+
+        demo.load(
+            page.load,
+            inputs=[store],
+            outputs=[collection, conversations, chatbot, rows, notice, store],
+            api_name="load",
+        )
+        box.submit(
+            page.ask,
+            inputs=[box, collection, store, rows],
+            outputs=[chatbot, box, notice, conversations, store, rows],
+            api_name="ask",
+            concurrency_limit=settings.concurrency,
+            concurrency_id="chat",
+        )
+        new_button.click(
+            page.new_conversation,
+            inputs=[store, collection],
+            outputs=[conversations, chatbot, rows, notice, store],
+            api_name="new_conversation",
+        )
+        conversations.input(
+            page.switch,
+            inputs=[conversations, store],
+            outputs=[chatbot, rows, notice, collection, store, conversations],
+            api_name="switch_conversation",
+        )
+        delete_button.click(
+            page.delete,
+            inputs=[store, collection],
+            outputs=[conversations, chatbot, rows, notice, store],
+            api_name="delete_conversation",
+        )
+        upload_button.click(
+            page.upload,
+            inputs=[files, collection],
+            outputs=[upload_status, collection, files],
+            api_name="upload",
+            concurrency_limit=settings.concurrency,
+            concurrency_id="upload",
+        )
+        chatbot.like(page.rate, inputs=[store, rows], outputs=[notice], api_name="rate")
+        # The chat's own clear button empties the view: that is a new conversation (the old one
+        # stays listed, its history still in the gateway).
+        chatbot.clear(
+            page.new_conversation,
+            inputs=[store, collection],
+            outputs=[conversations, chatbot, rows, notice, store],
+            api_visibility="private",
+        )
+    demo.queue(default_concurrency_limit=settings.concurrency)
+    return demo, i18n
