@@ -25,6 +25,7 @@ SERVICES = [
     ("retriever", "http://127.0.0.1:8002/readyz"),
     ("llm", "http://127.0.0.1:6006/v1/models"),
     ("gateway", "http://127.0.0.1:8000/readyz"),
+    ("ui", "http://127.0.0.1:7860/readyz"),
 ]
 
 
@@ -79,6 +80,7 @@ def wait(timeout: float) -> int:
                 [
                     "",
                     "omnirag is ready:",
+                    "  ui        http://127.0.0.1:7860      (the chat, in a browser; it uses the key below)",
                     "  gateway   http://127.0.0.1:8000/v1   (OpenAI-compatible; docs at /docs)",
                     "  embedder  http://127.0.0.1:8001      retriever http://127.0.0.1:8002",
                     "  llm       http://127.0.0.1:6006/v1   (SmolLM2-135M, a demo model: see GATEWAY_LLM_*)",
