@@ -25,11 +25,17 @@ from fastapi import FastAPI
 
 @contextmanager
 def serve_in_thread(
-    app: FastAPI, *, ready_path: str | None = "/readyz", timeout: float = 120.0
+    app: FastAPI,
+    *,
+    ready_path: str | None = "/readyz",
+    timeout: float = 120.0,
+    graceful_seconds: int = 5,
 ) -> Iterator[str]:
     """Run ``app`` (lifespan included) on 127.0.0.1 and a free port; yield its base URL.
 
     With ``ready_path`` it also waits until that path answers 200, so the model or index is loaded.
+    ``graceful_seconds`` bounds the wait for open connections at shutdown (a Gradio client keeps a
+    heartbeat stream open to the end).
     """
     config = uvicorn.Config(
         app,
@@ -38,7 +44,7 @@ def serve_in_thread(
         log_config=None,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=graceful_seconds,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="omnirag-test-server", daemon=True)
