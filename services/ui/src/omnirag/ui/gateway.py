@@ -72,7 +72,7 @@ def _from_openai(exc: Exception) -> GatewayError:
     if isinstance(exc, openai.APIError):
         # An error event inside a stream that had already started (the LLM broke off).
         body = exc.body if isinstance(exc.body, dict) else {}
-        return GatewayError(502, str(body.get("code") or "stream_broken"), str(body.get("message") or exc))
+        return GatewayError(502, "stream_broken", str(body.get("message") or exc.message))
     return GatewayError(None, "client_error", f"{type(exc).__name__}: {exc}")
 
 

@@ -127,7 +127,7 @@ def error_text(lang: str, exc: BaseException, gateway_url: str) -> str:
     message = escape(exc.message.rstrip("."), 300)
     if exc.status is None:
         return t(lang, "err_unreachable", message=message, url=escape(gateway_url))
-    if exc.code in ("llm_error", "stream_broken") and exc.status == 502:
+    if exc.code == "stream_broken":
         return t(lang, "err_stream", message=message)
     if exc.status == 401:
         return t(lang, "err_401", message=message)

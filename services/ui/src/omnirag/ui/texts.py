@@ -64,11 +64,11 @@ TEXTS: dict[str, tuple[str, str]] = {
     ),
     "upload_running": ("{name}: indexing…", "{name}：正在索引……"),
     "upload_publishing": (
-        "{name}: indexed ({chunks} chunks); waiting until “{collection}” serves it…",
+        "{name}: indexed (chunks: {chunks}); waiting until “{collection}” serves it…",
         "{name}：已索引（{chunks} 个片段）；等待“{collection}”开始提供检索……",
     ),
     "upload_done": (
-        "{name}: searchable in “{collection}” ({chunks} chunks)",
+        "{name}: searchable in “{collection}” (chunks: {chunks})",
         "{name}：已可在“{collection}”中检索（{chunks} 个片段）",
     ),
     "upload_failed": ("{name}: indexing failed: {error}", "{name}：索引失败：{error}"),

@@ -1,0 +1,249 @@
+"""The page in a real headless Chromium (Debian's, driven by playwright) over the running stack:
+ask and watch the answer stream in with its sources, rate it, ask about a picture, upload a
+document, keep several conversations across a reload (in Chinese), and see a readable error when
+the gateway refuses the key. Screenshots go to tests/artifacts/ for people to look at."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from .conftest import AUTH
+
+CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
+# ENVIRONMENT.md: never let a test tool download its own browser.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ANSWER_SECONDS = 90_000  # ms; a 1-thread CPU model on a busy machine
+
+
+@pytest.fixture(scope="session")
+def browser(gateway_url: str) -> Iterator[Browser]:
+    # After the stack: Playwright's sync API runs an event loop in this thread, and the stack's
+    # setup (indexing the example knowledge base) calls asyncio.run here.
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser: Browser, url: str, locale: str = "en-US") -> Page:
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale=locale)
+    page = context.new_page()
+    page.goto(url + "/")
+    # Loaded: the conversations were read from the browser and the gateway asked for the history.
+    page.wait_for_selector("#conversations input:checked", timeout=30_000)
+    return page
+
+
+# Records every text the newest answer shows, as it changes, so a test can see the streaming.
+WATCH = """() => {
+  window.__omnirag_seen = [];
+  const chat = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('[data-testid="bot"] .message-content');
+    const last = bots[bots.length - 1];
+    if (!last) return;
+    const text = last.innerText;
+    const seen = window.__omnirag_seen;
+    if (seen[seen.length - 1] !== text) seen.push(text);
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+DONE = "#chatbot .omnirag-meta, #chatbot .omnirag-error"
+
+
+def ask(page: Page, text: str, files: list[Path] | None = None) -> list[str]:
+    """Type a question (with attachments), send it, wait for the answer's sources or error;
+    return the texts the answer went through."""
+    before = page.locator(DONE).count()
+    page.evaluate(WATCH)
+    if files:
+        page.set_input_files("#chat-input input[type=file]", [str(f) for f in files])
+        page.wait_for_selector("#chat-input .thumbnail-item, #chat-input img", timeout=10_000)
+    page.fill("#chat-input textarea", text)
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('{DONE}').length > {before}", timeout=ANSWER_SECONDS)
+    # The box is given back once the turn is over.
+    page.wait_for_function("!document.querySelector('#chat-input textarea').disabled", timeout=ANSWER_SECONDS)
+    seen: list[str] = page.evaluate("window.__omnirag_seen")
+    return seen
+
+
+def last_answer(page: Page) -> Any:
+    return page.locator('#chatbot [data-testid="bot"]').last
+
+
+def current_conversation(page: Page) -> str:
+    return str(page.eval_on_selector("#conversations input:checked", "e => e.value"))
+
+
+def test_ask_and_watch_the_answer_stream_in_with_its_sources(
+    browser: Browser, ui_url: str, gateway_url: str, artifacts: Path
+) -> None:
+    page = open_page(browser, ui_url)
+    page.screenshot(path=artifacts / "01-empty.png")
+    seen = ask(page, "Which port does the gateway listen on?")
+
+    # Streamed: the answer showed partial texts before its sources came with the last chunk.
+    partial = [s for s in seen if s.strip() and "Sources (" not in s]
+    assert len(partial) >= 3, seen
+    assert any(len(a) < len(b) and b.startswith(a[:10]) for a, b in itertools.pairwise(partial))
+
+    answer = last_answer(page)
+    sources = answer.locator(".omnirag-source")
+    assert sources.count() >= 1
+    first = sources.first.inner_text()
+    assert first.startswith("[1]") and "Getting started with omnirag" in first
+    assert "getting-started.md" in first and "score" in first and "port 8000" in first
+    assert answer.locator("summary").inner_text().startswith("Sources (")
+    page.screenshot(path=artifacts / "02-answer-with-sources.png")
+
+    # Thumbs up: stored in the gateway against this answer's chat completion id.
+    session = current_conversation(page)
+    page.locator('#chatbot button[aria-label="Like"]').last.click()
+    page.wait_for_function("document.querySelector('#notice').innerText.includes('Thanks')")
+    ratings = httpx.get(gateway_url + "/v1/feedback", params={"session_id": session}, headers=AUTH).json()[
+        "data"
+    ]
+    assert [(r["rating"], r["message_index"]) for r in ratings] == [("up", 1)]
+    assert ratings[0]["message_id"].startswith("chatcmpl-")
+    page.screenshot(path=artifacts / "03-rated.png")
+    page.context.close()
+
+
+def png_with_text(text: str) -> bytes:
+    image = Image.new("RGB", (1000, 140), "white")
+    ImageDraw.Draw(image).text((24, 40), text, fill="black", font=ImageFont.load_default(size=48))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_picture_with_a_question_gets_an_answer_grounded_in_it(
+    browser: Browser, ui_url: str, gateway_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    picture = tmp_path / "question.png"
+    picture.write_bytes(png_with_text("Which port does the retriever use?"))
+    page = open_page(browser, ui_url)
+    ask(page, "Answer the question in this picture.", files=[picture])
+
+    # The picture is shown with the question, as the user sent it.
+    user = page.locator('#chatbot [data-testid="user"]').last
+    assert user.locator("img").count() >= 1
+    # The gateway read the picture (OCR): its text became the question that was searched and kept.
+    session = current_conversation(page)
+    stored = httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).json()["messages"]
+    assert "Which port does the retriever use" in stored[0]["content"]
+    # …and the sources under the answer are the ones that answer the picture's question.
+    first = last_answer(page).locator(".omnirag-source").first.inner_text()
+    assert "getting-started.md" in first and "retriever listens on port 8002" in first
+    page.screenshot(path=artifacts / "04-picture-question.png", full_page=True)
+    page.context.close()
+
+
+def test_upload_a_document_and_watch_it_become_searchable(
+    browser: Browser, ui_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    doc = tmp_path / "parking.md"
+    doc.write_text("# Parking\n\nVisitors park behind building C, next to the bicycle shed.\n")
+    page = open_page(browser, ui_url)
+    page.get_by_text("Upload documents").click()
+    name = page.locator("#collection input")
+    name.click()
+    name.fill("ui-browser")
+    name.press("Enter")
+    page.set_input_files("#upload-files input[type=file]", str(doc))
+    page.wait_for_selector("#upload-files .file-preview, #upload-files table", timeout=10_000)
+    page.click("#upload-button")
+    page.wait_for_function(
+        "document.querySelector('#upload-status').innerText.includes('searchable')", timeout=60_000
+    )
+    assert "parking.md: searchable in “ui-browser” (chunks: 1)" in page.inner_text("#upload-status")
+    assert name.input_value() == "ui-browser"
+    page.screenshot(path=artifacts / "05-upload.png")
+    page.context.close()
+
+
+def test_conversations_switch_delete_and_survive_a_reload_in_chinese(
+    browser: Browser, ui_url: str, gateway_url: str, artifacts: Path
+) -> None:
+    page = open_page(browser, ui_url, locale="zh-CN")
+    # The interface speaks the browser's language: labels and the text made on the server.
+    assert page.get_by_role("button", name="新对话").is_visible()
+    assert page.get_by_text("知识库").first.is_visible()
+    ask(page, "网关监听哪个端口？")
+    first = current_conversation(page)
+    assert "来源" in last_answer(page).inner_text()
+
+    page.click("#new-chat")
+    page.wait_for_function(f"document.querySelector('#conversations input:checked').value !== '{first}'")
+    assert page.locator('#chatbot [data-testid="bot"]').count() == 0
+    ask(page, "Which port does the retriever use?")
+    second = current_conversation(page)
+    labels = page.locator("#conversations label")
+    assert labels.count() == 2 and labels.first.inner_text() == "Which port does the retriever use?"
+    page.screenshot(path=artifacts / "06-two-conversations-zh.png")
+
+    # Switch back: the first conversation's messages, from the gateway, with their sources.
+    page.locator("#conversations label", has_text="网关监听哪个端口？").click()
+    page.wait_for_function(
+        "document.querySelector('#chatbot').innerText.includes('网关监听哪个端口')", timeout=15_000
+    )
+    chat = page.inner_text("#chatbot")
+    assert "Which port does the retriever use?" not in chat and "来源" in chat
+
+    # A reload: the conversations come back from the browser's storage, the messages from the gateway.
+    page.reload()
+    page.wait_for_selector("#conversations input:checked", timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#chatbot').innerText.includes('网关监听哪个端口')", timeout=15_000
+    )
+    assert current_conversation(page) == first
+    assert page.locator("#conversations label").count() == 2
+    assert page.locator("#chatbot .omnirag-source").count() >= 1
+    page.screenshot(path=artifacts / "07-after-reload-zh.png")
+
+    # Delete: gone from the list and from the gateway.
+    page.click("#delete-chat")
+    page.wait_for_function("document.querySelector('#notice').innerText.includes('已删除')")
+    assert page.locator("#conversations label").count() == 1
+    assert current_conversation(page) == second
+    gone = httpx.get(f"{gateway_url}/v1/sessions/{first}", headers=AUTH)
+    assert gone.status_code == 404
+    assert httpx.get(f"{gateway_url}/v1/sessions/{second}", headers=AUTH).status_code == 200
+    assert "Which port does the retriever use?" in page.inner_text("#chatbot")
+    page.screenshot(path=artifacts / "08-deleted-zh.png")
+    page.context.close()
+
+
+def test_a_refused_key_is_a_readable_error(browser: Browser, ui_factory, artifacts: Path) -> None:  # type: ignore[no-untyped-def]
+    with ui_factory(api_key="not-a-valid-key-0123456789") as ui:
+        page = open_page(browser, ui)
+        notice = page.inner_text("#notice")
+        assert "The gateway refused the UI's API key (401)" in notice
+        ask(page, "Which port does the gateway listen on?")
+        error = last_answer(page).locator(".omnirag-error").inner_text()
+        assert "(401)" in error and "UI_API_KEY" in error
+        body = page.inner_text("body")
+        assert "Traceback" not in body and "Exception" not in body
+        # Still usable: the box takes the next question.
+        assert page.eval_on_selector("#chat-input textarea", "e => !e.disabled")
+        page.screenshot(path=artifacts / "09-refused-key.png")
+        page.context.close()

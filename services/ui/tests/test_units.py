@@ -1,0 +1,163 @@
+"""The UI's pure parts: the language chosen from the browser, errors as sentences, sources escaped
+so a document cannot inject markup, the conversations a browser sends back parsed as untrusted
+input, and the settings (the key falling back to GATEWAY_DEV_KEY, every UI_* variable documented)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omnirag.ui.config import UiSettings
+from omnirag.ui.conversations import MAX_ANSWERS_KEPT, Store
+from omnirag.ui.gateway import GatewayError
+from omnirag.ui.render import answer_key, error_text, sources_html
+from omnirag.ui.texts import LABELS, TEXTS, i18n_tables, lang_of, t
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        (None, "en"),
+        ("", "en"),
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("en-US,en;q=0.9,zh-CN;q=0.8", "en"),
+        ("fr-FR,fr;q=0.9,zh;q=0.5", "zh"),  # no French: the best supported language
+        ("de-DE", "en"),
+        ("en;q=0.2, zh-TW;q=0.6", "zh"),
+        ("zh-Hans-CN", "zh"),
+    ],
+)
+def test_language_follows_the_browser(header: str | None, lang: str) -> None:
+    assert lang_of(header) == lang
+
+
+def test_every_text_has_both_languages_and_labels_reach_gradio() -> None:
+    for key, (en, zh) in TEXTS.items():
+        assert en.strip() and zh.strip(), key
+        assert en.count("{") == zh.count("{"), f"{key}: placeholders differ"
+    tables = i18n_tables()
+    assert set(tables) == {"en", "zh"}
+    assert all(len(tables[lang]) == len(LABELS) for lang in tables)
+    # Gradio's own keys ("chatbot", "upload_text", …) are namespaces: ours never collide with them.
+    assert all(k.startswith("omnirag_") for k in tables["en"])
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (GatewayError(401, "invalid_api_key", "invalid API key"), "refused the UI's API key (401)"),
+        (GatewayError(403, "collection_forbidden", "no"), "Not allowed (403)"),
+        (GatewayError(429, "rate_limited", "rate limit", retry_after=17), "wait 17 s"),
+        (GatewayError(429, "rate_limited", "rate limit"), "wait a moment"),
+        (GatewayError(502, "llm_unavailable", "the LLM is down"), "could not answer (502)"),
+        (GatewayError(503, "not_ready", "x"), "could not answer (503)"),
+        (GatewayError(502, "llm_error", "the LLM failed: ConnectError"), "could not answer (502)"),
+        (GatewayError(502, "stream_broken", "the LLM stream broke: ReadError"), "cut off"),
+        (GatewayError(422, "invalid_input", "bad"), "refused the request (422)"),
+        (GatewayError(None, "unreachable", "the gateway cannot be reached"), "Is it running at"),
+        (RuntimeError("boom\nTraceback (most recent call last)"), "Something went wrong in the UI"),
+    ],
+)
+def test_errors_are_sentences(error: BaseException, expected: str) -> None:
+    text = error_text("en", error, "http://127.0.0.1:8000")
+    assert expected in text
+    assert "Traceback" not in text and "boom" not in text
+    assert error_text("zh", error, "http://127.0.0.1:8000") != text  # and there is a Chinese one
+
+
+def test_sources_are_escaped_numbered_and_linked() -> None:
+    html = sources_html(
+        "en",
+        [
+            {
+                "n": 1,
+                "title": "<img src=x onerror=alert(1)> Ports",
+                "source": "notes.md",
+                "score": 0.8312,
+                "snippet": "**bold** [link](javascript:alert(1)) $$x$$ <script>alert(1)</script>",
+            },
+            {"n": 2, "title": "Web page", "source": "https://docs.example.com/a?b=1&c=2", "score": 0.5},
+            {"n": 3, "title": "Trap", "source": "javascript:alert(1)", "score": 0.1},
+        ],
+        rewritten_query="what port does <b>it</b> use",
+        degraded=["history"],
+    )
+    assert "<img" not in html and "<script" not in html and "<b>it" not in html
+    assert "**" not in html and "$$" not in html and "[link]" not in html
+    assert "[1]" in html and "[2]" in html and "score 0.83" in html
+    assert '<a href="https://docs.example.com/a?b=1&amp;c=2" target="_blank"' in html
+    assert 'href="javascript' not in html
+    assert "Searched for" in html and "conversation history was unavailable" in html
+    assert sources_html("en", []) == ""
+    assert "来源" in sources_html("zh", [{"n": 1, "title": "a", "source": "a.md", "score": 1}])
+
+
+def test_the_browser_store_is_parsed_as_untrusted_input() -> None:
+    key = answer_key("The gateway listens on port 8000.")
+    raw = {
+        "current": "ui-b",
+        "conversations": [
+            {"id": "ui-a", "title": "x" * 500, "collection": "docs", "updated": 5},
+            {"id": "../../etc/passwd", "title": "bad id"},
+            {"id": "ui-b", "title": "second", "collection": "BAD NAME", "updated": "soon"},
+            {"id": "ui-a", "title": "duplicate"},
+            "not a dict",
+        ]
+        + [{"id": f"ui-{i}"} for i in range(100)],
+        "meta": {
+            "ui-a": {
+                key: {"id": "chatcmpl-1", "citations": [{"n": 1, "snippet": "s" * 5000}] * 50, "degraded": 7},
+                "not-a-key": {"id": "x"},
+            },
+            "ui-unknown": {key: {}},
+        },
+    }
+    store = Store.parse(raw, max_conversations=5)
+    assert [c.id for c in store.conversations] == ["ui-a", "ui-b", "ui-0", "ui-1", "ui-2"]
+    assert len(store.conversations[0].title) <= 80
+    assert store.conversations[1].collection is None and store.conversations[1].updated == 0.0
+    assert store.current == "ui-b"
+    assert set(store.meta) == {"ui-a"} and set(store.meta["ui-a"]) == {key}
+    kept = store.meta["ui-a"][key]
+    assert kept["id"] == "chatcmpl-1" and kept["degraded"] == []
+    assert len(kept["citations"]) <= 20 and all(len(c["snippet"]) <= 400 for c in kept["citations"])
+    for junk in (None, "x", 3, [], {"conversations": "no"}):
+        assert Store.parse(junk, 5).conversations == []
+
+    store.remove("ui-b")
+    assert store.current == "ui-a"
+    for i in range(MAX_ANSWERS_KEPT + 5):
+        store.remember("ui-a", answer_key(str(i)), {"citations": []})
+    assert len(store.meta["ui-a"]) == MAX_ANSWERS_KEPT
+    conv = store.start("docs", max_conversations=3)
+    assert store.current == conv.id and len(store.conversations) == 3
+
+
+def test_the_key_falls_back_to_the_development_key_in_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("UI_API_KEY", "GATEWAY_DEV_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert UiSettings().api_key is None
+    (tmp_path / ".env").write_text("GATEWAY_DEV_KEY=omni-dev-from-make-run\n")
+    key = UiSettings().api_key
+    assert key is not None and key.get_secret_value() == "omni-dev-from-make-run"
+    monkeypatch.setenv("UI_API_KEY", "ui-own-key")
+    key = UiSettings().api_key
+    assert key is not None and key.get_secret_value() == "ui-own-key"
+    assert "ui-own-key" not in repr(UiSettings())
+
+
+def test_env_example_documents_every_ui_setting() -> None:
+    text = (REPO / "config/.env.example").read_text()
+    missing = [n for n in UiSettings.model_fields if f"UI_{n.upper()}=" not in text]
+    assert not missing, f"config/.env.example lacks {missing}"
+
+
+def test_texts_format() -> None:
+    assert t("en", "err_429", message="m", seconds=3).endswith("Please wait 3 s and try again.")
+    assert "3" in t("zh", "err_429", message="m", seconds=3)
