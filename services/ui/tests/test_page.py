@@ -118,6 +118,25 @@ def test_an_upload_is_watched_until_it_is_searchable(ui_url: str, tmp_path: Path
         assert "upload/quokka-committee.md" in final and "glasshouse" in final
 
 
+def test_a_document_attached_to_a_question_is_ingested_then_asked_about(ui_url: str, tmp_path: Path) -> None:
+    doc = tmp_path / "bicycle-policy.md"
+    doc.write_text("# Bicycles\n\nBicycles are parked in the blue cage under the north stairwell.\n")
+    with client(ui_url) as c:
+        store = c.predict(EMPTY, api_name="/load")[-1]
+        message = {"text": "Where are bicycles parked?", "files": [handle_file(str(doc))]}
+        job = c.submit(message, "ui-attached", store, api_name="/ask")
+        updates = list(job)
+        chat, _, notice, _, store = job.result()
+    texts = [text_of(m) for m in chat]
+    # The question with its file, the ingest progress, then the answer from the new document.
+    assert chat[0]["role"] == "user" and any(p.get("type") == "file" for p in chat[0]["content"])
+    assert "bicycle-policy.md: searchable in “ui-attached” (chunks: 1)" in texts[1]
+    assert any("queued" in text_of(m) for u in updates for m in u[0] if m["role"] == "assistant")
+    assert "upload/bicycle-policy.md" in texts[2] and "blue cage" in texts[2]
+    assert notice == ""
+    assert store["conversations"][0]["collection"] == "ui-attached"
+
+
 OTHER_KEY = "ui-other-team-key-0123456789"
 TINY_KEY = "ui-tiny-budget-key-0123456789"
 KEYS = json.dumps(
