@@ -32,10 +32,11 @@ FLAGS = [
 ANSWER_SECONDS = 90_000  # ms; a 1-thread CPU model on a busy machine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(gateway_url: str) -> Iterator[Browser]:
-    # After the stack: Playwright's sync API runs an event loop in this thread, and the stack's
-    # setup (indexing the example knowledge base) calls asyncio.run here.
+    # Playwright's sync API keeps an event loop running in this thread while it is open: start it
+    # after the stack (whose setup calls asyncio.run here) and stop it with this module, before
+    # other packages' async tests run in the same session.
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
     with sync_playwright() as p:
