@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Request
 from sentence_transformers import quantize_embeddings
 
 from omnirag.core.responses import JSONResponse
+from omnirag.core.routing import OrjsonRoute
 from omnirag.core.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse, EmbedRequest, EmbedResponse
 from omnirag.embedder.deps import get_service
 from omnirag.embedder.service import EmbedService, postprocess
 
-router = APIRouter(prefix="/v1", tags=["embeddings"])
+router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=OrjsonRoute)
 Service = Annotated[EmbedService, Depends(get_service)]
 
 

@@ -7,12 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from omnirag.core.responses import JSONResponse
+from omnirag.core.routing import OrjsonRoute
 from omnirag.core.schemas.retrieval import CollectionDetail, CollectionList, SearchRequest, SearchResponse
 from omnirag.retriever.deps import get_registry, get_searcher
 from omnirag.retriever.registry import Entry, Registry
 from omnirag.retriever.search import Searcher
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=OrjsonRoute)
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 
