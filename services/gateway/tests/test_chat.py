@@ -239,3 +239,45 @@ def test_audio_is_refused_by_a_text_only_model(gateway_url: str, stream: bool) -
     r = httpx.post(gateway_url + "/v1/chat/completions", json=body, headers=AUTH, timeout=30)
     assert r.status_code == 400
     assert "audio" in r.json()["error"]["message"]
+
+
+def test_streamed_pass_through_relays_the_llm_with_the_gateway_model_name(gateway_url: str) -> None:
+    chunks = list(
+        client(gateway_url).chat.completions.create(
+            model="anything",
+            messages=[{"role": "user", "content": "Say hello."}],
+            max_tokens=12,
+            stream=True,
+            extra_body={"rag": False},
+        )
+    )
+    assert chunks and {c.model for c in chunks} == {"smollm2-135m-instruct"}
+    assert "".join(ch.delta.content or "" for c in chunks for ch in c.choices).strip()
+    tail = chunks[-1].model_extra["omnirag"]
+    assert tail["citations"] == [] and tail["degraded"] == []
+
+
+def test_body_errors_keep_their_statuses_order_and_shape(gateway_url: str) -> None:
+    url = gateway_url + "/v1/chat/completions"
+    json_type = {"content-type": "application/json"}
+    # Malformed JSON is refused before the key is looked at; a well-formed body's fields only after.
+    r = httpx.post(url, content=b'{"messages": [', headers=json_type, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    assert r.json()["error"]["details"][0]["type"] == "json_invalid"
+    assert httpx.post(url, json={"messages": []}, timeout=30).status_code == 401
+    hot = {"messages": [{"role": "user", "content": "hi"}], "temperature": 5}
+    r = httpx.post(url, json=hot, headers=AUTH, timeout=30)
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["details"][0]["loc"] == ["body", "temperature"]
+    assert error["message"].startswith("temperature:")
+    r = httpx.post(url, headers=AUTH, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["message"] == "body: Field required"
+    # A body not declared as JSON is not read as JSON.
+    plain = {**AUTH, "content-type": "text/plain"}
+    body = b'{"messages": [{"role": "user", "content": "hi"}]}'
+    assert httpx.post(url, content=body, headers=plain, timeout=30).status_code == 422
+    # The OpenAPI document still describes the request and the key headers.
+    op = httpx.get(gateway_url + "/openapi.json", timeout=30).json()["paths"]["/v1/chat/completions"]["post"]
+    assert "messages" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {p["name"] for p in op["parameters"]} == {"authorization", "x-api-key"}

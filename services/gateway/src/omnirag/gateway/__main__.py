@@ -7,7 +7,8 @@ from omnirag.gateway.config import GatewaySettings
 
 def main() -> None:
     settings = GatewaySettings()
-    run(create_app(settings), settings, "gateway")
+    # Everything the lifespan makes (clients, keys, OCR) lives until shutdown.
+    run(create_app(settings), settings, "gateway", freeze_after_startup=True)
 
 
 if __name__ == "__main__":

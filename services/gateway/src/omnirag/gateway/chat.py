@@ -10,10 +10,11 @@ retry, so no text is ever sent twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -182,7 +183,7 @@ class ChatHandler:
 
     # ---------- entry ----------
 
-    async def handle(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+    async def handle(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         self._validate(req)
         if req.session_id is not None:
             check_session_id(req.session_id)
@@ -201,7 +202,9 @@ class ChatHandler:
 
     # ---------- pass-through ----------
 
-    async def _pass_through(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+    async def _pass_through(
+        self, key: ApiKey, req: ChatRequest
+    ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         started = time.perf_counter()
         outcome = Outcome(session_id=req.session_id)
         history = await self._history(key, req, outcome)
@@ -241,39 +244,42 @@ class ChatHandler:
         self,
         key: ApiKey,
         req: ChatRequest,
-        payloads: AsyncIterator[bytes],
+        payloads: AsyncGenerator[bytes, None],
         outcome: Outcome,
         question: str,
         prompt_estimate: int,
         started: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         parts: list[str] = []
         first = True
         envelope: dict[str, Any] = {}
         announced: set[int] = set()
+        model = self.s.llm_model
         try:
-            async for payload in payloads:
-                if first:
-                    self.m.ttft.labels("passthrough").observe(time.perf_counter() - started)
-                    first = False
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
-                if not envelope:
-                    envelope = {
-                        "id": chunk.get("id"),
-                        "created": chunk.get("created"),
-                        "model": self.s.llm_model,
-                    }
-                chunk["model"] = self.s.llm_model
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    _normalise_tool_deltas(delta, announced)
-                    text = delta.get("content")
-                    if text:
-                        parts.append(text)
-                yield _sse(chunk)
+            async with contextlib.aclosing(payloads):  # the client left: hang up on the LLM at once
+                async for payload in payloads:
+                    if first:
+                        self.m.ttft.labels("passthrough").observe(time.perf_counter() - started)
+                        first = False
+                    try:
+                        chunk = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        continue
+                    if not envelope:
+                        envelope = {"id": chunk.get("id"), "created": chunk.get("created"), "model": model}
+                    # Most chunks need no change: they go out as the upstream wrote them, unserialised.
+                    changed = chunk.get("model") != model
+                    if changed:
+                        chunk["model"] = model
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        if "tool_calls" in delta or "function_call" in delta:
+                            _normalise_tool_deltas(delta, announced)
+                            changed = True
+                        text = delta.get("content")
+                        if text:
+                            parts.append(text)
+                    yield _sse(chunk) if changed else b"data: " + payload + b"\n\n"
         except Exception as exc:
             self.m.llm_errors.labels("mid_stream").inc()
             yield _sse(
@@ -289,7 +295,7 @@ class ChatHandler:
 
     # ---------- RAG ----------
 
-    async def _rag(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncIterator[bytes]:
+    async def _rag(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         started = time.perf_counter()
         collection = req.collection or self.s.default_collection
         key.check_collection(collection)
@@ -455,7 +461,7 @@ class ChatHandler:
 
     async def _canned_stream(
         self, cid: str, created: int, answer: str, outcome: Outcome
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         yield self._chunk(cid, created, {"role": "assistant", "content": ""})
         yield self._chunk(cid, created, {"content": answer})
         yield self._chunk(cid, created, {}, "stop")
@@ -472,7 +478,7 @@ class ChatHandler:
         rest: AsyncIterator[AIMessageChunk],
         outcome: Outcome,
         question: str,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         finish: Literal["stop", "length"] | str = "stop"
