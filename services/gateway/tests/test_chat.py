@@ -127,6 +127,10 @@ def test_rewrite_gets_the_history_and_its_output_is_the_retrieval_query(gateway_
     sent = json.dumps(rewrite_call["messages"])
     assert "Which port does the retriever listen on?" in sent and "port 8002" in sent
     assert [s["query"] for s in searches] == [rewritten]
+    # Both calls carry their token cap under the name llama.cpp reads (it ignores max_completion_tokens).
+    answer_call = llm_bodies[-1]
+    assert rewrite_call["max_tokens"] == 64 and answer_call["max_tokens"] == 30
+    assert "max_completion_tokens" not in answer_call
 
 
 def test_langchain_chat_openai_works_unchanged(gateway_url: str) -> None:

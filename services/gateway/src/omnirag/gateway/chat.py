@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
 from omnirag.gateway.auth import ApiKey
-from omnirag.gateway.llm import LLMError
+from omnirag.gateway.llm import LLMError, token_limit
 from omnirag.gateway.memory import check_session_id
 from omnirag.gateway.multimodal import prepare
 from omnirag.gateway.rag import (
@@ -312,7 +312,7 @@ class ChatHandler:
 
         query = question
         if needs_rewrite(question, history):
-            llm = self.gw.chat_model.bind(max_tokens=self.s.rewrite_max_tokens, temperature=0)
+            llm = self.gw.chat_model.bind(**token_limit(self.s, self.s.rewrite_max_tokens), temperature=0)
             try:
                 raw = await rewrite_chain(llm).ainvoke(
                     {"history": history_messages(history, self.s.history_prompt_turns), "question": question}
@@ -378,7 +378,7 @@ class ChatHandler:
             system_extra=system_extra,
         )
         llm = self.gw.chat_model.bind(
-            max_tokens=self._max_tokens(req),
+            **token_limit(self.s, self._max_tokens(req)),
             temperature=self.s.llm_temperature if req.temperature is None else req.temperature,
         )
         lc_messages = to_langchain(messages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -59,6 +60,11 @@ class GatewaySettings(ServiceSettings):
     llm_tools: bool = Field(
         True,
         description="The model takes tools / tool_choice. Off: requests with tools are refused with 400.",
+    )
+    llm_max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens",
+        description="Name under which the answer's token cap is sent: max_tokens (llama.cpp, vLLM, most "
+        "servers) or max_completion_tokens (OpenAI's reasoning models).",
     )
     llm_timeout: float = Field(120.0, gt=0, description="Seconds one LLM call may take, streaming included.")
     llm_connect_retries: int = Field(

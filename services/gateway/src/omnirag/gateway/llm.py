@@ -57,6 +57,17 @@ def create_chat_model(
     )
 
 
+def token_limit(settings: GatewaySettings, n: int) -> dict[str, Any]:
+    """Bind arguments that cap an answer at ``n`` tokens under the name the LLM reads.
+
+    LangChain sends ``max_tokens`` as ``max_completion_tokens`` (OpenAI's newer name), which the
+    llama.cpp server ignores — answers then run to the context's end. ``max_tokens`` is read by
+    llama.cpp, vLLM and OpenAI's chat models; OpenAI's reasoning models need the newer name."""
+    if settings.llm_max_tokens_param == "max_completion_tokens":
+        return {"max_tokens": n}
+    return {"extra_body": {"max_tokens": n}}
+
+
 class LLMError(UpstreamError):
     """The LLM failed; the status it answered (if any) is in ``details``."""
 
