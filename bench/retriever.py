@@ -18,7 +18,9 @@ For a Flat and an HNSW collection of ``--vectors`` clustered 384-d unit vectors,
 Before each measurement the bench waits (at most ``--load-wait`` s) for the 1-minute load average to
 drop below ``--max-load``; the machine is shared and a neighbour's test suite would be measured too.
 Results go to ``bench/results/retriever.json``; ``http_overhead_p50_ms`` (HTTP p50 minus in-process
-FAISS p50, flat; target <= 2 ms) and ``hnsw_recall@10`` (target >= 0.95) carry the verdict.
+FAISS p50, one client, the worse of flat and HNSW; measured unpaired when every measurement passed
+the load gate, paired otherwise — see analyse(); target <= 2 ms) and ``hnsw_recall@10`` (target >=
+0.95) carry the verdict.
 
     .venv/bin/python bench/retriever.py [--vectors 100000] [--queries 1000] [--out FILE]
 
@@ -1035,7 +1037,20 @@ def analyse(report: dict[str, Any], data: Dataset) -> None:
             "version_bytes_per_vector": sum(files.values()) / n,
         }
     report["checks"] = checks
-    report["http_overhead_p50_ms"] = report["http_overhead_p50_ms_flat"]
+    # The definition: HTTP p50 minus in-process FAISS p50, both with one client. On a quiet
+    # machine (every measurement passed the load gate) the two are measured minutes apart without
+    # drift, and that is the figure. On a busy one, drift between them exceeds the difference, so
+    # the paired measurement stands in. Paired runs alternate the bench's and the server's scans of
+    # two separate 150 MB flat indexes, which inflates the flat figure by ~1.5 ms (HNSW, whose scan
+    # is small, pairs and unpairs alike; the server's own clock agrees with the unpaired figure).
+    # The worse of Flat and HNSW is reported.
+    all_quiet = all(r["quiet"] for r in report["load"])
+    method = "unpaired" if all_quiet else "paired"
+    suffix = "_unpaired" if all_quiet else ""
+    report["http_overhead_method"] = method
+    report["http_overhead_p50_ms"] = max(
+        report[f"http_overhead_p50_ms_{kind}{suffix}"] for kind in ("flat", "hnsw")
+    )
     report["hnsw_recall@10"] = checks["hnsw_recall@10_inprocess_faiss"]
     report["hnsw_recall@10_http"] = checks["hnsw_recall@10_http"]
     report["pass"] = {
