@@ -8,7 +8,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -20,9 +19,7 @@ from omnirag.core.testing import redis_server, serve_in_thread
 from omnirag.embedder.app import create_app as create_embedder
 from omnirag.embedder.config import EmbedderSettings
 from omnirag.gateway.config import GatewaySettings
-from omnirag.indexer import spec
-from omnirag.indexer.config import IndexerSettings
-from omnirag.indexer.pipeline import run_kb
+from omnirag.indexer.testing import index_knowledge_bases
 from omnirag.retriever.app import create_app as create_retriever
 from omnirag.retriever.config import RetrieverSettings
 
@@ -47,10 +44,7 @@ def embedder_url() -> Iterator[str]:
 def index_root(tmp_path_factory: pytest.TempPathFactory, embedder_url: str) -> Path:
     """The example knowledge base of ``make run`` (config/knowledge-bases.yaml → docs/), indexed."""
     root = tmp_path_factory.mktemp("index")
-    settings = IndexerSettings(index_root=root, embedder_url=embedder_url, redis_url="")
-    for kb in spec.load(REPO / "config/knowledge-bases.yaml"):
-        asyncio.run(run_kb(kb, settings))
-    return root
+    return index_knowledge_bases(REPO / "config/knowledge-bases.yaml", root, embedder_url)
 
 
 @pytest.fixture(scope="session")

@@ -9,11 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import asyncio
 import json
 import socket
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRe
 from omnirag.core.testing import metric_value, redis_server, serve_in_thread
 from omnirag.gateway.app import create_app
 from omnirag.gateway.config import GatewaySettings
+from omnirag.indexer.testing import WorkerThread
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -389,48 +388,6 @@ def test_keys_are_enforced(client, r, uploads):
 
 
 # --- end to end: gateway -> Redis -> indexer worker -> index -> retriever ---
-
-
-class WorkerThread:
-    """The real indexer worker on its own event loop, as it runs in its own process."""
-
-    def __init__(self, settings, uploads: Path) -> None:
-        self.settings = settings
-        self.uploads = uploads
-        self.loop = asyncio.new_event_loop()
-        self.stop: asyncio.Event | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="indexer-worker", daemon=True)
-
-    def _run(self) -> None:
-        from omnirag.indexer.worker import Worker
-
-        async def main() -> None:
-            self.stop = asyncio.Event()
-            worker = Worker(self.settings, uploads_dir=self.uploads, block_ms=200)
-            try:
-                await worker.run(self.stop)
-            finally:
-                await worker.close()
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.loop.close()
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        deadline = time.monotonic() + 5
-        while self.stop is None and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if self.stop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=30)
 
 
 def test_upload_becomes_searchable_end_to_end(redis_url, r, tmp_path, uploads, embedder):

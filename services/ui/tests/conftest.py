@@ -10,9 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import asyncio
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 import pytest
 
 from omnirag.core.testing import redis_server, serve_in_thread
+from omnirag.indexer.testing import WorkerThread, index_knowledge_bases
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -54,15 +52,8 @@ def embedder_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def index_root(tmp_path_factory: pytest.TempPathFactory, embedder_url: str) -> Path:
     """The example knowledge base of ``make run`` (config/knowledge-bases.yaml → docs/), indexed."""
-    from omnirag.indexer import spec
-    from omnirag.indexer.config import IndexerSettings
-    from omnirag.indexer.pipeline import run_kb
-
     root = tmp_path_factory.mktemp("index")
-    settings = IndexerSettings(index_root=root, embedder_url=embedder_url, redis_url="")
-    for kb in spec.load(REPO / "config/knowledge-bases.yaml"):
-        asyncio.run(run_kb(kb, settings))
-    return root
+    return index_knowledge_bases(REPO / "config/knowledge-bases.yaml", root, embedder_url)
 
 
 @pytest.fixture(scope="session")
@@ -80,48 +71,6 @@ def retriever_url(index_root: Path, embedder_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def uploads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("uploads")
-
-
-class WorkerThread:
-    """The indexer's ingest worker on its own event loop, as it runs in its own process."""
-
-    def __init__(self, settings: Any, uploads: Path) -> None:
-        self.settings = settings
-        self.uploads = uploads
-        self.loop = asyncio.new_event_loop()
-        self.stop: asyncio.Event | None = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="indexer-worker", daemon=True)
-
-    def _run(self) -> None:
-        from omnirag.indexer.worker import Worker
-
-        async def main() -> None:
-            self.stop = asyncio.Event()
-            worker = Worker(self.settings, uploads_dir=self.uploads, block_ms=200)
-            try:
-                await worker.run(self.stop)
-            finally:
-                await worker.close()
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.loop.close()
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        deadline = time.monotonic() + 5
-        while self.stop is None and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if self.stop is not None and self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
