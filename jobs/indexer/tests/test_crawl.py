@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpcore
 import pytest
 
+from omnirag.core.testing import loopback_only
 from omnirag.indexer import crawl as crawl_mod
 from omnirag.indexer.crawl import (
     AddressGuard,
@@ -131,20 +132,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture(autouse=True)
 def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
     """Every socket the crawler opens; anything but 127.0.0.1 fails the test before connecting."""
-    made: list[tuple[str, int]] = []
-    original = httpcore.AnyIOBackend.connect_tcp
-
-    async def guarded(self, host, port, *args, **kwargs):
-        made.append((host, port))
-        if host != "127.0.0.1":
-            raise AssertionError(f"test tried to connect to {host}:{port}")
-        return await original(self, host, port, *args, **kwargs)
-
-    async def no_dns(host: str, port: int) -> list[str]:
-        raise AssertionError(f"test tried a DNS lookup of {host}")
-
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", guarded)
-    monkeypatch.setattr(crawl_mod, "system_resolver", no_dns)
+    made = loopback_only(monkeypatch, crawl_mod)
     yield made
     assert all(host == "127.0.0.1" for host, _ in made), made
 

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpcore
 import httpx
 import pytest
 
@@ -25,24 +24,12 @@ from omnirag.core.netguard import (
     url_refusal,
 )
 from omnirag.core.netguard import system_resolver as real_system_resolver
+from omnirag.core.testing import loopback_only
 
 
 @pytest.fixture(autouse=True)
 def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
-    made: list[tuple[str, int]] = []
-    original = httpcore.AnyIOBackend.connect_tcp
-
-    async def guarded(self, host, port, *args, **kwargs):
-        made.append((host, port))
-        if host != "127.0.0.1":
-            raise AssertionError(f"test tried to connect to {host}:{port}")
-        return await original(self, host, port, *args, **kwargs)
-
-    async def no_dns(host: str, port: int) -> list[str]:
-        raise AssertionError(f"test tried a DNS lookup of {host}")
-
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", guarded)
-    monkeypatch.setattr(netguard, "system_resolver", no_dns)
+    made = loopback_only(monkeypatch, netguard)
     yield made
     assert all(host == "127.0.0.1" for host, _ in made), made
 

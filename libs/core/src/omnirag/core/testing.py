@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -213,3 +214,27 @@ def llm_server(threads: int | None = None, *, timeout: float = 60.0) -> Iterator
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def loopback_only(monkeypatch: Any, *resolver_modules: Any) -> list[tuple[str, int]]:
+    """Keep a test on this machine: every TCP connection httpcore opens is recorded, one to anything
+    but 127.0.0.1 fails the test before it connects, and ``system_resolver`` in each of
+    ``resolver_modules`` fails instead of asking DNS. Returns the list of (host, port) connected."""
+    import httpcore
+
+    made: list[tuple[str, int]] = []
+    original = httpcore.AnyIOBackend.connect_tcp
+
+    async def guarded(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        made.append((host, port))
+        if host != "127.0.0.1":
+            raise AssertionError(f"test tried to connect to {host}:{port}")
+        return await original(self, host, port, *args, **kwargs)
+
+    async def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError(f"test tried a DNS lookup of {host}")
+
+    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", guarded)
+    for module in resolver_modules:
+        monkeypatch.setattr(module, "system_resolver", no_dns)
+    return made
