@@ -149,11 +149,17 @@ def redis_server(directory: str) -> Iterator[str]:
             time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; always reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def smollm2_model_path() -> str:
@@ -208,12 +214,7 @@ def llm_server(threads: int | None = None, *, timeout: float = 60.0) -> Iterator
                 raise RuntimeError(f"{exc}\n--- llm server output ---\n{tail}") from exc
             yield base
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def loopback_only(monkeypatch: Any, *resolver_modules: Any) -> list[tuple[str, int]]:
