@@ -66,8 +66,44 @@ async def test_passes_are_cut_by_size_and_by_padded_tokens_with_texts_sorted_by_
         await asyncio.gather(*blocker, *futs)
         planned = [texts for _, texts in rec.passes[1:]]
         # Sorted: b5 c6 e7 | f8 d30 | a40 — three texts at most, and 2 x 30 fits 60 but 3 x 30 does not.
-        assert planned == [["b", "c", "e"], ["f", "d"], ["a"]]
-        assert [s.padded_tokens for s in stats[1:]] == [21, 60, 40]
+        # The pass holding the oldest text (a) goes first, then the one holding the oldest left (b).
+        assert planned == [["a"], ["b", "c", "e"], ["f", "d"]]
+        assert [s.padded_tokens for s in stats[1:]] == [40, 21, 60]
+    finally:
+        await q.stop()
+
+
+async def test_texts_that_arrive_during_a_pass_join_the_rest_of_the_plan():
+    loop = asyncio.get_running_loop()
+    late: list[asyncio.Future] = []
+    q: BatchQueue
+
+    class ArrivesDuringPass(Recorder):
+        def __call__(self, key, texts):
+            if texts == ["long"]:  # another client's text lands while this pass runs
+                done = threading.Event()
+
+                def submit() -> None:
+                    late.extend(q.submit("k", ["s3"], [5]))
+                    done.set()
+
+                loop.call_soon_threadsafe(submit)
+                done.wait(5)
+            return super().__call__(key, texts)
+
+    rec = ArrivesDuringPass()
+    rec.gate.clear()
+    q, _, _ = make_queue(rec, max_batch_tokens=100)
+    q.start()
+    try:
+        blocker = q.submit("k", ["blocker"], [1])
+        await asyncio.sleep(0.05)
+        first = q.submit("k", ["long", "s1", "s2"], [50, 5, 5])  # 3 x 50 > 100: two passes
+        rec.gate.set()
+        await asyncio.gather(*blocker, *first)
+        await asyncio.gather(*late)
+        # s1 and s2 waited for the next plan instead of running alone, and s3 rode with them.
+        assert [texts for _, texts in rec.passes[1:]] == [["long"], ["s1", "s2", "s3"]]
     finally:
         await q.stop()
 

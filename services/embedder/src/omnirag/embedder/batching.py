@@ -6,7 +6,10 @@ Requests put their texts in the queue with their token counts and wait on future
    caller has gone (their futures are cancelled) so that no work is done for nobody;
 3. groups them by kind (prompt, output), sorts each group by length and cuts passes so that
    texts x longest text stays within ``max_batch_tokens`` and texts within ``max_batch_size``;
-4. runs each pass on a single inference thread (off the event loop) and resolves its futures.
+4. runs only the pass that holds the oldest text, on a single inference thread (off the event
+   loop), and resolves its futures; the other texts go back to the head of the queue, where the
+   texts that arrive meanwhile join them in the next plan. Planning again before every pass makes
+   passes fuller under load (each fixed pass cost is shared by more texts) and serves texts in order.
 A full queue refuses new work at once (:class:`Overloaded` → 429 with Retry-After).
 """
 
@@ -160,6 +163,19 @@ class BatchQueue:
             passes.extend(self._cut(items))
         return passes
 
+    def _next_pass(self) -> list[_Item]:
+        """The pass that holds the oldest live text; the rest of the plan goes back, in order."""
+        plan = self._take_plan()
+        if not plan:
+            return []
+        oldest = min((it for batch in plan for it in batch), key=lambda it: it.enqueued)
+        chosen = next(batch for batch in plan if any(it is oldest for it in batch))
+        rest = sorted(
+            (it for batch in plan if batch is not chosen for it in batch), key=lambda it: it.enqueued
+        )
+        self._pending.extendleft(reversed(rest))
+        return chosen
+
     def _cut(self, items: list[_Item]) -> list[list[_Item]]:
         """Cut length-sorted items into passes of least total cost (padded tokens + a fixed cost
         per pass), within the size and token caps. A greedy cut would let 20 short questions ride
@@ -196,14 +212,9 @@ class BatchQueue:
             if idle and self.max_wait > 0 and len(self._pending) < self.max_batch_size:
                 await asyncio.sleep(self.max_wait)
             idle = False
-            plan = self._take_plan()
+            live = self._next_pass()
             self._on_depth(len(self._pending))
-            for batch in plan:
-                live = [it for it in batch if not it.future.done()]
-                if len(live) < len(batch):
-                    self._on_drop(len(batch) - len(live))
-                if not live:
-                    continue
+            if live:
                 started = time.perf_counter()
                 try:
                     results = await loop.run_in_executor(
