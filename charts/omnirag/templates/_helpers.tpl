@@ -1,0 +1,645 @@
+{{/*
+Helpers of the omnirag chart. Every helper is named omnirag.*; the ones that need a component take
+a dict: "ctx" (the root context, $) plus the keys they name.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "omnirag.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every resource name: fullnameOverride, else "<release>-<chart>", else just the release
+when it already contains the chart name. Kept to 40 characters so that "<prefix>-<component>" stays
+short enough for every kind (CronJob names stop at 52).
+*/}}
+{{- define "omnirag.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<chart>-<version>" for the helm.sh/chart label. */}}
+{{- define "omnirag.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of a component's objects: dict "ctx" $ "component" "gateway". */}}
+{{- define "omnirag.componentName" -}}
+{{- printf "%s-%s" (include "omnirag.fullname" .ctx) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels that select a component's pods: dict "ctx" $ "component" "gateway". */}}
+{{- define "omnirag.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "omnirag.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end -}}
+
+{{/* Every label of an object: dict "ctx" $ "component" "gateway" ("" for release-wide objects). */}}
+{{- define "omnirag.labels" -}}
+helm.sh/chart: {{ include "omnirag.chart" .ctx }}
+{{ include "omnirag.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: omnirag
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* commonAnnotations merged with an object's own: dict "ctx" $ "annotations" {...}. Renders nothing when both are empty. */}}
+{{- define "omnirag.annotations" -}}
+{{- $all := merge (deepCopy (default (dict) .annotations)) (deepCopy (default (dict) .ctx.Values.commonAnnotations)) -}}
+{{- if $all }}
+annotations:
+  {{- toYaml $all | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The metadata block of a namespaced object: dict "ctx" $ "component" "x" "name" "..." (optional) "annotations" {...}. */}}
+{{- define "omnirag.metadata" -}}
+name: {{ default (include "omnirag.componentName" .) .name }}
+namespace: {{ .namespace | default .ctx.Release.Namespace }}
+labels:
+  {{- include "omnirag.labels" . | nindent 2 }}
+  {{- with .labels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- include "omnirag.annotations" . }}
+{{- end -}}
+
+{{/*
+An image reference: dict "ctx" $ "image" .Values.x.image. global.imageRegistry replaces the
+registry; the tag defaults to the chart's appVersion; a digest pins it.
+*/}}
+{{- define "omnirag.image" -}}
+{{- $registry := .image.registry | default "" -}}
+{{- if .ctx.Values.global.imageRegistry -}}
+{{- $registry = .ctx.Values.global.imageRegistry -}}
+{{- end -}}
+{{- $repo := .image.repository -}}
+{{- if $registry -}}
+{{- $repo = printf "%s/%s" $registry $repo -}}
+{{- end -}}
+{{- $tag := .image.tag | default .ctx.Chart.AppVersion | toString -}}
+{{- if eq (lower $tag) "latest" -}}
+{{- fail (printf "image %s: the tag \"latest\" is not allowed; pin a version" $repo) -}}
+{{- end -}}
+{{- if .image.digest -}}
+{{- printf "%s:%s@%s" $repo $tag .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* image + imagePullPolicy lines of a container: dict "ctx" $ "image" .Values.x.image. */}}
+{{- define "omnirag.containerImage" -}}
+image: {{ include "omnirag.image" . | quote }}
+imagePullPolicy: {{ .image.pullPolicy | default "IfNotPresent" }}
+{{- end -}}
+
+{{/* imagePullSecrets of a pod. */}}
+{{- define "omnirag.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The ServiceAccount the pods run as. */}}
+{{- define "omnirag.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "omnirag.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod security context: the top-level one with the component's merged over it. dict "ctx" $ "values" .Values.x */}}
+{{- define "omnirag.podSecurityContext" -}}
+{{- $sc := mergeOverwrite (deepCopy .ctx.Values.podSecurityContext) (deepCopy (default (dict) .values.podSecurityContext)) -}}
+{{- toYaml $sc -}}
+{{- end -}}
+
+{{/* Container security context: the top-level one with the component's merged over it. dict "ctx" $ "values" .Values.x */}}
+{{- define "omnirag.containerSecurityContext" -}}
+{{- $sc := mergeOverwrite (deepCopy .ctx.Values.containerSecurityContext) (deepCopy (default (dict) .values.containerSecurityContext)) -}}
+{{- toYaml $sc -}}
+{{- end -}}
+
+{{/*
+The pod-level fields every pod shares: service account, token, security context, pull secrets,
+scheduling. dict "ctx" $ "values" .Values.x
+*/}}
+{{- define "omnirag.podCommon" -}}
+serviceAccountName: {{ include "omnirag.serviceAccountName" .ctx }}
+automountServiceAccountToken: {{ .ctx.Values.serviceAccount.automountServiceAccountToken }}
+enableServiceLinks: false
+securityContext:
+  {{- include "omnirag.podSecurityContext" . | nindent 2 }}
+{{- include "omnirag.imagePullSecrets" .ctx }}
+{{- with .values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod template metadata: dict "ctx" $ "component" "x" "values" .Values.x "labels" {...} "annotations" {...} */}}
+{{- define "omnirag.podMetadata" -}}
+labels:
+  {{- include "omnirag.labels" . | nindent 2 }}
+  {{- with .labels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- with .values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- $ann := merge (deepCopy (default (dict) .annotations)) (deepCopy (default (dict) .values.podAnnotations)) }}
+{{- with $ann }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* One probe from its values: dict "probe" .Values.x.livenessProbe "handler" (yaml of the handler). */}}
+{{- define "omnirag.probe" -}}
+{{ .handler }}
+initialDelaySeconds: {{ .probe.initialDelaySeconds }}
+periodSeconds: {{ .probe.periodSeconds }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+successThreshold: {{ .probe.successThreshold }}
+{{- end -}}
+
+{{/*
+startupProbe, livenessProbe and readinessProbe of an HTTP service: dict "values" .Values.x
+"liveness" "/healthz" "readiness" "/readyz". Liveness and startup use the cheap /healthz; only
+readiness asks whether the dependencies are usable, so a dependency that is down takes the pod out
+of the Service instead of restarting it.
+*/}}
+{{- define "omnirag.httpProbes" -}}
+{{- $live := printf "httpGet:\n  path: %s\n  port: http" .liveness -}}
+{{- $ready := printf "httpGet:\n  path: %s\n  port: http" .readiness -}}
+{{- if .values.startupProbe.enabled }}
+startupProbe:
+  {{- include "omnirag.probe" (dict "probe" .values.startupProbe "handler" $live) | nindent 2 }}
+{{- end }}
+{{- if .values.livenessProbe.enabled }}
+livenessProbe:
+  {{- include "omnirag.probe" (dict "probe" .values.livenessProbe "handler" $live) | nindent 2 }}
+{{- end }}
+{{- if .values.readinessProbe.enabled }}
+readinessProbe:
+  {{- include "omnirag.probe" (dict "probe" .values.readinessProbe "handler" $ready) | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Environment every omnirag Python process gets: where to bind, JSON logs, and writable places for
+the caches of Python libraries (the root filesystem is read-only; /tmp is an emptyDir).
+dict "prefix" "GATEWAY_" "port" 8000 (port 0 = no HTTP server)
+*/}}
+{{- define "omnirag.baseEnv" -}}
+{{- if .port }}
+- name: {{ .prefix }}HOST
+  value: "0.0.0.0"
+- name: {{ .prefix }}PORT
+  value: {{ .port | int | toString | quote }}
+{{- end }}
+- name: {{ .prefix }}LOG_JSON
+  value: "true"
+- name: HOME
+  value: /tmp
+- name: TMPDIR
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- end -}}
+
+{{/* The user's environment of a component: its env map, then its extraEnvVars. dict "values" .Values.x */}}
+{{- define "omnirag.userEnv" -}}
+{{- range $k, $v := .values.env }}
+- name: {{ $k }}
+  value: {{ include "omnirag.envValue" $v }}
+{{- end }}
+{{- with .values.extraEnvVars }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* A quoted environment value; whole numbers print without an exponent. */}}
+{{- define "omnirag.envValue" -}}
+{{- if and (kindIs "float64" .) (eq (float64 (int64 .)) .) -}}
+{{- int64 . | toString | quote -}}
+{{- else -}}
+{{- toString . | quote -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Base URL of the gateway: the release's Service, or gateway.externalUrl. */}}
+{{- define "omnirag.gatewayUrl" -}}
+{{- if .Values.gateway.enabled -}}
+{{- printf "http://%s:%d" (include "omnirag.componentName" (dict "ctx" . "component" "gateway")) (int .Values.gateway.service.port) -}}
+{{- else -}}
+{{- .Values.gateway.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Base URL of the embedder: the release's Service, or embedder.externalUrl. */}}
+{{- define "omnirag.embedderUrl" -}}
+{{- if .Values.embedder.enabled -}}
+{{- printf "http://%s:%d" (include "omnirag.componentName" (dict "ctx" . "component" "embedder")) (int .Values.embedder.service.port) -}}
+{{- else -}}
+{{- .Values.embedder.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Base URL of the retriever: the release's Service, or retriever.externalUrl. */}}
+{{- define "omnirag.retrieverUrl" -}}
+{{- if .Values.retriever.enabled -}}
+{{- printf "http://%s:%d" (include "omnirag.componentName" (dict "ctx" . "component" "retriever")) (int .Values.retriever.service.port) -}}
+{{- else -}}
+{{- .Values.retriever.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether Redis is usable at all (in the release, or external): "true" or "". */}}
+{{- define "omnirag.redisAvailable" -}}
+{{- if or .Values.redis.enabled .Values.redis.external.existingSecret -}}true{{- end -}}
+{{- end -}}
+
+{{/* Secret and key of the Redis password when auth is on. */}}
+{{- define "omnirag.redisPasswordSecret" -}}
+{{- required "redis.auth.enabled needs redis.auth.existingSecret" .Values.redis.auth.existingSecret -}}
+{{- end -}}
+
+{{/*
+Env entries that hand a Redis URL to a service under the variable "name": dict "ctx" $ "name" "GATEWAY_REDIS_URL".
+In the release the URL is built from the Service (and the password, through Kubernetes' $(VAR)
+expansion, so it never appears in the manifest); outside it the whole URL comes from a Secret.
+*/}}
+{{- define "omnirag.redisEnv" -}}
+{{- $v := .ctx.Values.redis -}}
+{{- if $v.enabled }}
+{{- $host := include "omnirag.componentName" (dict "ctx" .ctx "component" "redis") -}}
+{{- if $v.auth.enabled }}
+- name: OMNIRAG_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "omnirag.redisPasswordSecret" .ctx }}
+      key: {{ $v.auth.existingSecretPasswordKey }}
+- name: {{ .name }}
+  value: {{ printf "redis://:$(OMNIRAG_REDIS_PASSWORD)@%s:%d/%d" $host (int $v.service.port) (int $v.database) | quote }}
+{{- else }}
+- name: {{ .name }}
+  value: {{ printf "redis://%s:%d/%d" $host (int $v.service.port) (int $v.database) | quote }}
+{{- end }}
+{{- else if $v.external.existingSecret }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.external.existingSecret }}
+      key: {{ $v.external.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Secret of the gateway's keys file (and, by default, of the UI's key). */}}
+{{- define "omnirag.gatewayAuthSecret" -}}
+{{- default (printf "%s-gateway-auth" (include "omnirag.fullname" .)) .Values.gateway.auth.existingSecret -}}
+{{- end -}}
+
+{{/* Secret of the UI's gateway key. */}}
+{{- define "omnirag.uiApiKeySecret" -}}
+{{- default (include "omnirag.gatewayAuthSecret" .) .Values.ui.apiKey.existingSecret -}}
+{{- end -}}
+
+{{/* Base URL of the LLM the gateway calls (with /v1). */}}
+{{- define "omnirag.llmBaseUrl" -}}
+{{- if .Values.vllm.enabled -}}
+{{- printf "http://%s:%d/v1" (include "omnirag.componentName" (dict "ctx" . "component" "vllm")) (int .Values.vllm.service.port) -}}
+{{- else -}}
+{{- .Values.vllm.external.baseUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{/* TCP port of the external LLM, from its URL (explicit port, else 443 for https, 80 for http). */}}
+{{- define "omnirag.llmExternalPort" -}}
+{{- $u := urlParse .Values.vllm.external.baseUrl -}}
+{{- $hostPort := splitList ":" $u.host -}}
+{{- if gt (len $hostPort) 1 -}}
+{{- last $hostPort -}}
+{{- else if eq $u.scheme "http" -}}
+80
+{{- else -}}
+443
+{{- end -}}
+{{- end -}}
+
+{{/* Where the models volume is mounted. */}}
+{{- define "omnirag.modelsDir" -}}/models{{- end -}}
+
+{{/* Directory of a downloaded model: the name of an entry of modelDownload.models. */}}
+{{- define "omnirag.modelDir" -}}
+{{- printf "%s/%s" (include "omnirag.modelsDir" .ctx) .name -}}
+{{- end -}}
+
+{{/* Name of the claim behind a shared volume: dict "ctx" $ "volume" "models" | "index" | "uploads". */}}
+{{- define "omnirag.claimName" -}}
+{{- $p := index .ctx.Values.persistence .volume -}}
+{{- default (include "omnirag.componentName" (dict "ctx" .ctx "component" .volume)) $p.existingClaim -}}
+{{- end -}}
+
+{{/* A pod volume for a shared volume: dict "ctx" $ "volume" "models" "readOnly" true. */}}
+{{- define "omnirag.sharedVolume" -}}
+{{- $p := index .ctx.Values.persistence .volume -}}
+- name: {{ .volume }}
+{{- if $p.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "omnirag.claimName" . }}
+    {{- if .readOnly }}
+    readOnly: true
+    {{- end }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{/* A writable emptyDir for /tmp: dict "size" "1Gi". */}}
+{{- define "omnirag.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    {{- with .size }}
+    sizeLimit: {{ . }}
+    {{- end }}
+{{- end -}}
+
+{{/*
+Where the index and the uploads live inside the pods (one path for the services that share them).
+*/}}
+{{- define "omnirag.indexDir" -}}/data/index{{- end -}}
+{{- define "omnirag.uploadsDir" -}}/data/uploads{{- end -}}
+
+{{/* Path of the knowledge-bases spec inside the indexer's pods. */}}
+{{- define "omnirag.kbConfigDir" -}}/etc/omnirag{{- end -}}
+{{- define "omnirag.kbConfigPath" -}}/etc/omnirag/knowledge-bases.yaml{{- end -}}
+
+{{/*
+The marker the model-download Job writes into a model's directory after every file is complete;
+pods that serve the model wait for it.
+*/}}
+{{- define "omnirag.downloadMarker" -}}.omnirag-download.json{{- end -}}
+
+{{/*
+An init container that waits until a model's download is complete: dict "ctx" $ "values"
+.Values.x (for image and security context) "model" "name" "image" .Values.x.image.
+It runs the serving image itself (it has a shell), so no extra image is pulled.
+*/}}
+{{- define "omnirag.waitForModelContainer" -}}
+{{- $marker := printf "%s/%s" (include "omnirag.modelDir" (dict "ctx" .ctx "name" .model)) (include "omnirag.downloadMarker" .ctx) -}}
+- name: wait-for-model
+  {{- include "omnirag.containerImage" (dict "ctx" .ctx "image" .image) | nindent 2 }}
+  command:
+    - sh
+    - -c
+    - |
+      marker="$MARKER"
+      echo "waiting for $marker (written by the model-download Job when every file is complete)"
+      until [ -f "$marker" ]; do sleep 10; done
+      echo "model ready: $(cat "$marker")"
+  env:
+    - name: MARKER
+      value: {{ $marker | quote }}
+  securityContext:
+    {{- include "omnirag.containerSecurityContext" . | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {cpu: 100m, memory: 64Mi}
+  volumeMounts:
+    - name: models
+      mountPath: {{ include "omnirag.modelsDir" .ctx }}
+      readOnly: true
+{{- end -}}
+
+{{/* The models spec handed to the download Job (YAML, a `models:` list). */}}
+{{- define "omnirag.modelDownload.spec" -}}
+{{- $models := list -}}
+{{- range .Values.modelDownload.models -}}
+{{- $m := dict "name" .name "source" (.source | default "huggingface") "repo" .repo "dir" .name -}}
+{{- if .revision }}{{- $_ := set $m "revision" .revision }}{{- end -}}
+{{- if .endpoint }}{{- $_ := set $m "endpoint" .endpoint }}{{- end -}}
+{{- if .allowPatterns }}{{- $_ := set $m "allowPatterns" .allowPatterns }}{{- end -}}
+{{- if .ignorePatterns }}{{- $_ := set $m "ignorePatterns" .ignorePatterns }}{{- end -}}
+{{- $models = append $models $m -}}
+{{- end -}}
+{{- toYaml (dict "models" $models) -}}
+{{- end -}}
+
+{{/* Whether a component uses the models volume: "true" or "". */}}
+{{- define "omnirag.modelsVolumeUsed" -}}
+{{- if or .Values.modelDownload.enabled (and .Values.vllm.enabled (not .Values.vllm.model.path)) (and .Values.embedder.enabled .Values.embedder.model.name) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the index volume is used: "true" or "". */}}
+{{- define "omnirag.indexVolumeUsed" -}}
+{{- if or .Values.retriever.enabled .Values.indexer.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the uploads volume is used: "true" or "". */}}
+{{- define "omnirag.uploadsVolumeUsed" -}}
+{{- if or .Values.gateway.enabled (and .Values.indexer.enabled .Values.indexer.worker.enabled) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the indexer worker is rendered (it needs Redis): "true" or "". */}}
+{{- define "omnirag.workerEnabled" -}}
+{{- if and .Values.indexer.enabled .Values.indexer.worker.enabled (include "omnirag.redisAvailable" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Name of a knowledge base's CronJob: dict "ctx" $ "kb" "name". Knowledge-base names may hold "_",
+which object names may not; those (and names too long for a CronJob, 52 characters) get a short
+hash so that two knowledge bases never share a name.
+*/}}
+{{- define "omnirag.indexer.cronJobName" -}}
+{{- $base := printf "%s-index-%s" (include "omnirag.fullname" .ctx) (.kb | replace "_" "-") -}}
+{{- if or (contains "_" .kb) (gt (len $base) 52) -}}
+{{- printf "%s-%s" ($base | trunc 43 | trimSuffix "-") (sha256sum .kb | trunc 8) -}}
+{{- else -}}
+{{- $base -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+An egress rule to "the internet": every IPv4 address except the blocked ones (cloud metadata)
+and, unless allowPrivateRanges, the private ranges; on networkPolicy.internetEgress.ports.
+dict "ctx" $ "ports" (optional list of ports that replaces the configured ones)
+*/}}
+{{- define "omnirag.internetEgressRule" -}}
+{{- $ie := .ctx.Values.networkPolicy.internetEgress -}}
+{{- $except := $ie.blockedCIDRs -}}
+{{- if not $ie.allowPrivateRanges -}}
+{{- $except = concat $except $ie.privateCIDRs -}}
+{{- end -}}
+{{- $ports := $ie.ports -}}
+{{- if .ports -}}{{- $ports = .ports -}}{{- end -}}
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        {{- with $except }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+  {{- with $ports }}
+  ports:
+    {{- range . }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+A peer list entry for pods of this release: dict "ctx" $ "component" "x", or "components" (list ...)
+for several components at once.
+*/}}
+{{- define "omnirag.peer" -}}
+{{- if .components -}}
+- podSelector:
+    matchExpressions:
+      - key: app.kubernetes.io/name
+        operator: In
+        values: [{{ include "omnirag.name" .ctx | quote }}]
+      - key: app.kubernetes.io/instance
+        operator: In
+        values: [{{ .ctx.Release.Name | quote }}]
+      - key: app.kubernetes.io/component
+        operator: In
+        values:
+          {{- toYaml .components | nindent 10 }}
+{{- else -}}
+- podSelector:
+    matchLabels:
+      {{- include "omnirag.selectorLabels" . | nindent 6 }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Egress rule to an omnirag HTTP service: its pods when it is in the release, else the host of its
+externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "component" "embedder" "port" 8001
+*/}}
+{{- define "omnirag.serviceEgressRule" -}}
+{{- $v := index .ctx.Values .component -}}
+{{- if $v.enabled -}}
+- to:
+    {{- include "omnirag.peer" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+  ports:
+    - protocol: TCP
+      port: {{ .port }}
+{{- else if $v.externalUrl -}}
+{{- include "omnirag.urlEgressRule" (dict "ctx" .ctx "url" $v.externalUrl) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Egress rule to the gateway (in the release or gateway.externalUrl). */}}
+{{- define "omnirag.gatewayEgressRule" -}}
+{{- include "omnirag.serviceEgressRule" (dict "ctx" . "component" "gateway" "port" 8000) -}}
+{{- end -}}
+
+{{/* Egress rule to the host of a URL: any address but cloud metadata, on the URL's port. dict "ctx" $ "url" "http://..." */}}
+{{- define "omnirag.urlEgressRule" -}}
+{{- $u := urlParse .url -}}
+{{- $hostPort := splitList ":" $u.host -}}
+{{- $port := ternary "80" "443" (eq $u.scheme "http") -}}
+{{- if gt (len $hostPort) 1 }}{{ $port = last $hostPort }}{{ end -}}
+- to:
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except:
+          {{- toYaml .ctx.Values.networkPolicy.internetEgress.blockedCIDRs | nindent 10 }}
+  ports:
+    - protocol: TCP
+      port: {{ $port | int }}
+{{- end -}}
+
+{{/* Egress rule to the Redis the services use: dict "ctx" $. */}}
+{{- define "omnirag.redisEgressRule" -}}
+{{- $v := .ctx.Values.redis -}}
+{{- if $v.enabled }}
+- to:
+    {{- include "omnirag.peer" (dict "ctx" .ctx "component" "redis") | nindent 4 }}
+  ports:
+    - protocol: TCP
+      port: 6379
+{{- else if $v.external.existingSecret }}
+- to:
+    {{- if $v.external.networkPolicyPeers }}
+    {{- toYaml $v.external.networkPolicyPeers | nindent 4 }}
+    {{- else }}
+    - ipBlock:
+        cidr: 0.0.0.0/0
+        except:
+          {{- toYaml .ctx.Values.networkPolicy.internetEgress.blockedCIDRs | nindent 10 }}
+    {{- end }}
+  ports:
+    - protocol: TCP
+      port: {{ $v.external.port }}
+{{- end }}
+{{- end -}}
+
+{{/* Ingress rule that lets Prometheus scrape a port: dict "ctx" $ "port" 8000. */}}
+{{- define "omnirag.prometheusIngressRule" -}}
+{{- $p := .ctx.Values.networkPolicy.prometheus -}}
+{{- if $p.enabled }}
+- from:
+    - namespaceSelector:
+        {{- toYaml $p.namespaceSelector | nindent 8 }}
+      {{- with $p.podSelector }}
+      podSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+  ports:
+    - protocol: TCP
+      port: {{ .port }}
+{{- end }}
+{{- end -}}
+
+{{/* Peer entry of the ingress controller. */}}
+{{- define "omnirag.ingressControllerPeer" -}}
+{{- $ic := .Values.networkPolicy.ingressController -}}
+- namespaceSelector:
+    {{- toYaml $ic.namespaceSelector | nindent 4 }}
+  {{- with $ic.podSelector }}
+  podSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
