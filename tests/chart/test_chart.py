@@ -1,0 +1,990 @@
+"""The Helm chart charts/omnirag: lint, schema, Kubernetes validity, checkov, and what its objects promise.
+
+Every ci value set (values.yaml alone and each file of charts/omnirag/ci/) is rendered once per
+session by `helm template`; the tests read the rendered objects the way a cluster would get them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from omnirag.indexer import spec as kb_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "omnirag"
+RELEASE = "omnirag"
+CI_SETS = ["default", "cpu-external-llm", "gpu-full", "external-redis", "only-retriever"]
+CI_FILES = {name: (None if name == "default" else CHART / "ci" / f"{name}-values.yaml") for name in CI_SETS}
+
+# values key -> the app.kubernetes.io/component label (and name suffix) of its objects.
+COMPONENTS = {
+    "gateway": "gateway",
+    "embedder": "embedder",
+    "retriever": "retriever",
+    "ui": "ui",
+    "indexer": "indexer",
+    "vllm": "vllm",
+    "modelDownload": "model-download",
+    "redis": "redis",
+}
+# The omnirag services: each serves /healthz (alive) and /readyz (usable).
+HTTP_SERVICES = {"gateway", "embedder", "retriever", "ui"}
+# DESIGN.md: the chart uses the local default ports as container ports.
+CONTAINER_PORTS = {
+    "gateway": 8000,
+    "embedder": 8001,
+    "retriever": 8002,
+    "ui": 7860,
+    "vllm": 6006,
+    "redis": 6379,
+}
+LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
+# Custom resources kubernetes-validate has no schema for; their shape is checked by hand below.
+CRD_KINDS = {"ServiceMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1"}
+# Pod Security Standards "restricted": the only volume types allowed.
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+METADATA_IP = ipaddress.ip_address("169.254.169.254")
+SECRETISH_ENV = re.compile(r"(PASSWORD|PASSWD|TOKEN|API_?KEY|SECRET|CREDENTIAL)", re.IGNORECASE)
+# Names that hold where a secret is, not the secret.
+SECRET_POINTER_ENV = re.compile(r"(_FILE|_PATH|_DIR|_NAME|_HEADER|_KEY_NAME|_REF)$", re.IGNORECASE)
+
+Docs = list[dict[str, Any]]
+Renderer = Callable[[str], Docs]
+
+
+# ---- reading rendered objects ------------------------------------------------------------------
+
+
+def ref(obj: dict[str, Any]) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def pod_template(obj: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]] | None:
+    """(pod labels, pod spec) of a workload or a Pod; None for anything else."""
+    kind = obj.get("kind")
+    spec = obj.get("spec") or {}
+    if kind == "Pod":
+        return obj.get("metadata", {}).get("labels") or {}, spec
+    if kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    elif kind not in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}:
+        return None
+    template = spec.get("template") or {}
+    return (template.get("metadata") or {}).get("labels") or {}, template.get("spec") or {}
+
+
+def workloads(docs: Docs) -> Iterator[tuple[dict[str, Any], dict[str, str], dict[str, Any]]]:
+    for obj in docs:
+        found = pod_template(obj)
+        if found is not None:
+            yield obj, found[0], found[1]
+
+
+def component_of(obj: dict[str, Any]) -> str | None:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    if "app.kubernetes.io/component" in labels:
+        return str(labels["app.kubernetes.io/component"])
+    found = pod_template(obj)
+    if found is not None and "app.kubernetes.io/component" in found[0]:
+        return str(found[0]["app.kubernetes.io/component"])
+    return None
+
+
+def belongs(label: str | None, component: str) -> bool:
+    """A component's objects carry its name as component label, or a part of it (indexer-worker)."""
+    return label is not None and (label == component or label.startswith(f"{component}-"))
+
+
+def of_component(docs: Docs, component: str, kinds: set[str] | None = None) -> Docs:
+    return [
+        o for o in docs if belongs(component_of(o), component) and (kinds is None or o.get("kind") in kinds)
+    ]
+
+
+def containers(pod: dict[str, Any], init: bool = True) -> Iterator[dict[str, Any]]:
+    yield from pod.get("containers") or []
+    if init:
+        yield from pod.get("initContainers") or []
+        yield from pod.get("ephemeralContainers") or []
+
+
+def tokens(container: dict[str, Any]) -> list[str]:
+    """command + args as argv tokens; a shell script argument is split, `--flag=value` becomes two."""
+    out: list[str] = []
+    for arg in [*(container.get("command") or []), *(container.get("args") or [])]:
+        parts = shlex.split(str(arg)) if re.search(r"\s", str(arg)) else [str(arg)]
+        for part in parts:
+            if part.startswith("--") and "=" in part:
+                out += part.split("=", 1)
+            else:
+                out.append(part)
+    return out
+
+
+def script_text(container: dict[str, Any]) -> str:
+    return " ".join(str(a) for a in [*(container.get("command") or []), *(container.get("args") or [])])
+
+
+def selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    selector = selector or {}
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and labels.get(key) in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
+            return False
+    return True
+
+
+def is_default_deny(policy: dict[str, Any]) -> bool:
+    """A policy that opens nothing but DNS: no ingress rule, egress rules only to port 53.
+
+    Its selector may be empty (the whole namespace) or the release's labels; which pods it covers
+    is checked by the test that looks for it.
+    """
+    spec = policy.get("spec") or {}
+    if spec.get("ingress"):
+        return False
+    for rule in spec.get("egress") or []:
+        ports = rule.get("ports") or []
+        if not ports or any(str(p.get("port")) != "53" for p in ports):
+            return False
+    return True
+
+
+def image_problem(image: str) -> str | None:
+    if "@sha256:" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return "no tag (means latest)"
+    if last.rsplit(":", 1)[1] in {"", "latest"}:
+        return "the latest tag"
+    return None
+
+
+def fmt(problems: list[str]) -> str:
+    return "\n  " + "\n  ".join(problems)
+
+
+# ---- lint, render, validate ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_helm_lint_strict(tools: Any, ci: str) -> None:
+    cmd: list[str | Path] = [tools.helm, "lint", "--strict", CHART, "--namespace", "omnirag"]
+    values = CI_FILES[ci]
+    if values is not None:
+        cmd += ["--values", values]
+    proc = tools.run(cmd)
+    assert proc.returncode == 0, f"helm lint --strict with {ci!r} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_template_renders_named_objects(rendered: Renderer, ci: str) -> None:
+    docs = rendered(ci)
+    assert docs, f"{ci}: helm template rendered nothing"
+    problems = [
+        f"{ref(o)}: missing apiVersion/kind/metadata.name"
+        for o in docs
+        if not (o.get("apiVersion") and o.get("kind") and o.get("metadata", {}).get("name"))
+    ]
+    seen: set[tuple[str, str]] = set()
+    for o in docs:
+        key = (str(o.get("kind")), str(o.get("metadata", {}).get("name")))
+        if key in seen:
+            problems.append(f"{key[0]}/{key[1]} rendered twice")
+        seen.add(key)
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+def validate_manifests(tools: Any, docs: Docs, tmp_path: Path, kube_version: str | None = None) -> list[str]:
+    """kubernetes-validate --strict over the built-in kinds; every warning counts as a failure.
+
+    kubernetes-validate only warns, and exits 0, for a kind it has no schema for: that is how a
+    custom resource looks, but also how a built-in kind with a removed apiVersion looks
+    (autoscaling/v2beta2). So custom resources are taken out first and any warning left fails.
+    """
+    unknown = [
+        ref(o) for o in docs if o.get("kind") in CRD_KINDS and o.get("apiVersion") != CRD_KINDS[o["kind"]]
+    ]
+    builtin = [o for o in docs if o.get("kind") not in CRD_KINDS]
+    manifest = tmp_path / "manifests.yaml"
+    manifest.write_text(yaml.safe_dump_all(builtin, sort_keys=False))
+    cmd: list[str | Path] = [tools.kubernetes_validate, "--strict", "--quiet"]
+    if kube_version:
+        cmd += ["--kubernetes-version", kube_version]
+    proc = tools.run([*cmd, manifest])
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    problems = [f"{r}: not {CRD_KINDS[r.split('/')[0]]}" for r in unknown]
+    problems += [line.replace(str(manifest), "") for line in lines if line.startswith(("WARN", "ERROR"))]
+    if proc.returncode != 0 and not problems:
+        problems.append(f"kubernetes-validate exit {proc.returncode}: {proc.stdout}{proc.stderr}")
+    return problems
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_manifests_validate_strict(tools: Any, rendered: Renderer, ci: str, tmp_path: Path) -> None:
+    problems = validate_manifests(tools, rendered(ci), tmp_path)
+    assert not problems, f"{ci}: kubernetes-validate --strict:{fmt(problems)}"
+
+
+def min_kube_version() -> str:
+    constraint = str(yaml.safe_load((CHART / "Chart.yaml").read_text()).get("kubeVersion", ""))
+    match = re.search(r">=?\s*v?(\d+)\.(\d+)", constraint)
+    assert match, f"Chart.yaml kubeVersion {constraint!r} names no minimum"
+    return f"{match.group(1)}.{match.group(2)}.0"
+
+
+@pytest.mark.parametrize("ci", ["default", "gpu-full"])
+def test_manifests_validate_at_min_kube_version(
+    tools: Any, helm_template: Callable[..., Any], ci: str, tmp_path: Path
+) -> None:
+    """Chart.yaml promises kubeVersion >= X: the render for X must be valid against X's schemas."""
+    version = min_kube_version()
+    result = helm_template(CI_FILES[ci], extra=["--kube-version", version])
+    assert result.returncode == 0, f"helm template --kube-version {version} with {ci!r}:\n{result.stderr}"
+    problems = validate_manifests(tools, result.docs, tmp_path, kube_version=version)
+    assert not problems, f"{ci} at Kubernetes {version}:{fmt(problems)}"
+
+
+def test_monitoring_custom_resources_have_their_shape(rendered: Renderer) -> None:
+    """ServiceMonitor and PrometheusRule, which kubernetes-validate cannot check, checked by hand."""
+    problems: list[str] = []
+    counts = dict.fromkeys(CRD_KINDS, 0)
+    for ci in CI_SETS:
+        docs = rendered(ci)
+        services = [o for o in docs if o.get("kind") == "Service"]
+        for obj in docs:
+            kind = obj.get("kind")
+            if kind not in CRD_KINDS:
+                continue
+            counts[kind] += 1
+            where = f"{ci}: {ref(obj)}"
+            if obj.get("apiVersion") != CRD_KINDS[kind]:
+                problems.append(f"{where}: apiVersion {obj.get('apiVersion')!r}, want {CRD_KINDS[kind]}")
+            spec = obj.get("spec") or {}
+            if kind == "ServiceMonitor":
+                selector = spec.get("selector") or {}
+                targets = [
+                    s
+                    for s in services
+                    if selector and selector_matches(selector, s["metadata"].get("labels") or {})
+                ]
+                if not targets:
+                    problems.append(f"{where}: selector {selector} selects no rendered Service")
+                endpoints = spec.get("endpoints") or []
+                if not endpoints:
+                    problems.append(f"{where}: no endpoints")
+                port_names = {p.get("name") for s in targets for p in s["spec"].get("ports") or []}
+                for ep in endpoints:
+                    if ep.get("port") not in port_names:
+                        problems.append(
+                            f"{where}: endpoint port {ep.get('port')!r} is not a port of {port_names}"
+                        )
+                    if ep.get("path", "/metrics") != "/metrics":
+                        problems.append(f"{where}: endpoint path {ep.get('path')!r}, want /metrics")
+                unknown = set(spec) - {
+                    "selector",
+                    "endpoints",
+                    "namespaceSelector",
+                    "jobLabel",
+                    "targetLabels",
+                    "podTargetLabels",
+                    "sampleLimit",
+                }
+                if unknown:
+                    problems.append(f"{where}: unknown spec fields {sorted(unknown)}")
+            else:
+                groups = spec.get("groups") or []
+                if not groups:
+                    problems.append(f"{where}: no rule groups")
+                for group in groups:
+                    if not group.get("name") or not group.get("rules"):
+                        problems.append(f"{where}: group {group.get('name')!r} without a name or rules")
+                    for rule in group.get("rules") or []:
+                        if not isinstance(rule.get("expr"), str | int) or str(rule.get("expr")).strip() == "":
+                            problems.append(f"{where}: rule {rule} has no expr")
+                        if bool(rule.get("alert")) == bool(rule.get("record")):
+                            problems.append(f"{where}: rule {rule} must have exactly one of alert/record")
+                        if "for" in rule and not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", str(rule["for"])):
+                            problems.append(
+                                f"{where}: rule {rule.get('alert')} has a bad duration {rule['for']!r}"
+                            )
+    missing = [kind for kind, n in counts.items() if n == 0]
+    assert not missing, f"no ci value set renders a {missing}: the monitoring objects go unchecked"
+    assert not problems, fmt(problems)
+
+
+# ---- checkov ---------------------------------------------------------------------------------------
+
+
+def checkov_failures(run: Any) -> tuple[list[str], int, int]:
+    failed: list[str] = []
+    resources = parsing_errors = 0
+    for report in run.reports:
+        summary = report.get("summary") or {}
+        resources += int(summary.get("resource_count") or 0)
+        parsing_errors += int(summary.get("parsing_errors") or 0)
+        for check in (report.get("results") or {}).get("failed_checks") or []:
+            failed.append(
+                f"{check.get('check_id')} {check.get('check_name')!r} on {check.get('resource')}"
+                f" ({check.get('file_path')}:{check.get('file_line_range')})"
+            )
+    return failed, resources, parsing_errors
+
+
+def test_checkov_helm_has_no_failed_check(checkov_helm: Any) -> None:
+    failed, resources, parsing_errors = checkov_failures(checkov_helm)
+    # checkov drops a chart without a word when `helm template` writes to stderr: nothing scanned.
+    assert resources > 0, (
+        f"checkov scanned no resource ({checkov_helm.cmd}); stderr:\n{checkov_helm.stderr[-3000:]}"
+    )
+    assert parsing_errors == 0, f"checkov could not parse {parsing_errors} file(s)"
+    assert not failed, f"checkov (helm, values.yaml) failed {len(failed)} check(s):{fmt(failed)}"
+
+
+def test_checkov_ci_renders_have_no_failed_check(checkov_ci_renders: Any) -> None:
+    failed, resources, parsing_errors = checkov_failures(checkov_ci_renders)
+    assert resources > 0, f"checkov scanned no resource ({checkov_ci_renders.cmd})"
+    assert parsing_errors == 0, f"checkov could not parse {parsing_errors} file(s)"
+    assert not failed, f"checkov (kubernetes, every ci render) failed {len(failed)} check(s):{fmt(failed)}"
+
+
+# ---- vLLM ------------------------------------------------------------------------------------------
+
+
+def vllm_pod(docs: Docs) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(workload, pod spec, the vLLM container) of the single vLLM workload."""
+    found = [
+        (o, spec)
+        for o, _, spec in workloads(docs)
+        if belongs(component_of(o), "vllm") and o["kind"] in LONG_RUNNING
+    ]
+    assert len(found) == 1, f"want one vLLM Deployment/StatefulSet, found {[ref(o) for o, _ in found]}"
+    obj, pod = found[0]
+    main = (
+        [c for c in pod.get("containers") or [] if "vllm" in c.get("name", "")] or pod.get("containers") or []
+    )
+    assert main, f"{ref(obj)} has no container"
+    return obj, pod, main[0]
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
+
+
+def test_vllm_runs_with_the_seed_flags(rendered: Renderer) -> None:
+    obj, _, container = vllm_pod(rendered("gpu-full"))
+    argv = tokens(container)
+    problems: list[str] = []
+    for flag in ("--served-model-name", "--max-model-len", "--model"):
+        value = flag_value(argv, flag)
+        if not value or value.startswith("--"):
+            problems.append(f"{flag} has no value")
+    expected = {
+        "--dtype": "bfloat16",
+        "--gpu-memory-utilization": "0.8",
+        "--tool-call-parser": "hermes",
+        "--host": "0.0.0.0",
+        "--port": "6006",
+    }
+    for flag, want in expected.items():
+        if flag_value(argv, flag) != want:
+            problems.append(f"{flag} is {flag_value(argv, flag)!r}, want {want!r}")
+    if "--enable-auto-tool-choice" not in argv:
+        problems.append("--enable-auto-tool-choice missing")
+    assert not problems, f"{ref(obj)} container {container.get('name')} argv {argv}:{fmt(problems)}"
+
+
+def test_vllm_gets_a_gpu_and_shared_memory(rendered: Renderer) -> None:
+    obj, pod, container = vllm_pod(rendered("gpu-full"))
+    limits = (container.get("resources") or {}).get("limits") or {}
+    assert int(limits.get("nvidia.com/gpu", 0)) >= 1, f"{ref(obj)}: no nvidia.com/gpu limit in {limits}"
+    memory_volumes = {
+        v["name"] for v in pod.get("volumes") or [] if (v.get("emptyDir") or {}).get("medium") == "Memory"
+    }
+    shm = [m for m in container.get("volumeMounts") or [] if m.get("mountPath") == "/dev/shm"]
+    assert shm, f"{ref(obj)}: nothing mounted at /dev/shm (PyTorch's NCCL and workers need it)"
+    assert shm[0]["name"] in memory_volumes, f"{ref(obj)}: /dev/shm is not an emptyDir with medium Memory"
+
+
+# omnirag.model_download writes <model dir>/.omnirag-download.json last, by an atomic rename.
+DOWNLOAD_MARKER = ".omnirag-download.json"
+
+
+def claim_of(pod: dict[str, Any], volume: str) -> str | None:
+    for v in pod.get("volumes") or []:
+        if v.get("name") == volume:
+            return (v.get("persistentVolumeClaim") or {}).get("claimName")
+    return None
+
+
+def test_vllm_waits_for_the_model_download(rendered: Renderer) -> None:
+    """An init container holds vLLM back until the model-download Job has left its marker in --model."""
+    docs = rendered("gpu-full")
+    obj, pod, container = vllm_pod(docs)
+    model = (flag_value(tokens(container), "--model") or "").rstrip("/")
+    main_mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
+    model_volumes = {name for name, path in main_mounts.items() if model.startswith(path.rstrip("/") + "/")}
+    assert model_volumes, f"{ref(obj)}: --model {model!r} is on none of the mounts {main_mounts}"
+    waiting = []
+    for init in pod.get("initContainers") or []:
+        shares = {m["name"] for m in init.get("volumeMounts") or []} & model_volumes
+        text = " ".join([script_text(init), *(str(e.get("value", "")) for e in init.get("env") or [])])
+        loops = re.search(r"\b(until|while)\b", text) and re.search(r"\[\s+-[fes]\s", text)
+        if shares and loops and f"{model}/{DOWNLOAD_MARKER}" in text:
+            waiting.append(init.get("name"))
+    assert waiting, (
+        f"{ref(obj)}: no init container mounts the model volume {model_volumes} and waits in a loop for "
+        f"{model}/{DOWNLOAD_MARKER}; init containers: "
+        f"{[(c.get('name'), script_text(c), c.get('env')) for c in pod.get('initContainers') or []]}"
+    )
+    claims = {claim_of(pod, v) for v in model_volumes} - {None}
+    jobs = of_component(docs, "model-download", {"Job"})
+    assert jobs, "gpu-full renders no model-download Job"
+    job_pod = pod_template(jobs[0])
+    assert job_pod is not None
+    job_claims = {
+        (v.get("persistentVolumeClaim") or {}).get("claimName") for v in job_pod[1].get("volumes") or []
+    }
+    assert claims & job_claims, (
+        f"vLLM reads models from claims {claims}, the download Job writes to {job_claims}"
+    )
+
+
+# ---- pod security, probes, resources, ports ---------------------------------------------------------
+
+
+def restricted_problems(obj: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    where = ref(obj)
+    problems: list[str] = []
+    psc = pod.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{where}: {key}")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"{where}: volume {volume['name']} of type {sorted(kinds)}")
+    for c in containers(pod):
+        at = f"{where} container {c.get('name')}"
+        sc = c.get("securityContext") or {}
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        user = sc.get("runAsUser", psc.get("runAsUser"))
+        seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+        if non_root is not True:
+            problems.append(f"{at}: runAsNonRoot is {non_root!r}")
+        if not isinstance(user, int) or user == 0:
+            problems.append(f"{at}: runAsUser is {user!r}, want a non-zero uid")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{at}: allowPrivilegeEscalation is {sc.get('allowPrivilegeEscalation')!r}")
+        if sc.get("privileged"):
+            problems.append(f"{at}: privileged")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{at}: capabilities.drop {caps.get('drop')!r} lacks ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{at}: capabilities.add {caps.get('add')!r}")
+        if seccomp not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{at}: seccompProfile.type is {seccomp!r}")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{at}: readOnlyRootFilesystem is {sc.get('readOnlyRootFilesystem')!r}")
+    return problems
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_every_pod_is_pod_security_restricted(rendered: Renderer, ci: str) -> None:
+    pods = list(workloads(rendered(ci)))
+    assert pods, f"{ci}: no pod spec rendered"
+    problems = [p for obj, _, pod in pods for p in restricted_problems(obj, pod)]
+    assert not problems, f"{ci}: not Pod Security Standard 'restricted':{fmt(problems)}"
+
+
+def test_helm_test_pod_exists(rendered: Renderer) -> None:
+    tests = [
+        o
+        for o in rendered("default")
+        if o.get("kind") == "Pod"
+        and "test" in str(o["metadata"].get("annotations", {}).get("helm.sh/hook", ""))
+    ]
+    assert tests, "no Pod with the helm.sh/hook: test annotation (`helm test` checks nothing)"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_long_running_containers_have_probes_and_resources(rendered: Renderer, ci: str) -> None:
+    problems: list[str] = []
+    for obj, _, pod in workloads(rendered(ci)):
+        if obj["kind"] not in LONG_RUNNING:
+            continue
+        component = component_of(obj)
+        for c in containers(pod, init=False):
+            at = f"{ref(obj)} container {c.get('name')}"
+            for probe in ("livenessProbe", "readinessProbe"):
+                if not c.get(probe):
+                    problems.append(f"{at}: no {probe}")
+            if component in HTTP_SERVICES:
+                for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                    got = ((c.get(probe) or {}).get("httpGet") or {}).get("path")
+                    if got != path:
+                        problems.append(f"{at}: {probe} httpGet path {got!r}, want {path}")
+            resources = c.get("resources") or {}
+            for part in ("requests", "limits"):
+                if not resources.get(part):
+                    problems.append(f"{at}: no resources.{part}")
+            for key in ("cpu", "memory"):
+                if key not in (resources.get("requests") or {}):
+                    problems.append(f"{at}: no resources.requests.{key}")
+            if "memory" not in (resources.get("limits") or {}):
+                problems.append(f"{at}: no resources.limits.memory")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_container_ports_are_the_design_ports(rendered: Renderer, ci: str) -> None:
+    problems = []
+    for obj, _, pod in workloads(rendered(ci)):
+        component = component_of(obj)
+        if obj["kind"] not in LONG_RUNNING or component not in CONTAINER_PORTS:
+            continue
+        ports = {p.get("containerPort") for c in containers(pod, init=False) for p in c.get("ports") or []}
+        if CONTAINER_PORTS[component] not in ports:
+            problems.append(f"{ref(obj)}: container ports {sorted(ports)} lack {CONTAINER_PORTS[component]}")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_service_urls_point_at_rendered_services(rendered: Renderer, ci: str) -> None:
+    """Every *_URL that names one of the release's Services names a rendered Service and its port."""
+    docs = rendered(ci)
+    services = {o["metadata"]["name"]: o for o in docs if o.get("kind") == "Service"}
+    problems = []
+    for obj, _, pod in workloads(docs):
+        for c in containers(pod):
+            for env in c.get("env") or []:
+                value = env.get("value")
+                if not isinstance(value, str) or not env.get("name", "").endswith("_URL"):
+                    continue
+                m = re.match(r"^[a-z]+://(?:[^@/]*@)?([a-z0-9.-]+)(?::(\d+))?", value)
+                if not m or not m.group(1).split(".")[0].startswith(RELEASE):
+                    continue
+                host, port = m.group(1).split(".")[0], m.group(2)
+                at = f"{ref(obj)} {c.get('name')} {env['name']}={value}"
+                if host not in services:
+                    problems.append(f"{at}: no Service {host}")
+                elif port and int(port) not in {
+                    p.get("port") for p in services[host]["spec"].get("ports") or []
+                }:
+                    problems.append(f"{at}: Service {host} has no port {port}")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+# ---- network policies ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_network_policies_select_every_component_behind_a_default_deny(rendered: Renderer, ci: str) -> None:
+    docs = rendered(ci)
+    policies = [o for o in docs if o.get("kind") == "NetworkPolicy"]
+    pods = list(workloads(docs))
+    deny = [p for p in policies if is_default_deny(p) and "Ingress" in (p["spec"].get("policyTypes") or [])]
+    assert deny, f"{ci}: no default-deny NetworkPolicy (no ingress rule, egress at most DNS)"
+    for kind in ("Ingress", "Egress"):
+        uncovered = [
+            ref(obj)
+            for obj, labels, _ in pods
+            if not any(
+                kind in (p["spec"].get("policyTypes") or [])
+                and selector_matches(p["spec"].get("podSelector"), labels)
+                for p in deny
+            )
+        ]
+        assert not uncovered, f"{ci}: no default-deny {kind} policy covers:{fmt(uncovered)}"
+    specific = [p for p in policies if not is_default_deny(p)]
+    unselected = [
+        ref(obj)
+        for obj, labels, _ in pods
+        if not any(selector_matches(p["spec"].get("podSelector"), labels) for p in specific)
+    ]
+    assert not unselected, (
+        f"{ci}: pods that only the default deny selects (no traffic allowed at all):{fmt(unselected)}"
+    )
+
+
+def egress_allows(rule: dict[str, Any], ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    peers = rule.get("to")
+    if not peers:
+        return True  # no `to`: every destination
+    for peer in peers:
+        block = peer.get("ipBlock")
+        if not block:
+            continue  # pod/namespace selectors reach pods, not the metadata address
+        if ip in ipaddress.ip_network(block["cidr"], strict=False) and not any(
+            ip in ipaddress.ip_network(e, strict=False) for e in block.get("except") or []
+        ):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_indexer_egress_excludes_the_metadata_address(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    """The indexer crawls user-given URLs: its egress must not reach the cloud metadata endpoint."""
+    docs = rendered(ci)
+    indexer_pods = [
+        (obj, labels) for obj, labels, _ in workloads(docs) if belongs(component_of(obj), "indexer")
+    ]
+    if not indexer_pods:
+        assert not (ci_values(ci).get("indexer") or {}).get("enabled", True) or not ci_values(ci).get(
+            "knowledgeBases"
+        ), f"{ci}: indexer enabled with knowledge bases but no indexer pod rendered"
+        return
+    policies = [o for o in docs if o.get("kind") == "NetworkPolicy" and not is_default_deny(o)]
+    problems = []
+    for obj, labels in indexer_pods:
+        egress = [
+            p
+            for p in policies
+            if selector_matches(p["spec"].get("podSelector"), labels)
+            and "Egress" in (p["spec"].get("policyTypes") or [])
+        ]
+        if not egress:
+            problems.append(f"{ref(obj)}: no egress NetworkPolicy selects it")
+        problems += [
+            f"{ref(obj)}: {ref(p)} egress rule {rule} reaches {METADATA_IP}"
+            for p in egress
+            for rule in p["spec"].get("egress") or []
+            if egress_allows(rule, METADATA_IP)
+        ]
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+# ---- images, secrets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_no_image_is_latest_or_untagged(rendered: Renderer, ci: str) -> None:
+    problems = [
+        f"{ref(obj)} {c.get('name')}: {c.get('image')!r} has {image_problem(str(c.get('image', '')))}"
+        for obj, _, pod in workloads(rendered(ci))
+        for c in containers(pod)
+        if image_problem(str(c.get("image", "")))
+    ]
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_no_literal_credentials(rendered: Renderer, ci: str) -> None:
+    """Secrets come only from existingSecret: the chart renders no Secret and no credential inline."""
+    docs = rendered(ci)
+    problems = [
+        f"{ref(o)}: the chart renders a Secret (use existingSecret)"
+        for o in docs
+        if o.get("kind") == "Secret"
+    ]
+    for obj, _, pod in workloads(docs):
+        for c in containers(pod):
+            for env in c.get("env") or []:
+                name = env.get("name", "")
+                if SECRETISH_ENV.search(name) and not SECRET_POINTER_ENV.search(name) and env.get("value"):
+                    problems.append(f"{ref(obj)} {c.get('name')}: env {name} has a literal value")
+    for cm in (o for o in docs if o.get("kind") == "ConfigMap"):
+        for key, value in (cm.get("data") or {}).items():
+            if SECRETISH_ENV.search(key) and not SECRET_POINTER_ENV.search(key) and value:
+                problems.append(f"{ref(cm)}: key {key} holds a credential in a ConfigMap")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+# ---- knowledge bases ------------------------------------------------------------------------------------
+
+
+def kb_configmaps(docs: Docs) -> list[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """(ConfigMap, key, parsed YAML) for every ConfigMap entry that holds a knowledge-bases spec."""
+    out = []
+    for cm in (o for o in docs if o.get("kind") == "ConfigMap"):
+        for key, text in (cm.get("data") or {}).items():
+            if not key.endswith((".yaml", ".yml")):
+                continue
+            data = yaml.safe_load(text)
+            if isinstance(data, dict) and "knowledgeBases" in data:
+                out.append((cm, key, data))
+    return out
+
+
+def indexer_cronjobs(docs: Docs) -> Docs:
+    return [o for o in docs if o.get("kind") == "CronJob" and belongs(component_of(o), "indexer")]
+
+
+KBS: list[dict[str, Any]] = [
+    {
+        "name": "docs",
+        "sources": [
+            {
+                "type": "web",
+                "urls": ["https://docs.example.com/"],
+                "maxDepth": 2,
+                "include": ["^https://docs\\."],
+            }
+        ],
+        "splitter": {"chunkSize": 800, "chunkOverlap": 100},
+        "schedule": "0 3 * * *",
+    },
+    {
+        "name": "handbook",
+        "sources": [{"type": "local", "path": "/data/handbook", "glob": "**/*.md"}],
+        "schedule": "@daily",
+    },
+]
+
+
+def test_one_cronjob_per_knowledge_base(helm_template: Callable[..., Any], tmp_path: Path) -> None:
+    values = tmp_path / "kbs.yaml"
+    values.write_text(yaml.safe_dump({"knowledgeBases": KBS}))
+    result = helm_template(values)
+    assert result.returncode == 0, f"helm template with two knowledge bases failed:\n{result.stderr}"
+    docs = result.docs
+    cronjobs = indexer_cronjobs(docs)
+    assert len(cronjobs) == len(KBS), f"want {len(KBS)} indexer CronJobs, got {[ref(o) for o in cronjobs]}"
+    configmaps = kb_configmaps(docs)
+    assert configmaps, "no ConfigMap carries the knowledge-bases YAML"
+    problems = []
+    for cm, key, data in configmaps:
+        try:
+            parsed = kb_spec.parse(data, Path("/config"))
+        except kb_spec.SpecError as exc:
+            problems.append(f"{ref(cm)} {key}: the indexer rejects it: {exc.message}")
+            continue
+        if [kb.name for kb in parsed] != [kb["name"] for kb in KBS]:
+            problems.append(f"{ref(cm)} {key}: knowledge bases {[kb.name for kb in parsed]}")
+    cm_names = {cm["metadata"]["name"] for cm, _, _ in configmaps}
+    for kb in KBS:
+        mine = [cj for cj in cronjobs if flag_value(tokens_of_pod(cj), "--kb") == kb["name"]]
+        if len(mine) != 1:
+            problems.append(f"knowledge base {kb['name']}: {len(mine)} CronJobs run `--kb {kb['name']}`")
+            continue
+        cj = mine[0]
+        if cj["spec"].get("schedule") != kb["schedule"]:
+            problems.append(f"{ref(cj)}: schedule {cj['spec'].get('schedule')!r}, want {kb['schedule']!r}")
+        if cj["spec"].get("concurrencyPolicy") != "Forbid":
+            problems.append(
+                f"{ref(cj)}: concurrencyPolicy {cj['spec'].get('concurrencyPolicy')!r}, want Forbid"
+            )
+        pod = pod_template(cj)
+        assert pod is not None
+        mounted = {(v.get("configMap") or {}).get("name") for v in pod[1].get("volumes") or []}
+        mounted |= {
+            (s.get("configMap") or {}).get("name")
+            for v in pod[1].get("volumes") or []
+            for s in (v.get("projected") or {}).get("sources") or []
+        }
+        if not mounted & cm_names:
+            problems.append(f"{ref(cj)}: does not mount the knowledge-bases ConfigMap {sorted(cm_names)}")
+    assert not problems, fmt(problems)
+
+
+def tokens_of_pod(obj: dict[str, Any]) -> list[str]:
+    found = pod_template(obj)
+    assert found is not None
+    return [t for c in containers(found[1], init=False) for t in tokens(c)]
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_ci_sets_render_a_cronjob_per_knowledge_base(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    values = ci_values(ci)
+    enabled = (values.get("indexer") or {}).get("enabled", True)
+    want = len(values.get("knowledgeBases") or []) if enabled else 0
+    cronjobs = indexer_cronjobs(rendered(ci))
+    assert len(cronjobs) == want, (
+        f"{ci}: {want} knowledge bases, indexer CronJobs {[ref(o) for o in cronjobs]}"
+    )
+    for cm, key, data in kb_configmaps(rendered(ci)):
+        try:
+            kb_spec.parse(data, Path("/config"))
+        except kb_spec.SpecError as exc:
+            pytest.fail(f"{ci}: {ref(cm)} {key} is rejected by the indexer: {exc.message}")
+
+
+def inline_refs(node: Any, root: dict[str, Any], depth: int = 0) -> Any:
+    """The schema with every local $ref replaced by what it points at (to compare two schemas)."""
+    assert depth < 50, "recursive $ref"
+    if isinstance(node, list):
+        return [inline_refs(n, root, depth) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#"):
+        target: Any = root
+        for part in node["$ref"][1:].split("/")[1:]:
+            target = target[part.replace("~1", "/").replace("~0", "~")]
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        return inline_refs({**target, **rest}, root, depth + 1)
+    return {k: inline_refs(v, root, depth) for k, v in node.items() if k not in {"$defs", "definitions"}}
+
+
+def test_values_schema_knowledge_bases_is_the_indexers_schema() -> None:
+    chart_schema = json.loads((CHART / "values.schema.json").read_text())
+    indexer_schema = kb_spec.schema()
+    chart_kb = (chart_schema.get("properties") or {}).get("knowledgeBases")
+    assert chart_kb is not None, "values.schema.json has no properties.knowledgeBases"
+    mine = inline_refs(chart_kb, chart_schema)
+    theirs = inline_refs(indexer_schema["properties"]["knowledgeBases"], indexer_schema)
+    assert mine == theirs, (
+        "values.schema.json's knowledgeBases differs from "
+        "jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.schema.json; copy it over"
+    )
+
+
+# ---- components on and off, autoscaling ---------------------------------------------------------------
+
+
+def test_gpu_full_autoscales_gateway_embedder_retriever(rendered: Renderer) -> None:
+    docs = rendered("gpu-full")
+    hpas = [o for o in docs if o.get("kind") == "HorizontalPodAutoscaler"]
+    problems = []
+    for component in ("gateway", "embedder", "retriever"):
+        targets = {(o["kind"], o["metadata"]["name"]) for o in of_component(docs, component, LONG_RUNNING)}
+        mine = [
+            h
+            for h in hpas
+            if (h["spec"]["scaleTargetRef"].get("kind"), h["spec"]["scaleTargetRef"].get("name")) in targets
+        ]
+        if not targets:
+            problems.append(f"{component}: no Deployment")
+        elif len(mine) != 1:
+            problems.append(f"{component}: {len(mine)} HPAs target {sorted(targets)}")
+        else:
+            spec = mine[0]["spec"]
+            if not 1 <= spec.get("minReplicas", 1) <= spec["maxReplicas"]:
+                problems.append(
+                    f"{ref(mine[0])}: minReplicas {spec.get('minReplicas')} maxReplicas {spec['maxReplicas']}"
+                )
+            if not spec.get("metrics"):
+                problems.append(f"{ref(mine[0])}: no metrics")
+    assert not problems, f"gpu-full:{fmt(problems)}"
+
+
+def object_component(obj: dict[str, Any]) -> str | None:
+    """The chart component an object belongs to, by its label or else by its name (<release>-<component>…)."""
+    candidates = sorted(COMPONENTS.values(), key=len, reverse=True)
+    label = component_of(obj)
+    if label:
+        return next((c for c in candidates if belongs(label, c)), label)
+    name = str(obj.get("metadata", {}).get("name", ""))
+    return next((c for c in candidates if belongs(name, f"{RELEASE}-{c}")), None)
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_disabled_components_render_nothing(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    values = ci_values(ci)
+    docs = rendered(ci)
+    enabled = {COMPONENTS[k] for k in COMPONENTS if (values.get(k) or {}).get("enabled", False)}
+    problems = [
+        f"{ref(o)} belongs to disabled component {object_component(o)}"
+        for o in docs
+        if object_component(o) in set(COMPONENTS.values()) - enabled
+    ]
+    present = {object_component(o) for o, _, _ in workloads(docs)}
+    for component in enabled - present:
+        if component == "indexer" and not values.get("knowledgeBases"):
+            continue  # nothing to index and no standing worker is a valid indexer
+        problems.append(f"component {component} is enabled but has no workload")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+def test_only_retriever_is_only_the_retriever(rendered: Renderer) -> None:
+    docs = rendered("only-retriever")
+    components = {c for o, _, _ in workloads(docs) if (c := object_component(o)) is not None}
+    # The helm test Pod may carry its own component label; anything else is a component left on.
+    extra = components - {"retriever", "test", "tests"}
+    assert "retriever" in components, "only-retriever renders no retriever"
+    assert not extra, f"only-retriever also renders {sorted(extra)}"
+
+
+# ---- the schema rejects bad values ------------------------------------------------------------------
+
+
+BAD_VALUES = [
+    *[
+        pytest.param({key: {"image": {"tag": "latest"}}}, [f"/{key}/image/tag"], id=f"{key}-tag-latest")
+        for key in COMPONENTS
+    ],
+    pytest.param({"gateway": {"replicas": -1}}, ["/gateway/replicas"], id="negative-replicas"),
+    pytest.param({"gateway": {"replicaCount": 2}}, ["/gateway", "replicaCount"], id="unknown-key"),
+    pytest.param(
+        {"knowledgeBases": [{"sources": [{"type": "local", "path": "docs"}]}]},
+        ["/knowledgeBases/0", "name"],
+        id="kb-without-name",
+    ),
+    pytest.param(
+        {"knowledgeBases": [{"name": "Bad Name!", "sources": [{"type": "local", "path": "docs"}]}]},
+        ["/knowledgeBases/0/name"],
+        id="kb-bad-name",
+    ),
+    pytest.param(
+        {
+            "knowledgeBases": [
+                {"name": "docs", "sources": [{"type": "local", "path": "d"}], "schedule": "daily"}
+            ]
+        },
+        ["/knowledgeBases/0/schedule"],
+        id="kb-bad-schedule",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "named"), BAD_VALUES)
+def test_schema_rejects_bad_values(
+    helm_template: Callable[..., Any], tmp_path: Path, override: dict[str, Any], named: list[str]
+) -> None:
+    values = tmp_path / "bad.yaml"
+    values.write_text(yaml.safe_dump(override))
+    result = helm_template(values)
+    assert result.returncode != 0, f"helm template accepted {override}"
+    assert "schema" in result.stderr, f"rejected, but not by values.schema.json:\n{result.stderr}"
+    missing = [n for n in named if n not in result.stderr]
+    assert not missing, f"the error for {override} does not name {missing}:\n{result.stderr}"
+
+
+def test_schema_accepts_good_overrides_and_they_reach_the_objects(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The control for the test above: a good override renders, and lands where it should."""
+    values = tmp_path / "good.yaml"
+    values.write_text(
+        yaml.safe_dump({"gateway": {"enabled": True, "replicas": 3, "image": {"tag": "9.8.7"}}})
+    )
+    result = helm_template(values)
+    assert result.returncode == 0, f"a good override was rejected:\n{result.stderr}"
+    gateways = of_component(result.docs, "gateway", {"Deployment"})
+    assert len(gateways) == 1, f"want one gateway Deployment, got {[ref(o) for o in gateways]}"
+    images = [c["image"] for c in gateways[0]["spec"]["template"]["spec"]["containers"]]
+    assert any(i.endswith(":9.8.7") for i in images), f"gateway.image.tag did not reach the images {images}"
+    has_hpa = any(
+        o.get("kind") == "HorizontalPodAutoscaler"
+        and o["spec"]["scaleTargetRef"].get("name") == gateways[0]["metadata"]["name"]
+        for o in result.docs
+    )
+    if not has_hpa:
+        assert gateways[0]["spec"].get("replicas") == 3, "gateway.replicas did not reach the Deployment"
