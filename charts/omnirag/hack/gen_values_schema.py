@@ -1,0 +1,656 @@
+"""Write charts/omnirag/values.schema.json.
+
+The chart's values schema is generated so that its `knowledgeBases` part stays byte-for-byte the
+indexer's own schema (jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.schema.json): its
+`properties.knowledgeBases` and every entry of its `$defs` are copied in unchanged. Run it after
+changing either that schema or the chart's values:
+
+    python charts/omnirag/hack/gen_values_schema.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CHART = Path(__file__).resolve().parent.parent
+REPO = CHART.parent.parent
+KB_SCHEMA = REPO / "jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.schema.json"
+
+J = dict[str, Any]
+
+
+def ref(name: str) -> J:
+    return {"$ref": f"#/$defs/{name}"}
+
+
+def obj(props: J, required: list[str] | None = None, description: str | None = None) -> J:
+    out: J = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    if description:
+        out["description"] = description
+    return out
+
+
+def string(description: str | None = None, **kw: Any) -> J:
+    out: J = {"type": "string", **kw}
+    if description:
+        out["description"] = description
+    return out
+
+
+def integer(minimum: int | None = None, maximum: int | None = None, **kw: Any) -> J:
+    out: J = {"type": "integer", **kw}
+    if minimum is not None:
+        out["minimum"] = minimum
+    if maximum is not None:
+        out["maximum"] = maximum
+    return out
+
+
+BOOL: J = {"type": "boolean"}
+STRING_MAP: J = {"type": "object", "additionalProperties": {"type": "string"}}
+OBJECT_LIST: J = {"type": "array", "items": {"type": "object"}}
+SECRET_NAME = string(
+    "Name of an existing Secret ('' = none / the chart's default name).",
+    pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    maxLength=253,
+)
+SECRET_KEY = string("Key inside the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253)
+URL_OR_EMPTY = string(pattern=r"^$|^https?://[^\s]+$")
+DURATION = string(pattern=r"^[0-9]+(ms|s|m|h)$")
+# Kubernetes' resource.Quantity syntax, or a plain number.
+QUANTITY: J = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^[+]?[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]+)?$"},
+        {"type": "number", "minimum": 0},
+    ]
+}
+QUANTITY_OR_NULL: J = {"anyOf": [QUANTITY, {"type": "null"}]}
+INT_OR_PERCENT: J = {
+    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+%$"}, {"type": "null"}]
+}
+
+
+def chart_defs() -> J:
+    resource_list: J = {
+        "type": "object",
+        "propertyNames": {"pattern": r"^[a-z0-9.\-/]+$"},
+        "additionalProperties": QUANTITY,
+    }
+    return {
+        "chartImage": obj(
+            {
+                "registry": string("Image registry ('' = none).", pattern=r"^$|^[a-zA-Z0-9.\-]+(:[0-9]+)?(/[a-z0-9._\-]+)*$"),
+                "repository": string("Image repository.", minLength=1, pattern=r"^[a-z0-9]+([._\-/][a-z0-9]+)*$"),
+                "tag": {
+                    "type": "string",
+                    "description": "Image tag ('' = the chart's appVersion). Never latest.",
+                    "pattern": r"^$|^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$",
+                    "not": {"pattern": r"^[Ll][Aa][Tt][Ee][Ss][Tt]$"},
+                },
+                "digest": string("Image digest.", pattern=r"^$|^sha256:[a-f0-9]{64}$"),
+                "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            },
+            required=["repository", "tag", "pullPolicy"],
+        ),
+        "chartResources": obj(
+            {
+                "requests": {**resource_list, "required": ["cpu", "memory"]},
+                "limits": {**resource_list, "required": ["memory"]},
+                "claims": OBJECT_LIST,
+            },
+            required=["requests", "limits"],
+            description="Container resources; requests (cpu, memory) and a memory limit are required.",
+        ),
+        "chartProbe": obj(
+            {
+                "enabled": BOOL,
+                "initialDelaySeconds": integer(0),
+                "periodSeconds": integer(1),
+                "timeoutSeconds": integer(1),
+                "failureThreshold": integer(1),
+                "successThreshold": integer(1),
+            },
+            required=["enabled", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold"],
+        ),
+        "chartEnv": {
+            "type": "object",
+            "description": "Plain environment variables, NAME: value.",
+            "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+            "additionalProperties": {"type": ["string", "number", "boolean"]},
+        },
+        "chartEnvVars": {
+            "type": "array",
+            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}}},
+        },
+        "chartVolumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+        "chartVolumeMounts": {"type": "array", "items": {"type": "object", "required": ["name", "mountPath"]}},
+        "chartSeccompProfile": obj(
+            {"type": {"enum": ["RuntimeDefault", "Localhost"]}, "localhostProfile": {"type": "string"}},
+            required=["type"],
+        ),
+        # Pod Security Standard "restricted": these can be tightened, never loosened.
+        "chartPodSecurityContext": obj(
+            {
+                "runAsNonRoot": {"const": True},
+                "runAsUser": integer(1),
+                "runAsGroup": integer(0),
+                "fsGroup": integer(0),
+                "fsGroupChangePolicy": {"enum": ["OnRootMismatch", "Always"]},
+                "supplementalGroups": {"type": "array", "items": integer(0)},
+                "seccompProfile": ref("chartSeccompProfile"),
+            }
+        ),
+        "chartContainerSecurityContext": obj(
+            {
+                "runAsNonRoot": {"const": True},
+                "runAsUser": integer(1),
+                "runAsGroup": integer(0),
+                "allowPrivilegeEscalation": {"const": False},
+                "privileged": {"const": False},
+                "readOnlyRootFilesystem": {"const": True},
+                "capabilities": obj(
+                    {
+                        "drop": {"type": "array", "contains": {"const": "ALL"}, "items": {"type": "string"}},
+                        "add": {"type": "array", "items": {"enum": ["NET_BIND_SERVICE"]}},
+                    },
+                    required=["drop"],
+                ),
+                "seccompProfile": ref("chartSeccompProfile"),
+            }
+        ),
+        "chartAutoscaling": obj(
+            {
+                "enabled": BOOL,
+                "minReplicas": integer(1),
+                "maxReplicas": integer(1),
+                "targetCPUUtilizationPercentage": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+                "targetMemoryUtilizationPercentage": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+                "extraMetrics": OBJECT_LIST,
+                "behavior": {"type": "object"},
+            },
+            required=["enabled", "minReplicas", "maxReplicas"],
+        ),
+        "chartPdb": obj(
+            {"enabled": BOOL, "minAvailable": INT_OR_PERCENT, "maxUnavailable": INT_OR_PERCENT},
+            required=["enabled"],
+        ),
+        "chartService": obj(
+            {
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "port": integer(1, 65535),
+                "annotations": STRING_MAP,
+            },
+            required=["type", "port"],
+        ),
+        "chartNetworkPolicyExtra": obj({"extraIngress": OBJECT_LIST, "extraEgress": OBJECT_LIST}),
+        "chartPersistentVolume": obj(
+            {
+                "enabled": BOOL,
+                "existingClaim": string(pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+                "storageClass": {"type": "string"},
+                "accessModes": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"enum": ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]},
+                },
+                "size": QUANTITY,
+                "keep": BOOL,
+                "annotations": STRING_MAP,
+            },
+            required=["enabled", "accessModes", "size"],
+        ),
+        "chartSelector": {
+            "type": ["object", "null"],
+            "properties": {"matchLabels": STRING_MAP, "matchExpressions": OBJECT_LIST},
+            "additionalProperties": False,
+        },
+    }
+
+
+def scheduling() -> J:
+    """Fields every pod-running component has."""
+    return {
+        "nodeSelector": STRING_MAP,
+        "tolerations": OBJECT_LIST,
+        "affinity": {"type": "object"},
+        "priorityClassName": {"type": "string"},
+        "podAnnotations": STRING_MAP,
+        "podLabels": STRING_MAP,
+        "podSecurityContext": ref("chartPodSecurityContext"),
+        "containerSecurityContext": ref("chartContainerSecurityContext"),
+        "env": ref("chartEnv"),
+        "extraEnvVars": ref("chartEnvVars"),
+        "extraVolumes": ref("chartVolumes"),
+        "extraVolumeMounts": ref("chartVolumeMounts"),
+    }
+
+
+def probes() -> J:
+    return {
+        "startupProbe": ref("chartProbe"),
+        "livenessProbe": ref("chartProbe"),
+        "readinessProbe": ref("chartProbe"),
+    }
+
+
+COMMON_REQUIRED = ["enabled", "image", "resources", "startupProbe", "livenessProbe", "readinessProbe"]
+
+
+def http_service(extra: J, service: J | None = None, autoscaling: bool = True) -> J:
+    props: J = {
+        "enabled": BOOL,
+        "image": ref("chartImage"),
+        "replicas": integer(0),
+        "resources": ref("chartResources"),
+        **probes(),
+        "externalUrl": URL_OR_EMPTY,
+        "terminationGracePeriodSeconds": integer(0),
+        "tmpSizeLimit": QUANTITY_OR_NULL,
+        "service": service or ref("chartService"),
+        "pdb": ref("chartPdb"),
+        "topologySpreadConstraints": OBJECT_LIST,
+        "networkPolicy": ref("chartNetworkPolicyExtra"),
+        **scheduling(),
+        **extra,
+    }
+    if autoscaling:
+        props["autoscaling"] = ref("chartAutoscaling")
+    return obj(props, required=COMMON_REQUIRED + ["replicas", "service"])
+
+
+def values_schema(kb: J) -> J:
+    components = {
+        "gateway": http_service(
+            {
+                "auth": obj(
+                    {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
+                    required=["enabled", "existingSecretKey"],
+                ),
+            }
+        ),
+        "embedder": http_service(
+            {
+                "model": obj(
+                    {
+                        "name": string("Entry of modelDownload.models ('' = the packaged model).", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+                        "servedName": {"type": "string"},
+                    }
+                ),
+                "maxQueueInputs": integer(1),
+            }
+        ),
+        "retriever": http_service({}),
+        "ui": http_service(
+            {
+                "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}, required=["existingSecretKey"]),
+            },
+            service=obj(
+                {
+                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                    "port": integer(1, 65535),
+                    "annotations": STRING_MAP,
+                    "sessionAffinity": BOOL,
+                },
+                required=["type", "port"],
+            ),
+            autoscaling=False,
+        ),
+    }
+    # externalUrl of the UI means nothing (nothing calls the UI).
+    del components["ui"]["properties"]["externalUrl"]
+
+    components["indexer"] = obj(
+        {
+            "enabled": BOOL,
+            "image": ref("chartImage"),
+            "resources": ref("chartResources"),
+            "defaultSchedule": kb["$defs"]["knowledgeBase"]["properties"]["schedule"] | {"type": "string"},
+            "timeZone": {"type": "string"},
+            "suspend": BOOL,
+            "startingDeadlineSeconds": {"type": ["integer", "null"], "minimum": 10},
+            "successfulJobsHistoryLimit": integer(0),
+            "failedJobsHistoryLimit": integer(0),
+            "backoffLimit": integer(0),
+            "activeDeadlineSeconds": integer(1),
+            "waitEmbedderSeconds": integer(0),
+            "tmpSizeLimit": QUANTITY_OR_NULL,
+            "worker": obj(
+                {
+                    "enabled": BOOL,
+                    "replicas": integer(0),
+                    "resources": ref("chartResources"),
+                    **probes(),
+                    "terminationGracePeriodSeconds": integer(0),
+                    "pdb": ref("chartPdb"),
+                },
+                required=["enabled", "replicas", "resources", "startupProbe", "livenessProbe", "readinessProbe"],
+            ),
+            "networkPolicy": obj({"allowInternet": BOOL, "extraIngress": OBJECT_LIST, "extraEgress": OBJECT_LIST}),
+            **scheduling(),
+        },
+        required=["enabled", "image", "resources", "worker"],
+    )
+
+    components["vllm"] = obj(
+        {
+            "enabled": BOOL,
+            "image": ref("chartImage"),
+            "replicas": integer(0),
+            "resources": ref("chartResources"),
+            "gpu": obj(
+                {"count": integer(1, 16), "resourceName": string(pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$")},
+                required=["count", "resourceName"],
+            ),
+            "model": obj(
+                {
+                    "name": string("Entry of modelDownload.models to serve.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+                    "path": string("Absolute path to serve instead.", pattern=r"^$|^/"),
+                }
+            ),
+            "servedModelName": string(minLength=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$"),
+            "maxModelLen": {
+                "anyOf": [
+                    {"type": "integer", "minimum": 16},
+                    {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?[kKmMgG]?$"},
+                ]
+            },
+            "dtype": {"enum": ["auto", "bfloat16", "float16", "half", "float", "float32"]},
+            "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "tensorParallelSize": {"type": ["integer", "null"], "minimum": 1},
+            "toolCalling": obj({"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]),
+            "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+            "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
+            "waitForModel": BOOL,
+            "shmSizeLimit": QUANTITY_OR_NULL,
+            "tmpSizeLimit": QUANTITY_OR_NULL,
+            "runtimeClassName": {"type": "string"},
+            **probes(),
+            "terminationGracePeriodSeconds": integer(0),
+            "service": ref("chartService"),
+            "pdb": ref("chartPdb"),
+            "external": obj(
+                {
+                    "baseUrl": URL_OR_EMPTY,
+                    "model": {"type": "string"},
+                    "existingSecret": SECRET_NAME,
+                    "existingSecretKey": SECRET_KEY,
+                    "networkPolicyPeers": OBJECT_LIST,
+                }
+            ),
+            "topologySpreadConstraints": OBJECT_LIST,
+            "networkPolicy": ref("chartNetworkPolicyExtra"),
+            **scheduling(),
+        },
+        required=COMMON_REQUIRED + ["replicas", "gpu", "model", "servedModelName", "maxModelLen", "dtype", "gpuMemoryUtilization", "toolCalling", "external"],
+    )
+
+    model_entry = obj(
+        {
+            "name": string("Directory under the models volume; vllm.model.name and embedder.model.name refer to it.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+            "source": {"enum": ["huggingface", "modelscope"]},
+            "repo": string("owner/name on the hub.", pattern=r"^([A-Za-z0-9][A-Za-z0-9._\-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$"),
+            "revision": string("Branch, tag or commit.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._/\-]{0,254}$"),
+            "allowPatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
+            "ignorePatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
+            "endpoint": URL_OR_EMPTY,
+        },
+        required=["name", "source", "repo"],
+    )
+    components["modelDownload"] = obj(
+        {
+            "enabled": BOOL,
+            "image": ref("chartImage"),
+            "models": {"type": "array", "maxItems": 32, "items": model_entry},
+            "hfEndpoint": URL_OR_EMPTY,
+            "hfToken": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
+            "modelscopeToken": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
+            "resources": ref("chartResources"),
+            "backoffLimit": integer(0),
+            "activeDeadlineSeconds": {"type": ["integer", "null"], "minimum": 1},
+            "ttlSecondsAfterFinished": {"type": ["integer", "null"], "minimum": 0},
+            "tmpSizeLimit": QUANTITY_OR_NULL,
+            "networkPolicy": obj({"extraEgress": OBJECT_LIST}),
+            **scheduling(),
+        },
+        required=["enabled", "image", "models", "resources"],
+    )
+
+    components["redis"] = obj(
+        {
+            "enabled": BOOL,
+            "image": ref("chartImage"),
+            "replicas": integer(0, 1),
+            "resources": ref("chartResources"),
+            "appendfsync": {"enum": ["always", "everysec", "no"]},
+            "maxmemory": {"type": "string", "pattern": r"^$|^[0-9]+([kKmMgG][bB]?)?$"},
+            "maxmemoryPolicy": {
+                "enum": ["noeviction", "allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu", "allkeys-random", "volatile-random", "volatile-ttl"]
+            },
+            "database": integer(0, 15),
+            "auth": obj(
+                {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretPasswordKey": SECRET_KEY},
+                required=["enabled"],
+            ),
+            "persistence": obj(
+                {
+                    "enabled": BOOL,
+                    "storageClass": {"type": "string"},
+                    "accessModes": {"type": "array", "minItems": 1, "items": {"enum": ["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]}},
+                    "size": QUANTITY,
+                },
+                required=["enabled", "size"],
+            ),
+            **probes(),
+            "terminationGracePeriodSeconds": integer(0),
+            "service": obj({"port": integer(1, 65535), "annotations": STRING_MAP}, required=["port"]),
+            "pdb": ref("chartPdb"),
+            "external": obj(
+                {
+                    "existingSecret": SECRET_NAME,
+                    "existingSecretKey": SECRET_KEY,
+                    "port": integer(1, 65535),
+                    "networkPolicyPeers": OBJECT_LIST,
+                }
+            ),
+            "extraArgs": {"type": "array", "items": {"type": ["string", "number"]}},
+            "networkPolicy": obj({"extraIngress": OBJECT_LIST}),
+            **scheduling(),
+        },
+        required=COMMON_REQUIRED + ["replicas", "external"],
+    )
+
+    ingress_host = string(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    ingress_tls = obj({"enabled": BOOL, "secretName": SECRET_NAME}, required=["enabled"])
+    ingress_route = {
+        "enabled": BOOL,
+        "hosts": {"type": "array", "minItems": 1, "items": ingress_host},
+        "path": string(pattern=r"^/"),
+        "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+        "annotations": STRING_MAP,
+        "tls": ingress_tls,
+    }
+    ingress = obj(
+        {
+            "enabled": BOOL,
+            "className": {"type": "string"},
+            "annotations": STRING_MAP,
+            "nginx": obj(
+                {
+                    "enabled": BOOL,
+                    "proxyReadTimeout": integer(1),
+                    "proxySendTimeout": integer(1),
+                    "proxyBuffering": {"enum": ["on", "off"]},
+                    "proxyBodySize": string(pattern=r"^[0-9]+[kKmMgG]?$"),
+                },
+                required=["enabled"],
+            ),
+            "ui": obj({**ingress_route, "sessionAffinity": BOOL}, required=["enabled", "hosts"]),
+            "gateway": obj(ingress_route, required=["enabled", "hosts"]),
+        },
+        required=["enabled"],
+    )
+
+    cidr = string(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+    peer_selector = {"namespaceSelector": ref("chartSelector"), "podSelector": ref("chartSelector")}
+    network_policy = obj(
+        {
+            "enabled": BOOL,
+            "ingressController": obj(peer_selector, required=["namespaceSelector"]),
+            "prometheus": obj({"enabled": BOOL, **peer_selector}, required=["enabled", "namespaceSelector"]),
+            "dns": obj({**peer_selector, "port": integer(1, 65535)}, required=["namespaceSelector", "port"]),
+            "internetEgress": obj(
+                {
+                    "blockedCIDRs": {"type": "array", "items": cidr},
+                    "privateCIDRs": {"type": "array", "items": cidr},
+                    "allowPrivateRanges": BOOL,
+                    "ports": {"type": "array", "items": integer(1, 65535)},
+                },
+                required=["blockedCIDRs", "privateCIDRs", "allowPrivateRanges"],
+            ),
+        },
+        required=["enabled"],
+    )
+
+    metrics = obj(
+        {
+            "serviceMonitor": obj(
+                {"enabled": BOOL, "namespace": {"type": "string"}, "labels": STRING_MAP, "interval": DURATION, "scrapeTimeout": DURATION},
+                required=["enabled"],
+            ),
+            "prometheusRule": obj(
+                {
+                    "enabled": BOOL,
+                    "namespace": {"type": "string"},
+                    "labels": STRING_MAP,
+                    "errorRatioThreshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "embedderQueueSaturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "indexStaleHours": integer(1),
+                    "additionalRules": OBJECT_LIST,
+                },
+                required=["enabled"],
+            ),
+            "dashboard": obj(
+                {"enabled": BOOL, "namespace": {"type": "string"}, "labels": STRING_MAP, "annotations": STRING_MAP},
+                required=["enabled"],
+            ),
+        }
+    )
+
+    tests = obj(
+        {
+            "enabled": BOOL,
+            "image": obj(
+                {
+                    "registry": {"type": "string"},
+                    "repository": string(pattern=r"^$|^[a-z0-9]+([._\-/][a-z0-9]+)*$"),
+                    "tag": chart_defs()["chartImage"]["properties"]["tag"],
+                    "digest": string(pattern=r"^$|^sha256:[a-f0-9]{64}$"),
+                    "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+                }
+            ),
+            "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": string(pattern=r"^$|^[-._a-zA-Z0-9]+$")}),
+            "resources": ref("chartResources"),
+        },
+        required=["enabled"],
+    )
+
+    top: J = {
+        "nameOverride": string(pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=40),
+        "fullnameOverride": string(pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=40),
+        "commonLabels": STRING_MAP,
+        "commonAnnotations": STRING_MAP,
+        "global": obj(
+            {
+                "imageRegistry": {"type": "string"},
+                "imagePullSecrets": {"type": "array", "items": {"type": "string"}},
+                "storageClass": {"type": "string"},
+            }
+        ),
+        "serviceAccount": obj(
+            {"create": BOOL, "name": {"type": "string"}, "annotations": STRING_MAP, "automountServiceAccountToken": BOOL},
+            required=["create", "automountServiceAccountToken"],
+        ),
+        "podSecurityContext": {**ref("chartPodSecurityContext"), "required": ["runAsNonRoot", "runAsUser", "seccompProfile"]},
+        "containerSecurityContext": {
+            **ref("chartContainerSecurityContext"),
+            "required": ["runAsNonRoot", "allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities", "seccompProfile"],
+        },
+        "persistence": obj(
+            {v: ref("chartPersistentVolume") for v in ("models", "index", "uploads")},
+            required=["models", "index", "uploads"],
+        ),
+        **components,
+        # Identical to the indexer's schema (see the module docstring).
+        "knowledgeBases": kb["properties"]["knowledgeBases"],
+        "ingress": ingress,
+        "networkPolicy": network_policy,
+        "metrics": metrics,
+        "tests": tests,
+    }
+
+    def enabled(c: str, value: bool) -> J:
+        return {"properties": {c: {"properties": {"enabled": {"const": value}}, "required": ["enabled"]}}, "required": [c]}
+
+    def needs(path: list[str], message: str) -> J:
+        inner: J = {"type": "string", "minLength": 1, "description": message}
+        for key in reversed(path):
+            inner = {"properties": {key: inner}, "required": [key]}
+        return inner
+
+    # Cross-field rules: a part that is off must be replaced by an external one when something uses it.
+    rules = [
+        {"if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
+         "then": needs(["vllm", "external", "baseUrl"], "vllm is off: the gateway needs vllm.external.baseUrl")},
+        {"if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
+         "then": needs(["vllm", "external", "model"], "vllm is off: the gateway needs vllm.external.model")},
+        {"if": {"allOf": [enabled("gateway", True), enabled("redis", False)]},
+         "then": needs(["redis", "external", "existingSecret"], "redis is off: redis.external.existingSecret holds the URL")},
+        {"if": {"allOf": [enabled("gateway", True), enabled("embedder", False)]},
+         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
+        {"if": {"allOf": [enabled("retriever", True), enabled("embedder", False)]},
+         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
+        {"if": {"allOf": [enabled("indexer", True), enabled("embedder", False)]},
+         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
+        {"if": {"allOf": [enabled("gateway", True), enabled("retriever", False)]},
+         "then": needs(["retriever", "externalUrl"], "retriever is off: give retriever.externalUrl")},
+        {"if": {"allOf": [enabled("ui", True), enabled("gateway", False)]},
+         "then": needs(["gateway", "externalUrl"], "gateway is off: the UI needs gateway.externalUrl")},
+        {"if": {"properties": {"redis": {"properties": {"auth": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}}, "required": ["auth"]}}, "required": ["redis"]},
+         "then": needs(["redis", "auth", "existingSecret"], "redis.auth.enabled needs redis.auth.existingSecret")},
+    ]
+
+    defs = chart_defs()
+    for name, definition in kb["$defs"].items():
+        assert name not in defs, name
+        defs[name] = definition
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "omnirag chart values",
+        "description": "Generated by hack/gen_values_schema.py; knowledgeBases and its $defs are copied from the indexer's schema.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "global", "serviceAccount", "podSecurityContext", "containerSecurityContext", "persistence",
+            "gateway", "embedder", "retriever", "ui", "indexer", "vllm", "modelDownload", "redis",
+            "knowledgeBases", "ingress", "networkPolicy", "metrics", "tests",
+        ],
+        "properties": top,
+        "allOf": rules,
+        "$defs": defs,
+    }
+
+
+def main() -> None:
+    kb = json.loads(KB_SCHEMA.read_text(encoding="utf-8"))
+    schema = values_schema(kb)
+    (CHART / "values.schema.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {CHART / 'values.schema.json'}")
+
+
+if __name__ == "__main__":
+    main()
