@@ -66,7 +66,41 @@ annotations:
 {{- end }}
 {{- end -}}
 
-{{/* The metadata block of a namespaced object: dict "ctx" $ "component" "x" "name" "..." (optional) "annotations" {...}. */}}
+{{/*
+Checkov checks the chart skips, each with its reason (rendered as checkov.io/skipN annotations).
+CKV_K8S_21 is skipped on every object: checkov renders the chart into "default", a real install
+goes into the namespace of `helm install -n`.
+*/}}
+{{- define "omnirag.checkovReasons" -}}
+CKV_K8S_21: the namespace is the release's (helm install -n); checkov renders the chart into default
+CKV_K8S_43: tags are pinned (the chart appVersion or an explicit version); set image.digest to pin by digest
+CKV_K8S_15: IfNotPresent with pinned tags; image.pullPolicy is a value
+CKV_K8S_35: the service reads this secret from an environment variable; its settings have no file option
+CKV_K8S_8: a helm test pod runs once; a liveness probe would have nothing to restart
+CKV_K8S_9: a helm test pod runs once and no Service routes to it
+{{- end -}}
+
+{{/* checkov.io/skipN annotations for the checks in .checkov (plus CKV_K8S_21 always), as a dict. */}}
+{{- define "omnirag.checkovSkips" -}}
+{{- $reasons := include "omnirag.checkovReasons" . | fromYaml -}}
+{{- $out := dict -}}
+{{- range $i, $id := prepend (default (list) .checkov) "CKV_K8S_21" -}}
+{{- $_ := set $out (printf "checkov.io/skip%d" (add1 $i)) (printf "%s=%s" $id (index $reasons $id)) -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Checks skipped on a workload: its image checks, and CKV_K8S_35 when "secretEnv" is true. */}}
+{{- define "omnirag.workloadCheckov" -}}
+{{- $l := list "CKV_K8S_43" "CKV_K8S_15" -}}
+{{- if .secretEnv }}{{ $l = append $l "CKV_K8S_35" }}{{ end -}}
+{{- toJson $l -}}
+{{- end -}}
+
+{{/*
+The metadata block of a namespaced object: dict "ctx" $ "component" "x", and optionally "name",
+"namespace", "labels" {...}, "annotations" {...}, "checkov" (list of skipped check ids).
+*/}}
 {{- define "omnirag.metadata" -}}
 name: {{ default (include "omnirag.componentName" .) .name }}
 namespace: {{ .namespace | default .ctx.Release.Namespace }}
@@ -75,7 +109,15 @@ labels:
   {{- with .labels }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- include "omnirag.annotations" . }}
+{{- $ann := merge (include "omnirag.checkovSkips" . | fromYaml) (deepCopy (default (dict) .annotations)) }}
+{{- include "omnirag.annotations" (dict "ctx" .ctx "annotations" $ann) }}
+{{- end -}}
+
+{{/* "true" when the services get the Redis URL or password from a Secret through an environment variable. */}}
+{{- define "omnirag.redisSecretEnv" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.redis.auth.enabled }}true{{ end -}}
+{{- else if .Values.redis.external.existingSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/*
