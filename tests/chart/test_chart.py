@@ -650,28 +650,21 @@ def egress_allows(rule: dict[str, Any], ip: ipaddress.IPv4Address | ipaddress.IP
     return False
 
 
-@pytest.mark.parametrize("ci", CI_SETS)
-def test_indexer_egress_excludes_the_metadata_address(rendered: Renderer, ci_values: Any, ci: str) -> None:
-    """The indexer crawls user-given URLs: its egress must not reach the cloud metadata endpoint."""
-    docs = rendered(ci)
-    indexer_pods = [
-        (obj, labels) for obj, labels, _ in workloads(docs) if belongs(component_of(obj), "indexer")
-    ]
-    if not indexer_pods:
-        assert not (ci_values(ci).get("indexer") or {}).get("enabled", True) or not ci_values(ci).get(
-            "knowledgeBases"
-        ), f"{ci}: indexer enabled with knowledge bases but no indexer pod rendered"
-        return
+def metadata_leaks(docs: Docs, component: str | None = None) -> list[str]:
+    """Pods (of one component, or all) that an egress policy lets reach the metadata address,
+    or that no egress policy selects at all."""
     policies = [o for o in docs if o.get("kind") == "NetworkPolicy" and not is_default_deny(o)]
     problems = []
-    for obj, labels in indexer_pods:
+    for obj, labels, _ in workloads(docs):
+        if component is not None and not belongs(component_of(obj), component):
+            continue
         egress = [
             p
             for p in policies
             if selector_matches(p["spec"].get("podSelector"), labels)
             and "Egress" in (p["spec"].get("policyTypes") or [])
         ]
-        if not egress:
+        if component is not None and not egress:
             problems.append(f"{ref(obj)}: no egress NetworkPolicy selects it")
         problems += [
             f"{ref(obj)}: {ref(p)} egress rule {rule} reaches {METADATA_IP}"
@@ -679,7 +672,55 @@ def test_indexer_egress_excludes_the_metadata_address(rendered: Renderer, ci_val
             for rule in p["spec"].get("egress") or []
             if egress_allows(rule, METADATA_IP)
         ]
+    return problems
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_indexer_egress_excludes_the_metadata_address(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    """The indexer crawls user-given URLs: its egress must not reach the cloud metadata endpoint."""
+    docs = rendered(ci)
+    if not of_component(docs, "indexer", {"Deployment", "CronJob", "Job"}):
+        values = ci_values(ci)
+        assert not (values.get("indexer") or {}).get("enabled", True) or not values.get("knowledgeBases"), (
+            f"{ci}: indexer enabled with knowledge bases but no indexer pod rendered"
+        )
+        return
+    problems = metadata_leaks(docs, "indexer")
     assert not problems, f"{ci}:{fmt(problems)}"
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_no_pod_reaches_the_metadata_address(rendered: Renderer, ci: str) -> None:
+    """The gateway fetches image URLs and model-download reaches hubs: no pod gets the metadata address."""
+    problems = metadata_leaks(rendered(ci))
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+@pytest.mark.parametrize(
+    "egress",
+    [
+        pytest.param({"blockedCIDRs": ["10.1.0.0/16"]}, id="own-blocked-list"),
+        pytest.param({"allowPrivateRanges": True}, id="private-ranges-open"),
+    ],
+)
+def test_metadata_block_survives_egress_settings(
+    helm_template: Callable[..., Any], tmp_path: Path, egress: dict[str, Any]
+) -> None:
+    """Tuning internet egress must not open the metadata endpoint by the way.
+
+    A values file that lists its own blockedCIDRs replaces the default list (Helm does not merge
+    lists): the chart must either refuse such values or keep 169.254.169.254 closed regardless.
+    """
+    values = tmp_path / "egress.yaml"
+    values.write_text(yaml.safe_dump({"networkPolicy": {"internetEgress": egress}}))
+    result = helm_template(values)
+    if result.returncode != 0:
+        assert "169.254.169.254" in result.stderr, (
+            f"rejected without naming the metadata address:\n{result.stderr}"
+        )
+        return
+    problems = metadata_leaks(result.docs)
+    assert not problems, f"with networkPolicy.internetEgress {egress}:{fmt(problems)}"
 
 
 # ---- images, secrets ----------------------------------------------------------------------------------
@@ -882,6 +923,12 @@ def test_gpu_full_autoscales_gateway_embedder_retriever(rendered: Renderer) -> N
                 )
             if not spec.get("metrics"):
                 problems.append(f"{ref(mine[0])}: no metrics")
+            # A replica count in the Deployment would reset the HPA's choice on every helm upgrade.
+            problems += [
+                f"{ref(o)}: sets spec.replicas although an HPA scales it"
+                for o in of_component(docs, component, LONG_RUNNING)
+                if "replicas" in o["spec"]
+            ]
     assert not problems, f"gpu-full:{fmt(problems)}"
 
 
