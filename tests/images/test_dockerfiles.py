@@ -72,13 +72,6 @@ PACKAGES = [
 ]
 LIBS = ["libs/core", "libs/index"]
 
-# Dependencies with no upper bound, reported rather than edited here (see test_dependencies_pinned).
-KNOWN_UNPINNED: dict[str, set[str]] = {
-    "services/gateway": {"python-multipart>=0.0.9", "pillow>=10", "pyyaml>=6"},
-    "jobs/indexer": {"cryptography>=43"},
-    "libs/index": {"faiss-gpu-cu12>=1.11"},
-}
-
 
 def package_param(pkg: Package) -> Any:
     marks = []
@@ -650,31 +643,8 @@ PIN_DIRS = [
 
 
 @pytest.mark.parametrize("directory", PIN_DIRS)
-def test_no_new_unbounded_dependencies(directory: str) -> None:
-    found = unpinned(directory)
-    known = KNOWN_UNPINNED.get(directory, set())
-    assert found <= known, f"no upper bound: {sorted(found - known)}"
-    assert known <= found, f"now bounded, remove from KNOWN_UNPINNED: {sorted(known - found)}"
-
-
-@pytest.mark.parametrize(
-    "directory",
-    [
-        pytest.param(
-            d,
-            id=d,
-            marks=pytest.mark.xfail(
-                strict=True, reason=f"no upper bound yet: {', '.join(sorted(KNOWN_UNPINNED[d]))}"
-            ),
-        )
-        if d in KNOWN_UNPINNED
-        else pytest.param(d, id=d)
-        for d in [*LIBS, *(p.directory for p in PACKAGES)]
-        if (ROOT / d / "pyproject.toml").is_file()
-    ],
-)
 def test_dependencies_pinned(directory: str) -> None:
-    assert not unpinned(directory)
+    assert not unpinned(directory), f"no upper bound: {sorted(unpinned(directory))}"
 
 
 # --- the build context and the build script ----------------------------------------------------------
