@@ -542,15 +542,24 @@ hash so that two knowledge bases never share a name.
 {{- end -}}
 
 {{/*
+Addresses no egress rule ever opens: the cloud metadata endpoints (169.254.169.254 on AWS, GCP,
+Azure and most others; 100.100.100.200 on Alibaba Cloud), whatever networkPolicy.internetEgress
+says, then the configured blockedCIDRs. A JSON list.
+*/}}
+{{- define "omnirag.blockedCIDRs" -}}
+{{- concat (list "169.254.169.254/32" "100.100.100.200/32") (default (list) .Values.networkPolicy.internetEgress.blockedCIDRs) | uniq | toJson -}}
+{{- end -}}
+
+{{/*
 An egress rule to "the internet": every IPv4 address except the blocked ones (cloud metadata)
 and, unless allowPrivateRanges, the private ranges; on networkPolicy.internetEgress.ports.
 dict "ctx" $ "ports" (optional list of ports that replaces the configured ones)
 */}}
 {{- define "omnirag.internetEgressRule" -}}
 {{- $ie := .ctx.Values.networkPolicy.internetEgress -}}
-{{- $except := $ie.blockedCIDRs -}}
+{{- $except := include "omnirag.blockedCIDRs" .ctx | fromJsonArray -}}
 {{- if not $ie.allowPrivateRanges -}}
-{{- $except = concat $except $ie.privateCIDRs -}}
+{{- $except = concat $except $ie.privateCIDRs | uniq -}}
 {{- end -}}
 {{- $ports := $ie.ports -}}
 {{- if .ports -}}{{- $ports = .ports -}}{{- end -}}
@@ -627,7 +636,7 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
     - ipBlock:
         cidr: 0.0.0.0/0
         except:
-          {{- toYaml .ctx.Values.networkPolicy.internetEgress.blockedCIDRs | nindent 10 }}
+          {{- include "omnirag.blockedCIDRs" .ctx | fromJsonArray | toYaml | nindent 10 }}
   ports:
     - protocol: TCP
       port: {{ $port | int }}
@@ -650,7 +659,7 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
     - ipBlock:
         cidr: 0.0.0.0/0
         except:
-          {{- toYaml .ctx.Values.networkPolicy.internetEgress.blockedCIDRs | nindent 10 }}
+          {{- include "omnirag.blockedCIDRs" .ctx | fromJsonArray | toYaml | nindent 10 }}
     {{- end }}
   ports:
     - protocol: TCP
