@@ -694,3 +694,161 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end -}}
+
+{{/* Environment of an indexer run or worker. dict "ctx" $ "values" .Values.indexer */}}
+{{- define "omnirag.indexer.env" -}}
+{{- $ := .ctx -}}
+{{- include "omnirag.baseEnv" (dict "prefix" "INDEXER_" "port" 0) }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: INDEXER_LOG_LEVEL
+  value: INFO
+- name: INDEXER_INDEX_ROOT
+  value: {{ include "omnirag.indexDir" $ }}
+- name: INDEXER_CONFIG
+  value: {{ include "omnirag.kbConfigPath" $ }}
+- name: INDEXER_UPLOADS_DIR
+  value: {{ include "omnirag.uploadsDir" $ }}
+- name: INDEXER_EMBEDDER_URL
+  value: {{ include "omnirag.embedderUrl" $ | quote }}
+{{- include "omnirag.redisEnv" (dict "ctx" $ "name" "INDEXER_REDIS_URL") }}
+{{- include "omnirag.userEnv" . }}
+{{- end -}}
+
+{{/* Volume mounts of an indexer run or worker: dict "ctx" $ "values" .Values.indexer "uploadsReadOnly" bool */}}
+{{- define "omnirag.indexer.volumeMounts" -}}
+{{- $ := .ctx -}}
+- name: tmp
+  mountPath: /tmp
+- name: index
+  mountPath: {{ include "omnirag.indexDir" $ }}
+- name: knowledge-bases
+  mountPath: {{ include "omnirag.kbConfigDir" $ }}
+  readOnly: true
+{{- if .withUploads }}
+# The gateway writes uploads; the worker only reads them.
+- name: uploads
+  mountPath: {{ include "omnirag.uploadsDir" $ }}
+  readOnly: true
+{{- end }}
+{{- with .values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of an indexer run or worker: dict "ctx" $ "values" .Values.indexer "tmpSize" "4Gi" "withUploads" bool */}}
+{{- define "omnirag.indexer.volumes" -}}
+{{- $ := .ctx -}}
+{{ include "omnirag.tmpVolume" (dict "size" .tmpSize) }}
+{{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "index") }}
+- name: knowledge-bases
+  configMap:
+    name: {{ include "omnirag.componentName" (dict "ctx" $ "component" "indexer") }}
+{{- if .withUploads }}
+{{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "uploads" "readOnly" true) }}
+{{- end }}
+{{- with .values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The Job's spec; its hash names the Job. dict "ctx" $ "component" "model-download" "values" .Values.modelDownload "annotations" {...} */}}
+{{- define "omnirag.modelDownload.jobSpec" -}}
+{{- $ := .ctx -}}
+{{- $v := .values -}}
+{{- $c := . -}}
+spec:
+  backoffLimit: {{ $v.backoffLimit }}
+  {{- if not (kindIs "invalid" $v.activeDeadlineSeconds) }}
+  activeDeadlineSeconds: {{ $v.activeDeadlineSeconds }}
+  {{- end }}
+  {{- if not (kindIs "invalid" $v.ttlSecondsAfterFinished) }}
+  ttlSecondsAfterFinished: {{ $v.ttlSecondsAfterFinished }}
+  {{- end }}
+  template:
+    metadata:
+      {{- with include "omnirag.podMetadata" $c | trim }}{{ . | nindent 6 }}{{- end }}
+    spec:
+      {{- with include "omnirag.podCommon" $c | trim }}{{ . | nindent 6 }}{{- end }}
+      restartPolicy: OnFailure
+      containers:
+        - name: model-download
+          {{- include "omnirag.containerImage" (dict "ctx" $ "image" $v.image) | nindent 10 }}
+          command: ["python", "-m", "omnirag.model_download"]
+          env:
+            {{- with include "omnirag.baseEnv" (dict "prefix" "MODEL_DOWNLOAD_" "port" 0) | trim }}{{ . | nindent 12 }}{{- end }}
+            - name: HF_HOME
+              value: /tmp/.cache/huggingface
+            - name: MODELSCOPE_CACHE
+              value: /tmp/.cache/modelscope
+            - name: MODEL_DOWNLOAD_SPEC
+              value: /etc/omnirag/model-download/models.yaml
+            - name: MODEL_DOWNLOAD_ROOT
+              value: {{ include "omnirag.modelsDir" $ }}
+            {{- with $v.hfEndpoint }}
+            - name: HF_ENDPOINT
+              value: {{ . | quote }}
+            {{- end }}
+            {{- if $v.hfToken.existingSecret }}
+            - name: MODEL_DOWNLOAD_HF_TOKEN_FILE
+              value: /etc/omnirag/hf-token/token
+            {{- end }}
+            {{- if $v.modelscopeToken.existingSecret }}
+            - name: MODEL_DOWNLOAD_MODELSCOPE_TOKEN_FILE
+              value: /etc/omnirag/modelscope-token/token
+            {{- end }}
+            {{- with include "omnirag.userEnv" $c | trim }}{{ . | nindent 12 }}{{- end }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          securityContext:
+            {{- include "omnirag.containerSecurityContext" $c | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+            - name: models
+              mountPath: {{ include "omnirag.modelsDir" $ }}
+            - name: spec
+              mountPath: /etc/omnirag/model-download
+              readOnly: true
+            {{- if $v.hfToken.existingSecret }}
+            - name: hf-token
+              mountPath: /etc/omnirag/hf-token
+              readOnly: true
+            {{- end }}
+            {{- if $v.modelscopeToken.existingSecret }}
+            - name: modelscope-token
+              mountPath: /etc/omnirag/modelscope-token
+              readOnly: true
+            {{- end }}
+            {{- with $v.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+      volumes:
+        {{- with include "omnirag.tmpVolume" (dict "size" $v.tmpSizeLimit) | trim }}{{ . | nindent 8 }}{{- end }}
+        {{- with include "omnirag.sharedVolume" (dict "ctx" $ "volume" "models") | trim }}{{ . | nindent 8 }}{{- end }}
+        - name: spec
+          configMap:
+            name: {{ include "omnirag.componentName" $c }}
+        {{- if $v.hfToken.existingSecret }}
+        # Tokens are files, not environment variables: they stay out of `kubectl describe` and /proc/*/environ.
+        - name: hf-token
+          secret:
+            secretName: {{ $v.hfToken.existingSecret }}
+            defaultMode: 0440
+            items:
+              - key: {{ $v.hfToken.existingSecretKey }}
+                path: token
+        {{- end }}
+        {{- if $v.modelscopeToken.existingSecret }}
+        - name: modelscope-token
+          secret:
+            secretName: {{ $v.modelscopeToken.existingSecret }}
+            defaultMode: 0440
+            items:
+              - key: {{ $v.modelscopeToken.existingSecretKey }}
+                path: token
+        {{- end }}
+        {{- with $v.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+{{- end -}}
