@@ -64,13 +64,20 @@ DURATION = string(pattern=r"^[0-9]+(ms|s|m|h)$")
 # Kubernetes' resource.Quantity syntax, or a plain number.
 QUANTITY: J = {
     "anyOf": [
-        {"type": "string", "pattern": r"^[+]?[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]+)?$"},
+        {
+            "type": "string",
+            "pattern": r"^[+]?[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|[eE][0-9]+)?$",
+        },
         {"type": "number", "minimum": 0},
     ]
 }
 QUANTITY_OR_NULL: J = {"anyOf": [QUANTITY, {"type": "null"}]}
 INT_OR_PERCENT: J = {
-    "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": r"^[0-9]+%$"}, {"type": "null"}]
+    "anyOf": [
+        {"type": "integer", "minimum": 0},
+        {"type": "string", "pattern": r"^[0-9]+%$"},
+        {"type": "null"},
+    ]
 }
 
 
@@ -83,8 +90,12 @@ def chart_defs() -> J:
     return {
         "chartImage": obj(
             {
-                "registry": string("Image registry ('' = none).", pattern=r"^$|^[a-zA-Z0-9.\-]+(:[0-9]+)?(/[a-z0-9._\-]+)*$"),
-                "repository": string("Image repository.", minLength=1, pattern=r"^[a-z0-9]+([._\-/][a-z0-9]+)*$"),
+                "registry": string(
+                    "Image registry ('' = none).", pattern=r"^$|^[a-zA-Z0-9.\-]+(:[0-9]+)?(/[a-z0-9._\-]+)*$"
+                ),
+                "repository": string(
+                    "Image repository.", minLength=1, pattern=r"^[a-z0-9]+([._\-/][a-z0-9]+)*$"
+                ),
                 "tag": {
                     "type": "string",
                     "description": "Image tag ('' = the chart's appVersion). Never latest.",
@@ -114,7 +125,14 @@ def chart_defs() -> J:
                 "failureThreshold": integer(1),
                 "successThreshold": integer(1),
             },
-            required=["enabled", "initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold", "successThreshold"],
+            required=[
+                "enabled",
+                "initialDelaySeconds",
+                "periodSeconds",
+                "timeoutSeconds",
+                "failureThreshold",
+                "successThreshold",
+            ],
         ),
         "chartEnv": {
             "type": "object",
@@ -124,10 +142,17 @@ def chart_defs() -> J:
         },
         "chartEnvVars": {
             "type": "array",
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}}},
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"}},
+            },
         },
         "chartVolumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-        "chartVolumeMounts": {"type": "array", "items": {"type": "object", "required": ["name", "mountPath"]}},
+        "chartVolumeMounts": {
+            "type": "array",
+            "items": {"type": "object", "required": ["name", "mountPath"]},
+        },
         "chartSeccompProfile": obj(
             {"type": {"enum": ["RuntimeDefault", "Localhost"]}, "localhostProfile": {"type": "string"}},
             required=["type"],
@@ -167,8 +192,16 @@ def chart_defs() -> J:
                 "enabled": BOOL,
                 "minReplicas": integer(1),
                 "maxReplicas": integer(1),
-                "targetCPUUtilizationPercentage": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
-                "targetMemoryUtilizationPercentage": {"type": ["integer", "null"], "minimum": 1, "maximum": 1000},
+                "targetCPUUtilizationPercentage": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": 1000,
+                },
+                "targetMemoryUtilizationPercentage": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": 1000,
+                },
                 "extraMetrics": OBJECT_LIST,
                 "behavior": {"type": "object"},
             },
@@ -259,7 +292,7 @@ def http_service(extra: J, service: J | None = None, autoscaling: bool = True) -
     }
     if autoscaling:
         props["autoscaling"] = ref("chartAutoscaling")
-    return obj(props, required=COMMON_REQUIRED + ["replicas", "service"])
+    return obj(props, required=[*COMMON_REQUIRED, "replicas", "service"])
 
 
 def values_schema(kb: J) -> J:
@@ -276,7 +309,10 @@ def values_schema(kb: J) -> J:
             {
                 "model": obj(
                     {
-                        "name": string("Entry of modelDownload.models ('' = the packaged model).", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+                        "name": string(
+                            "Entry of modelDownload.models ('' = the packaged model).",
+                            pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
+                        ),
                         "servedName": {"type": "string"},
                     }
                 ),
@@ -286,7 +322,10 @@ def values_schema(kb: J) -> J:
         "retriever": http_service({}),
         "ui": http_service(
             {
-                "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}, required=["existingSecretKey"]),
+                "apiKey": obj(
+                    {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
+                    required=["existingSecretKey"],
+                ),
             },
             service=obj(
                 {
@@ -327,9 +366,18 @@ def values_schema(kb: J) -> J:
                     "terminationGracePeriodSeconds": integer(0),
                     "pdb": ref("chartPdb"),
                 },
-                required=["enabled", "replicas", "resources", "startupProbe", "livenessProbe", "readinessProbe"],
+                required=[
+                    "enabled",
+                    "replicas",
+                    "resources",
+                    "startupProbe",
+                    "livenessProbe",
+                    "readinessProbe",
+                ],
             ),
-            "networkPolicy": obj({"allowInternet": BOOL, "extraIngress": OBJECT_LIST, "extraEgress": OBJECT_LIST}),
+            "networkPolicy": obj(
+                {"allowInternet": BOOL, "extraIngress": OBJECT_LIST, "extraEgress": OBJECT_LIST}
+            ),
             **scheduling(),
         },
         required=["enabled", "image", "resources", "worker"],
@@ -347,7 +395,10 @@ def values_schema(kb: J) -> J:
             ),
             "model": obj(
                 {
-                    "name": string("Entry of modelDownload.models to serve.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+                    "name": string(
+                        "Entry of modelDownload.models to serve.",
+                        pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
+                    ),
                     "path": string("Absolute path to serve instead.", pattern=r"^$|^/"),
                 }
             ),
@@ -361,7 +412,9 @@ def values_schema(kb: J) -> J:
             "dtype": {"enum": ["auto", "bfloat16", "float16", "half", "float", "float32"]},
             "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
             "tensorParallelSize": {"type": ["integer", "null"], "minimum": 1},
-            "toolCalling": obj({"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]),
+            "toolCalling": obj(
+                {"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]
+            ),
             "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
             "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
             "waitForModel": BOOL,
@@ -385,14 +438,31 @@ def values_schema(kb: J) -> J:
             "networkPolicy": ref("chartNetworkPolicyExtra"),
             **scheduling(),
         },
-        required=COMMON_REQUIRED + ["replicas", "gpu", "model", "servedModelName", "maxModelLen", "dtype", "gpuMemoryUtilization", "toolCalling", "external"],
+        required=[
+            *COMMON_REQUIRED,
+            "replicas",
+            "gpu",
+            "model",
+            "servedModelName",
+            "maxModelLen",
+            "dtype",
+            "gpuMemoryUtilization",
+            "toolCalling",
+            "external",
+        ],
     )
 
     model_entry = obj(
         {
-            "name": string("Directory under the models volume; vllm.model.name and embedder.model.name refer to it.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$"),
+            "name": string(
+                "Directory under the models volume; vllm.model.name and embedder.model.name refer to it.",
+                pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
+            ),
             "source": {"enum": ["huggingface", "modelscope"]},
-            "repo": string("owner/name on the hub.", pattern=r"^([A-Za-z0-9][A-Za-z0-9._\-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$"),
+            "repo": string(
+                "owner/name on the hub.",
+                pattern=r"^([A-Za-z0-9][A-Za-z0-9._\-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$",
+            ),
             "revision": string("Branch, tag or commit.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._/\-]{0,254}$"),
             "allowPatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
             "ignorePatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
@@ -428,7 +498,16 @@ def values_schema(kb: J) -> J:
             "appendfsync": {"enum": ["always", "everysec", "no"]},
             "maxmemory": {"type": "string", "pattern": r"^$|^[0-9]+([kKmMgG][bB]?)?$"},
             "maxmemoryPolicy": {
-                "enum": ["noeviction", "allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu", "allkeys-random", "volatile-random", "volatile-ttl"]
+                "enum": [
+                    "noeviction",
+                    "allkeys-lru",
+                    "volatile-lru",
+                    "allkeys-lfu",
+                    "volatile-lfu",
+                    "allkeys-random",
+                    "volatile-random",
+                    "volatile-ttl",
+                ]
             },
             "database": integer(0, 15),
             "auth": obj(
@@ -439,7 +518,11 @@ def values_schema(kb: J) -> J:
                 {
                     "enabled": BOOL,
                     "storageClass": {"type": "string"},
-                    "accessModes": {"type": "array", "minItems": 1, "items": {"enum": ["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]}},
+                    "accessModes": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"enum": ["ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"]},
+                    },
                     "size": QUANTITY,
                 },
                 required=["enabled", "size"],
@@ -460,7 +543,7 @@ def values_schema(kb: J) -> J:
             "networkPolicy": obj({"extraIngress": OBJECT_LIST}),
             **scheduling(),
         },
-        required=COMMON_REQUIRED + ["replicas", "external"],
+        required=[*COMMON_REQUIRED, "replicas", "external"],
     )
 
     ingress_host = string(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -518,7 +601,13 @@ def values_schema(kb: J) -> J:
     metrics = obj(
         {
             "serviceMonitor": obj(
-                {"enabled": BOOL, "namespace": {"type": "string"}, "labels": STRING_MAP, "interval": DURATION, "scrapeTimeout": DURATION},
+                {
+                    "enabled": BOOL,
+                    "namespace": {"type": "string"},
+                    "labels": STRING_MAP,
+                    "interval": DURATION,
+                    "scrapeTimeout": DURATION,
+                },
                 required=["enabled"],
             ),
             "prometheusRule": obj(
@@ -534,7 +623,12 @@ def values_schema(kb: J) -> J:
                 required=["enabled"],
             ),
             "dashboard": obj(
-                {"enabled": BOOL, "namespace": {"type": "string"}, "labels": STRING_MAP, "annotations": STRING_MAP},
+                {
+                    "enabled": BOOL,
+                    "namespace": {"type": "string"},
+                    "labels": STRING_MAP,
+                    "annotations": STRING_MAP,
+                },
                 required=["enabled"],
             ),
         }
@@ -552,7 +646,9 @@ def values_schema(kb: J) -> J:
                     "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
                 }
             ),
-            "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": string(pattern=r"^$|^[-._a-zA-Z0-9]+$")}),
+            "apiKey": obj(
+                {"existingSecret": SECRET_NAME, "existingSecretKey": string(pattern=r"^$|^[-._a-zA-Z0-9]+$")}
+            ),
             "resources": ref("chartResources"),
         },
         required=["enabled"],
@@ -571,13 +667,27 @@ def values_schema(kb: J) -> J:
             }
         ),
         "serviceAccount": obj(
-            {"create": BOOL, "name": {"type": "string"}, "annotations": STRING_MAP, "automountServiceAccountToken": BOOL},
+            {
+                "create": BOOL,
+                "name": {"type": "string"},
+                "annotations": STRING_MAP,
+                "automountServiceAccountToken": BOOL,
+            },
             required=["create", "automountServiceAccountToken"],
         ),
-        "podSecurityContext": {**ref("chartPodSecurityContext"), "required": ["runAsNonRoot", "runAsUser", "seccompProfile"]},
+        "podSecurityContext": {
+            **ref("chartPodSecurityContext"),
+            "required": ["runAsNonRoot", "runAsUser", "seccompProfile"],
+        },
         "containerSecurityContext": {
             **ref("chartContainerSecurityContext"),
-            "required": ["runAsNonRoot", "allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities", "seccompProfile"],
+            "required": [
+                "runAsNonRoot",
+                "allowPrivilegeEscalation",
+                "readOnlyRootFilesystem",
+                "capabilities",
+                "seccompProfile",
+            ],
         },
         "persistence": obj(
             {v: ref("chartPersistentVolume") for v in ("models", "index", "uploads")},
@@ -593,7 +703,10 @@ def values_schema(kb: J) -> J:
     }
 
     def enabled(c: str, value: bool) -> J:
-        return {"properties": {c: {"properties": {"enabled": {"const": value}}, "required": ["enabled"]}}, "required": [c]}
+        return {
+            "properties": {c: {"properties": {"enabled": {"const": value}}, "required": ["enabled"]}},
+            "required": [c],
+        }
 
     def needs(path: list[str], message: str) -> J:
         inner: J = {"type": "string", "minLength": 1, "description": message}
@@ -603,24 +716,61 @@ def values_schema(kb: J) -> J:
 
     # Cross-field rules: a part that is off must be replaced by an external one when something uses it.
     rules = [
-        {"if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
-         "then": needs(["vllm", "external", "baseUrl"], "vllm is off: the gateway needs vllm.external.baseUrl")},
-        {"if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
-         "then": needs(["vllm", "external", "model"], "vllm is off: the gateway needs vllm.external.model")},
-        {"if": {"allOf": [enabled("gateway", True), enabled("redis", False)]},
-         "then": needs(["redis", "external", "existingSecret"], "redis is off: redis.external.existingSecret holds the URL")},
-        {"if": {"allOf": [enabled("gateway", True), enabled("embedder", False)]},
-         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
-        {"if": {"allOf": [enabled("retriever", True), enabled("embedder", False)]},
-         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
-        {"if": {"allOf": [enabled("indexer", True), enabled("embedder", False)]},
-         "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl")},
-        {"if": {"allOf": [enabled("gateway", True), enabled("retriever", False)]},
-         "then": needs(["retriever", "externalUrl"], "retriever is off: give retriever.externalUrl")},
-        {"if": {"allOf": [enabled("ui", True), enabled("gateway", False)]},
-         "then": needs(["gateway", "externalUrl"], "gateway is off: the UI needs gateway.externalUrl")},
-        {"if": {"properties": {"redis": {"properties": {"auth": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}}, "required": ["auth"]}}, "required": ["redis"]},
-         "then": needs(["redis", "auth", "existingSecret"], "redis.auth.enabled needs redis.auth.existingSecret")},
+        {
+            "if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
+            "then": needs(
+                ["vllm", "external", "baseUrl"], "vllm is off: the gateway needs vllm.external.baseUrl"
+            ),
+        },
+        {
+            "if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
+            "then": needs(
+                ["vllm", "external", "model"], "vllm is off: the gateway needs vllm.external.model"
+            ),
+        },
+        {
+            "if": {"allOf": [enabled("gateway", True), enabled("redis", False)]},
+            "then": needs(
+                ["redis", "external", "existingSecret"],
+                "redis is off: redis.external.existingSecret holds the URL",
+            ),
+        },
+        {
+            "if": {"allOf": [enabled("gateway", True), enabled("embedder", False)]},
+            "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl"),
+        },
+        {
+            "if": {"allOf": [enabled("retriever", True), enabled("embedder", False)]},
+            "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl"),
+        },
+        {
+            "if": {"allOf": [enabled("indexer", True), enabled("embedder", False)]},
+            "then": needs(["embedder", "externalUrl"], "embedder is off: give embedder.externalUrl"),
+        },
+        {
+            "if": {"allOf": [enabled("gateway", True), enabled("retriever", False)]},
+            "then": needs(["retriever", "externalUrl"], "retriever is off: give retriever.externalUrl"),
+        },
+        {
+            "if": {"allOf": [enabled("ui", True), enabled("gateway", False)]},
+            "then": needs(["gateway", "externalUrl"], "gateway is off: the UI needs gateway.externalUrl"),
+        },
+        {
+            "if": {
+                "properties": {
+                    "redis": {
+                        "properties": {
+                            "auth": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}
+                        },
+                        "required": ["auth"],
+                    }
+                },
+                "required": ["redis"],
+            },
+            "then": needs(
+                ["redis", "auth", "existingSecret"], "redis.auth.enabled needs redis.auth.existingSecret"
+            ),
+        },
     ]
 
     defs = chart_defs()
@@ -631,13 +781,31 @@ def values_schema(kb: J) -> J:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "omnirag chart values",
-        "description": "Generated by hack/gen_values_schema.py; knowledgeBases and its $defs are copied from the indexer's schema.",
+        "description": (
+            "Generated by hack/gen_values_schema.py; knowledgeBases and its $defs are copied "
+            "from the indexer's schema."
+        ),
         "type": "object",
         "additionalProperties": False,
         "required": [
-            "global", "serviceAccount", "podSecurityContext", "containerSecurityContext", "persistence",
-            "gateway", "embedder", "retriever", "ui", "indexer", "vllm", "modelDownload", "redis",
-            "knowledgeBases", "ingress", "networkPolicy", "metrics", "tests",
+            "global",
+            "serviceAccount",
+            "podSecurityContext",
+            "containerSecurityContext",
+            "persistence",
+            "gateway",
+            "embedder",
+            "retriever",
+            "ui",
+            "indexer",
+            "vllm",
+            "modelDownload",
+            "redis",
+            "knowledgeBases",
+            "ingress",
+            "networkPolicy",
+            "metrics",
+            "tests",
         ],
         "properties": top,
         "allOf": rules,
@@ -648,7 +816,9 @@ def values_schema(kb: J) -> J:
 def main() -> None:
     kb = json.loads(KB_SCHEMA.read_text(encoding="utf-8"))
     schema = values_schema(kb)
-    (CHART / "values.schema.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (CHART / "values.schema.json").write_text(
+        json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     print(f"wrote {CHART / 'values.schema.json'}")
 
 
