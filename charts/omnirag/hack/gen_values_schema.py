@@ -107,6 +107,14 @@ def chart_defs() -> J:
             },
             required=["repository", "tag", "pullPolicy"],
         ),
+        # Third-party images (vLLM, Redis) carry their own version: the chart's appVersion means
+        # nothing to them, so their tag may not be left empty.
+        "chartImagePinned": {
+            "allOf": [
+                ref("chartImage"),
+                {"properties": {"tag": {"minLength": 1, "description": "The image's own version."}}},
+            ]
+        },
         "chartResources": obj(
             {
                 "requests": {**resource_list, "required": ["cpu", "memory"]},
@@ -386,7 +394,7 @@ def values_schema(kb: J) -> J:
     components["vllm"] = obj(
         {
             "enabled": BOOL,
-            "image": ref("chartImage"),
+            "image": ref("chartImagePinned"),
             "replicas": integer(0),
             "resources": ref("chartResources"),
             "gpu": obj(
@@ -492,7 +500,7 @@ def values_schema(kb: J) -> J:
     components["redis"] = obj(
         {
             "enabled": BOOL,
-            "image": ref("chartImage"),
+            "image": ref("chartImagePinned"),
             "replicas": integer(0, 1),
             "resources": ref("chartResources"),
             "appendfsync": {"enum": ["always", "everysec", "no"]},
