@@ -4,8 +4,10 @@ Many clients each send one text per request to ``POST /v1/embeddings``, at 1, 16
 clients. In the same run the bench measures:
 
 - the limit: in-process ``SentenceTransformer.encode(texts, batch_size=32)`` on the same texts, in a
-  subprocess while no server runs (before and after the servers; the median of both), so its threads
-  compete with nothing and it leaves nothing behind;
+  subprocess while no server works, so its threads compete with nothing: before and after the servers
+  (the median of both), and once right before every measured run at the top level, which pairs each
+  server run with a raw run on the machine as it was then (``ratio_vs_raw_c64`` is the median of the
+  paired ratios; ``ratio_vs_raw_c64_unpaired`` the server median over the before/after median);
 - omnirag's embedder (``python -m omnirag.embedder``);
 - infinity-emb serving the same model directory with the same batch size, under the same load.
 
@@ -226,6 +228,20 @@ def raw_worker(in_path: str, out_path: str) -> None:
         for chunk in (ordered[i : i + RAW_BATCH_SIZE] for i in range(0, len(ordered), RAW_BATCH_SIZE))
     )
     model.encode(texts[:64], batch_size=RAW_BATCH_SIZE)  # warm up kernels and allocator
+    if job.get("serve"):  # paired mode: one measured run per line on stdin, one JSON line back
+        print(json.dumps({"ready": True}), flush=True)
+        for _ in sys.stdin:
+            if job["quiet_wait"] > 0:
+                wait_quiet(job["quiet_wait"])
+            start, cpu0, all0 = time.perf_counter(), time.process_time(), machine_busy_seconds()
+            model.encode(texts, batch_size=RAW_BATCH_SIZE, convert_to_numpy=True)
+            wall = time.perf_counter() - start
+            other = (machine_busy_seconds() - all0) - (time.process_time() - cpu0)
+            print(
+                json.dumps({"texts_per_s": len(texts) / wall, "other_cpu_s": other, "seconds": wall}),
+                flush=True,
+            )
+        return
     seconds = []
     other_cpu, disturbed = [], []
     for _ in range(job["repeats"] + EXTRA_ATTEMPTS):
@@ -290,6 +306,58 @@ def run_raw(
     result["texts_per_s"] = statistics.median(result["texts_per_s_runs"])
     result["batch_size"] = RAW_BATCH_SIZE
     return result
+
+
+class PairedRaw:
+    """The limit measured beside each server run: one raw ``encode`` right before every measured run.
+
+    The machine's speed drifts by tens of percent over minutes here (noisy neighbours), so a server run
+    and the raw runs minutes before and after it can disagree on the machine as much as on the
+    software. A raw run taken just before each server run, in a process that keeps the model loaded
+    (and idles while the server runs), gives one ratio per pair; their median is the paired ratio."""
+
+    def __init__(self, texts: list[str], kinds: list[str], quiet_wait: float) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-embedder-paired-")
+        job = Path(self._tmp.name, "job.json")
+        spec = {"texts": texts, "kinds": kinds, "repeats": 1, "quiet_wait": quiet_wait, "serve": True}
+        job.write_text(json.dumps(spec), encoding="utf-8")
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--raw-worker", str(job), os.devnull],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._read()  # {"ready": true} once the model is loaded and warm
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the paired raw worker exited with {self.proc.wait()}")
+        return json.loads(line)
+
+    def run(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._tmp.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -680,6 +748,7 @@ def bench_server(
     args: argparse.Namespace,
     deadline: float,
     log_dir: Path,
+    paired: PairedRaw | None = None,
 ) -> dict[str, Any]:
     port = free_port()
     spec = make_spec(port)
@@ -706,12 +775,27 @@ def bench_server(
             before = scrape(server, OMNIRAG_METRICS)
             runs: list[Run] = []
             disturbed: list[Run] = []
+            pairs: list[dict[str, float]] = []
             for _ in range(args.repeats + EXTRA_ATTEMPTS):
                 budget = deadline - time.monotonic()
                 if budget <= 0:
                     raise BenchError("the bench ran out of time (--deadline)")
+                raw_run = paired.run() if paired is not None and level == top else None
                 run = measure(server, requests, level, args.timeout, budget, args.quiet_wait)
-                (disturbed if run.other_cpu_s / run.seconds > QUIET_CORES else runs).append(run)
+                quiet = run.other_cpu_s / run.seconds <= QUIET_CORES
+                (runs if quiet else disturbed).append(run)
+                if (
+                    raw_run is not None
+                    and quiet
+                    and raw_run["other_cpu_s"] / raw_run["seconds"] <= QUIET_CORES
+                ):
+                    pairs.append(
+                        {
+                            "raw_texts_per_s": raw_run["texts_per_s"],
+                            "texts_per_s": run.texts_per_s,
+                            "ratio": run.texts_per_s / raw_run["texts_per_s"],
+                        }
+                    )
                 if len(runs) == args.repeats:
                     break
             measured = runs + disturbed  # the metrics below cover every run, kept or not
@@ -730,6 +814,11 @@ def bench_server(
                 ),
             )
             result["levels"][str(level)] = asdict(lvl)
+            if pairs:
+                result["levels"][str(level)]["paired_raw"] = {
+                    "pairs": pairs,
+                    "ratio_vs_raw": statistics.median(p["ratio"] for p in pairs),
+                }
             print(
                 f"  {spec.name:8} c={level:<3} {lvl.texts_per_s:7.1f} texts/s  p50 {lvl.p50_ms:7.1f} ms  "
                 f"p99 {lvl.p99_ms:7.1f} ms  errors {lvl.errors}",
@@ -806,7 +895,14 @@ def ratios(report: dict[str, Any], levels: list[int]) -> dict[str, float | None]
     peer = (report.get("infinity") or {}).get("levels", {})
     for level in levels:
         o, p = omni.get(str(level)), peer.get(str(level))
-        out[f"ratio_vs_raw_c{level}"] = o["texts_per_s"] / raw_tps if o else None
+        unpaired = o["texts_per_s"] / raw_tps if o else None
+        paired = (o or {}).get("paired_raw", {}).get("ratio_vs_raw")
+        out[f"ratio_vs_raw_c{level}"] = paired if paired is not None else unpaired
+        if paired is not None:
+            out[f"ratio_vs_raw_c{level}_unpaired"] = unpaired
+            peer_pair = (p or {}).get("paired_raw", {}).get("ratio_vs_raw")
+            if peer_pair is not None:  # infinity against the limit, the same way
+                out[f"infinity_ratio_vs_raw_c{level}"] = peer_pair
         out[f"ratio_vs_infinity_c{level}"] = o["texts_per_s"] / p["texts_per_s"] if o and p else None
         # Below 1.0 means omnirag's p99 is lower (better) than infinity's.
         out[f"p99_vs_infinity_c{level}"] = o["p99_ms"] / p["p99_ms"] if o and p else None
@@ -864,6 +960,9 @@ def render(report: dict[str, Any], levels: list[int]) -> str:
         lines.append(
             f"{key} = {_num(value, '.3f')} (target {'<=' if lower_is_better else '>='} {target}) {verdict}"
         )
+    for key, value in sorted(report.get("ratios", {}).items()):
+        if key.endswith("_unpaired") or key.startswith("infinity_ratio_vs_raw"):
+            lines.append(f"{key} = {_num(value, '.3f')}")
     for name in ("omnirag", "infinity"):
         section = report.get(name) or {}
         if section.get("error"):
@@ -883,6 +982,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--texts", type=int, default=600, help="texts in the set; every run sends all of them")
     ap.add_argument("--cmrc", type=Path, default=DEFAULT_CMRC, help="CMRC 2018 trial file (SQuAD format)")
     ap.add_argument("--skip-infinity", action="store_true", help="measure only omnirag and the raw limit")
+    ap.add_argument(
+        "--no-paired",
+        dest="paired",
+        action="store_false",
+        help="do not pair each run at the top level with a raw run just before it (the paired median is "
+        "the headline ratio_vs_raw; without it the ratio is against the raw runs before and after)",
+    )
     ap.add_argument(
         "--infinity-python",
         default="bench/.venv-infinity/bin/python",
@@ -940,15 +1046,20 @@ def main(argv: list[str] | None = None) -> int:
     raw = run_raw(texts, kinds, args.repeats, max(1.0, deadline - time.monotonic()), args.quiet_wait)
     print(f"  raw      {raw['texts_per_s']:7.1f} texts/s", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-embedder-logs-") as logs:
-        omnirag = bench_server(omnirag_spec, texts, raw, args, deadline, Path(logs))
-        infinity = None
-        if not args.skip_infinity:
+    paired = PairedRaw(texts, kinds, args.quiet_wait) if args.paired else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-embedder-logs-") as logs:
+            omnirag = bench_server(omnirag_spec, texts, raw, args, deadline, Path(logs), paired)
+            infinity = None
+            if not args.skip_infinity:
 
-            def make_infinity(port: int) -> ServerSpec:
-                return infinity_spec(port, args.infinity_python, model_path, inf_batch)
+                def make_infinity(port: int) -> ServerSpec:
+                    return infinity_spec(port, args.infinity_python, model_path, inf_batch)
 
-            infinity = bench_server(make_infinity, texts, raw, args, deadline, Path(logs))
+                infinity = bench_server(make_infinity, texts, raw, args, deadline, Path(logs), paired)
+    finally:
+        if paired is not None:
+            paired.close()
 
     # The limit again, after the servers: a shared machine drifts by several percent over minutes, and
     # the median of runs on both sides of the server runs is not biased by that drift.
