@@ -65,7 +65,6 @@ def job_env(tmp_path: Path, hub: FakeHub | None, **extra: str) -> dict[str, str]
         "MODELSCOPE_CACHE": str(tmp_path / "home" / "modelscope"),
         "HTTP_PROXY": DEAD_PROXY,
         "HTTPS_PROXY": DEAD_PROXY,
-        "ALL_PROXY": DEAD_PROXY,
         "NO_PROXY": "127.0.0.1,localhost",
         "MODEL_DOWNLOAD_ROOT": str(tmp_path / "models"),
         "MODEL_DOWNLOAD_RETRIES": "2",

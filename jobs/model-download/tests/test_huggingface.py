@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -127,12 +128,16 @@ def test_missing_file_is_fetched_again(tmp_path, hub, models):
 def test_cut_connection_is_resumed_with_range_in_the_same_run(tmp_path, hub, models):
     files = add_tiny(hub)
     hub.cut[BIG] = 1_000_000
-    run = run_job(tmp_path, hub, "--repo", REPO)
+    run = run_job(tmp_path, hub, "--repo", REPO, "--progress")
     assert run.code == 0, run
     cdn = [s for s in hub.file_gets(BIG) if s.server == "cdn"]
     assert [s.headers.get("range") for s in cdn] == [None, "bytes=1000000-"]
     assert_same_tree(models / REPO, files)
     assert "retry 1/2" in run.stderr
+    # The bar (forced on: stderr is no terminal here) ends at the model's size, the cut counted once.
+    bars = re.findall(rf"{REPO}:\s+(\d+)%\|[^|]*\| ([\d.]+M)/([\d.]+M)", run.stderr)
+    assert bars and bars[-1] == ("100", "3.00M", "3.00M"), bars
+    assert all(int(pct) <= 100 for pct, _, _ in bars)
 
 
 def test_killed_run_resumes_where_it_stopped(tmp_path, hub, models):

@@ -335,7 +335,11 @@ def _fetch_all(
     failures: list[BaseException] = []
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout)
     limits = httpx.Limits(max_connections=settings.workers * 2, max_keepalive_connections=settings.workers)
-    with httpx.Client(timeout=timeout, limits=limits, follow_redirects=True, max_redirects=10) as client:
+    # One TLS context (CA bundle loaded once, SSL_CERT_FILE honoured) for the direct and proxy routes.
+    tls = httpx.create_ssl_context()
+    with httpx.Client(
+        timeout=timeout, limits=limits, follow_redirects=True, max_redirects=10, verify=tls
+    ) as client:
         transfer = Transfer(
             client,
             hub.headers(),
