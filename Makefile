@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
-PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway services/ui jobs/indexer
+PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway services/ui jobs/indexer jobs/model-download
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
 INDEX_ROOT := data/index
@@ -71,6 +71,12 @@ tools: $(TOOLS_STAMP) ## helm, kubectl, kubernetes-validate and checkov in .tool
 $(TOOLS_STAMP): scripts/install_k8s_tools.py
 	$(PYTHON) scripts/install_k8s_tools.py
 	@touch $@
+
+# Docker does not run on the build machines; there the Dockerfiles are linted and their dependency
+# sets tested by `make test` (tests/images) instead.
+.PHONY: images
+images: ## build every service and job image with Docker (REGISTRY=omnirag, TAG=each package's version)
+	$(PYTHON) scripts/build_images.py
 
 run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole local stack (Procfile), print its URLs
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads
