@@ -454,3 +454,32 @@ def test_unicode_file_name_becomes_the_source(client, r, uploads):
     assert res.json()["source"] == "upload/季度报告.md"
     (path,) = stored_files(uploads)
     assert path.name == res.json()["job_id"] + ".md"
+
+
+def test_a_full_ingest_queue_refuses_with_retry_after_and_keeps_what_waits(redis_url, uploads, r):
+    """No worker runs here, so the queue only grows: the third upload is refused before its body
+    is stored, the two queued jobs stay, and room made by the worker lets uploads in again."""
+    settings = settings_for(redis_url, uploads, max_queued_ingests=2)
+    with TestClient(create_app(settings)) as client:
+        for i in range(2):
+            ok = client.post(
+                "/v1/collections/docs/documents",
+                headers=AUTH,
+                files={"file": (f"doc{i}.md", b"# Doc\n\nqueued text", "text/markdown")},
+            )
+            assert ok.status_code == 202, ok.text
+        full = client.post(
+            "/v1/collections/docs/documents",
+            headers=AUTH,
+            files={"file": ("doc2.md", b"# Doc\n\none too many", "text/markdown")},
+        )
+        assert full.status_code == 429, full.text
+        assert full.json()["error"]["code"] == "ingest_queue_full"
+        assert int(full.headers["Retry-After"]) >= 1
+        assert len(stream_entries(r)) == 2
+        assert len(stored_files(uploads)) == 2  # the refused body never reached the disk
+        # The worker takes one job (XDEL after it is done): there is room again.
+        first_id = r.xrange(INGEST_STREAM, count=1)[0][0]
+        r.xdel(INGEST_STREAM, first_id)
+        again = client.post("/v1/collections/docs/documents", headers=AUTH, json={"text": "now it fits"})
+        assert again.status_code == 202, again.text

@@ -156,6 +156,12 @@ class GatewaySettings(ServiceSettings):
         Path("data/uploads"), description="Shared directory the indexer worker reads uploaded files from."
     )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest uploaded document.")
+    max_queued_ingests: int = Field(
+        1000,
+        ge=1,
+        description="Ingest jobs waiting for the indexer worker at most; beyond it uploads get 429 with "
+        "Retry-After before their body is read, so a stopped worker cannot fill the uploads volume.",
+    )
     upload_types: list[str] = Field(
         default_factory=lambda: [
             ".md",

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from omnirag.core.errors import InvalidInput, NotFound, NotReady, PayloadTooLarge
+from omnirag.core.errors import InvalidInput, NotFound, NotReady, Overloaded, PayloadTooLarge
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
 from omnirag.gateway.deps import Gateway, Key
@@ -350,6 +350,26 @@ def _ingest_request(**fields: Any) -> IngestRequest:
         raise _validation_error(exc, "body") from None
 
 
+async def _check_room(gw: Any) -> None:
+    """Refuse before the body is read when the worker is this far behind (or not running): the jobs
+    already queued are kept, none is dropped to make room. Concurrent uploads may pass the check
+    together, so the bound holds to within the uploads in flight."""
+    try:
+        waiting = await gw.redis.xlen(INGEST_STREAM)
+    except (RedisError, OSError) as exc:
+        raise NotReady(
+            f"the ingest queue (Redis) is unavailable ({type(exc).__name__}); nothing was queued, try again",
+            code="ingest_queue_unavailable",
+        ) from None
+    limit = gw.settings.max_queued_ingests
+    if waiting >= limit:
+        raise Overloaded(
+            f"{waiting} documents are waiting for the indexer (the limit is {limit}); try again later",
+            retry_after=60,
+            code="ingest_queue_full",
+        )
+
+
 async def _queue(gw: Any, req: IngestRequest) -> None:
     """The job's status and its request, both or neither."""
     now = f"{time.time():.3f}"
@@ -462,6 +482,7 @@ async def upload_document(name: str, request: Request, key: Key, gw: Gateway) ->
     check_collection_name(name)
     key.check_collection(name)
     job_id = uuid.uuid4().hex
+    await _check_room(gw)
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     media = media_type.decode("latin-1").lower()
     if media == "multipart/form-data":
