@@ -715,7 +715,7 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 {{- include "omnirag.userEnv" . }}
 {{- end -}}
 
-{{/* Volume mounts of an indexer run or worker: dict "ctx" $ "values" .Values.indexer "uploadsReadOnly" bool */}}
+{{/* Volume mounts of an indexer run or worker: dict "ctx" $ "values" .Values.indexer "withUploads" bool */}}
 {{- define "omnirag.indexer.volumeMounts" -}}
 {{- $ := .ctx -}}
 - name: tmp
@@ -726,10 +726,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
   mountPath: {{ include "omnirag.kbConfigDir" $ }}
   readOnly: true
 {{- if .withUploads }}
-# The gateway writes uploads; the worker only reads them.
+# The gateway writes uploads; the worker reads each one and removes it once its version is published.
 - name: uploads
   mountPath: {{ include "omnirag.uploadsDir" $ }}
-  readOnly: true
 {{- end }}
 {{- with .values.extraVolumeMounts }}
 {{ toYaml . }}
@@ -745,7 +744,7 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
   configMap:
     name: {{ include "omnirag.componentName" (dict "ctx" $ "component" "indexer") }}
 {{- if .withUploads }}
-{{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "uploads" "readOnly" true) }}
+{{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "uploads") }}
 {{- end }}
 {{- with .values.extraVolumes }}
 {{ toYaml . }}

@@ -90,6 +90,30 @@ async def test_text_and_file_requests_become_searchable(settings, redis_url, red
     # Acknowledged: nothing left pending in the group.
     pending = await redis.xpending(INGEST_STREAM, CONSUMER_GROUP)
     assert pending["pending"] == 0
+    # The index holds the text now; the upload itself is gone from the volume.
+    assert not (settings.uploads_dir / "abc123.md").exists()
+
+
+async def test_keep_uploads_leaves_the_file(settings, redis_url, redis):
+    settings.redis_url = redis_url
+    settings.keep_uploads = True
+    settings.uploads_dir.mkdir(parents=True)
+    (settings.uploads_dir / "kept.md").write_text("# Kept\n\nThe quokka manual stays on disk.\n")
+    file_job = job()
+    await redis.xadd(
+        INGEST_STREAM,
+        {"job_id": file_job, "collection": "uploads", "kind": "file", "source": "kept.md", "path": "kept.md"},
+    )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200)
+    try:
+
+        async def done():
+            return (await status(redis, file_job)).get("status") == "done"
+
+        await run_until(worker, done)
+    finally:
+        await worker.close()
+    assert (settings.uploads_dir / "kept.md").exists()
 
 
 async def test_poison_goes_to_dead_letter_without_blocking_the_next(settings, redis_url, redis):

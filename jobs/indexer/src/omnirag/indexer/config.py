@@ -41,4 +41,10 @@ class IndexerSettings(ServiceSettings):
     keep_versions: int = Field(3, ge=1, description="Versions kept after a publish (CURRENT always kept).")
     prune_grace_seconds: float = Field(600.0, ge=0, description="Never prune a version younger than this.")
     uploads_dir: Path = Field(Path("data/uploads"), description="Where the gateway stores uploaded files.")
+    keep_uploads: bool = Field(
+        False,
+        description="Keep an uploaded file after its version is published. Off: the index holds its "
+        "text and the file is removed, so the uploads volume holds only work still to do (and files "
+        "of dead-lettered jobs, kept for a retry by hand).",
+    )
     max_file_bytes: int = Field(50 * 1024 * 1024, ge=1024, description="Larger local files are skipped.")

@@ -164,6 +164,9 @@ class Worker:
         # Acknowledged only now that the version is published.
         await self.redis.xack(INGEST_STREAM, CONSUMER_GROUP, msg_id)
         await self.redis.xdel(INGEST_STREAM, msg_id)
+        if req.kind == "file" and req.path and not self.settings.keep_uploads:
+            # Only after the acknowledgement: a crash in between leaves a file, never a job without one.
+            await asyncio.to_thread(self._remove_upload, req.path)
         await set_status(
             self.redis,
             job_id,
@@ -175,6 +178,15 @@ class Worker:
         log.info(
             "ingested", extra={"job_id": job_id, "collection": req.collection, "version": summary.version}
         )
+
+    def _remove_upload(self, relative: str) -> None:
+        root = self.uploads.resolve()
+        path = (root / relative).resolve()
+        if path.is_relative_to(root):  # to_document refused anything else before it got here
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only mount: the job is done all the same
+                log.warning("cannot remove the ingested upload", extra={"path": relative, "reason": str(exc)})
 
     async def dead(self, msg_id: bytes, raw: dict[str, str], reason: str) -> None:
         job_id = raw.get("job_id", "unknown")
