@@ -54,8 +54,9 @@ class EmbedderSettings(ServiceSettings):
         4,
         ge=1,
         le=64,
-        description="How many passes' worth of queued texts the worker plans at once. More lets it "
-        "group texts of similar length (less padding); fewer returns the first answers sooner.",
+        description="How many passes' worth of queued texts the worker plans before each pass (it runs "
+        "the pass holding the oldest text and plans again). More lets it group texts of similar length "
+        "(less padding); fewer costs less planning per pass.",
     )
     max_wait_ms: float = Field(
         2.0,
