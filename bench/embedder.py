@@ -228,15 +228,20 @@ def raw_worker(in_path: str, out_path: str) -> None:
         for chunk in (ordered[i : i + RAW_BATCH_SIZE] for i in range(0, len(ordered), RAW_BATCH_SIZE))
     )
     model.encode(texts[:64], batch_size=RAW_BATCH_SIZE)  # warm up kernels and allocator
+
+    def timed() -> tuple[Any, float, float]:
+        """One measured encode after a quiet wait: the vectors, wall seconds, other processes' CPU."""
+        if job["quiet_wait"] > 0:
+            wait_quiet(job["quiet_wait"])
+        start, cpu0, all0 = time.perf_counter(), time.process_time(), machine_busy_seconds()
+        vectors = model.encode(texts, batch_size=RAW_BATCH_SIZE, convert_to_numpy=True)
+        wall = time.perf_counter() - start
+        return vectors, wall, (machine_busy_seconds() - all0) - (time.process_time() - cpu0)
+
     if job.get("serve"):  # paired mode: one measured run per line on stdin, one JSON line back
         print(json.dumps({"ready": True}), flush=True)
         for _ in sys.stdin:
-            if job["quiet_wait"] > 0:
-                wait_quiet(job["quiet_wait"])
-            start, cpu0, all0 = time.perf_counter(), time.process_time(), machine_busy_seconds()
-            model.encode(texts, batch_size=RAW_BATCH_SIZE, convert_to_numpy=True)
-            wall = time.perf_counter() - start
-            other = (machine_busy_seconds() - all0) - (time.process_time() - cpu0)
+            _, wall, other = timed()
             print(
                 json.dumps({"texts_per_s": len(texts) / wall, "other_cpu_s": other, "seconds": wall}),
                 flush=True,
@@ -245,14 +250,7 @@ def raw_worker(in_path: str, out_path: str) -> None:
     seconds = []
     other_cpu, disturbed = [], []
     for _ in range(job["repeats"] + EXTRA_ATTEMPTS):
-        if job["quiet_wait"] > 0:
-            wait_quiet(job["quiet_wait"])
-        start, cpu0, all0 = time.perf_counter(), time.process_time(), machine_busy_seconds()
-        vectors = model.encode(texts, batch_size=RAW_BATCH_SIZE, convert_to_numpy=True)
-        wall, other = (
-            time.perf_counter() - start,
-            (machine_busy_seconds() - all0) - (time.process_time() - cpu0),
-        )
+        vectors, wall, other = timed()
         if other / wall > QUIET_CORES:
             disturbed.append(len(texts) / wall)
             continue
@@ -283,6 +281,10 @@ def raw_worker(in_path: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(result), encoding="utf-8")
 
 
+# The raw worker loads the model from its package path: offline, and without progress bars in the log.
+RAW_WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
 def run_raw(
     texts: list[str], kinds: list[str], repeats: int, timeout: float, quiet_wait: float
 ) -> dict[str, Any]:
@@ -290,12 +292,7 @@ def run_raw(
         job, out = Path(tmp, "job.json"), Path(tmp, "out.json")
         spec = {"texts": texts, "kinds": kinds, "repeats": repeats, "quiet_wait": quiet_wait}
         job.write_text(json.dumps(spec), encoding="utf-8")
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        }
+        env = {**os.environ, **RAW_WORKER_ENV}
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--raw-worker", str(job), str(out)],
             env=env,
@@ -321,12 +318,7 @@ class PairedRaw:
         job = Path(self._tmp.name, "job.json")
         spec = {"texts": texts, "kinds": kinds, "repeats": 1, "quiet_wait": quiet_wait, "serve": True}
         job.write_text(json.dumps(spec), encoding="utf-8")
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        }
+        env = {**os.environ, **RAW_WORKER_ENV}
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--raw-worker", str(job), os.devnull],
             env=env,
