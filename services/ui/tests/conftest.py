@@ -17,8 +17,20 @@ from typing import Any
 
 import pytest
 
-from omnirag.core.testing import redis_server, serve_in_thread
-from omnirag.indexer.testing import WorkerThread, index_knowledge_bases
+from omnirag.core.testing import serve_in_thread
+
+# The stack's fixtures, shared with the gateway's tests.
+from omnirag.gateway.testing import (  # noqa: F401 (fixtures, registered by being imported)
+    GatewayFactory,
+    embedder_url_fixture,
+    gateway_factory_fixture,
+    index_root_fixture,
+    llm_url_fixture,
+    redis_url_fixture,
+    retriever_url_fixture,
+    uploads_dir_fixture,
+)
+from omnirag.indexer.testing import WorkerThread
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -32,45 +44,6 @@ MAX_TOKENS = 24
 def pytest_configure(config: pytest.Config) -> None:
     # Gradio's queue statistics trip pandas 3 deprecation warnings on every event: not ours.
     config.addinivalue_line("filterwarnings", "ignore:::gradio.queueing")
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with redis_server(str(tmp_path_factory.mktemp("redis"))) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def embedder_url() -> Iterator[str]:
-    from omnirag.embedder.app import create_app
-    from omnirag.embedder.config import EmbedderSettings
-
-    with serve_in_thread(create_app(EmbedderSettings(log_json=False))) as base:
-        yield base
-
-
-@pytest.fixture(scope="session")
-def index_root(tmp_path_factory: pytest.TempPathFactory, embedder_url: str) -> Path:
-    """The example knowledge base of ``make run`` (config/knowledge-bases.yaml → docs/), indexed."""
-    root = tmp_path_factory.mktemp("index")
-    return index_knowledge_bases(REPO / "config/knowledge-bases.yaml", root, embedder_url)
-
-
-@pytest.fixture(scope="session")
-def retriever_url(index_root: Path, embedder_url: str) -> Iterator[str]:
-    from omnirag.retriever.app import create_app
-    from omnirag.retriever.config import RetrieverSettings
-
-    settings = RetrieverSettings(
-        index_root=index_root, embedder_url=embedder_url, poll_seconds=0.5, log_json=False
-    )
-    with serve_in_thread(create_app(settings)) as base:
-        yield base
-
-
-@pytest.fixture(scope="session")
-def uploads_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("uploads")
 
 
 @pytest.fixture(scope="session")
@@ -91,44 +64,9 @@ def indexer_worker(
 
 
 @pytest.fixture(scope="session")
-def llm_url() -> Iterator[str]:
-    """The packaged SmolLM2 through llama.cpp; OMNIRAG_TEST_LLM_URL points the tests at another
-    OpenAI-compatible server instead."""
-    if os.environ.get("OMNIRAG_TEST_LLM_URL"):
-        yield os.environ["OMNIRAG_TEST_LLM_URL"]
-        return
-    from omnirag.core.testing import llm_server
-
-    with llm_server(threads=1) as base:
-        yield base
-
-
-GatewayFactory = Callable[..., AbstractContextManager[str]]
-
-
-@pytest.fixture(scope="session")
-def gateway_factory(
-    redis_url: str, embedder_url: str, retriever_url: str, llm_url: str, uploads_dir: Path
-) -> GatewayFactory:
-    from omnirag.gateway.app import create_app
-    from omnirag.gateway.config import GatewaySettings
-
-    @contextmanager
-    def make(**overrides: Any) -> Iterator[str]:
-        values: dict[str, Any] = {
-            "redis_url": redis_url,
-            "embedder_url": embedder_url,
-            "retriever_url": retriever_url,
-            "llm_base_url": llm_url,
-            "dev_key": DEV_KEY,
-            "uploads_dir": uploads_dir,
-            "context_max_chars": 2000,  # a short prompt keeps a 1-thread CPU model quick
-            "log_json": False,
-        } | overrides
-        with serve_in_thread(create_app(GatewaySettings(**values)), ready_path="/healthz") as base:
-            yield base
-
-    return make
+def gateway_defaults() -> dict[str, Any]:
+    # A short prompt keeps a 1-thread CPU model quick.
+    return {"dev_key": DEV_KEY, "context_max_chars": 2000}
 
 
 @pytest.fixture(scope="session")
