@@ -76,6 +76,8 @@ async def test_a_full_queue_answers_429_with_retry_after_and_recovers(gated_serv
             text = (await client.get("/metrics")).text
             assert metric_value(text, "omnirag_embedder_failures_total", 'reason="overloaded"') == 5
             assert metric_value(text, "omnirag_embedder_queue_depth") == 0
+            # What an alert divides the depth by: the limit this process really runs with.
+            assert metric_value(text, "omnirag_embedder_queue_capacity") == 4
 
 
 async def test_work_for_a_client_that_hung_up_is_dropped_before_it_is_computed(gated_service):

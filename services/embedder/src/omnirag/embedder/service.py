@@ -26,6 +26,9 @@ TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 class EmbedderMetrics:
     def __init__(self, m: ServiceMetrics) -> None:
         self.queue_depth = m.gauge("queue_depth", "Texts waiting in the batching queue.")
+        self.queue_capacity = m.gauge(
+            "queue_capacity", "Texts the batching queue holds at most (EMBEDDER_MAX_QUEUE_INPUTS)."
+        )
         self.batch_size = m.histogram("batch_size", "Texts per forward pass.", buckets=SIZE_BUCKETS)
         self.batch_tokens = m.histogram(
             "batch_tokens", "Padded tokens (texts x longest) per forward pass.", buckets=TOKEN_BUCKETS
@@ -68,6 +71,7 @@ class EmbedService:
         if overhead is None:
             overhead = pass_overhead_tokens if pass_overhead_tokens is not None else PASS_OVERHEAD_TOKENS
         metrics.pass_overhead.set(overhead)
+        metrics.queue_capacity.set(settings.max_queue_inputs)
         self.queue = BatchQueue(
             self._run_pass,
             max_batch_size=settings.max_batch_size,
