@@ -564,6 +564,19 @@ def test_long_running_containers_have_probes_and_resources(rendered: Renderer, c
     assert not problems, f"{ci}:{fmt(problems)}"
 
 
+def test_the_upload_worker_is_alive_while_its_heartbeat_is_fresh(rendered: Renderer) -> None:
+    """The worker has no HTTP port: its liveness is the age of the heartbeat file it rewrites."""
+    (worker,) = of_component(rendered("gpu-full"), "indexer-worker", {"Deployment"})
+    pod = pod_template(worker)
+    assert pod is not None
+    (container,) = containers(pod[1], init=False)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.get("INDEXER_HEARTBEAT_FILE", "").startswith("/tmp/")  # the writable emptyDir
+    for probe in ("startupProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "INDEXER_HEARTBEAT_FILE" in command and "getmtime" in command, f"{probe}: {command}"
+
+
 @pytest.mark.parametrize("ci", CI_SETS)
 def test_container_ports_are_the_design_ports(rendered: Renderer, ci: str) -> None:
     problems = []

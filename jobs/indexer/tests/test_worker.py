@@ -4,6 +4,7 @@ dead-letter stream without blocking the next request, failures are retried."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -182,3 +183,33 @@ async def test_failures_are_retried_then_dead_lettered(settings, redis_url, redi
     st = await status(redis, failing)
     assert st["attempts"] == "2" and "embedder" in st["error"]
     assert len(await redis.xrange(DEAD_LETTER_STREAM)) == 1
+
+
+async def test_the_heartbeat_file_is_rewritten_while_the_worker_runs_and_stops_with_it(
+    settings, redis_url, redis, tmp_path
+):
+    settings.redis_url = redis_url
+    settings.heartbeat_file = tmp_path / "heartbeat"
+    settings.heartbeat_seconds = 0.05
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=50)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        beats: list[float] = []
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if settings.heartbeat_file.exists():
+                beat = float(settings.heartbeat_file.read_text())
+                if not beats or beat != beats[-1]:
+                    beats.append(beat)
+            if len(beats) >= 3:
+                break
+        assert len(beats) >= 3, "the heartbeat was not rewritten while the worker ran"
+        assert beats == sorted(beats) and time.time() - beats[-1] < 5
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await worker.close()
+    last = settings.heartbeat_file.read_text()
+    await asyncio.sleep(0.3)
+    assert settings.heartbeat_file.read_text() == last, "a stopped worker kept beating"

@@ -41,6 +41,14 @@ class IndexerSettings(ServiceSettings):
     keep_versions: int = Field(3, ge=1, description="Versions kept after a publish (CURRENT always kept).")
     prune_grace_seconds: float = Field(600.0, ge=0, description="Never prune a version younger than this.")
     uploads_dir: Path = Field(Path("data/uploads"), description="Where the gateway stores uploaded files.")
+    heartbeat_file: Path | None = Field(
+        None,
+        description="The worker rewrites this file every heartbeat_seconds while its event loop runs and "
+        "Redis answers; a liveness probe checks its age (the worker has no HTTP port). Empty: no file.",
+    )
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, le=300, description="How often the heartbeat file is rewritten."
+    )
     keep_uploads: bool = Field(
         False,
         description="Keep an uploaded file after its version is published. Off: the index holds its "

@@ -11,6 +11,7 @@ the version or the error) is a Redis hash readable by job id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -202,10 +203,39 @@ class Worker:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         await self.setup()
-        while stop is None or not stop.is_set():
-            message = await self.next_message()
-            if message is not None:
-                await self.handle(*message)
+        beat = None
+        if self.settings.heartbeat_file is not None:
+            beat = asyncio.create_task(self._heartbeat(self.settings.heartbeat_file), name="heartbeat")
+        try:
+            while stop is None or not stop.is_set():
+                message = await self.next_message()
+                if message is not None:
+                    await self.handle(*message)
+        finally:
+            if beat is not None:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+
+    async def _heartbeat(self, path: Path) -> None:
+        """Rewrite ``path`` with the time while the event loop runs and Redis answers PING. A stuck
+        loop or a lost Redis lets the file age, and the liveness probe restarts the worker."""
+        while True:
+            try:
+                await asyncio.wait_for(self.redis.ping(), timeout=5)
+            except (aioredis.RedisError, OSError, TimeoutError) as exc:
+                log.warning("heartbeat skipped: Redis does not answer", extra={"reason": str(exc)})
+            else:
+                # A few bytes to a local file, on the loop itself: a write still in flight on a
+                # thread could land after the worker stopped and tell the probe it lives.
+                _write_beat(path)
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+
+
+def _write_beat(path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{time.time():.3f}\n", encoding="utf-8")
+    tmp.replace(path)  # a probe never reads a half-written file
 
 
 async def run_worker(settings: IndexerSettings) -> int:
