@@ -84,6 +84,18 @@ def job_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "omnirag.model_download", *args]
 
 
+def start_job(tmp_path: Path, hub: FakeHub | None, *args: str) -> subprocess.Popen[str]:
+    """The job in the background, for a test that stops it mid-way (it reads the output at the end)."""
+    return subprocess.Popen(
+        job_command(*args),
+        env=job_env(tmp_path, hub),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_job(tmp_path: Path, hub: FakeHub | None, *args: str, timeout: float = 60, **env: str) -> Run:
     proc = subprocess.run(
         job_command(*args),

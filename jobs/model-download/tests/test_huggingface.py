@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from omnirag.model_download.job import part_name
 from omnirag.model_download.sources import RemoteFile
 from omnirag.model_download.testing import FakeHub, random_bytes, sha256, wait_for
 
-from .conftest import BIG, BIG_SIZE, job_command, job_env, run_job, tiny_files
+from .conftest import BIG, BIG_SIZE, run_job, start_job, tiny_files
 
 REPO = "acme/tiny-llm"
 
@@ -144,14 +144,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, hub, models):
     files = add_tiny(hub)
     dest = models / REPO
     held = 1024 * 1024
-    release = hub.hold.setdefault(BIG, (held, __import__("threading").Event()))[1]
-    proc = subprocess.Popen(
-        job_command("--repo", REPO),
-        env=job_env(tmp_path, hub),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    release = hub.hold.setdefault(BIG, (held, threading.Event()))[1]
+    proc = start_job(tmp_path, hub, "--repo", REPO)
     try:
         part = dest / WORK_DIR_NAME / "partial" / part_name(RemoteFile(BIG, BIG_SIZE, sha256(files[BIG])))
         wait_for(lambda: part.exists() and part.stat().st_size == held, timeout=20)
@@ -177,15 +171,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, hub, models):
 
 def test_interrupted_run_keeps_partial_and_exits_130(tmp_path, hub, models):
     files = add_tiny(hub)
-    release = hub.hold.setdefault(BIG, (512 * 1024, __import__("threading").Event()))[1]
-    proc = subprocess.Popen(
-        job_command("--repo", REPO),
-        env=job_env(tmp_path, hub),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    release = hub.hold.setdefault(BIG, (512 * 1024, threading.Event()))[1]
+    proc = start_job(tmp_path, hub, "--repo", REPO)
     part = (
         models / REPO / WORK_DIR_NAME / "partial" / part_name(RemoteFile(BIG, BIG_SIZE, sha256(files[BIG])))
     )

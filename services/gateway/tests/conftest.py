@@ -15,16 +15,8 @@ from typing import Any
 import pytest
 
 # The stack's fixtures, shared with the UI's tests.
-from omnirag.gateway.testing import (  # noqa: F401 (fixtures, registered by being imported)
-    GatewayFactory,
-    embedder_url_fixture,
-    gateway_factory_fixture,
-    index_root_fixture,
-    llm_url_fixture,
-    redis_url_fixture,
-    retriever_url_fixture,
-    uploads_dir_fixture,
-)
+from omnirag.gateway.testing import *  # noqa: F403 (fixtures, registered by being imported)
+from omnirag.gateway.testing import GatewayFactory
 
 REPO = Path(__file__).resolve().parents[3]
 DEV_KEY = "test-dev-key-0123456789abcdef"

@@ -20,16 +20,8 @@ import pytest
 from omnirag.core.testing import serve_in_thread
 
 # The stack's fixtures, shared with the gateway's tests.
-from omnirag.gateway.testing import (  # noqa: F401 (fixtures, registered by being imported)
-    GatewayFactory,
-    embedder_url_fixture,
-    gateway_factory_fixture,
-    index_root_fixture,
-    llm_url_fixture,
-    redis_url_fixture,
-    retriever_url_fixture,
-    uploads_dir_fixture,
-)
+from omnirag.gateway.testing import *  # noqa: F403 (fixtures, registered by being imported)
+from omnirag.gateway.testing import GatewayFactory
 from omnirag.indexer.testing import WorkerThread
 
 REPO = Path(__file__).resolve().parents[3]

@@ -2,7 +2,8 @@
 knowledge base indexed by the indexer, the retriever, the local llama.cpp LLM, and gateways served
 over HTTP in front of them. The gateway's and the UI's test suites import the ``*_fixture``
 functions into their conftest.py, which registers them under their fixture names (``redis_url``,
-``gateway_factory``…); each suite sets its own gateway settings by overriding ``gateway_defaults``.
+``gateway_factory``…); each suite defines a ``gateway_defaults`` fixture, the settings every
+gateway it makes gets.
 
 The other services are imported inside the fixtures: the gateway itself never needs them.
 """
@@ -23,6 +24,18 @@ REPO = Path(__file__).resolve().parents[5]
 EXAMPLE_KNOWLEDGE_BASES = REPO / "config/knowledge-bases.yaml"
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
+
+# What a conftest takes with ``from omnirag.gateway.testing import *``: the type and the fixtures.
+__all__ = [
+    "GatewayFactory",
+    "embedder_url_fixture",
+    "gateway_factory_fixture",
+    "index_root_fixture",
+    "llm_url_fixture",
+    "redis_url_fixture",
+    "retriever_url_fixture",
+    "uploads_dir_fixture",
+]
 
 
 @pytest.fixture(scope="session", name="redis_url")
@@ -75,12 +88,6 @@ def llm_url_fixture() -> Iterator[str]:
 @pytest.fixture(scope="session", name="uploads_dir")
 def uploads_dir_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("uploads")
-
-
-@pytest.fixture(scope="session", name="gateway_defaults")
-def gateway_defaults_fixture() -> dict[str, Any]:
-    """Settings every gateway of a suite gets (a suite's conftest overrides this fixture)."""
-    return {}
 
 
 @pytest.fixture(scope="session", name="gateway_factory")
