@@ -3,6 +3,7 @@ SmolLM2 through llama.cpp, and the gateway — driven by the official ``openai``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -285,3 +286,39 @@ def test_body_errors_keep_their_statuses_order_and_shape(gateway_url: str) -> No
     op = httpx.get(gateway_url + "/openapi.json", timeout=30).json()["paths"]["/v1/chat/completions"]["post"]
     assert "messages" in op["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {p["name"] for p in op["parameters"]} == {"authorization", "x-api-key"}
+
+
+@pytest.mark.parametrize("rag", [True, False])
+def test_a_streamed_turn_is_stored_before_done(gateway_factory, rag: bool) -> None:  # type: ignore[no-untyped-def]
+    """A client may read the session, or send its follow-up, the moment it sees ``[DONE]``: the
+    turn must already be stored. Storing is slowed down so that a gateway that stored it after
+    ``[DONE]`` would be caught."""
+    session = f"s-{uuid.uuid4().hex[:10]}"
+    body = {
+        "model": "omnirag",
+        "messages": [{"role": "user", "content": "Which port does the gateway listen on?"}],
+        "stream": True,
+        "max_tokens": 12,
+        "session_id": session,
+        "rag": rag,
+    }
+    with gateway_factory() as base:
+        history = gateway_factory.last_app.state.gateway.history
+        append = history.append
+
+        async def slow_append(*args, **kwargs):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(0.5)
+            return await append(*args, **kwargs)
+
+        history.append = slow_append
+        with httpx.stream("POST", base + "/v1/chat/completions", json=body, headers=AUTH, timeout=120) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if line == "data: [DONE]":
+                    # Asked while the stream is still open, as a client that stops reading at [DONE].
+                    got = httpx.get(f"{base}/v1/sessions/{session}", headers=AUTH)
+                    break
+            else:
+                pytest.fail("the stream ended without [DONE]")
+    assert got.status_code == 200, got.text
+    assert [m["role"] for m in got.json()["messages"]] == ["user", "assistant"]

@@ -287,11 +287,12 @@ class ChatHandler:
             )
             yield DONE
             return
-        answer = "".join(parts)
+        # Stored before the stream ends: a client that reads the session, or asks its follow-up,
+        # the moment it sees [DONE] finds this turn there.
+        await self._count(key, prompt_estimate, len(parts))
+        await self._remember(key, req, question, "".join(parts), outcome)
         yield _sse(envelope | {"object": "chat.completion.chunk", "choices": [], "omnirag": outcome.public()})
         yield DONE
-        await self._count(key, prompt_estimate, len(parts))
-        await self._remember(key, req, question, answer, outcome)
 
     # ---------- RAG ----------
 
@@ -513,12 +514,12 @@ class ChatHandler:
             )
             yield DONE
             return
+        # Stored before the stream ends (see _relay).
+        await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", len(parts))))
+        await self._remember(key, req, question, "".join(parts), outcome)
         yield self._chunk(cid, created, {}, finish)
         yield self._tail(cid, created, outcome)
         yield DONE
-        answer = "".join(parts)
-        await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", len(parts))))
-        await self._remember(key, req, question, answer, outcome)
 
 
 __all__ = ["ChatHandler", "ChatRequest", "OmniragError"]
