@@ -90,7 +90,14 @@ async def test_work_for_a_client_that_hung_up_is_dropped_before_it_is_computed(g
             async with httpx.AsyncClient(base_url=base, timeout=0.5) as impatient:
                 with pytest.raises(httpx.ReadTimeout):
                     await impatient.post("/v1/embeddings", json={"input": ["abandoned one", "abandoned two"]})
-            await asyncio.sleep(0.3)  # let the server notice the hang-up
+            # Let the server notice the hang-up: it answers the gone caller 499 (however slow the machine).
+            deadline = time.monotonic() + 30
+            while not any(
+                line.startswith("omnirag_embedder_requests_total{") and 'status="499"' in line
+                for line in metrics(base).splitlines()
+            ):
+                assert time.monotonic() < deadline, "the server never noticed the hang-up"
+                await asyncio.sleep(0.05)
             gate.set()
             assert (await holder).status_code == 200
             after = await client.post("/v1/embeddings", json={"input": "next caller"})
