@@ -772,6 +772,98 @@ def test_no_literal_credentials(rendered: Renderer, ci: str) -> None:
     assert not problems, f"{ci}:{fmt(problems)}"
 
 
+SECRET_FILES = "/etc/omnirag-secrets/"
+
+
+def secret_file_problems(obj: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    """Every secret reaches an omnirag container as a file: no secretKeyRef env (vLLM's own key
+    aside), and each *_FILE under /etc/omnirag-secrets/ names a key of a secret volume mounted there."""
+    problems = []
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    for c in containers(pod):
+        where = f"{ref(obj)} {c.get('name')}"
+        for env in c.get("env") or []:
+            if "secretKeyRef" in (env.get("valueFrom") or {}) and env["name"] != "VLLM_API_KEY":
+                problems.append(f"{where}: {env['name']} comes from a secretKeyRef, not a file")
+            path = str(env.get("value") or "")
+            if not (env.get("name", "").endswith("_FILE") and path.startswith(SECRET_FILES)):
+                continue
+            mount = next(
+                (m for m in c.get("volumeMounts") or [] if path.startswith(m["mountPath"] + "/")), None
+            )
+            secret = (volumes.get(mount["name"]) or {}).get("secret") if mount else None
+            items = [i["path"] for i in (secret or {}).get("items") or []]
+            key = path[len(mount["mountPath"]) + 1 :] if mount else None
+            if not secret or not mount.get("readOnly") or key not in items:  # type: ignore[union-attr]
+                problems.append(f"{where}: {env['name']}={path} is not a key of a read-only secret volume")
+    return problems
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_secrets_reach_the_services_as_files(rendered: Renderer, ci: str) -> None:
+    docs = rendered(ci)
+    problems = [p for obj, _, pod in workloads(docs) for p in secret_file_problems(obj, pod)]
+    # checkov's "secrets as files" check is skipped only where vLLM takes its key from env.
+    for obj in docs:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if (
+            any(str(a).startswith("CKV_K8S_35=") for a in annotations.values())
+            and component_of(obj) != "vllm"
+        ):
+            problems.append(f"{ref(obj)}: skips CKV_K8S_35 but reads no secret from env")
+    assert not problems, f"{ci}:{fmt(problems)}"
+
+
+def settings_from_render(
+    container: dict[str, Any], files: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Put the container's env into this process, its secret files (by key) under tmp_path."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)  # no .env
+    for env in container.get("env") or []:
+        value = env.get("value")
+        if value is None:
+            continue
+        if env["name"].endswith("_FILE") and value.startswith(SECRET_FILES):
+            local = tmp_path / value[len(SECRET_FILES) :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(files[local.name] + "\n")  # as `kubectl create secret --from-file` of an echo
+            value = str(local)
+        monkeypatch.setenv(env["name"], value)
+
+
+def test_the_services_read_the_rendered_secret_files(
+    rendered: Renderer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The services' own settings, given a rendered pod's env and its secret files, end up with the
+    secrets: the Redis password in the URL, the LLM key, the UI's key, an external Redis URL."""
+    from omnirag.gateway.config import GatewaySettings
+    from omnirag.indexer.config import IndexerSettings
+    from omnirag.ui.config import UiSettings
+
+    def container_of(ci: str, component: str) -> dict[str, Any]:
+        obj = of_component(rendered(ci), component, {"Deployment"})[0]
+        return pod_template(obj)[1]["containers"][0]  # type: ignore[index]
+
+    files = {  # by the secrets' keys in the ci values
+        "redis-password": "p@ss word",
+        "api-key": "llm-key-1",
+        "ui-api-key": "ui-key-1",
+        "redis-url": "rediss://:pw@cache.example:6380/1",
+    }
+    with monkeypatch.context() as m:
+        settings_from_render(container_of("gpu-full", "gateway"), files, tmp_path, m)
+        gw = GatewaySettings()
+        assert gw.redis_url.startswith("redis://:p%40ss%20word@omnirag-redis:")
+        assert gw.llm_api_key.get_secret_value() == "llm-key-1"
+    with monkeypatch.context() as m:
+        settings_from_render(container_of("gpu-full", "ui"), files, tmp_path / "ui", m)
+        assert UiSettings().api_key.get_secret_value() == "ui-key-1"
+    with monkeypatch.context() as m:
+        settings_from_render(container_of("external-redis", "indexer"), files, tmp_path / "ix", m)
+        assert IndexerSettings().redis_url == "rediss://:pw@cache.example:6380/1"
+
+
 # ---- knowledge bases ------------------------------------------------------------------------------------
 
 

@@ -75,7 +75,7 @@ goes into the namespace of `helm install -n`.
 CKV_K8S_21: the namespace is the release's (helm install -n); checkov renders the chart into default
 CKV_K8S_43: tags are pinned (the chart appVersion or an explicit version); set image.digest to pin by digest
 CKV_K8S_15: IfNotPresent with pinned tags; image.pullPolicy is a value
-CKV_K8S_35: the service reads this secret from an environment variable; its settings have no file option
+CKV_K8S_35: vLLM reads its API key from the VLLM_API_KEY environment variable and has no file option
 CKV_K8S_8: a helm test pod runs once; a liveness probe would have nothing to restart
 CKV_K8S_9: a helm test pod runs once and no Service routes to it
 {{- end -}}
@@ -90,7 +90,7 @@ CKV_K8S_9: a helm test pod runs once and no Service routes to it
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* Checks skipped on a workload: its image checks, and CKV_K8S_35 when "secretEnv" is true. */}}
+{{/* Checks skipped on a workload: its image checks, and CKV_K8S_35 when "secretEnv" is true (vLLM's key). */}}
 {{- define "omnirag.workloadCheckov" -}}
 {{- $l := list "CKV_K8S_43" "CKV_K8S_15" -}}
 {{- if .secretEnv }}{{ $l = append $l "CKV_K8S_35" }}{{ end -}}
@@ -111,13 +111,6 @@ labels:
   {{- end }}
 {{- $ann := merge (include "omnirag.checkovSkips" . | fromYaml) (deepCopy (default (dict) .annotations)) }}
 {{- include "omnirag.annotations" (dict "ctx" .ctx "annotations" $ann) }}
-{{- end -}}
-
-{{/* "true" when the services get the Redis URL or password from a Secret through an environment variable. */}}
-{{- define "omnirag.redisSecretEnv" -}}
-{{- if .Values.redis.enabled -}}
-{{- if .Values.redis.auth.enabled }}true{{ end -}}
-{{- else if .Values.redis.external.existingSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -347,33 +340,73 @@ dict "prefix" "GATEWAY_" "port" 8000 (port 0 = no HTTP server)
 {{- end -}}
 
 {{/*
-Env entries that hand a Redis URL to a service under the variable "name": dict "ctx" $ "name" "GATEWAY_REDIS_URL".
-In the release the URL is built from the Service (and the password, through Kubernetes' $(VAR)
-expansion, so it never appears in the manifest); outside it the whole URL comes from a Secret.
+A key of a Secret as a read-only file, /etc/omnirag-secrets/<name>/<key> (beside, not inside, the
+indexer's /etc/omnirag config mount): the services read it through
+<VAR>_FILE (omnirag.core.settings), so no secret sits in an environment variable.
+  volume: dict "name" "llm-api-key" "secret" "my-secret" "key" "api-key"
+*/}}
+{{- define "omnirag.secretFileVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end -}}
+
+{{- define "omnirag.secretFileMount" -}}
+- name: {{ .name }}
+  mountPath: /etc/omnirag-secrets/{{ .name }}
+  readOnly: true
+{{- end -}}
+
+{{- define "omnirag.secretFilePath" -}}
+/etc/omnirag-secrets/{{ .name }}/{{ .key }}
+{{- end -}}
+
+{{/* The Redis secret a service reads, as JSON {"name","secret","key"} ({} when none): the
+internal Redis's password, or the whole URL of an external one. */}}
+{{- define "omnirag.redisSecretFile" -}}
+{{- $v := .Values.redis -}}
+{{- if $v.enabled -}}
+{{- if $v.auth.enabled -}}
+{{- toJson (dict "name" "redis" "secret" (include "omnirag.redisPasswordSecret" .) "key" $v.auth.existingSecretPasswordKey) -}}
+{{- else -}}{}{{- end -}}
+{{- else if $v.external.existingSecret -}}
+{{- toJson (dict "name" "redis" "secret" $v.external.existingSecret "key" $v.external.existingSecretKey) -}}
+{{- else -}}{}{{- end -}}
+{{- end -}}
+
+{{/*
+Env entries that hand Redis to a service whose URL setting is "name": dict "ctx" $ "name" "GATEWAY_REDIS_URL".
+In the release the URL names the Service and the password comes from its secret's file
+(<PREFIX>REDIS_PASSWORD_FILE, put into the URL by the service); outside it the whole URL is the file.
 */}}
 {{- define "omnirag.redisEnv" -}}
 {{- $v := .ctx.Values.redis -}}
+{{- $file := include "omnirag.redisSecretFile" .ctx | fromJson -}}
 {{- if $v.enabled }}
-{{- $host := include "omnirag.componentName" (dict "ctx" .ctx "component" "redis") -}}
-{{- if $v.auth.enabled }}
-- name: OMNIRAG_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "omnirag.redisPasswordSecret" .ctx }}
-      key: {{ $v.auth.existingSecretPasswordKey }}
-- name: {{ .name }}
-  value: {{ printf "redis://:$(OMNIRAG_REDIS_PASSWORD)@%s:%d/%d" $host (int $v.service.port) (int $v.database) | quote }}
-{{- else }}
+{{- $host := include "omnirag.componentName" (dict "ctx" .ctx "component" "redis") }}
 - name: {{ .name }}
   value: {{ printf "redis://%s:%d/%d" $host (int $v.service.port) (int $v.database) | quote }}
+{{- if $file }}
+- name: {{ trimSuffix "_URL" .name }}_PASSWORD_FILE
+  value: {{ include "omnirag.secretFilePath" $file }}
 {{- end }}
-{{- else if $v.external.existingSecret }}
-- name: {{ .name }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.external.existingSecret }}
-      key: {{ $v.external.existingSecretKey }}
+{{- else if $file }}
+- name: {{ .name }}_FILE
+  value: {{ include "omnirag.secretFilePath" $file }}
 {{- end }}
+{{- end -}}
+
+{{/* The volume and the mount of the Redis secret's file (nothing when there is none). */}}
+{{- define "omnirag.redisSecretVolume" -}}
+{{- with include "omnirag.redisSecretFile" . | fromJson }}{{ include "omnirag.secretFileVolume" . }}{{ end -}}
+{{- end -}}
+
+{{- define "omnirag.redisSecretMount" -}}
+{{- with include "omnirag.redisSecretFile" . | fromJson }}{{ include "omnirag.secretFileMount" . }}{{ end -}}
 {{- end -}}
 
 {{/* Secret of the gateway's keys file (and, by default, of the UI's key). */}}
@@ -730,6 +763,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 - name: uploads
   mountPath: {{ include "omnirag.uploadsDir" $ }}
 {{- end }}
+{{- with include "omnirag.redisSecretMount" $ | trim }}
+{{ . }}
+{{- end }}
 {{- with .values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -745,6 +781,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
     name: {{ include "omnirag.componentName" (dict "ctx" $ "component" "indexer") }}
 {{- if .withUploads }}
 {{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "uploads") }}
+{{- end }}
+{{- with include "omnirag.redisSecretVolume" $ | trim }}
+{{ . }}
 {{- end }}
 {{- with .values.extraVolumes }}
 {{ toYaml . }}

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import SettingsConfigDict
 
-from omnirag.core.settings import ServiceSettings
+from omnirag.core.settings import (
+    MAX_SETTING_FILE_BYTES,
+    RedisServiceSettings,
+    ServiceSettings,
+    SettingsFileError,
+)
 
 
 class DemoSettings(ServiceSettings):
@@ -40,3 +45,88 @@ def test_bad_values_fail_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("DEMO_MAX_BODY_BYTES", "10")  # below the documented floor
     with pytest.raises(ValidationError):
         DemoSettings()
+
+
+class SecretDemo(RedisServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DEMO_", env_file=".env", extra="ignore")
+    api_key: SecretStr | None = None
+    token: str = "none"
+    token_file: str | None = None  # a setting with its own *_file field keeps that meaning
+    workers: int = 1
+    shared_key: SecretStr | None = Field(None, validation_alias=AliasChoices("DEMO_SHARED_KEY", "OTHER_KEY"))
+
+
+def test_a_text_setting_is_read_from_the_file_its_FILE_variable_names(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "key").write_text("s3cret-value\n")  # as `echo` writes it: one newline dropped
+    monkeypatch.setenv("DEMO_API_KEY_FILE", str(tmp_path / "key"))
+    assert SecretDemo().api_key.get_secret_value() == "s3cret-value"
+    # Among aliases the first one set wins, plain or as a file.
+    monkeypatch.setenv("OTHER_KEY", "from-env")
+    assert SecretDemo().shared_key.get_secret_value() == "from-env"
+    monkeypatch.setenv("DEMO_SHARED_KEY_FILE", str(tmp_path / "key"))
+    assert SecretDemo().shared_key.get_secret_value() == "s3cret-value"
+    monkeypatch.delenv("DEMO_SHARED_KEY_FILE")
+    monkeypatch.delenv("OTHER_KEY")
+    monkeypatch.setenv("DEMO_SHARED_KEY", "first-alias")
+    monkeypatch.setenv("OTHER_KEY_FILE", str(tmp_path / "key"))
+    assert SecretDemo().shared_key.get_secret_value() == "first-alias"
+    monkeypatch.delenv("DEMO_SHARED_KEY")
+    assert SecretDemo().shared_key.get_secret_value() == "s3cret-value"
+    # Passed in code beats every file.
+    assert SecretDemo(api_key="in-code").api_key.get_secret_value() == "in-code"
+    # The environment's file variant wins over .env's plain value.
+    (tmp_path / ".env").write_text("DEMO_API_KEY=from-dotenv\n")
+    assert SecretDemo().api_key.get_secret_value() == "s3cret-value"
+
+
+def test_file_variants_fail_clearly_and_never_show_the_content(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "key").write_text("s3cret-value")
+    monkeypatch.setenv("DEMO_API_KEY_FILE", str(tmp_path / "key"))
+    monkeypatch.setenv("DEMO_API_KEY", "also-given")
+    with pytest.raises(SettingsFileError, match="set DEMO_API_KEY or DEMO_API_KEY_FILE, not both"):
+        SecretDemo()
+    monkeypatch.delenv("DEMO_API_KEY")
+    monkeypatch.setenv("DEMO_API_KEY_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsFileError, match=r"DEMO_API_KEY_FILE=.*missing: cannot read it"):
+        SecretDemo()
+    (tmp_path / "huge").write_bytes(b"x" * (MAX_SETTING_FILE_BYTES + 1))
+    monkeypatch.setenv("DEMO_API_KEY_FILE", str(tmp_path / "huge"))
+    with pytest.raises(SettingsFileError, match="larger than"):
+        SecretDemo()
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    monkeypatch.setenv("DEMO_API_KEY_FILE", str(tmp_path / "binary"))
+    with pytest.raises(SettingsFileError, match="not UTF-8") as err:
+        SecretDemo()
+    assert "s3cret" not in str(err.value)
+
+
+def test_only_text_settings_without_their_own_file_field_take_a_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "n").write_text("7")
+    monkeypatch.setenv("DEMO_WORKERS_FILE", str(tmp_path / "n"))
+    monkeypatch.setenv("DEMO_TOKEN_FILE", str(tmp_path / "n"))
+    s = SecretDemo()
+    assert s.workers == 1  # not a text setting: its _FILE means nothing
+    assert s.token == "none" and s.token_file == str(tmp_path / "n")
+
+
+def test_the_redis_password_goes_into_the_url(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pw").write_text("p@ss/word:1\n")
+    monkeypatch.setenv("DEMO_REDIS_URL", "redis://redis.ns.svc:6379/2")
+    monkeypatch.setenv("DEMO_REDIS_PASSWORD_FILE", str(tmp_path / "pw"))
+    url = SecretDemo().redis_url
+    assert url == "redis://:p%40ss%2Fword%3A1@redis.ns.svc:6379/2"
+    redis = pytest.importorskip("redis")  # the services' client reads it back
+    kwargs = redis.connection.parse_url(url)
+    assert kwargs["password"] == "p@ss/word:1" and kwargs["host"] == "redis.ns.svc" and kwargs["db"] == 2
+    # A whole URL from a file, and a URL that has a password already is refused a second one.
+    (tmp_path / "url").write_text("rediss://user:pw@cache.example:6380/0")
+    monkeypatch.delenv("DEMO_REDIS_URL")
+    monkeypatch.setenv("DEMO_REDIS_URL_FILE", str(tmp_path / "url"))
+    with pytest.raises(ValidationError, match="has a password already"):
+        SecretDemo()
+    monkeypatch.delenv("DEMO_REDIS_PASSWORD_FILE")
+    assert SecretDemo().redis_url == "rediss://user:pw@cache.example:6380/0"

@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from omnirag.core.settings import ServiceSettings
+from omnirag.core.settings import RedisServiceSettings
 
 
-class IndexerSettings(ServiceSettings):
+class IndexerSettings(RedisServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INDEXER_", env_file=".env", extra="ignore")
 
     # A CLI: people read its summary on stdout; logs on stderr only say what went wrong.

@@ -2,17 +2,116 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Self
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+MAX_SETTING_FILE_BYTES = 64 * 1024
+
+
+class SettingsFileError(ValueError):
+    """A ``<VAR>_FILE`` that cannot be used: set twice, missing, unreadable or too large."""
+
+
+def _is_text(annotation: Any) -> bool:
+    """str or SecretStr, optionally with None: the settings a file can hold (keys, URLs)."""
+    if annotation in (str, SecretStr):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and args[0] in (str, SecretStr)
+    return False
+
+
+def _env_names(name: str, field: FieldInfo, prefix: str) -> list[str]:
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str)]
+    if isinstance(alias, str):
+        return [alias]
+    return [(prefix + name).upper()]
+
+
+def read_setting_file(var: str, path: str) -> str:
+    """The value in the file named by ``var`` (one trailing newline dropped), or a clear error that
+    names the variable and the path, never the content."""
+    try:
+        with Path(path).open("rb") as f:
+            raw = f.read(MAX_SETTING_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsFileError(f"{var}={path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_SETTING_FILE_BYTES:
+        raise SettingsFileError(f"{var}={path}: larger than {MAX_SETTING_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsFileError(f"{var}={path}: not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+class FileSettingsSource(PydanticBaseSettingsSource):
+    """``<VAR>_FILE=/path`` for every text setting ``<VAR>`` (keys, URLs): the value is read from the
+    file, as a mounted Kubernetes or Docker secret gives it, so secrets need not sit in the
+    environment. Setting both ``<VAR>`` and ``<VAR>_FILE`` is an error. A setting that has its own
+    ``*_file`` field (``GATEWAY_API_KEYS_FILE``) keeps that meaning. It comes before the
+    environment's plain values so that, among a setting's aliases, the first one set wins whether
+    it is given plain or as a file."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads every field at once
+
+    def __call__(self) -> dict[str, Any]:
+        config = self.settings_cls.model_config
+        prefix = str(config.get("env_prefix") or "")
+        env = {k.upper(): v for k, v in os.environ.items()}
+        fields = self.settings_cls.model_fields
+        found: dict[str, Any] = {}
+        for name, field in fields.items():
+            if f"{name}_file" in fields or not _is_text(field.annotation):
+                continue
+            names = _env_names(name, field, prefix)
+            # The key the env source uses too: the first alias, or the field's name.
+            key = names[0] if field.validation_alias is not None else name
+            for var in names:  # in the aliases' order: the first one set, plain or as a file, wins
+                path = env.get(var.upper() + "_FILE")
+                if var.upper() in env:
+                    if path is not None:
+                        raise SettingsFileError(f"set {var} or {var}_FILE, not both")
+                    break
+                if path is not None:
+                    found[key] = read_setting_file(var + "_FILE", path)
+                    break
+        return found
+
+
+def url_with_password(url: str, password: SecretStr | None, *, setting: str) -> str:
+    """``url`` with ``password`` put in its user-info (``redis://:<pw>@host``), for a password kept
+    in its own secret; a URL that carries a password already is refused, so there is one source."""
+    if password is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise SettingsFileError(f"{setting} has a password already; give it in one place")
+    user = quote(parts.username or "", safe="")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}:{quote(password.get_secret_value(), safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class ServiceSettings(BaseSettings):
     """Fields every service has. A subclass sets ``env_prefix`` (e.g. ``EMBEDDER_``) and a port.
 
-    Values come from the environment first, then from ``.env`` in the working directory, so a
-    laptop keeps its secrets in ``.env`` and a pod gets them from its environment.
+    Values come from the environment first, then from files named by ``<VAR>_FILE`` variables
+    (text settings only, for secrets mounted as files), then from ``.env`` in the working directory,
+    so a laptop keeps its secrets in ``.env`` and a pod gets them from its environment or its
+    mounted secrets.
     """
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
@@ -37,3 +136,32 @@ class ServiceSettings(BaseSettings):
     slow_request_seconds: float = Field(
         1.0, ge=0, description="Requests slower than this are logged at INFO even when they succeed."
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = FileSettingsSource(settings_cls)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+
+
+class RedisServiceSettings(ServiceSettings):
+    """A service that talks to Redis: its URL, and a password that may live in its own secret."""
+
+    redis_url: str = Field("", description="Redis URL (redis://[:password@]host:port/db).")
+    redis_password: SecretStr | None = Field(
+        None,
+        description="Password put into redis_url, so the URL carries none; in a cluster give it as "
+        "<PREFIX>REDIS_PASSWORD_FILE, a mounted secret.",
+    )
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> Self:
+        if self.redis_url:
+            self.redis_url = url_with_password(self.redis_url, self.redis_password, setting="redis_url")
+        return self

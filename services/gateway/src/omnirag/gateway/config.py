@@ -8,10 +8,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from omnirag.core.settings import ServiceSettings
+from omnirag.core.settings import RedisServiceSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(RedisServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", env_file=".env", extra="ignore")
 
     port: int = Field(8000, ge=1, le=65535)
