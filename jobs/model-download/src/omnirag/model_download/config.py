@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from omnirag.core.files import TooLarge, read_capped
 from omnirag.core.settings import ServiceSettings
 from omnirag.model_download.errors import InvalidRequest
 
@@ -137,14 +138,13 @@ class ModelDownloadSettings(ServiceSettings):
 def read_token_file(path: Path) -> str:
     """Read a token from a mounted secret. Errors name the file, never its content."""
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_TOKEN_BYTES + 1)
+        raw = read_capped(path, MAX_TOKEN_BYTES)
     except OSError as exc:
         raise InvalidRequest(
             f"token file {path}: cannot read it ({exc.strerror or type(exc).__name__})"
         ) from None
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise InvalidRequest(f"token file {path}: larger than {MAX_TOKEN_BYTES} bytes, not a token")
+    except TooLarge:
+        raise InvalidRequest(f"token file {path}: larger than {MAX_TOKEN_BYTES} bytes, not a token") from None
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError:

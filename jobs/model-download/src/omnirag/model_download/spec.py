@@ -29,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from omnirag.core.files import TooLarge, read_capped
 from omnirag.model_download.config import ModelDownloadSettings, check_endpoint
 from omnirag.model_download.errors import InvalidRequest
 
@@ -176,12 +177,11 @@ def parse(data: Any) -> list[ModelSpec]:
 
 def load(path: Path) -> list[ModelSpec]:
     try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
+        raw = read_capped(path, MAX_SPEC_BYTES)
     except OSError as exc:
         raise InvalidRequest(f"{path}: cannot read the spec ({exc.strerror or type(exc).__name__})") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise InvalidRequest(f"{path}: larger than {MAX_SPEC_BYTES} bytes, not a model spec")
+    except TooLarge:
+        raise InvalidRequest(f"{path}: larger than {MAX_SPEC_BYTES} bytes, not a model spec") from None
     try:
         text = raw.decode("utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)

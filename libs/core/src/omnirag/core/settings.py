@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from omnirag.core.files import TooLarge, read_capped
 
 MAX_SETTING_FILE_BYTES = 64 * 1024
 
@@ -43,12 +44,11 @@ def read_setting_file(var: str, path: str) -> str:
     """The value in the file named by ``var`` (one trailing newline dropped), or a clear error that
     names the variable and the path, never the content."""
     try:
-        with Path(path).open("rb") as f:
-            raw = f.read(MAX_SETTING_FILE_BYTES + 1)
+        raw = read_capped(path, MAX_SETTING_FILE_BYTES)
     except OSError as exc:
         raise SettingsFileError(f"{var}={path}: cannot read it ({exc.strerror or exc})") from None
-    if len(raw) > MAX_SETTING_FILE_BYTES:
-        raise SettingsFileError(f"{var}={path}: larger than {MAX_SETTING_FILE_BYTES} bytes")
+    except TooLarge:
+        raise SettingsFileError(f"{var}={path}: larger than {MAX_SETTING_FILE_BYTES} bytes") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
