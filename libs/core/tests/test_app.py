@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.testclient import TestClient
 
 from omnirag.core.app import create_service_app
+from omnirag.core.errors import TooDeeplyNested
 from omnirag.core.logging import JSONFormatter, configure_logging, request_id_var
+from omnirag.core.routing import MAX_JSON_DEPTH, OrjsonRoute, loads_json
 from omnirag.core.settings import ServiceSettings
+from omnirag.core.testing import serve_in_thread
 
 
 def make_app(**overrides):
@@ -64,7 +70,10 @@ async def test_readyz_reports_each_check_and_is_503_until_all_are_ok(client):
     readiness.add_probe("redis", broken)
     r = await client.get("/readyz")
     assert r.status_code == 503
-    assert "refused" in r.json()["checks"]["redis"]["detail"]
+    # The exception's text is for operators (the log, report(private=True)), not for /readyz.
+    assert r.json()["checks"]["redis"] == {"ok": False, "detail": "check failed"}
+    _, private = await readiness.report(private=True)
+    assert private["checks"]["redis"]["info"] == "ConnectionError: refused"
 
 
 async def test_request_id_is_kept_when_safe_and_made_when_missing(client):
@@ -96,13 +105,120 @@ async def test_body_over_the_limit_is_413_before_it_is_read(client):
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
-async def test_chunked_body_over_the_limit_is_refused(client):
-    async def chunks():
+@pytest.fixture(scope="module")
+def served() -> Iterator[str]:
+    """The shell served by uvicorn on a socket, with a JSON body parsed by FastAPI's own parser
+    (``/echo``), by the OrjsonRoute (``/orjson``) and read by the endpoint itself (``/raw``)."""
+    app = make_app(max_body_bytes=2048)
+    router = APIRouter(route_class=OrjsonRoute)
+
+    @router.post("/orjson")
+    async def orjson_echo(body: dict) -> dict:
+        return {"keys": len(body)}
+
+    @router.post("/raw")
+    async def raw(request: Request) -> dict:
+        return {"bytes": len(await request.body())}
+
+    app.include_router(router)
+    with serve_in_thread(app, ready_path="/healthz") as base:
+        yield base
+
+
+@pytest.mark.parametrize("path", ["/echo", "/orjson", "/raw"])
+def test_chunked_body_over_the_limit_is_413_over_a_real_socket(served, path):
+    """No Content-Length (httpx sends a generator as Transfer-Encoding: chunked): the limit trips
+    while the body is read, and the answer is still 413, not the 400 of a body that failed to parse."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"x": "'
         for _ in range(10):
             yield b"a" * 1024
+        yield b'"}'
 
-    r = await client.post("/echo", content=chunks(), headers={"content-type": "application/json"})
-    assert r.status_code in (400, 413)
+    with httpx.Client(base_url=served, timeout=30) as c:
+        r = c.post(path, content=chunks(), headers={"content-type": "application/json"})
+        assert r.request.headers.get("transfer-encoding") == "chunked"
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "payload_too_large"
+        # a chunked body under the limit is still served
+        r = c.post(path, content=iter([b'{"a": ', b"1}"]), headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+
+
+def nested_app() -> TestClient:
+    """Routes that parse a body three ways: FastAPI's own parser (the stdlib json), OrjsonRoute,
+    and by hand with the stdlib, as a route that reads its body itself may (the gateway's chat)."""
+    app = make_app(max_body_bytes=1024 * 1024)
+    router = APIRouter(route_class=OrjsonRoute)
+
+    @router.post("/orjson")
+    async def orjson_echo(body: dict) -> dict:
+        return {"keys": len(body)}
+
+    @app.post("/by-hand")
+    async def by_hand(request: Request) -> dict:
+        return {"keys": len(json.loads(await request.body()))}
+
+    app.include_router(router)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def nested(depth: int) -> bytes:
+    """An object whose "a" holds arrays: ``depth`` levels of arrays and objects in all."""
+    return b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize("path", ["/echo", "/orjson", "/by-hand"])
+@pytest.mark.parametrize("depth", [100_000, 5_000])
+def test_deeply_nested_json_is_a_400_with_a_stable_code(depth, path):
+    """Far deeper than any real request: a 400 ``too_deeply_nested`` whichever parser meets it
+    (the stdlib's RecursionError, orjson's depth limit), never a 500."""
+    with nested_app() as c:
+        r = c.post(path, content=nested(depth), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "too_deeply_nested"
+
+
+def test_orjson_routes_take_json_up_to_the_depth_bound():
+    with nested_app() as c:
+        ok = c.post("/orjson", content=nested(MAX_JSON_DEPTH), headers={"content-type": "application/json"})
+        deep = c.post(
+            "/orjson", content=nested(MAX_JSON_DEPTH + 1), headers={"content-type": "application/json"}
+        )
+        vector = c.post("/orjson", json={"vector": [0.5] * 4096, "k": [[1]]})
+    assert ok.status_code == 200 and ok.json() == {"keys": 1}
+    assert deep.status_code == 400 and deep.json()["error"]["code"] == "too_deeply_nested"
+    assert str(MAX_JSON_DEPTH) in deep.json()["error"]["message"]
+    assert vector.status_code == 200
+
+
+def test_loads_json_bounds_depth_and_keeps_orjsons_errors():
+    assert loads_json(b'{"a": [1, {"b": [2]}]}') == {"a": [1, {"b": [2]}]}
+    assert loads_json(nested(MAX_JSON_DEPTH).decode()) == loads_json(nested(MAX_JSON_DEPTH))
+    # brackets inside strings are counted but never refused
+    assert loads_json(b'{"s": "' + b"[" * 500 + b'"}') == {"s": "[" * 500}
+    for deep in (nested(MAX_JSON_DEPTH + 1), nested(2000), b"[" * 100_000):
+        with pytest.raises(TooDeeplyNested):
+            loads_json(deep)
+    with pytest.raises(json.JSONDecodeError):
+        loads_json(b"{not json")
+
+
+def test_the_openapi_schema_documents_the_house_errors_and_metrics_as_text():
+    """Every operation declares the error body it really sends (422 and any other status), not
+    FastAPI's own 422 shape; /metrics is text (checked against the real services by tests/api)."""
+    schema = make_app().openapi()
+    assert schema["components"]["schemas"]["Error"]["required"] == ["error"]
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert responses["default"]["content"]["application/json"]["schema"] == error, (method, path)
+            if "422" in responses:
+                assert responses["422"]["content"]["application/json"]["schema"] == error
+    assert "422" in schema["paths"]["/echo"]["post"]["responses"]
+    assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
 
 
 @pytest.fixture
@@ -137,3 +253,120 @@ def test_json_formatter_includes_exceptions():
         rec = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     out = json.loads(fmt.format(rec))
     assert "ValueError: boom" in out["exc"]
+
+
+# ---------- exposure: what /readyz shows, the shared service token ----------
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def health_log():
+    """What omnirag.health logs, caught at its own logger (whatever the root logging setup is)."""
+    logger = logging.getLogger("omnirag.health")
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+async def test_readyz_shows_states_not_urls_paths_or_errors(client, health_log):
+    """A probe's detail is public; its info (URLs, paths, exception text) goes only to the log and
+    to report(private=True). URLs and paths that a probe puts in its detail anyway are masked."""
+    from omnirag.core.health import Check
+
+    readiness = client.app.state.readiness
+
+    async def llm():
+        return Check(True, "ok", "smollm at http://llm.internal:6006/v1 (200)")
+
+    async def careless():  # an old-style probe that puts everything in its detail
+        return False, "index root /data/index/secret does not exist; see http://10.0.0.7:8002/readyz"
+
+    async def broken():
+        raise OSError("[Errno 2] No such file or directory: '/models/private/config.json'")
+
+    readiness.add_probe("llm", llm)
+    readiness.add_probe("index", careless)
+    readiness.add_probe("model", broken)
+    r = await client.get("/readyz")
+    assert r.status_code == 503
+    text = r.text
+    for leak in ("http", "/data/index", "/models", "10.0.0.7", "llm.internal", "Error", "Errno"):
+        assert leak not in text, (leak, text)
+    checks = r.json()["checks"]
+    assert checks["llm"] == {"ok": True, "detail": "ok"}
+    assert checks["index"]["detail"] == "index root <path> does not exist; see <url>"
+    assert checks["model"] == {"ok": False, "detail": "check failed"}
+    _, private = await readiness.report(private=True)
+    assert private["checks"]["llm"]["info"] == "smollm at http://llm.internal:6006/v1 (200)"
+    assert "/data/index/secret" in private["checks"]["index"]["info"]
+    assert "/models/private/config.json" in private["checks"]["model"]["info"]
+    # Operators find the details in the log, once per change (not at every probe).
+    assert {getattr(rec, "check", None) for rec in health_log} >= {"index", "model"}
+    assert any("/models/private/config.json" in str(getattr(rec, "info", "")) for rec in health_log)
+    health_log.clear()
+    await client.get("/readyz")
+    assert not health_log
+
+
+TOKEN = "s3rvice-token-0123456789abcdef"
+
+
+def token_app(token: str | None, *, require: bool = True) -> FastAPI:
+    settings = ServiceSettings(service_token=token, max_body_bytes=2048)
+    app = create_service_app("shell", settings, require_service_token=require)
+
+    @app.post("/v1/work")
+    async def work(body: dict) -> dict:
+        return {"done": body}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789abcdef"},
+        {"Authorization": f"Basic {TOKEN}"},  # the right secret under another scheme
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Bearer"},
+        {"X-Service-Token": TOKEN},
+    ],
+)
+async def test_a_service_token_is_required_on_every_route_but_health_and_metrics(headers):
+    app = token_app(TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/v1/work", json={"a": 1}, headers=headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "invalid_service_token"
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert TOKEN not in r.text
+        assert (await c.get("/v1/nowhere", headers=headers)).status_code == 401  # no route probing
+        for path in ("/healthz", "/metrics"):
+            assert (await c.get(path, headers=headers)).status_code == 200, path
+        assert (await c.get("/readyz", headers=headers)).status_code == 503  # open: not ready, not 401
+        metrics = (await c.get("/metrics")).text
+        assert 'status="401"' in metrics  # refusals are counted like any answer
+
+
+async def test_the_right_service_token_passes_and_no_token_means_no_check():
+    app = token_app(TOKEN)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for auth in (f"Bearer {TOKEN}", f"bearer {TOKEN}"):
+            r = await c.post("/v1/work", json={"a": 1}, headers={"Authorization": auth})
+            assert r.status_code == 200 and r.json() == {"done": {"a": 1}}
+    # No token set, or a service that does not ask for the check (the gateway, the UI): open.
+    for app in (token_app(None), token_app(TOKEN, require=False)):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            assert (await c.post("/v1/work", json={"a": 1})).status_code == 200

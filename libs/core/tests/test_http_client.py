@@ -1,10 +1,15 @@
-"""ServiceClient against a real HTTP server: retries, backoff, Retry-After, timeouts, request ids."""
+"""ServiceClient against a real HTTP server: retries, backoff, Retry-After, timeouts, request ids,
+and the circuit breaker (its state machine on a hand-moved clock, and against a real hung server)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from fastapi import Request
@@ -12,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from omnirag.core.app import create_service_app
 from omnirag.core.errors import NotFound, Overloaded, UpstreamError
-from omnirag.core.http import ServiceClient
+from omnirag.core.http import CircuitBreaker, CircuitOpen, ServiceClient
 from omnirag.core.logging import request_id_var
 from omnirag.core.settings import ServiceSettings
 from omnirag.core.testing import serve_in_thread
@@ -137,3 +142,180 @@ async def test_client_errors_are_not_retried_and_keep_the_upstream_message(serve
             await client.get_json("/bad")
         with pytest.raises(NotFound):
             await client.get_json("/does-not-exist")
+
+
+# ---------- circuit breaker ----------
+
+
+class Clock:
+    """The breaker's clock, moved by hand: the cool-down is a mechanism under test, not a wait."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breaker(clock: Clock, changes: list[tuple[str, str]] | None = None, **kwargs: Any) -> CircuitBreaker:
+    on_change = (lambda name, state: changes.append((name, state))) if changes is not None else None
+    return CircuitBreaker("retriever", clock=clock, on_change=on_change, **kwargs)
+
+
+def test_breaker_opens_after_n_consecutive_failures_only() -> None:
+    b = breaker(Clock(), failures_to_open=3, cooldown=10)
+    for _ in range(2):
+        assert b.admit() is False
+        b.record(False)
+    b.admit()
+    b.record(True)  # a success in between resets the count
+    for _ in range(2):
+        b.admit()
+        b.record(False)
+    assert b.state == "closed"
+    b.admit()
+    b.record(False)
+    assert b.state == "open"
+    with pytest.raises(CircuitOpen) as refused:
+        b.admit()
+    assert refused.value.upstream == "retriever" and refused.value.retry_after == 10
+
+
+def test_breaker_half_open_lets_one_probe_through_and_its_success_closes() -> None:
+    clock = Clock()
+    changes: list[tuple[str, str]] = []
+    b = breaker(clock, changes, failures_to_open=1, cooldown=5)
+    b.admit()
+    b.record(False)
+    clock.now += 4
+    with pytest.raises(CircuitOpen) as refused:
+        b.admit()
+    assert refused.value.retry_after == 1  # what is left of the cool-down, whole seconds
+    clock.now += 1
+    assert b.admit() is True  # the probe
+    assert b.state == "half_open"
+    with pytest.raises(CircuitOpen):
+        b.admit()  # one probe at a time: the others are still refused
+    b.record(True, probe=True)
+    assert b.state == "closed" and b.admit() is False
+    assert changes == [
+        ("retriever", "closed"),
+        ("retriever", "open"),
+        ("retriever", "half_open"),
+        ("retriever", "closed"),
+    ]
+
+
+def test_breaker_failed_probe_opens_for_another_cooldown() -> None:
+    clock = Clock()
+    b = breaker(clock, failures_to_open=2, cooldown=5)
+    for _ in range(2):
+        b.admit()
+        b.record(False)
+    clock.now += 5
+    assert b.admit() is True
+    clock.now += 3  # the probe took 3 s and failed: the new cool-down starts from its end
+    b.record(False, probe=True)
+    assert b.state == "open"
+    clock.now += 4
+    with pytest.raises(CircuitOpen):
+        b.admit()
+    clock.now += 1
+    assert b.admit() is True
+
+
+def test_breaker_cancelled_probe_frees_the_probe_slot() -> None:
+    clock = Clock()
+    b = breaker(clock, failures_to_open=1, cooldown=1)
+    b.admit()
+    b.record(False)
+    clock.now += 1
+    assert b.admit() is True
+    b.release(True)  # the caller left before the probe ended
+    assert b.state == "half_open" and b.admit() is True
+
+
+def test_breaker_ignores_late_answers_of_calls_made_before_it_opened() -> None:
+    clock = Clock()
+    b = breaker(clock, failures_to_open=1, cooldown=10)
+    b.admit()
+    b.admit()  # two calls out at once
+    b.record(False)
+    assert b.state == "open"
+    b.record(True)  # the other one answered late: says nothing about the upstream now
+    assert b.state == "open"
+    clock.now += 5
+    b.record(False)  # nor does a late failure restart the cool-down
+    clock.now += 5
+    assert b.admit() is True
+
+
+def test_breaker_refuses_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        CircuitBreaker("x", failures_to_open=0)
+    with pytest.raises(ValueError):
+        CircuitBreaker("x", cooldown=0)
+
+
+@contextmanager
+def hung_server() -> Iterator[tuple[str, list[socket.socket]]]:
+    """A real server that accepts connections and never answers (a hung process); yields its URL
+    and the connections it accepted."""
+    accepted: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+async def test_service_client_stops_calling_a_hung_upstream_once_its_breaker_opens() -> None:
+    with hung_server() as (base, accepted):
+        b = CircuitBreaker("retriever", failures_to_open=2, cooldown=60)
+        async with ServiceClient(base, name="retriever", timeout=0.2, retries=0, breaker=b) as client:
+            for _ in range(2):
+                with pytest.raises(UpstreamError, match="Timeout"):
+                    await client.get_json("/v1/collections")
+            assert b.state == "open"
+            for _ in range(5):
+                with pytest.raises(UpstreamError) as refused:
+                    await client.get_json("/v1/collections")
+                assert refused.value.code == "upstream_unavailable"
+                assert refused.value.details["retry_after"] >= 1
+        # Two calls reached the hung server; the five after the breaker opened never left.
+        assert len(accepted) == 2
+
+
+async def test_service_client_breaker_closes_when_the_probe_finds_the_upstream_back(server) -> None:
+    base, calls = server
+    clock = Clock()
+    b = CircuitBreaker("upstream", failures_to_open=1, cooldown=5, clock=clock)
+    async with ServiceClient(base, retries=0, breaker=b) as client:
+        with pytest.raises(UpstreamError):
+            await client.get_json("/flaky/probe/1")  # 503 once: counts as a failure
+        assert b.state == "open"
+        with pytest.raises(UpstreamError, match="circuit open"):
+            await client.get_json("/flaky/probe/1")
+        assert calls["probe"] == 1
+        clock.now += 5
+        assert await client.get_json("/flaky/probe/1") == {"attempt": 2}
+        assert b.state == "closed"

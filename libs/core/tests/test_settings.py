@@ -9,6 +9,7 @@ from pydantic_settings import SettingsConfigDict
 from omnirag.core.settings import (
     MAX_SETTING_FILE_BYTES,
     RedisServiceSettings,
+    SecretSettingError,
     ServiceSettings,
     SettingsFileError,
 )
@@ -126,7 +127,30 @@ def test_the_redis_password_goes_into_the_url(monkeypatch, tmp_path):
     (tmp_path / "url").write_text("rediss://user:pw@cache.example:6380/0")
     monkeypatch.delenv("DEMO_REDIS_URL")
     monkeypatch.setenv("DEMO_REDIS_URL_FILE", str(tmp_path / "url"))
-    with pytest.raises(ValidationError, match="has a password already"):
+    with pytest.raises(SecretSettingError, match="has a password already") as err:
         SecretDemo()
+    # A ValidationError would print the whole input: both passwords.
+    assert "p@ss/word" not in str(err.value) and ":pw@" not in str(err.value)
     monkeypatch.delenv("DEMO_REDIS_PASSWORD_FILE")
     assert SecretDemo().redis_url == "rediss://user:pw@cache.example:6380/0"
+
+
+def test_the_service_token_is_a_secret_read_from_its_file_and_sent_as_a_bearer(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert DemoSettings().service_token is None and DemoSettings().service_headers() == {}
+    (tmp_path / "token").write_text("0123456789abcdef-shared\n")
+    monkeypatch.setenv("DEMO_SERVICE_TOKEN_FILE", str(tmp_path / "token"))
+    s = DemoSettings()
+    assert s.service_token is not None and s.service_token.get_secret_value() == "0123456789abcdef-shared"
+    assert "0123456789abcdef" not in repr(s)
+    assert s.service_headers() == {"Authorization": "Bearer 0123456789abcdef-shared"}
+
+
+def test_an_empty_service_token_is_unset_and_a_short_one_is_refused_without_echoing_it(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEMO_SERVICE_TOKEN", "")  # a template's empty line
+    assert DemoSettings().service_token is None
+    monkeypatch.setenv("DEMO_SERVICE_TOKEN", "guessable")
+    with pytest.raises(SecretSettingError, match="at least 16 characters") as err:
+        DemoSettings()
+    assert "guessable" not in str(err.value)

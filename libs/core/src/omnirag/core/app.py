@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import logging
 import sys
 import time
@@ -11,10 +13,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import Response
+from pydantic import SecretStr
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omnirag.core.errors import error_body, install_error_handlers
+from omnirag.core.errors import RequestBodyError, error_body, install_error_handlers
 from omnirag.core.health import Readiness
 from omnirag.core.logging import REQUEST_ID_HEADER, accept_request_id, request_id_var
 from omnirag.core.metrics import ServiceMetrics
@@ -121,9 +124,91 @@ class ObservabilityMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class BodyTooLarge(Exception):
+class SecurityHeadersMiddleware:
+    """Every response says: never frame me (clickjacking of the UI's buttons through an invisible
+    iframe), and never guess my content type (an upload served back as text/plain must not run as
+    HTML or script). A response that already sets one of them keeps its own."""
+
+    HEADERS = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"content-security-policy", b"frame-ancestors 'none'"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                headers += [(n, v) for n, v in self.HEADERS if n not in present]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class ServiceTokenMiddleware:
+    """The shared service token (``<PREFIX>SERVICE_TOKEN``) as ``Authorization: Bearer``, required on
+    every route but the probes and metrics, which the kubelet and Prometheus call without it.
+
+    Only the embedder and the retriever use it: nothing but other services should call them, and
+    without it the network (the chart's NetworkPolicies) is all that keeps a pod in the cluster from
+    reading every collection or spending the embedder's capacity. Both sides are hashed before the
+    compare, so the time taken says nothing about the token, its length included.
+    """
+
+    OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, *, token: SecretStr) -> None:
+        self.app = app
+        self._digest = hashlib.sha256(token.get_secret_value().encode()).digest()
+
+    def _allowed(self, header: bytes) -> bool:
+        scheme, _, value = header.decode("latin-1").partition(" ")
+        given = hashlib.sha256(value.strip().encode("latin-1")).digest()
+        # The digest is compared even for a wrong scheme, so both paths cost the same.
+        return hmac.compare_digest(given, self._digest) and scheme.lower() == "bearer"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        if self._allowed(header):
+            await self.app(scope, receive, send)
+            return
+        message = "this service needs the shared service token: Authorization: Bearer <service token>"
+        body = dumps(error_body("invalid_service_token", message))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLarge(RequestBodyError):
+    """Raised by the bounded ``receive`` once a body without Content-Length (chunked) passes the
+    limit. A RequestBodyError, so that FastAPI's body parsing lets it through as a 413 instead of
+    turning it into its 400 "There was an error parsing the body"."""
+
+    code = "payload_too_large"
+
     def __init__(self, limit: int) -> None:
-        super().__init__(f"request body exceeds {limit} bytes")
+        super().__init__(413, f"request body exceeds {limit} bytes")
 
 
 def health_router(metrics: ServiceMetrics, readiness: Readiness) -> APIRouter:
@@ -138,7 +223,8 @@ def health_router(metrics: ServiceMetrics, readiness: Readiness) -> APIRouter:
         ready, body = await readiness.report()
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @router.get("/metrics", summary="Prometheus text exposition")
+    # response_class only documents it: the schema says text/plain, not FastAPI's default JSON.
+    @router.get("/metrics", summary="Prometheus text exposition", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -153,8 +239,12 @@ def create_service_app(
     title: str | None = None,
     version: str = "0.1.0",
     description: str = "",
+    require_service_token: bool = False,
 ) -> FastAPI:
     """A FastAPI app with omnirag's shared wiring. The service adds its routers and lifespan.
+
+    ``require_service_token``: a service that only other services call (embedder, retriever) refuses
+    requests without ``settings.service_token`` when one is set (see ServiceTokenMiddleware).
 
     ``app.state.metrics``, ``app.state.readiness`` and ``app.state.settings`` are set before the
     lifespan runs, so the lifespan can register metrics and flip readiness checks.
@@ -171,10 +261,14 @@ def create_service_app(
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(error_body("payload_too_large", str(exc)), status_code=413)
+        return JSONResponse(error_body(exc.code, str(exc.detail)), status_code=413)
 
     app.include_router(health_router(metrics, readiness))
+    if require_service_token and settings.service_token is not None:
+        # Added before the observability middleware, so inside it: refusals are counted and logged.
+        app.add_middleware(ServiceTokenMiddleware, token=settings.service_token)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, settings=settings)
+    app.add_middleware(SecurityHeadersMiddleware)  # added last, so outside the body limit: on its 413s too
     return app
 
 

@@ -87,6 +87,31 @@ class ClientGone(OmniragError):
     code = "client_gone"
 
 
+class RequestBodyError(StarletteHTTPException):
+    """A body refused while it is being read or parsed, with its own status and stable ``code``.
+
+    An HTTPException, because FastAPI turns any other exception raised while it reads and parses a
+    body (``request.json()``, ``request.form()``, a bounded ``receive``) into a bare 400 "There was
+    an error parsing the body"; an HTTPException it lets through untouched.
+    """
+
+    code = "bad_request"
+
+    def __init__(self, status_code: int, message: str, *, code: str | None = None) -> None:
+        super().__init__(status_code=status_code, detail=message)
+        if code is not None:
+            self.code = code
+
+
+class TooDeeplyNested(RequestBodyError):
+    """A JSON body nested deeper than a service reads (see omnirag.core.routing.MAX_JSON_DEPTH)."""
+
+    code = "too_deeply_nested"
+
+    def __init__(self, message: str = "the JSON body is nested too deeply") -> None:
+        super().__init__(400, message)
+
+
 # The one table. Lookup walks the MRO, so a subclass inherits its parent's status.
 ERROR_STATUS: dict[type[OmniragError], int] = {
     InvalidInput: 422,
@@ -139,6 +164,11 @@ _HTTP_CODES = {
 }
 
 
+def _too_deep_response() -> JSONResponse:
+    exc = TooDeeplyNested()
+    return JSONResponse(error_body(exc.code, str(exc.detail)), status_code=exc.status_code)
+
+
 def _describe_validation(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
@@ -148,7 +178,62 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+# The house error body as an OpenAPI schema (what error_body() builds).
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "description": "Stable, for programs: e.g. not_found."},
+                "message": {"type": "string", "description": "For people."},
+                "details": {"description": "Optional: e.g. the validation errors."},
+            },
+        }
+    },
+}
+
+
+def document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document say what errors look like: every operation's 422 and any other
+    error status (``default``) carry the house error body.
+
+    FastAPI documents a 422 of its own shape (``{"detail": [...]}``), which these services never
+    send, and no other error status at all, though every route can answer 400 (a body that does not
+    parse), 413, 503 and its own 401, 404, 429...: a client generated from the schema, or a
+    schema-driven test (tests/api), would call every real error undocumented.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+        error = {
+            "description": "An error, as JSON with a stable code",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for item in schema.get("paths", {}).values():
+            for method, operation in item.items():
+                if method not in ("get", "put", "post", "delete", "patch", "options", "head", "trace"):
+                    continue
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {**error, "description": "Invalid input"}
+                responses.setdefault("default", error)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    document_errors(app)
+
     @app.exception_handler(OmniragError)
     async def _omnirag(_: Request, exc: OmniragError) -> JSONResponse:
         return error_response(exc)
@@ -164,10 +249,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        if isinstance(exc, RequestBodyError):
+            code = exc.code
+        elif isinstance(exc.__cause__, RecursionError):
+            # FastAPI's own body parsing (the stdlib json) hit the stack on a deeply nested body
+            # and says only "There was an error parsing the body"; say what it was.
+            return _too_deep_response()
+        else:
+            code = _HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(RecursionError)
+    async def _recursion(request: Request, exc: RecursionError) -> JSONResponse:
+        # A request handler recurses only into what the client sent (a JSON parser, a validator,
+        # an encoder walking the body), so running out of stack means the input was nested too
+        # deeply for it: the client's error, whichever parser or route met it first. Logged
+        # without the traceback (a thousand identical frames), but with the place it was met.
+        log.warning("request nested too deeply", extra={"path": request.url.path, "error": str(exc)})
+        return _too_deep_response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -15,10 +15,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from omnirag.core.files import TooLarge, read_capped
 
 MAX_SETTING_FILE_BYTES = 64 * 1024
+MIN_SERVICE_TOKEN_CHARS = 16
 
 
 class SettingsFileError(ValueError):
     """A ``<VAR>_FILE`` that cannot be used: set twice, missing, unreadable or too large."""
+
+
+class SecretSettingError(Exception):
+    """A secret setting refused by a validator. Not a ValueError on purpose: pydantic wraps those in a
+    ValidationError that prints the whole input, secrets included; this one propagates as it is."""
 
 
 def _is_text(annotation: Any) -> bool:
@@ -98,7 +104,7 @@ def url_with_password(url: str, password: SecretStr | None, *, setting: str) -> 
         return url
     parts = urlsplit(url)
     if parts.password is not None:
-        raise SettingsFileError(f"{setting} has a password already; give it in one place")
+        raise SecretSettingError(f"{setting} has a password already; give it in one place")
     user = quote(parts.username or "", safe="")
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{user}:{quote(password.get_secret_value(), safe='')}@{host}"
@@ -136,6 +142,31 @@ class ServiceSettings(BaseSettings):
     slow_request_seconds: float = Field(
         1.0, ge=0, description="Requests slower than this are logged at INFO even when they succeed."
     )
+    service_token: SecretStr | None = Field(
+        None,
+        description="Shared token between the services: the embedder and the retriever require it as "
+        "'Authorization: Bearer <token>' on every route but /healthz, /readyz and /metrics, and their "
+        "callers (gateway, retriever, indexer) send it. Unset: no check, and the network (the chart's "
+        "NetworkPolicies) is their only protection; set: one more secret to rotate on every service "
+        "together. In a cluster give it as <PREFIX>SERVICE_TOKEN_FILE, a mounted secret.",
+    )
+
+    @model_validator(mode="after")
+    def _token_strength(self) -> Self:
+        # Empty is unset (a template's `EMBEDDER_SERVICE_TOKEN=` line); a short one is a mistake that
+        # would let a guess through, so the service refuses to start with it.
+        token = self.service_token
+        if token is not None and not token.get_secret_value():
+            self.service_token = None
+        elif token is not None and len(token.get_secret_value()) < MIN_SERVICE_TOKEN_CHARS:
+            raise SecretSettingError(f"service_token must be at least {MIN_SERVICE_TOKEN_CHARS} characters")
+        return self
+
+    def service_headers(self) -> dict[str, str]:
+        """Headers a client of the embedder or retriever sends: the service token, when one is set."""
+        if self.service_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.service_token.get_secret_value()}"}
 
     @classmethod
     def settings_customise_sources(
