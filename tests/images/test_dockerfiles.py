@@ -257,17 +257,23 @@ def marker_applies(marker: Marker | None, extras: frozenset[str]) -> bool:
     return any(marker.evaluate({"extra": extra}) for extra in extras | {""})
 
 
-def dependency_closure(directory: str) -> tuple[set[str], set[str]]:
+def dependency_closure(
+    directory: str, roots: list[tuple[str, frozenset[str]]] | None = None
+) -> tuple[set[str], set[str]]:
     """Every distribution an install of ``directory`` brings in, on this platform and Python.
 
     Local packages are read from their pyproject.toml (what the image installs); everything else
     from the metadata of the distributions installed in this environment, markers evaluated and
-    extras honoured. Returns (closure, names that are not installed here).
+    extras honoured. ``roots`` (distribution, extras) replaces the plain package as the starting
+    point, as an image's ``pip install ./dir[extra]`` does. Returns (closure, names that are not
+    installed here).
     """
     locals_ = local_distributions()
     requested: dict[str, frozenset[str]] = {}
     missing: set[str] = set()
-    todo: list[tuple[str, frozenset[str]]] = [(pyproject(directory)["project"]["name"], frozenset())]
+    todo: list[tuple[str, frozenset[str]]] = list(
+        roots if roots is not None else [(pyproject(directory)["project"]["name"], frozenset())]
+    )
     while todo:
         raw_name, extras = todo.pop()
         name = canonicalize_name(raw_name)
@@ -294,8 +300,40 @@ def dependency_closure(directory: str) -> tuple[set[str], set[str]]:
     return set(requested), missing
 
 
+LOCAL_INSTALL = re.compile(r"^\./(?P<directory>[^\[\]]+?)/?(?:\[(?P<extras>[^\]]*)\])?$")
+
+
+def build_args(dockerfile: Dockerfile, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The ARG values of the builder stage: the Dockerfile's defaults, then ``--build-arg`` overrides."""
+    args = dict(dockerfile.global_args)
+    args.update(parse_arg(a.value) for a in dockerfile.stages[0].all("ARG"))
+    return {**args, **(overrides or {})}
+
+
+def image_roots(pkg: Package, overrides: dict[str, str] | None = None) -> list[tuple[str, frozenset[str]]]:
+    """(distribution, extras) of every local path the image's builder installs, its ARGs expanded
+    (e.g. ``"./services/retriever[${FAISS_VARIANT}]"`` with FAISS_VARIANT=gpu)."""
+    dockerfile = dockerfile_of(pkg)
+    args = build_args(dockerfile, overrides)
+    names = {directory: name for name, directory in local_distributions().items()}
+    roots = []
+    for install in pip_installs(dockerfile.stages[0]):
+        for word in install:
+            match = LOCAL_INSTALL.match(expand(word, args))
+            if match is None:
+                continue
+            extras = frozenset(e.strip() for e in (match["extras"] or "").split(",") if e.strip())
+            roots.append((names[match["directory"]], extras))
+    return roots
+
+
+def image_closure(pkg: Package, overrides: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
+    """What the image's builder installs, built with ``overrides`` as ``--build-arg``s."""
+    return dependency_closure(pkg.directory, image_roots(pkg, overrides))
+
+
 def closure_or_skip(pkg: Package) -> set[str]:
-    closure, missing = dependency_closure(pkg.directory)
+    closure, missing = image_closure(pkg)
     if missing:
         pytest.skip(
             f"{pkg.distribution}'s dependencies are not all installed in this environment "
@@ -441,7 +479,10 @@ def test_installs_exactly_the_package_and_its_local_dependencies(pkg: Package) -
     builder = dockerfile_of(pkg).stages[0]
     expected = {pkg.directory} | local_dependency_dirs(pkg.directory)
     installed = {
-        a.removeprefix("./").rstrip("/") for args in pip_installs(builder) for a in args if a.startswith("./")
+        match["directory"]
+        for args in pip_installs(builder)
+        for a in args
+        if (match := LOCAL_INSTALL.match(a)) is not None
     }
     assert installed == expected
     copied = set()
@@ -605,9 +646,55 @@ def test_core_has_no_torch_and_no_faiss() -> None:
     assert not [n for n in closure if GPU_STACK.match(n) or n.startswith("faiss")]
 
 
-def test_retriever_has_faiss() -> None:
-    closure, _ = dependency_closure("services/retriever")
-    assert "faiss-cpu" in closure
+FAISS_WHEELS = {"cpu": "faiss-cpu", "gpu": "faiss-gpu-cu12"}
+FAISS_IMAGES = [p for p in ALL_PACKAGES if p.values[0].name in {"retriever", "indexer"}]
+
+
+@pytest.mark.parametrize("variant", sorted(FAISS_WHEELS))
+@pytest.mark.parametrize("pkg", FAISS_IMAGES)
+def test_each_faiss_variant_installs_one_faiss(pkg: Package, variant: str) -> None:
+    # Both wheels own the `faiss` module: an image with the two would run whichever came last.
+    default = build_args(dockerfile_of(pkg))["FAISS_VARIANT"]
+    assert default == "cpu", "the images are CPU builds unless FAISS_VARIANT=gpu is passed"
+    closure, missing = image_closure(pkg, {"FAISS_VARIANT": variant})
+    faiss_wheels = sorted(n for n in closure if n.startswith("faiss"))
+    assert faiss_wheels == [FAISS_WHEELS[variant]]
+    # The GPU wheel is not installed on this CPU machine: its own dependencies (the CUDA runtime
+    # wheels) are not followed; everything else is.
+    assert missing <= {FAISS_WHEELS["gpu"]}
+    if variant == "cpu":
+        assert not [n for n in closure if GPU_STACK.match(n)], "a CPU image pulls in no CUDA wheel"
+
+
+def test_libs_index_names_faiss_only_in_its_extras() -> None:
+    project = pyproject("libs/index")["project"]
+    names = [canonicalize_name(Requirement(r).name) for r in project["dependencies"]]
+    assert not [n for n in names if n.startswith("faiss")], "a hard faiss dependency clashes with [gpu]"
+    extras = {
+        extra: {canonicalize_name(Requirement(r).name) for r in reqs}
+        for extra, reqs in project["optional-dependencies"].items()
+    }
+    assert extras["cpu"] == {"faiss-cpu"} and extras["gpu"] == {"faiss-gpu-cu12"}
+    for directory in ("services/retriever", "jobs/indexer"):
+        optional = pyproject(directory)["project"]["optional-dependencies"]
+        for variant in FAISS_WHEELS:
+            assert [str(Requirement(r)) for r in optional[variant]] == [f"omnirag-index[{variant}]"]
+
+
+def test_make_setup_installs_the_cpu_faiss() -> None:
+    # Every .venv install names libs/index's extra: without one there would be no faiss at all.
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    dry = subprocess.run(
+        [make, "-n", "-B", ".venv/.omnirag-setup"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert dry.returncode == 0, dry.stderr
+    install = next(line for line in dry.stdout.splitlines() if " -e " in line and "libs/core" in line)
+    words = shlex.split(install)
+    editables = [words[i + 1] for i, w in enumerate(words) if w == "-e"]
+    assert "libs/index[cpu]" in editables
+    assert "libs/index" not in editables
 
 
 def test_closure_follows_extras_and_markers() -> None:
@@ -752,6 +839,27 @@ def test_build_script_refuses_latest_and_passes_the_torch_index() -> None:
     embedder, gateway = result.stdout.splitlines()
     assert f"TORCH_INDEX_URL={cuda}" in embedder and "TORCH_INDEX_URL" not in gateway
     assert ":1.2.3 " in embedder
+
+
+def test_build_script_builds_the_gpu_faiss_variant_under_its_own_tag() -> None:
+    result = run_build_script(
+        "--dry-run", "retriever", "indexer", "gateway", env={"TAG": "1.2.3", "FAISS_VARIANT": "gpu"}
+    )
+    assert result.returncode == 0, result.stderr
+    commands = {shlex.split(line)[3]: shlex.split(line) for line in result.stdout.splitlines()}
+    for directory, name in (("services/retriever", "retriever"), ("jobs/indexer", "indexer")):
+        words = commands[f"{directory}/Dockerfile"]
+        assert words[words.index("-t") + 1] == f"omnirag/{name}:1.2.3-gpu"
+        assert "FAISS_VARIANT=gpu" in words
+    gateway = commands["services/gateway/Dockerfile"]
+    assert gateway[gateway.index("-t") + 1] == "omnirag/gateway:1.2.3"
+    assert not [w for w in gateway if "FAISS_VARIANT" in w]
+    # The CPU default keeps the plain tag; an unknown variant is refused in one line.
+    cpu = run_build_script("--dry-run", "retriever", env={"TAG": "1.2.3", "FAISS_VARIANT": ""})
+    assert "omnirag/retriever:1.2.3 " in cpu.stdout
+    bad = run_build_script("--dry-run", "retriever", env={"FAISS_VARIANT": "rocm"})
+    assert bad.returncode != 0
+    assert len(bad.stderr.strip().splitlines()) == 1 and "FAISS_VARIANT" in bad.stderr
 
 
 def test_build_script_says_in_one_line_when_docker_is_missing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from omnirag.index import Collection, Document, IndexConfig
+from omnirag.index import Collection, Document, IndexConfig, dense
 from omnirag.index.ids import int_id
 
 DIM = 64
@@ -171,3 +171,129 @@ def test_l2_metric(tmp_path: Path, unit_vectors: Callable, build_collection: Cal
         expected = sorted([1, 2, 3, 4], key=lambda i: dist[i])[:3]
         assert [h.id for h in filtered] == [f"d{i}" for i in expected]
         np.testing.assert_allclose([h.score for h in filtered], -dist[expected], rtol=1e-4, atol=1e-5)
+
+
+# --- GPUs ---------------------------------------------------------------------------------------------
+# This machine has no GPU and the CPU build of faiss, so the GPU path is driven through a stand-in
+# for the faiss module that reports one GPU and records the calls: it proves the code is wired (the
+# index is handed to index_cpu_to_all_gpus, searched there, and copied back with index_gpu_to_cpu
+# before writing), not that faiss-gpu works. Its "GPU copy" is a real CPU clone, so the results are real.
+
+
+class _RecordingIndex:
+    """A real faiss index whose searches are counted."""
+
+    def __init__(self, index: object) -> None:
+        self.index = index
+        self.searches = 0
+
+    def search(self, *args: object, **kwargs: object) -> object:
+        self.searches += 1
+        return self.index.search(*args, **kwargs)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.index, name)
+
+
+class FakeGpuFaiss:
+    """The GPU part of the faiss module's API, with ``gpus`` GPUs."""
+
+    StandardGpuResources = object  # what tells the GPU build of faiss from faiss-cpu
+
+    def __init__(self, gpus: int = 1, *, fail: bool = False) -> None:
+        self.gpus = gpus
+        self.fail = fail
+        self.to_gpu: list[object] = []
+        self.to_cpu: list[object] = []
+
+    def get_num_gpus(self) -> int:
+        return self.gpus
+
+    def index_cpu_to_all_gpus(self, index: object) -> _RecordingIndex:
+        self.to_gpu.append(index)
+        if self.fail:
+            raise RuntimeError("Error in GpuIndexIVFPQ: this index type is not implemented on GPU")
+        return _RecordingIndex(faiss.clone_index(index))
+
+    def index_gpu_to_cpu(self, index: _RecordingIndex) -> object:
+        self.to_cpu.append(index)
+        return faiss.clone_index(index.index)
+
+
+def test_gpu_setting_without_a_gpu_is_one_clear_line() -> None:
+    # The real faiss here: the CPU build (or no device) must be refused, naming the setting.
+    assert dense.gpu_count() == 0
+    with pytest.raises(dense.GpuUnavailable) as caught:
+        dense.require_gpus("RETRIEVER_FAISS_GPU=true")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("RETRIEVER_FAISS_GPU=true needs a GPU, but ")
+    assert "the installed faiss is the CPU build (faiss-cpu)" in message
+    assert "turn the setting off" in message
+    # The GPU build on a machine without a device says so instead.
+    with pytest.raises(dense.GpuUnavailable, match=r"sees none \(get_num_gpus\(\) is 0\)"):
+        dense.require_gpus("INDEXER_FAISS_GPU=true", FakeGpuFaiss(gpus=0))
+    assert dense.require_gpus("X=true", FakeGpuFaiss(gpus=2)) == 2
+
+
+def test_loaded_index_moves_to_the_gpus_and_filtered_searches_stay_exact(
+    by_type: dict[str, Collection], vectors: np.ndarray, queries: np.ndarray
+) -> None:
+    coll = by_type["flat"]
+    fake = FakeGpuFaiss()
+    moved = dense.to_gpus(coll.index, "flat", fake)
+    assert fake.to_gpu == [coll.index]
+    assert isinstance(moved, dense.GpuIndex) and moved.ntotal == N and moved.gpus == 1
+    cfg = coll.manifest.index
+    want_scores, want_ids = dense.search(coll.index, "flat", cfg, queries[0], 10)
+    scores, ids = dense.search(moved, "flat", cfg, queries[0], 10)
+    assert moved.gpu.searches == 1  # an unfiltered search runs on the GPU copy
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+    # GPU indexes ignore ID selectors: a filtered search runs on the CPU copy and honours the filter.
+    allowed = np.array([int_id(f"v{i}") for i in range(0, N, 7)], dtype=np.int64)
+    _, ids = dense.search(moved, "flat", cfg, queries[0], 10, allowed)
+    assert moved.gpu.searches == 1
+    assert len(ids) == 10 and set(ids.tolist()) <= set(allowed.tolist())
+    # So does a k above what a GPU search can select.
+    _, ids = dense.search(moved, "flat", cfg, queries[0], dense.GPU_MAX_K + 1)
+    assert moved.gpu.searches == 1 and len(ids) == N
+    # Written from the CPU copy, which reads back as the same index.
+    assert moved.metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_hnsw_stays_on_the_cpu(by_type: dict[str, Collection]) -> None:
+    fake = FakeGpuFaiss()
+    index = by_type["hnsw"].index
+    assert dense.to_gpus(index, "hnsw", fake) is index
+    assert fake.to_gpu == []
+    with pytest.raises(dense.GpuUnavailable):
+        dense.to_gpus(index, "flat", FakeGpuFaiss(gpus=0))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["on-gpu", "gpu-refuses-falls-back-to-cpu"])
+def test_ivfpq_is_trained_on_the_gpus_and_written_from_a_cpu_copy(
+    tmp_path: Path, vectors: np.ndarray, fail: bool
+) -> None:
+    fake = FakeGpuFaiss(fail=fail)
+    cfg = IndexConfig(type="ivfpq", pq_m=8, ivf_nlist=32, ivf_nprobe=8)
+    ids = np.array([int_id(f"v{i}") for i in range(N)], dtype=np.int64)
+    batches = iter([(ids[:1000], vectors[:1000]), (ids[1000:], vectors[1000:])])
+    index, built = dense.build(batches, DIM, cfg, N, gpu=True, lib=fake)
+    assert built == "ivfpq"
+    assert len(fake.to_gpu) == 1 and isinstance(fake.to_gpu[0], faiss.IndexIDMap2)
+    assert len(fake.to_cpu) == (0 if fail else 1)
+    assert isinstance(index, faiss.IndexIDMap2) and index.ntotal == N
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.is_trained and ivf.nlist == 32 and ivf.nprobe == 8
+    dense.save(index, tmp_path / "vectors.faiss")
+    loaded = dense.load(tmp_path / "vectors.faiss")
+    found = sum(dense.search(loaded, "ivfpq", cfg, vectors[i], 5)[1][0] == ids[i] for i in range(0, N, 100))
+    assert found >= 18
+
+
+def test_gpu_build_without_a_gpu_fails_before_training(vectors: np.ndarray) -> None:
+    cfg = IndexConfig(type="ivfpq", pq_m=8, ivf_nlist=32)
+    ids = np.arange(N, dtype=np.int64)
+    with pytest.raises(dense.GpuUnavailable):
+        dense.build(iter([(ids, vectors)]), DIM, cfg, N, gpu=True)

@@ -103,8 +103,12 @@ class VersionWriter:
         config: IndexConfig | None = None,
         *,
         base: str | None = "current",
+        gpu: bool = False,
     ) -> None:
         self.root = Path(root)
+        # Train and fill IVF-PQ on the GPUs (the indexer's INDEXER_FAISS_GPU); the version is written
+        # from a CPU copy either way, so readers never need a GPU.
+        self.gpu = gpu
         self.name = check_name(name)
         self.embedding = embedding
         self.config = config or IndexConfig()
@@ -182,7 +186,9 @@ class VersionWriter:
     def commit(self) -> str:
         """Build the indexes, write the manifest, and publish. Returns the version id."""
         total = self.docs.count()
-        index, built = dense.build(self.docs.iter_vectors(), self.embedding.dimension, self.config, total)
+        index, built = dense.build(
+            self.docs.iter_vectors(), self.embedding.dimension, self.config, total, gpu=self.gpu
+        )
         dense.save(index, self.tmp / "vectors.faiss")
         SparseIndex.build(self.docs.iter_texts()).save(self.tmp / "sparse")
         self.docs.close()

@@ -40,3 +40,11 @@ class RetrieverSettings(ServiceSettings):
         "by side; more speeds a lone search over a huge flat index but makes concurrent ones fight (seen on "
         "2 busy cores: 4-7 ms per search instead of 0.1 ms).",
     )
+    faiss_gpu: bool = Field(
+        False,
+        description="Serve each collection's FAISS index from every GPU (faiss.index_cpu_to_all_gpus). "
+        "Needs the GPU image (faiss-gpu-cu12) and a GPU, or the retriever refuses to start. Pays for large "
+        "flat or IVF-PQ indexes under many unfiltered searches; costs GPU memory for every loaded version "
+        "and keeps the CPU copy too (filtered searches run there: GPU indexes ignore ID filters). HNSW "
+        "stays on the CPU.",
+    )

@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from omnirag.core.errors import Conflict, NotFound
 from omnirag.core.metrics import ServiceMetrics
-from omnirag.index import Collection, list_collections, read_current
+from omnirag.index import Collection, dense, list_collections, read_current
 from omnirag.index.store import version_path
 from omnirag.retriever.config import RetrieverSettings
 from omnirag.retriever.embedding import QueryEmbedder
@@ -84,13 +85,23 @@ def compatibility(collection: Collection, info: dict[str, Any] | None) -> str | 
 
 class Registry:
     def __init__(
-        self, settings: RetrieverSettings, embedder: QueryEmbedder, metrics: RetrieverMetrics
+        self,
+        settings: RetrieverSettings,
+        embedder: QueryEmbedder,
+        metrics: RetrieverMetrics,
+        *,
+        faiss_lib: Any = None,
     ) -> None:
         self.settings = settings
         self.embedder = embedder
         self.metrics = metrics
         self.entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
+        # faiss_lib: the faiss module (default), replaceable only to drive the GPU path where no GPU is.
+        self._faiss = faiss_lib
+        # Checked here, in the lifespan, so a GPU setting without a GPU stops the start-up with one
+        # clear line instead of failing every collection (or every search) later.
+        self.gpus = dense.require_gpus("RETRIEVER_FAISS_GPU=true", faiss_lib) if settings.faiss_gpu else 0
 
     def get(self, name: str) -> Entry:
         entry = self.entries.get(name)
@@ -137,7 +148,7 @@ class Registry:
     async def _load(self, name: str, version: str, changes: dict[str, list[str]]) -> None:
         path = version_path(self.settings.index_root, name, version)
         try:
-            collection = await asyncio.to_thread(Collection.open, path, verify=self.settings.verify_checksums)
+            collection = await asyncio.to_thread(self._open, path)
         except Exception as exc:
             log.exception("failed to load a version", extra={"collection": name, "version": version})
             self._fail(
@@ -160,6 +171,18 @@ class Registry:
                 "status": new.status,
             },
         )
+
+    def _open(self, path: Path) -> Collection:
+        collection = Collection.open(path, verify=self.settings.verify_checksums)
+        if self.gpus:
+            try:
+                collection.index = dense.to_gpus(
+                    collection.index, collection.manifest.index_built, self._faiss
+                )
+            except BaseException:
+                collection.close()
+                raise
+        return collection
 
     def _fail(self, name: str, version: str | None, detail: str, changes: dict[str, list[str]]) -> None:
         self.metrics.reload_failures.labels(name).inc()
