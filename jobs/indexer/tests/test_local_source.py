@@ -200,3 +200,22 @@ def test_chinese_file_names_and_gb18030(tmp_path: Path) -> None:
     (doc,) = list(iter_local(tmp_path, max_bytes=MAX))
     assert isinstance(doc, SourceDocument)
     assert doc.source == "说明/介绍.txt" and doc.text == "这是一个中文文档。"
+
+
+def test_a_knowledge_base_walk_loads_within_the_settings_budget(tmp_path: Path) -> None:
+    # A knowledge-base run reads with the same budget as the upload worker (INDEXER_MAX_*), not the
+    # loaders' defaults: an operator's smaller pixel cap must hold for the files of a spec too.
+    from PIL import Image
+
+    from omnirag.indexer.config import IndexerSettings
+    from omnirag.indexer.loaders import LoadLimits
+
+    root = tmp_path / "kb"
+    root.mkdir()
+    Image.new("1", (1200, 1000), 1).save(root / "scan.png")  # 1.2 MP: over a 1 MP cap
+    _write(root, "notes.md", "# Notes\n\nplain text")
+    settings = IndexerSettings(max_image_pixels=1_000_000)
+    items = _by_source(list(iter_local(root, limits=LoadLimits.from_settings(settings))))
+    scan = items["scan.png"]
+    assert isinstance(scan, SourceProblem) and "pixel" in scan.reason.lower(), scan
+    assert isinstance(items["notes.md"], SourceDocument)

@@ -16,8 +16,9 @@ import pytest
 from omnirag.core.testing import serve_in_thread
 from omnirag.index import open_current, read_current
 from omnirag.indexer.lock import LockHeld
-from omnirag.indexer.pipeline import run_kb
+from omnirag.indexer.pipeline import delete_documents, ingest, run_kb
 from omnirag.indexer.spec import parse
+from omnirag.indexer.types import SourceDocument
 
 
 def make_files(root: Path) -> None:
@@ -299,3 +300,267 @@ async def test_a_crawled_site_is_indexed_and_rerun_with_conditional_requests(tmp
         site.hits.clear()
         refused = await run_kb(default, settings)
         assert refused.refused and site.hits == [] and not refused.published
+
+
+# --- origins: a knowledge-base run manages only its own documents --------------------------------
+
+
+def upload(source: str, text: str, job: str = "job-00000001") -> SourceDocument:
+    # What the ingest worker hands to the pipeline for an upload.
+    return SourceDocument(
+        source=source, title=source, text=text, metadata={"content_type": "text/plain", "ingest_job": job}
+    )
+
+
+def documents(settings, name: str = "kb") -> dict[tuple[str, str | None], dict]:
+    coll = open_current(settings.index_root, name)
+    assert coll is not None
+    try:
+        page = coll.documents(limit=500)
+        assert page.next_cursor is None
+        return {(d.source, d.origin.get("principal")): d.as_dict() for d in page.documents}
+    finally:
+        coll.close()
+
+
+def sparse_sources(settings, query: str, name: str = "kb") -> list[str]:
+    coll = open_current(settings.index_root, name)
+    assert coll is not None
+    try:
+        return [h.metadata["source"] for h in coll.search(query=query, k=10, mode="sparse")]
+    finally:
+        coll.close()
+
+
+def kb_files(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "guide.md").write_text("# Guide\n\nThe zephyrgate service listens on port 8000.\n")
+    (root / "faq.md").write_text("# FAQ\n\nQuokka questions are answered on Tuesdays.\n")
+
+
+async def test_a_knowledge_base_run_keeps_uploads(tmp_path, settings):
+    """The data-loss bug: an upload into a knowledge base's collection was deleted by its next run."""
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    kb = spec_for(docs)
+    await run_kb(kb, settings)
+    await ingest("kb", [upload("upload/notes.md", "The wombat budget is due on Friday.")], settings)
+    (docs / "faq.md").unlink()  # the run still deletes what left its own sources
+    summary = await run_kb(kb, settings)
+    assert summary.deleted == 1
+    assert "upload/notes.md" in sparse_sources(settings, "wombat budget")
+    assert "faq.md" not in sparse_sources(settings, "quokka questions")
+    listed = documents(settings)
+    assert {source for source, _ in listed} == {"guide.md", "upload/notes.md"}
+
+
+async def test_every_document_records_its_origin(tmp_path, settings):
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    kb = spec_for(docs)
+    before = time.time()
+    await run_kb(kb, settings)
+    await ingest(
+        "kb",
+        [upload("upload/notes.md", "The wombat budget is due on Friday.", job="job-abcdef12")],
+        settings,
+        key="ui",
+        principal="ui/alice",
+    )
+    listed = documents(settings)
+    guide = listed[("guide.md", None)]
+    assert guide["origin"] == {"kind": "kb", "kb": "kb", "source": f"local:{docs}"}
+    assert guide["indexed_at"] >= before and guide["chunks"] == 1
+    note = listed[("upload/notes.md", "ui/alice")]
+    assert note["origin"] == {
+        "kind": "upload",
+        "key": "ui",
+        "principal": "ui/alice",
+        "job_id": "job-abcdef12",
+    }
+    # Flat fields, so a search filter selects by origin.
+    coll = open_current(settings.index_root, "kb")
+    hits = coll.search(query="budget zephyrgate", k=5, mode="sparse", filter={"origin": "upload"})
+    assert [h.metadata["source"] for h in hits] == ["upload/notes.md"]
+    assert hits[0].metadata["origin_principal"] == "ui/alice" and hits[0].metadata["origin_key"] == "ui"
+    coll.close()
+
+
+async def test_uploads_live_in_their_own_id_space_per_principal(tmp_path, settings):
+    """Same source, different owners: nobody replaces anybody else's document. The knowledge base
+    and an upload of its source both stay; two principals' uploads of one source both stay; an
+    upload replaces only its own principal's upload of that source."""
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    kb = spec_for(docs)
+    await run_kb(kb, settings)
+    await ingest(
+        "kb", [upload("guide.md", "An uploaded guide about narwhal ports.")], settings, principal="alice"
+    )
+    await ingest("kb", [upload("upload/n.md", "Alice writes about lemurs.")], settings, principal="alice")
+    await ingest("kb", [upload("upload/n.md", "Bob writes about lemurs too.")], settings, principal="bob")
+    again = await run_kb(kb, settings)
+    assert not again.published and again.problems == []  # the upload of guide.md is not the KB's
+    assert "guide.md" in sparse_sources(settings, "zephyrgate")  # the KB's guide, untouched
+    assert "guide.md" in sparse_sources(settings, "narwhal")  # and alice's upload beside it
+    replaced = await ingest(
+        "kb", [upload("upload/n.md", "Alice now writes about tapirs.")], settings, principal="alice"
+    )
+    assert replaced.changed == 1 and replaced.added == 0
+    listed = documents(settings)
+    assert set(listed) == {
+        ("faq.md", None),
+        ("guide.md", None),
+        ("guide.md", "alice"),
+        ("upload/n.md", "alice"),
+        ("upload/n.md", "bob"),
+    }
+    texts = " ".join(
+        h.text
+        for h in open_current(settings.index_root, "kb").search(query="writes about", k=10, mode="sparse")
+    )
+    assert "tapirs" in texts and "Bob writes" in texts and "Alice writes about lemurs" not in texts
+
+
+async def test_delete_documents_by_id_or_source_under_the_lock(tmp_path, settings):
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    await run_kb(spec_for(docs), settings)
+    await ingest("kb", [upload("upload/a.md", "Aardvark notes.")], settings, principal="alice")
+    await ingest("kb", [upload("upload/b.md", "Badger notes.")], settings, principal="alice")
+    listed = documents(settings)
+    a_id = listed[("upload/a.md", "alice")]["id"]
+    guide_id = listed[("guide.md", None)]["id"]
+    # The worker deletes uploads only: a knowledge-base document's id deletes nothing.
+    nothing = await delete_documents("kb", [guide_id], settings, origin="upload")
+    assert nothing.deleted == 0 and not nothing.published
+    gone = await delete_documents("kb", [a_id], settings, origin="upload")
+    assert gone.deleted == 1 and gone.published
+    by_source = await delete_documents("kb", ["upload/b.md"], settings)
+    assert by_source.deleted == 1
+    assert set(documents(settings)) == {("guide.md", None), ("faq.md", None)}
+    assert sparse_sources(settings, "aardvark badger") == []
+    again = await delete_documents("kb", [a_id], settings)  # deleting twice is harmless
+    assert again.deleted == 0 and not again.published
+
+
+def make_legacy(settings, name: str = "kb") -> None:
+    """Rewrite the current version as the indexer wrote it before origins were recorded: no origin
+    fields, no doc_id, no indexed_at, and every chunk id derived from the source alone."""
+    import json as _json
+
+    from omnirag.index import EmbeddingInfo, IndexConfig, VersionWriter
+    from omnirag.index.ids import int_id
+    from omnirag.indexer.pipeline import sha256
+
+    coll = open_current(settings.index_root, name)
+    manifest = coll.manifest
+    coll.close()
+    with VersionWriter(
+        settings.index_root,
+        name,
+        EmbeddingInfo.model_validate(manifest.embedding.model_dump()),
+        IndexConfig.model_validate(manifest.index.model_dump()),
+    ) as w:
+        rows = w.docs.conn.execute("SELECT id, metadata FROM docs").fetchall()
+        for cid, meta_json in rows:
+            meta = _json.loads(meta_json)
+            for key in ("origin", "origin_source", "origin_key", "origin_principal", "doc_id", "indexed_at"):
+                meta.pop(key, None)
+            legacy_id = f"{name}:{sha256(meta['source'])[:16]}:{int(meta['chunk']):05d}"
+            w.docs.conn.execute(
+                "UPDATE docs SET id = ?, int_id = ?, metadata = ? WHERE id = ?",
+                (legacy_id, int_id(legacy_id), _json.dumps(meta), cid),
+            )
+        w.commit()
+
+
+async def test_a_legacy_index_without_origins(tmp_path, settings):
+    """Chunks with an ingest_job field are uploads, the rest the knowledge base's: the next run
+    keeps the upload, deletes only its own documents gone from its sources, and records the
+    origin of the ones it keeps without embedding them again."""
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    kb = spec_for(docs)
+    await run_kb(kb, settings)
+    await ingest("kb", [upload("upload/old-notes.md", "Legacy wombat notes.")], settings)
+    make_legacy(settings)
+    listed = documents(settings)
+    assert listed[("upload/old-notes.md", None)]["origin"]["kind"] == "upload"
+    assert listed[("guide.md", None)]["origin"] == {"kind": "kb", "kb": "kb", "source": None}
+
+    (docs / "faq.md").unlink()
+    summary = await run_kb(kb, settings)
+    assert summary.published and summary.deleted == 1 and summary.chunks_embedded == 0
+    listed = documents(settings)
+    assert set(listed) == {("guide.md", None), ("upload/old-notes.md", None)}
+    assert listed[("guide.md", None)]["origin"]["source"] == f"local:{docs}"  # recorded now
+    assert "upload/old-notes.md" in sparse_sources(settings, "wombat")
+
+
+async def test_a_legacy_upload_holding_a_knowledge_base_source_is_kept_and_reported(tmp_path, settings):
+    """Before origins, an upload and the knowledge base shared one id space: the run finds the old
+    upload where its own document would go, keeps the upload and says so."""
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    kb = spec_for(docs)
+    await run_kb(kb, settings)
+    await delete_documents("kb", ["guide.md"], settings)
+    await ingest("kb", [upload("guide.md", "An uploaded guide about narwhals.")], settings)
+    make_legacy(settings)
+    summary = await run_kb(kb, settings)
+    assert [p["source"] for p in summary.problems if p["kind"] == "conflict"] == ["guide.md"]
+    assert "delete it through the API" in summary.problems[0]["reason"]
+    assert "guide.md" in sparse_sources(settings, "narwhals")
+    assert sparse_sources(settings, "zephyrgate") == []
+
+
+# --- deleting a whole collection ------------------------------------------------------------------
+
+
+def test_the_delete_command_removes_a_collection_under_its_lock(tmp_path, settings, monkeypatch, capsys):
+    import fcntl
+    import os
+
+    from omnirag.index import list_collections
+    from omnirag.indexer.cli import main
+
+    docs = tmp_path / "docs"
+    kb_files(docs)
+    asyncio.run(run_kb(spec_for(docs), settings))
+    asyncio.run(run_kb(spec_for(docs, name="kb-two"), settings))
+    spec = tmp_path / "kb.yaml"
+    spec.write_text(
+        json.dumps({"knowledgeBases": [{"name": "kb", "sources": [{"type": "local", "path": "docs"}]}]})
+    )
+    for var, value in {
+        "INDEXER_INDEX_ROOT": str(settings.index_root),
+        "INDEXER_REDIS_URL": "",
+        "INDEXER_CONFIG": str(spec),
+        "INDEXER_LOCK_WAIT_SECONDS": "0",
+    }.items():
+        monkeypatch.setenv(var, value)
+
+    assert main(["delete", "--collection", "kb"]) == 2  # the whole collection needs --yes
+    assert "--yes" in capsys.readouterr().err
+    assert main(["delete", "--collection", "../etc", "--yes"]) == 2
+
+    # A run holding the lock: the delete refuses and leaves everything as it was.
+    fd = os.open(settings.index_root / ".kb.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert main(["delete", "--collection", "kb", "--yes"]) == 2
+        assert "being indexed" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert list_collections(settings.index_root) == ["kb", "kb-two"]
+
+    assert main(["delete", "--collection", "kb", "--yes"]) == 0
+    out = capsys.readouterr()
+    assert "kb: deleted" in out.out and "still declares" in out.err  # warned: the next run rebuilds it
+    assert list_collections(settings.index_root) == ["kb-two"]
+    assert not (settings.index_root / "kb").exists()
+    assert [p.name for p in settings.index_root.iterdir() if p.name.startswith(".deleted")] == []
+    assert main(["delete", "--collection", "kb", "--yes"]) == 1  # nothing left to delete
+    assert main(["delete", "--collection", "kb-two", "--document", "faq.md"]) == 0
+    assert set(documents(settings, "kb-two")) == {("guide.md", None)}

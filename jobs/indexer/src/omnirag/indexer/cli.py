@@ -1,4 +1,4 @@
-"""``python -m omnirag.indexer run | status | validate | worker``."""
+"""``python -m omnirag.indexer run | status | validate | worker | delete``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 from omnirag.core.errors import OmniragError, UpstreamError
 from omnirag.core.logging import configure_logging
 from omnirag.index import list_collections, read_current
-from omnirag.index.store import version_path
+from omnirag.index.store import check_name, version_path
 from omnirag.indexer.config import IndexerSettings
-from omnirag.indexer.pipeline import RunSummary, run_kb
+from omnirag.indexer.pipeline import RunSummary, delete_collection, delete_documents, run_kb
 from omnirag.indexer.spec import KnowledgeBase, load
 
 log = logging.getLogger("omnirag.indexer")
@@ -167,6 +167,39 @@ def cmd_validate(args: argparse.Namespace, settings: IndexerSettings) -> int:
     return 0
 
 
+async def cmd_delete(args: argparse.Namespace, settings: IndexerSettings) -> int:
+    name = args.collection
+    try:
+        check_name(name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.document:
+        summary = await delete_documents(name, args.document, settings)
+        state = f"published {summary.version}" if summary.published else "nothing published"
+        print(f"{name}: {summary.deleted} document(s) deleted; {state}")
+        return 0 if summary.deleted else 1
+    if not args.yes:
+        print(
+            f"error: this deletes the collection {name!r} and every version of it; add --yes to do it",
+            file=sys.stderr,
+        )
+        return 2
+    spec_path = args.config or settings.config
+    if spec_path.exists() and any(kb.name == name for kb in load(spec_path)):
+        # Deleting is still done: the operator may be about to remove it from the spec.
+        print(
+            f"warning: {spec_path} still declares the knowledge base {name!r}; its next run builds "
+            "the collection again (remove it from the configuration to keep it gone)",
+            file=sys.stderr,
+        )
+    if not await delete_collection(settings, name):
+        print(f"error: no collection {name!r} under {settings.index_root}", file=sys.stderr)
+        return 1
+    print(f"{name}: deleted")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m omnirag.indexer", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,6 +228,20 @@ def parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a spec file against the schema")
     validate.add_argument("--config", type=Path)
     sub.add_parser("worker", help="consume ingest requests from the Redis stream")
+    delete = sub.add_parser(
+        "delete",
+        help="delete a collection (a knowledge base removed from the spec keeps its collection "
+        "until this), or only some of its documents",
+    )
+    delete.add_argument("--collection", required=True, help="the collection (knowledge base) name")
+    delete.add_argument(
+        "--document",
+        action="append",
+        metavar="ID_OR_SOURCE",
+        help="delete only this document (its id from the documents listing, or its source); repeatable",
+    )
+    delete.add_argument("--yes", action="store_true", help="confirm deleting the whole collection")
+    delete.add_argument("--config", type=Path, help="spec file, to warn if the collection is still declared")
     return p
 
 
@@ -209,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args, settings)
         if args.command == "validate":
             return cmd_validate(args, settings)
+        if args.command == "delete":
+            return asyncio.run(cmd_delete(args, settings))
         from omnirag.indexer.worker import run_worker
 
         return asyncio.run(run_worker(settings))

@@ -6,6 +6,14 @@ only the chunks whose own hash changed are embedded; its chunks that no longer e
 A document gone from its source is deleted. A document that failed to load this time keeps its
 old chunks (a flaky disk or site must not empty the collection), and is reported. A run that
 changes nothing publishes nothing.
+
+Every chunk records its document's origin (see ``omnirag.index.docstore``). A knowledge-base run
+manages only the knowledge base's own documents: uploads into its collection are never replaced or
+deleted by it. Uploads live in their own id space, one per principal (the key, or the user a
+trusted key acts for): an upload never replaces a knowledge-base document or another principal's
+upload of the same source, and the knowledge base never replaces an upload. Before origins were
+recorded uploads shared the knowledge base's id space; a run that finds such an old upload where
+one of its documents would go leaves the upload alone and reports the conflict.
 """
 
 from __future__ import annotations
@@ -15,6 +23,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import re
+import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from omnirag.index import Document, EmbeddingInfo, IndexConfig, VersionWriter, prune_versions, read_current
-from omnirag.index.store import read_extra, version_path
+from omnirag.index.docstore import ORIGIN_FIELDS, ORIGIN_KB, ORIGIN_UPLOAD, doc_id_of, document_id, origin_of
+from omnirag.index.store import check_name, read_extra, version_path
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.embed import EmbedClient
 from omnirag.indexer.lock import collection_lock
@@ -61,8 +74,45 @@ def sha256(*parts: str) -> str:
     return h.hexdigest()
 
 
-def chunk_id(kb: str, source: str, index: int) -> str:
-    return f"{kb}:{sha256(source)[:16]}:{index:05d}"
+def chunk_id(collection: str, doc_id: str, index: int) -> str:
+    return f"{collection}:{doc_id}:{index:05d}"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Whose documents one write manages, and what each chunk it writes records about them."""
+
+    kind: str  # ORIGIN_KB or ORIGIN_UPLOAD
+    fields: dict[str, Any] = field(default_factory=dict)
+    principal: str | None = None
+
+    def doc_id(self, source: str) -> str:
+        if self.kind == ORIGIN_KB:
+            # The hash the chunk ids of a knowledge base always had: its documents keep their ids.
+            return document_id(source)
+        return document_id(ORIGIN_UPLOAD, self.principal or "", source)
+
+    def stamp(self, doc_id: str, doc: SourceDocument) -> dict[str, Any]:
+        out = {"origin": self.kind, **self.fields, "doc_id": doc_id}
+        if self.kind == ORIGIN_KB and doc.metadata.get("origin_source") is not None:
+            out["origin_source"] = doc.metadata["origin_source"]
+        return out
+
+
+def kb_origin() -> Origin:
+    return Origin(ORIGIN_KB)
+
+
+def upload_origin(key: str | None, principal: str | None) -> Origin:
+    fields = {"origin_key": key, "origin_principal": principal}
+    return Origin(ORIGIN_UPLOAD, {k: v for k, v in fields.items() if v is not None}, principal)
+
+
+def source_label(src: dict[str, Any]) -> str:
+    """Which source of its knowledge base a document came from, as the spec names it."""
+    if src["type"] == "local":
+        return f"local:{src['path']}"
+    return f"{src['type']}:{' '.join(src.get('urls') or [])}"
 
 
 def is_markdown(doc: SourceDocument) -> bool:
@@ -82,24 +132,32 @@ async def gather_documents(
     keep: set[str] = set()
     problems: list[SourceProblem] = []
     for src in kb.sources:
+        label = source_label(src)
         if src["type"] == "local":
+            from omnirag.indexer.loaders import LoadLimits
             from omnirag.indexer.sources.local import iter_local
 
             root = (kb.base_dir / src["path"]).resolve()
             walk = iter_local(
-                root, src.get("glob", "**/*"), src.get("exclude"), max_bytes=settings.max_file_bytes
+                root,
+                src.get("glob", "**/*"),
+                src.get("exclude"),
+                max_bytes=settings.max_file_bytes,
+                limits=LoadLimits.from_settings(settings),
             )
             items: list[SourceDocument | SourceProblem] = await asyncio.to_thread(list, walk)
             for item in items:
                 if isinstance(item, SourceProblem):
                     problems.append(item)
                 else:
+                    item.metadata["origin_source"] = label
                     docs[item.source] = item
         else:
             from omnirag.indexer.crawl import CrawlConfig, crawl
 
             result = await crawl(CrawlConfig.from_spec(src), previous=previous_validators)
             for doc in result.documents:
+                doc.metadata["origin_source"] = label
                 docs[doc.source] = doc
             keep.update(result.unchanged)
             problems.extend(result.problems)
@@ -107,18 +165,35 @@ async def gather_documents(
     return docs, keep, problems
 
 
-def _existing(writer: VersionWriter) -> dict[str, dict[str, Any]]:
-    """source → {"doc_hash", "chunks": {id: content_hash}, "validators"} from the version being extended."""
-    out: dict[str, dict[str, Any]] = {}
+STAMP_KEYS = ("origin", "origin_source", "origin_key", "origin_principal", "doc_id")
+
+
+def _existing(writer: VersionWriter, kind: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """(document id → {"source", "doc_hash", "chunks": {id: content_hash}, "validators", "stamp"} of
+    the documents of origin ``kind``, ids of the other documents) in the version being extended."""
+    own: dict[str, dict[str, Any]] = {}
+    other: set[str] = set()
     for cid, meta_json, chash in writer.docs.conn.execute("SELECT id, metadata, content_hash FROM docs"):
         meta = json.loads(meta_json)
-        src = meta.get("source", "")
-        entry = out.setdefault(src, {"doc_hash": meta.get("doc_hash"), "chunks": {}, "validators": {}})
+        doc_id = doc_id_of(meta)
+        if origin_of(meta) != kind:
+            other.add(doc_id)
+            continue
+        entry = own.setdefault(
+            doc_id,
+            {
+                "source": meta.get("source", ""),
+                "doc_hash": meta.get("doc_hash"),
+                "chunks": {},
+                "validators": {},
+                "stamp": {k: meta.get(k) for k in STAMP_KEYS},
+            },
+        )
         entry["chunks"][cid] = chash
         for key in ("etag", "last_modified"):
             if meta.get(key):
                 entry["validators"][key] = meta[key]
-    return out
+    return own, other
 
 
 CRAWL_STATE = "crawl.json"
@@ -156,6 +231,7 @@ async def _session(
         batch_size=settings.embed_batch_size,
         concurrency=settings.embed_concurrency,
         timeout=settings.embed_timeout,
+        headers=settings.service_headers(),
     ) as embedder:
         info = await embedder.fetch_info()
         if expect_model and expect_model != info["model"]:
@@ -220,9 +296,14 @@ async def run_kb(
             )
             base = None
         with VersionWriter(
-            settings.index_root, kb.name, embedding, IndexConfig(type=kb.index_type), base=base
+            settings.index_root,
+            kb.name,
+            embedding,
+            IndexConfig(type=kb.index_type),
+            base=base,
+            gpu=settings.faiss_gpu,
         ) as writer:
-            changed = await _apply(kb, writer, embedder, docs, keep, problems, summary, tick)
+            changed = await _apply(kb, writer, embedder, docs, keep, problems, summary, tick, kb_origin())
             if crawl_state:
                 # Pages answered 304 keep last run's validators; the rest bring new ones.
                 kept = {u: v for u, v in previous.items() if u in keep and u not in crawl_state}
@@ -241,21 +322,43 @@ async def _apply(
     problems: list[SourceProblem],
     summary: RunSummary,
     tick: Progress,
+    origin: Origin,
     delete_missing: bool = True,
 ) -> bool:
-    existing = await asyncio.to_thread(_existing, writer)
+    existing, others = await asyncio.to_thread(_existing, writer, origin.kind)
     splitter = Splitter(kb.chunk_size, kb.chunk_overlap)
     failed_sources = {p.source for p in problems if p.kind in ("error", "too_large")}
     to_embed: list[tuple[str, str, dict[str, Any], str]] = []  # (id, text, metadata, content hash)
     stale: list[str] = []
-    retag: dict[str, list[str]] = {}  # doc hash → ids of chunks that did not change in a changed document
+    # Chunks whose text and vector stay but whose metadata is brought up to date: the unchanged
+    # chunks of a changed document, and unchanged documents whose origin is not recorded yet.
+    retag: list[tuple[list[str], dict[str, Any]]] = []
+    wanted: set[str] = set()
+    now = round(time.time(), 3)
     tick("documents", 0, len(docs))
     for source, doc in sorted(docs.items()):
-        doc_hash = sha256(doc.title, doc.text, str(kb.chunk_size), str(kb.chunk_overlap))
-        old = existing.get(source)
+        doc_id = origin.doc_id(source)
         tick("documents", 1, None)
+        if doc_id in others:
+            # An upload from before origins were recorded holds this document's id: keep it.
+            summary.problems.append(
+                {
+                    "source": source,
+                    "kind": "conflict",
+                    "reason": "an upload into this collection has the same source and is kept; "
+                    "delete it through the API (DELETE /v1/collections/{name}/documents/{id}) for "
+                    "the knowledge base's copy to be indexed",
+                }
+            )
+            continue
+        wanted.add(doc_id)
+        stamp = origin.stamp(doc_id, doc)
+        doc_hash = sha256(doc.title, doc.text, str(kb.chunk_size), str(kb.chunk_overlap))
+        old = existing.get(doc_id)
         if old is not None and old["doc_hash"] == doc_hash:
             summary.unchanged += 1
+            if any(old["stamp"].get(k) != v for k, v in stamp.items()):
+                retag.append((list(old["chunks"]), stamp))
             continue
         if old is None:
             summary.added += 1
@@ -263,34 +366,46 @@ async def _apply(
             summary.changed += 1
         chunks = splitter.split(doc.text, markdown=is_markdown(doc))
         new_ids = set()
+        kept: list[str] = []
         for i, chunk in enumerate(chunks):
-            cid = chunk_id(kb.name, source, i)
+            cid = chunk_id(kb.name, doc_id, i)
             new_ids.add(cid)
             meta = {
-                **doc.metadata,
-                **chunk.metadata,
-                "source": source,
-                "title": doc.title,
-                "kb": kb.name,
-                "chunk": i,
+                k: v
+                for k, v in {
+                    **doc.metadata,
+                    **chunk.metadata,
+                    "source": source,
+                    "title": doc.title,
+                    "kb": kb.name,
+                    "chunk": i,
+                }.items()
+                if k not in ORIGIN_FIELDS
             }
-            # The chunk's own hash leaves the document hash out: an edit elsewhere in the document
-            # must not re-embed this chunk.
+            # The chunk's own hash leaves the document hash out (an edit elsewhere in the document
+            # must not re-embed this chunk) and its origin and time (recording them is no reason to
+            # embed again either).
             chash = sha256(chunk.text, json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str))
-            meta["doc_hash"] = doc_hash
+            meta |= stamp | {"indexed_at": now, "doc_hash": doc_hash}
             if old is not None and old["chunks"].get(cid) == chash:
-                retag.setdefault(doc_hash, []).append(cid)
+                kept.append(cid)
                 continue
             to_embed.append((cid, chunk.text, meta, chash))
+        if kept:
+            retag.append((kept, stamp | {"indexed_at": now, "doc_hash": doc_hash}))
         if old is not None:
             stale.extend(cid for cid in old["chunks"] if cid not in new_ids)
     gone = (
-        [s for s in existing if s not in docs and s not in keep and s not in failed_sources]
+        [
+            d
+            for d, entry in existing.items()
+            if d not in wanted and entry["source"] not in keep and entry["source"] not in failed_sources
+        ]
         if delete_missing
         else []
     )
-    for source in gone:
-        stale.extend(existing[source]["chunks"])
+    for doc_id in gone:
+        stale.extend(existing[doc_id]["chunks"])
     summary.deleted = len(gone)
     tick("chunks", 0, len(to_embed))
     if to_embed:
@@ -304,8 +419,8 @@ async def _apply(
         await asyncio.to_thread(writer.upsert, batch)
     if stale:
         await asyncio.to_thread(writer.delete, stale)
-    for doc_hash, ids in retag.items():
-        await asyncio.to_thread(writer.docs.set_metadata_field, ids, "doc_hash", doc_hash)
+    for ids, fields in retag:
+        await asyncio.to_thread(writer.docs.set_metadata_fields, ids, fields)
     summary.chunks_embedded = len(to_embed)
     return bool(to_embed or stale or retag)
 
@@ -316,8 +431,13 @@ async def ingest(
     settings: IndexerSettings,
     chunk_size: int = 800,
     chunk_overlap: int = 100,
+    *,
+    key: str | None = None,
+    principal: str | None = None,
 ) -> RunSummary:
-    """Add or replace ``docs`` in ``collection`` (created if new), leaving its other documents alone."""
+    """Add or replace ``docs`` as uploads of ``principal`` (through API key ``key``) in
+    ``collection`` (created if new), leaving every other document alone: the principal's uploads of
+    other sources, other principals' uploads, and the knowledge base's documents."""
     started = time.monotonic()
     summary = RunSummary(kb=collection)
     kb = KnowledgeBase(
@@ -330,7 +450,9 @@ async def ingest(
     ):
         manifest = _current_manifest(settings, collection)
         config = IndexConfig.model_validate(manifest["index"]) if manifest else IndexConfig()
-        with VersionWriter(settings.index_root, collection, embedding, config) as writer:
+        with VersionWriter(
+            settings.index_root, collection, embedding, config, gpu=settings.faiss_gpu
+        ) as writer:
             changed = await _apply(
                 kb,
                 writer,
@@ -340,8 +462,80 @@ async def ingest(
                 [],
                 summary,
                 lambda *a: None,
+                upload_origin(key, principal),
                 delete_missing=False,
             )
             await _finish(writer, changed, summary, settings)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
+
+
+async def delete_documents(
+    collection: str,
+    sources_or_ids: list[str],
+    settings: IndexerSettings,
+    *,
+    origin: str | None = None,
+) -> RunSummary:
+    """Delete documents from ``collection``, under its write lock, and publish the version without
+    them. Each item is a document id or a source (which names every document that has it); with
+    ``origin`` only documents of that origin ("kb" or "upload") go. Needs no embedder. Deleting what
+    is not there publishes nothing; ``summary.deleted`` counts the documents deleted."""
+    started = time.monotonic()
+    summary = RunSummary(kb=check_name(collection))
+    names = list(dict.fromkeys(s for s in sources_or_ids if s))
+    async with collection_lock(
+        settings.redis_url,
+        settings.index_root,
+        collection,
+        ttl=settings.lock_ttl_seconds,
+        wait=max(settings.lock_wait_seconds, 30.0),
+    ):
+        manifest = _current_manifest(settings, collection)
+        if manifest is None or not names:
+            summary.version = manifest["version"] if manifest else None
+            return summary
+        embedding = EmbeddingInfo.model_validate(manifest["embedding"])
+        config = IndexConfig.model_validate(manifest["index"])
+        with VersionWriter(
+            settings.index_root, collection, embedding, config, gpu=settings.faiss_gpu
+        ) as writer:
+            found = await asyncio.to_thread(writer.docs.document_chunks, names, origin=origin)
+            stale = [cid for ids in found.values() for cid in ids]
+            if stale:
+                await asyncio.to_thread(writer.delete, stale)
+            summary.deleted = len(found)
+            await _finish(writer, bool(stale), summary, settings)
+    summary.seconds = round(time.monotonic() - started, 3)
+    log.info(
+        "documents deleted",
+        extra={"collection": collection, "deleted": summary.deleted, "version": summary.version},
+    )
+    return summary
+
+
+async def delete_collection(settings: IndexerSettings, collection: str) -> bool:
+    """Remove a collection and every version of it, under its write lock. False if there is none.
+
+    The directory is first renamed to a hidden name, in one step: the retriever and the indexer's
+    listing see the collection gone at once, and a crash while its files are removed leaves only
+    that hidden directory, which the next delete of the same name clears."""
+    check_name(collection)
+    root = settings.index_root
+    async with collection_lock(
+        settings.redis_url, root, collection, ttl=settings.lock_ttl_seconds, wait=settings.lock_wait_seconds
+    ):
+        trash_name = re.compile(rf"\.deleted-{re.escape(collection)}-[0-9a-f]{{8}}")
+        leftovers = await asyncio.to_thread(
+            lambda: [p for p in root.glob(".deleted-*") if trash_name.fullmatch(p.name)]
+        )
+        for leftover in leftovers:
+            await asyncio.to_thread(shutil.rmtree, leftover, True)
+        path = root / collection
+        if not path.is_dir():
+            return False
+        trash = root / f".deleted-{collection}-{secrets.token_hex(4)}"
+        await asyncio.to_thread(os.rename, path, trash)
+        await asyncio.to_thread(shutil.rmtree, trash)
+    log.info("collection deleted", extra={"collection": collection})
+    return True

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from omnirag.index import dense
-from omnirag.index.docstore import DocStore
+from omnirag.index.docstore import DocStore, DocumentInfo, DocumentPage, DocumentRow
 from omnirag.index.filters import compile_filter
 from omnirag.index.manifest import Manifest, hash_tree
 from omnirag.index.sparse import SparseIndex, cjk_share
@@ -81,6 +82,8 @@ class Collection:
         self.index = index
         self.sparse = sparse
         self.docs = docs
+        self._doc_rows: list[DocumentRow] | None = None
+        self._doc_rows_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -113,6 +116,33 @@ class Collection:
 
     def close(self) -> None:
         self.docs.close()
+
+    # --- documents --------------------------------------------------------------------------------
+
+    def _document_rows(self) -> list[DocumentRow]:
+        # A version never changes: its documents are grouped once (one scan of the docstore) and
+        # every page after that is a bisect. Memory: one small row per document.
+        with self._doc_rows_lock:
+            if self._doc_rows is None:
+                self._doc_rows = self.docs.document_rows()
+            return self._doc_rows
+
+    def documents(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        origin: str | None = None,
+        principal: str | None = None,
+    ) -> DocumentPage:
+        """A page of this version's documents (chunks grouped by document id), ordered by source;
+        see :meth:`DocStore.documents`. ValueError for a cursor it did not hand out."""
+        return self.docs.documents(
+            limit=limit, cursor=cursor, origin=origin, principal=principal, rows=self._document_rows()
+        )
+
+    def document(self, doc_id: str) -> DocumentInfo | None:
+        return self.docs.document(doc_id, rows=self._document_rows())
 
     # --- search -----------------------------------------------------------------------------------
 

@@ -5,10 +5,24 @@ rebuilt exactly, whatever its type: an IVF-PQ index cannot give its vectors back
 Readers open the file immutable and read-only: no journal is created, so a read-only volume works.
 SQL is built only from "?" placeholders and the compiled filter (whose values are parameters), hence
 the S608 exemptions below.
+
+Documents. A document is the group of chunks that share a document id (``metadata.doc_id``), and
+every chunk records where its document came from, in flat metadata fields that search filters can
+select: ``origin`` ("kb" or "upload"); for a knowledge base ``kb`` and ``origin_source`` (which of
+its sources); for an upload ``origin_key``, ``origin_principal`` and ``ingest_job``; and
+``indexed_at``, the time of the run or upload that wrote the document. Chunks written before origins
+existed have none of these: a chunk with an ``ingest_job`` field is an upload, any other belongs to
+the knowledge base, and its document id is the one its chunk ids already embed, the hash of its
+source (:func:`document_id`). :func:`origin_of` and ``ORIGIN_SQL`` are that one rule, in Python and
+in SQL.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,6 +49,126 @@ CREATE INDEX IF NOT EXISTS docs_source ON docs(source);
 """
 
 
+ORIGIN_KB = "kb"
+ORIGIN_UPLOAD = "upload"
+# The fields a document's origin and write time live in; they say nothing about its content, so
+# the indexer leaves them out of content hashes (a re-stamped chunk is not embedded again).
+ORIGIN_FIELDS = ("origin", "origin_source", "origin_key", "origin_principal", "doc_id", "indexed_at")
+MAX_PAGE = 500
+MAX_CURSOR_CHARS = 4096
+
+# SQL twins of origin_of and doc_id_of; constant text, no values in them.
+ORIGIN_SQL = (
+    "COALESCE(json_extract(metadata, '$.origin'), "
+    "CASE WHEN json_extract(metadata, '$.ingest_job') IS NOT NULL THEN 'upload' ELSE 'kb' END)"
+)
+DOC_ID_SQL = "COALESCE(json_extract(metadata, '$.doc_id'), omnirag_legacy_doc_id(source))"
+
+
+def document_id(*parts: str) -> str:
+    """16 hex digits of sha256 over ``parts``, each followed by NUL: URL-safe, stable, and for one
+    part (a source) the same hash the indexer has always put in its chunk ids."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:16]
+
+
+def _legacy_doc_id(source: str | None) -> str:
+    return document_id(source or "")
+
+
+def origin_of(meta: dict[str, Any]) -> str:
+    """ "kb" or "upload"; chunks from before origins were recorded follow the legacy rule."""
+    origin = meta.get("origin")
+    if origin is not None:
+        return str(origin)
+    return ORIGIN_UPLOAD if meta.get("ingest_job") is not None else ORIGIN_KB
+
+
+def doc_id_of(meta: dict[str, Any]) -> str:
+    doc_id = meta.get("doc_id")
+    if doc_id is not None:
+        return str(doc_id)
+    src = meta.get("source")
+    return _legacy_doc_id(str(src) if src is not None else None)
+
+
+def origin_details(meta: dict[str, Any]) -> dict[str, Any]:
+    """The origin of a document as its chunk's metadata records it (None where unknown)."""
+    kind = origin_of(meta)
+    if kind == ORIGIN_UPLOAD:
+        return {
+            "kind": kind,
+            "key": meta.get("origin_key"),
+            "principal": meta.get("origin_principal"),
+            "job_id": meta.get("ingest_job"),
+        }
+    return {"kind": kind, "kb": meta.get("kb"), "source": meta.get("origin_source")}
+
+
+def encode_cursor(source: str, doc_id: str) -> str:
+    raw = json.dumps([source, doc_id], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The position a cursor stands for; ValueError for anything this module did not write."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError("cursor too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise ValueError("malformed cursor") from exc
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise ValueError("malformed cursor")
+    return value[0], value[1]
+
+
+@dataclass
+class DocumentInfo:
+    """One document of a collection: its chunks, grouped."""
+
+    id: str
+    source: str
+    title: str | None
+    origin: dict[str, Any]
+    chunks: int
+    indexed_at: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "title": self.title,
+            "origin": self.origin,
+            "chunks": self.chunks,
+            "indexed_at": self.indexed_at,
+        }
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    """What paging needs of one document; the rest is read from its first chunk per page."""
+
+    source: str
+    id: str
+    first_chunk: str
+    chunks: int
+    indexed_at: float | None
+    origin: str
+    principal: str | None
+
+
+@dataclass
+class DocumentPage:
+    documents: list[DocumentInfo]
+    total: int
+    next_cursor: str | None
+
+
 @dataclass
 class Document:
     id: str
@@ -53,6 +187,8 @@ class DocStore:
     def __init__(self, conn: sqlite3.Connection, dimension: int) -> None:
         self.conn = conn
         self.dimension = dimension
+        # Legacy chunks carry no doc_id: their document id is the hash of their source.
+        conn.create_function("omnirag_legacy_doc_id", 1, _legacy_doc_id, deterministic=True)
 
     @classmethod
     def create(cls, path: Path, dimension: int) -> DocStore:
@@ -122,6 +258,130 @@ class DocStore:
             self.conn.execute("BEGIN")
             rows = [(path, value, i) for i in ids]
             self.conn.executemany("UPDATE docs SET metadata = json_set(metadata, ?, ?) WHERE id = ?", rows)
+
+    def set_metadata_fields(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
+        """Set several metadata fields of existing documents at once (text and vector unchanged)."""
+        if not fields or not ids:
+            return
+        paths: list[Any] = []
+        for key, value in fields.items():
+            # json() keeps None a JSON null rather than SQL NULL; strings and numbers go as they are.
+            paths.extend((f'$."{key}"', json.dumps(value)))
+        setters = ", ".join("?, json(?)" for _ in fields)
+        sql = f"UPDATE docs SET metadata = json_set(metadata, {setters}) WHERE id = ?"  # noqa: S608
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(sql, [(*paths, i) for i in ids])
+
+    # --- documents ---------------------------------------------------------------------------------
+
+    def document_rows(self, doc_id: str | None = None) -> list[DocumentRow]:
+        """Every document (or the one with ``doc_id``), ordered by (source, id): one scan of the
+        chunks' metadata, grouped in SQL. A reader of an immutable version computes this once and
+        pages over it (see Collection)."""
+        where, params = (f"WHERE {DOC_ID_SQL} = ?", [doc_id]) if doc_id is not None else ("", [])
+        sql = (
+            "SELECT doc_id, MIN(src), MIN(id), count(*), MAX(at), MIN(origin), MIN(principal) FROM ("  # noqa: S608
+            f"SELECT {DOC_ID_SQL} AS doc_id, COALESCE(source, '') AS src, id, "
+            f"json_extract(metadata, '$.indexed_at') AS at, {ORIGIN_SQL} AS origin, "
+            f"json_extract(metadata, '$.origin_principal') AS principal FROM docs {where}"
+            ") GROUP BY doc_id"
+        )
+        rows = [
+            DocumentRow(
+                source=src,
+                id=str(doc_id),
+                first_chunk=first,
+                chunks=int(n),
+                indexed_at=float(at) if isinstance(at, int | float) else None,
+                origin=str(origin),
+                principal=principal if isinstance(principal, str) else None,
+            )
+            for doc_id, src, first, n, at, origin, principal in self.conn.execute(sql, params)
+        ]
+        # Python's order, which the cursor's bisect relies on (SQLite's BINARY order is the same for
+        # UTF-8, but nothing here should hang on that).
+        rows.sort(key=lambda r: (r.source, r.id))
+        return rows
+
+    def documents(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        origin: str | None = None,
+        principal: str | None = None,
+        rows: Sequence[DocumentRow] | None = None,
+    ) -> DocumentPage:
+        """A page of documents ordered by source (then id), with the total that match. ``rows`` is
+        :meth:`document_rows` when the caller keeps it (an immutable version); without it, it is
+        computed here. ValueError for a cursor this module did not write."""
+        after = decode_cursor(cursor) if cursor else None
+        limit = max(1, min(int(limit), MAX_PAGE))
+        every = self.document_rows() if rows is None else rows
+        matching = [
+            r
+            for r in every
+            if (origin is None or r.origin == origin) and (principal is None or r.principal == principal)
+        ]
+        start = bisect.bisect_right(matching, after, key=lambda r: (r.source, r.id)) if after else 0
+        chosen = matching[start : start + limit]
+        more = start + limit < len(matching)
+        next_cursor = encode_cursor(chosen[-1].source, chosen[-1].id) if more and chosen else None
+        return DocumentPage(self._describe(chosen), len(matching), next_cursor)
+
+    def _describe(self, rows: Sequence[DocumentRow]) -> list[DocumentInfo]:
+        """Title and origin details of each document, from its first chunk (by primary key)."""
+        metas: dict[str, dict[str, Any]] = {}
+        firsts = [r.first_chunk for r in rows]
+        for start in range(0, len(firsts), 500):
+            part = firsts[start : start + 500]
+            for cid, meta in self.conn.execute(
+                f"SELECT id, metadata FROM docs WHERE id IN ({','.join('?' * len(part))})",  # noqa: S608
+                part,
+            ):
+                metas[cid] = json.loads(meta)
+        out = []
+        for r in rows:
+            meta = metas.get(r.first_chunk, {})
+            title = meta.get("title")
+            out.append(
+                DocumentInfo(
+                    id=r.id,
+                    source=r.source,
+                    title=str(title) if title is not None else None,
+                    origin=origin_details(meta),
+                    chunks=r.chunks,
+                    indexed_at=r.indexed_at,
+                )
+            )
+        return out
+
+    def document(self, doc_id: str, *, rows: Sequence[DocumentRow] | None = None) -> DocumentInfo | None:
+        found = [r for r in rows if r.id == doc_id] if rows is not None else self.document_rows(doc_id)
+        return self._describe(found[:1])[0] if found else None
+
+    def document_chunks(
+        self, ids_or_sources: Sequence[str], *, origin: str | None = None
+    ) -> dict[str, list[str]]:
+        """Document id → its chunk ids, for the documents named by id or by source (a source names
+        every document that has it), optionally only those of one origin."""
+        names = list(dict.fromkeys(ids_or_sources))
+        out: dict[str, list[str]] = {}
+        for start in range(0, len(names), 400):
+            part = names[start : start + 400]
+            marks = ",".join("?" * len(part))
+            sql = (
+                f"SELECT {DOC_ID_SQL}, id FROM docs "  # noqa: S608
+                f"WHERE ({DOC_ID_SQL} IN ({marks}) OR source IN ({marks}))"
+            )
+            params: list[Any] = [*part, *part]
+            if origin is not None:
+                sql += f" AND {ORIGIN_SQL} = ?"
+                params.append(origin)
+            for doc_id, cid in self.conn.execute(sql, params):
+                out.setdefault(str(doc_id), []).append(cid)
+        return out
 
     def hashes(self, source: str | None = None) -> dict[str, str]:
         """id → content hash, for incremental indexing (optionally of one source)."""

@@ -27,6 +27,7 @@ from omnirag.indexer.loaders import (
     DEFAULT_MAX_BYTES,
     SUPPORTED_SUFFIXES,
     LoadError,
+    LoadLimits,
     TooLarge,
     UnsupportedFile,
     load_file,
@@ -168,7 +169,7 @@ def _scan(
     return entries
 
 
-def _load(entry: _Entry, max_bytes: int) -> SourceDocument | SourceProblem:
+def _load(entry: _Entry, max_bytes: int, limits: LoadLimits | None) -> SourceDocument | SourceProblem:
     rel = entry.rel
     if entry.path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return SourceProblem(
@@ -182,7 +183,7 @@ def _load(entry: _Entry, max_bytes: int) -> SourceDocument | SourceProblem:
         # A FIFO or device would block or never end: never open one.
         return SourceProblem(rel, "not a regular file", "unsupported")
     try:
-        loaded = load_file(entry.path, max_bytes=max_bytes)
+        loaded = load_file(entry.path, max_bytes=max_bytes, limits=limits)
     except TooLarge as exc:
         return SourceProblem(rel, str(exc), "too_large")
     except UnsupportedFile as exc:
@@ -205,12 +206,14 @@ def iter_local(
     exclude: list[str] | None = None,
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: LoadLimits | None = None,
 ) -> Iterator[SourceDocument | SourceProblem]:
     """Yield a document (or a problem) per file under ``root`` matching ``glob``, sorted by path.
 
     ``source`` and ``metadata["path"]`` are the path relative to ``root`` (posix). Raises
     FileNotFoundError when ``root`` does not exist, ``re.error`` for a bad ``exclude`` pattern.
-    A ``root`` that is a file yields that one file.
+    A ``root`` that is a file yields that one file. ``limits`` is the loaders' memory budget (pixels,
+    PDF pages, unpacked ZIP bytes, text): a knowledge-base run passes the settings' own.
     """
     root = Path(root)
     if not root.exists():
@@ -219,9 +222,9 @@ def iter_local(
 
     if not root.is_dir():
         entry = _Entry(root.name, root)
-        yield _load(entry, max_bytes)
+        yield _load(entry, max_bytes, limits)
         return
 
     root_real = root.resolve()
     for entry in _scan(root, root_real, glob_to_regex(glob), excludes):
-        yield entry.problem if entry.problem is not None else _load(entry, max_bytes)
+        yield entry.problem if entry.problem is not None else _load(entry, max_bytes, limits)

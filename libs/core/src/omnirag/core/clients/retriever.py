@@ -22,7 +22,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, PrivateAttr
 
-from omnirag.core.errors import NotFound, UpstreamError
+from omnirag.core.errors import Conflict, InvalidInput, NotFound, UpstreamError
 from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
 from omnirag.core.schemas.retrieval import SearchMode
 
@@ -68,6 +68,38 @@ def _check(response: httpx.Response, collection: str) -> dict[str, Any]:
     return result
 
 
+def _check_documents(response: httpx.Response) -> dict[str, Any]:
+    """A documents answer, or its error with the retriever's own code (``collection_not_found``,
+    ``document_not_found``, ``invalid_cursor``) so a caller can pass it on."""
+    if response.status_code < 400:
+        result: dict[str, Any] = response.json()
+        return result
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except Exception:
+        code, message = "", response.text[:200]
+    if response.status_code == 404:
+        raise NotFound(message, code=code or "not_found")
+    if response.status_code in (400, 422):
+        raise InvalidInput(message, code=code or "invalid_input")
+    if response.status_code == 409:  # a collection the retriever refuses to serve, say
+        raise Conflict(message, code=code or "conflict")
+    raise UpstreamError(
+        f"retriever answered {response.status_code}: {message}", details={"status": response.status_code}
+    )
+
+
+def _document_params(
+    limit: int, cursor: str | None, origin: str | None, principal: str | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in (("cursor", cursor), ("origin", origin), ("principal", principal)):
+        if value is not None:
+            params[name] = value
+    return params
+
+
 def to_documents(result: dict[str, Any]) -> list[tuple[Document, float]]:
     out = []
     for hit in result["hits"]:
@@ -99,6 +131,64 @@ class RetrieverClient:
 
     def _url(self, collection: str) -> str:
         return f"{self.base_url}/v1/collections/{collection}/search"
+
+    def _documents_url(self, collection: str, doc_id: str | None = None) -> str:
+        url = f"{self.base_url}/v1/collections/{collection}/documents"
+        return url if doc_id is None else f"{url}/{doc_id}"
+
+    def _get_sync(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self._sync is None:
+            self._sync = httpx.Client(timeout=self.timeout, headers=self.headers)
+        try:
+            r = self._sync.get(url, params=params, headers=_headers())
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the retriever is unreachable: {type(exc).__name__}") from exc
+        return _check_documents(r)
+
+    async def _get_async(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            if self._async is not None:
+                r = await self._async.get(
+                    url, params=params, headers=self.headers | _headers(), timeout=self.timeout
+                )
+            else:
+                async with httpx.AsyncClient(timeout=self.timeout, headers=self.headers) as client:
+                    r = await client.get(url, params=params, headers=_headers())
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the retriever is unreachable: {type(exc).__name__}") from exc
+        return _check_documents(r)
+
+    def list_documents(
+        self,
+        collection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        origin: str | None = None,
+        principal: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of the collection's documents (see ``DocumentList``); ``next_cursor`` continues."""
+        params = _document_params(limit, cursor, origin, principal)
+        return self._get_sync(self._documents_url(collection), params)
+
+    async def alist_documents(
+        self,
+        collection: str,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        origin: str | None = None,
+        principal: str | None = None,
+    ) -> dict[str, Any]:
+        params = _document_params(limit, cursor, origin, principal)
+        return await self._get_async(self._documents_url(collection), params)
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any]:
+        """One document (``DocumentSummary``); NotFound with code ``document_not_found`` if absent."""
+        return self._get_sync(self._documents_url(collection, doc_id))
+
+    async def aget_document(self, collection: str, doc_id: str) -> dict[str, Any]:
+        return await self._get_async(self._documents_url(collection, doc_id))
 
     def search(self, collection: str, **options: Any) -> dict[str, Any]:
         """Options: query, vector, k, filter, mode, score_threshold (see SearchRequest)."""

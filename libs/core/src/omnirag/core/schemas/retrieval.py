@@ -79,3 +79,40 @@ class CollectionList(BaseModel):
 
 class CollectionDetail(CollectionSummary):
     manifest: dict[str, Any] | None = None
+
+
+# --- documents: a collection's chunks grouped by document, with where each came from ---
+
+DocumentOriginKind = Literal["kb", "upload"]
+MAX_DOCUMENTS_PAGE = 200
+
+
+class DocumentOrigin(BaseModel):
+    """Where a document came from. A knowledge-base document names its knowledge base and which of
+    its sources (``local:<path>`` or ``web:<urls>``); an upload names the API key, the principal
+    (the key, or ``key/user`` when a trusted key acts for a user) and the ingest job. Documents
+    indexed before origins were recorded have only ``kind``."""
+
+    kind: DocumentOriginKind
+    kb: str | None = None
+    source: str | None = Field(None, description="For a knowledge base: which of its sources.")
+    key: str | None = None
+    principal: str | None = None
+    job_id: str | None = None
+
+
+class DocumentSummary(BaseModel):
+    id: str = Field(description="Stable, opaque, URL-safe: 16 hex digits derived from the source.")
+    source: str
+    title: str | None = None
+    origin: DocumentOrigin
+    chunks: int
+    indexed_at: float | None = Field(
+        None, description="Unix time of the run or upload that wrote it; null if indexed before it was kept."
+    )
+
+
+class DocumentList(BaseModel):
+    data: list[DocumentSummary]
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page; null on the last.")
+    total: int = Field(description="Documents matching the query, over all pages.")

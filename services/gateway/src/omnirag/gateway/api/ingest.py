@@ -498,6 +498,10 @@ async def upload_document(name: str, request: Request, key: Key, gw: Gateway) ->
             detail="send multipart/form-data with a 'file' part, or application/json with {'text': ...}",
         )
     try:
+        # Who uploaded it goes with every chunk: it scopes the listing and decides who may delete it.
+        req = _ingest_request(
+            **(req.model_dump() | {"origin_key": key.name, "origin_principal": key.principal})
+        )
         await _queue(gw, req)
     except BaseException:
         if req.path:
