@@ -4,6 +4,9 @@ RapidOCR)."""
 from __future__ import annotations
 
 import io
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from omnirag.indexer import loaders
 from omnirag.indexer.loaders import (
     SUPPORTED_SUFFIXES,
     LoadError,
+    LoadLimits,
+    OverBudget,
     TooLarge,
     UnsupportedFile,
     load_bytes,
@@ -424,3 +429,129 @@ def test_image_modes_are_converted(monkeypatch: pytest.MonkeyPatch) -> None:
         Image.new(mode, (10, 10)).save(buffer, format="TIFF" if mode == "CMYK" else "PNG")
         assert loaders.ocr_image(buffer.getvalue()) == ""
     assert seen == ["RGB"] * 4
+
+
+# ------------------------------------------------------------------- hostile files: the budget
+
+
+def _docx_bytes(paragraphs: list[str], picture: bool = False) -> bytes:
+    import docx
+    from PIL import Image
+
+    document = docx.Document()
+    for text in paragraphs:
+        document.add_paragraph(text)
+    if picture:
+        png = io.BytesIO()
+        Image.new("RGB", (16, 16), "red").save(png, "PNG")
+        document.add_picture(io.BytesIO(png.getvalue()))
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def _replace_part(data: bytes, prefix: str, content: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, content if info.filename.startswith(prefix) else src.read(info))
+    return out.getvalue()
+
+
+def test_docx_with_a_picture_is_read_without_unpacking_the_picture(tmp_path: Path) -> None:
+    path = tmp_path / "memo.docx"
+    path.write_bytes(_docx_bytes(["The memo text survives."], picture=True))
+    assert load_file(path).text == "The memo text survives."
+
+
+def test_docx_part_with_a_bomb_ratio_is_refused_before_unpacking(tmp_path: Path) -> None:
+    # 64 MiB of zeros deflate to about 64 KB: the ratio gives the bomb away from the directory.
+    bomb = _replace_part(_docx_bytes(["harmless"], picture=True), "word/media/", bytes(64 * 1024 * 1024))
+    path = tmp_path / "bomb.docx"
+    path.write_bytes(bomb)
+    assert path.stat().st_size < 1024 * 1024
+    with pytest.raises(OverBudget, match="decompression bomb") as caught:
+        load_file(path)
+    assert caught.value.permanent
+
+
+def test_docx_declaring_more_xml_than_the_budget_is_refused(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(7)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(60_000)]
+    path = tmp_path / "long.docx"
+    path.write_bytes(_docx_bytes([" ".join(words[i : i + 100]) for i in range(0, len(words), 100)]))
+    limits = LoadLimits(max_unpacked_bytes=256 * 1024)
+    with pytest.raises(OverBudget, match=r"declares \d+ bytes of XML"):
+        load_file(path, limits=limits)
+    assert load_file(path).text.startswith(words[0])  # within the default budget it reads
+
+
+def test_docx_whose_directory_lies_about_sizes_is_not_unpacked_past_them(tmp_path: Path) -> None:
+    # document.xml really inflates to 8 MiB, but both headers claim 1000 bytes: what is unpacked
+    # follows the claim (then the checksum fails), never the 8 MiB.
+    data = bytearray(_replace_part(_docx_bytes(["x"]), "word/document.xml", b" " * (8 * 1024 * 1024)))
+    name = b"word/document.xml"
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = 0
+        while (at := data.find(signature, at)) >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at : name_at + len(name)] == name:
+                struct.pack_into("<I", data, at + offset, 1000)
+            at += 4
+    path = tmp_path / "liar.docx"
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("word/document.xml").file_size == 1000
+    with pytest.raises(LoadError, match="DOCX"):
+        load_file(path)
+
+
+def test_png_with_too_many_pixels_is_refused_from_its_header(tmp_path: Path) -> None:
+    # The header declares 13000 x 13000; the pixel data is cut short, since it is never decoded.
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0)
+    row = zlib.compress(b"\x00" + b"\xff" * 39000)
+    path = tmp_path / "huge.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(OverBudget, match="13000x13000 pixels"):
+        load_file(path)
+
+
+def test_pdf_pages_and_text_are_bounded(tmp_path: Path) -> None:
+    path = _two_page_pdf(tmp_path / "report.pdf")
+    first_page = load_file(path, limits=LoadLimits(max_pdf_pages=1)).text
+    assert "revenue growth" in first_page and "hiring" not in first_page
+    assert len(load_file(path, limits=LoadLimits(max_text_chars=20)).text) == 20
+
+
+def test_text_is_cut_at_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "long.txt"
+    path.write_text("word " * 2000)
+    assert len(load_file(path, limits=LoadLimits(max_text_chars=1000)).text) == 1000
+
+
+def test_only_errors_of_the_disk_are_worth_a_retry(tmp_path: Path) -> None:
+    (tmp_path / "folder.txt").mkdir()  # stat() passes, open() fails: an OSError, not the document
+    with pytest.raises(LoadError) as caught:
+        load_file(tmp_path / "folder.txt")
+    assert not caught.value.permanent
+    corrupt = tmp_path / "broken.pdf"
+    corrupt.write_bytes(b"%PDF-1.7\n" + b"\x00garbage" * 50)
+    with pytest.raises(LoadError) as caught:
+        load_file(corrupt)
+    assert caught.value.permanent
+
+
+def test_the_budget_comes_from_the_indexer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omnirag.indexer.config import IndexerSettings
+
+    monkeypatch.setenv("INDEXER_MAX_IMAGE_PIXELS", "2000000")
+    monkeypatch.setenv("INDEXER_MAX_PDF_PAGES", "7")
+    limits = LoadLimits.from_settings(IndexerSettings())
+    assert (limits.max_image_pixels, limits.max_pdf_pages) == (2_000_000, 7)

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from omnirag.core.schemas.ingest import CONSUMER_GROUP, DEAD_LETTER_STREAM, INGEST_STREAM, job_key
 from omnirag.index import open_current
-from omnirag.indexer.worker import Worker
+from omnirag.indexer.worker import Worker, read_beat
 
 
 def job() -> str:
@@ -199,7 +199,7 @@ async def test_the_heartbeat_file_is_rewritten_while_the_worker_runs_and_stops_w
         for _ in range(200):
             await asyncio.sleep(0.02)
             if settings.heartbeat_file.exists():
-                beat = float(settings.heartbeat_file.read_text())
+                beat = read_beat(settings.heartbeat_file)["at"]
                 if not beats or beat != beats[-1]:
                     beats.append(beat)
             if len(beats) >= 3:
@@ -213,3 +213,36 @@ async def test_the_heartbeat_file_is_rewritten_while_the_worker_runs_and_stops_w
     last = settings.heartbeat_file.read_text()
     await asyncio.sleep(0.3)
     assert settings.heartbeat_file.read_text() == last, "a stopped worker kept beating"
+
+
+async def test_a_worker_keeps_the_request_in_hand_past_the_claim_idle_time(settings, redis_url, redis):
+    """The hold is renewed while the worker works: another worker asking for requests idle past
+    claim_idle_seconds (one whose worker died) never takes one that is being worked on."""
+    settings.redis_url = redis_url
+    settings.claim_idle_seconds = 0.5
+    long_job = job()
+    text = " ".join(f"Entry {i}: the kestrel counted {i % 17} voles in field {i % 31}." for i in range(3000))
+    await redis.xgroup_create(INGEST_STREAM, CONSUMER_GROUP, id="0", mkstream=True)  # for the thief
+    await redis.xadd(
+        INGEST_STREAM,
+        {"job_id": long_job, "collection": "uploads", "kind": "text", "source": "long", "text": text},
+    )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200)
+    stolen: list[bytes] = []
+    renewed_past_idle = False
+
+    async def done_and_never_stolen():
+        nonlocal renewed_past_idle
+        claimed = await redis.xautoclaim(INGEST_STREAM, CONSUMER_GROUP, "thief", min_idle_time=500, count=1)
+        stolen.extend(msg_id for msg_id, _ in claimed[1])
+        st = await status(redis, long_job)
+        if st.get("status") == "running" and time.time() - float(st["updated_at"]) > 1.5:
+            renewed_past_idle = True  # held for three times the claim idle time, and not taken
+        return st.get("status") == "done"
+
+    try:
+        await run_until(worker, done_and_never_stolen, limit=300)
+    finally:
+        await worker.close()
+    assert not stolen, "a request in hand was taken by another worker"
+    assert renewed_past_idle, "the job ended before the claim idle time could pass: make it longer"

@@ -13,9 +13,18 @@ from omnirag.core.http import ServiceClient
 
 class EmbedClient:
     def __init__(
-        self, base_url: str, *, batch_size: int = 64, concurrency: int = 2, timeout: float = 300.0
+        self,
+        base_url: str,
+        *,
+        batch_size: int = 64,
+        concurrency: int = 2,
+        timeout: float = 300.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self.client = ServiceClient(base_url, name="embedder", timeout=timeout, retries=4, backoff=0.5)
+        # headers: the service token (ServiceSettings.service_headers), which the embedder may require.
+        self.client = ServiceClient(
+            base_url, name="embedder", timeout=timeout, retries=4, backoff=0.5, headers=headers
+        )
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.info: dict[str, Any] = {}

@@ -1,9 +1,14 @@
 """Test support for packages whose tests run the indexer for real: the example knowledge bases
-indexed into a folder, and the ingest worker on its own event loop in a thread."""
+indexed into a folder, the ingest worker on its own event loop in a thread, and the worker as its
+own process (``python -m omnirag.indexer worker``), as it runs in a pod."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,3 +67,78 @@ class WorkerThread:
         if self.stop is not None and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.stop.set)
         self.thread.join(timeout=30)
+
+
+class WorkerProcess:
+    """``python -m omnirag.indexer worker`` in its own process, configured by ``INDEXER_*`` variables.
+
+    It runs in ``workdir`` (so no ``.env`` of the checkout leaks in) and logs to ``workdir/worker-
+    <n>.log``. ``peak_rss()`` is the kernel's high-water mark of its resident memory (VmHWM), the
+    figure an OOM killer compares with a pod's limit."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> WorkerProcess:
+        self.starts += 1
+        log = (self.workdir / f"worker-{self.starts}.log").open("wb")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "omnirag.indexer", "worker"],
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _status(self, field: str) -> int:
+        """A ``kB`` line of /proc/<pid>/status, in bytes."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no {field} for process {self.pid} (has it exited?)")
+
+    def peak_rss(self) -> int:
+        return self._status("VmHWM")
+
+    def rss(self) -> int:
+        return self._status("VmRSS")
+
+    def log(self) -> str:
+        return (self.workdir / f"worker-{self.starts}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as the OOM killer does: no cleanup of any kind."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
