@@ -16,7 +16,8 @@ is requested; refused URLs are reported as ``SourceProblem(kind="refused")`` and
 Politeness. robots.txt is fetched once per origin through the same fetcher (unreachable or 5xx →
 allow everything, 401/403 → disallow everything, other 4xx → allow); ``Crawl-delay`` (whole seconds,
 as the stdlib parser reads it, capped at :data:`MAX_CRAWL_DELAY`) raises the per-host delay. Requests
-to one host start at least ``delay`` seconds apart; at most ``concurrency`` requests run at once.
+to one host start at least ``delay`` seconds apart (a source's ``delaySeconds``); at most
+``concurrency`` requests (a source's ``concurrency``) are in flight at once, over all hosts.
 
 Incremental. ``previous`` (URL → validators of the last run) turns requests into conditional ones;
 304 answers land in :attr:`CrawlResult.unchanged`. Validators of HTML pages also carry the page's
@@ -64,6 +65,10 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "omnirag-indexer/0.1 (+https://github.com/omnirag)"
 MAX_REDIRECTS = 5
 MAX_CRAWL_DELAY = 30.0
+# The bounds of a source's delaySeconds and concurrency, as knowledge-bases.schema.json declares them
+# (from_spec checks them too: it is also called on specs that never went through the schema).
+MAX_SPEC_DELAY = 60.0
+MAX_SPEC_CONCURRENCY = 64
 ROBOTS_MAX_BYTES = 512 * 1024
 MAX_SITEMAP_FILES = 50
 MAX_SITEMAP_NESTING = 3
@@ -121,8 +126,10 @@ class CrawlConfig:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], **settings: Any) -> CrawlConfig:
-        """Build from a knowledge-base source entry (camelCase keys); ``settings`` override fields
-        by their Python name (``delay=``, ``concurrency=``, ``timeout=``, ``max_bytes=``...)."""
+        """Build from a knowledge-base source entry (camelCase keys). ``settings`` set fields by
+        their Python name (``delay=``, ``concurrency=``, ``timeout=``, ``max_bytes=``...) where the
+        source does not: a source's own ``delaySeconds`` / ``concurrency`` win, because the author
+        of the spec knows what the site it crawls can take."""
         keys = {
             "urls": "urls",
             "maxDepth": "max_depth",
@@ -132,6 +139,8 @@ class CrawlConfig:
             "exclude": "exclude",
             "allowHosts": "allow_hosts",
             "sameHost": "same_host",
+            "delaySeconds": "delay",
+            "concurrency": "concurrency",
         }
         values: dict[str, Any] = {name: spec[key] for key, name in keys.items() if spec.get(key) is not None}
         urls = values.get("urls")
@@ -144,13 +153,24 @@ class CrawlConfig:
                 ):
                     raise ValueError(f"web source: {name!r} must be a list of strings")
                 values[name] = list(values[name])
-        for name in ("max_depth", "max_pages"):
+        for name in ("max_depth", "max_pages", "concurrency"):
             if name in values and (not isinstance(values[name], int) or isinstance(values[name], bool)):
                 raise ValueError(f"web source: {name!r} must be an integer")
         for name in ("sitemap", "same_host"):
             if name in values and not isinstance(values[name], bool):
                 raise ValueError(f"web source: {name!r} must be true or false")
-        values.update(settings)
+        if "delay" in values:
+            delay = values["delay"]
+            if (
+                not isinstance(delay, int | float)
+                or isinstance(delay, bool)
+                or not 0 <= delay <= MAX_SPEC_DELAY
+            ):
+                raise ValueError(f"web source: 'delaySeconds' must be a number from 0 to {MAX_SPEC_DELAY:g}")
+            values["delay"] = float(delay)
+        if "concurrency" in values and not 1 <= values["concurrency"] <= MAX_SPEC_CONCURRENCY:
+            raise ValueError(f"web source: 'concurrency' must be from 1 to {MAX_SPEC_CONCURRENCY}")
+        values = {**settings, **values}
         if "urls" not in values:
             raise ValueError("web source: 'urls' is required")
         return cls(**values)
