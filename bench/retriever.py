@@ -1151,6 +1151,173 @@ def jsonable(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
+# --cjk-hybrid: Chinese queries in hybrid and sparse mode against a real embedder
+# ---------------------------------------------------------------------------------------------------
+
+CJK_KEY = "cjk_hybrid_vs_sparse"
+DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+
+
+def load_cmrc(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(paragraph id, text) of every CMRC paragraph and every non-empty question (SQuAD format)."""
+    passages: list[tuple[str, str]] = []
+    questions: list[str] = []
+    for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+        for paragraph in article["paragraphs"]:
+            passages.append((paragraph["id"], paragraph["context"]))
+            questions += [qa["question"].strip() for qa in paragraph["qas"] if qa["question"].strip()]
+    return passages, questions
+
+
+def start_service(module: str, env: dict[str, str], log_path: Path, ready_url: str, timeout: float) -> Any:
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{module} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        with contextlib.suppress(OSError, ValueError):
+            if http_get(ready_url, timeout=2)[0] == 200:
+                return proc
+        time.sleep(0.25)
+    raise BenchError(f"{module} not ready after {timeout:.0f}s: {log_path.read_text()[-2000:]}")
+
+
+def stop_service(proc: Any) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+def embedder_search_calls(port: int) -> float:
+    """How many /v1/embed requests the embedder has answered (its own request counter)."""
+    _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("omnirag_embedder_requests_total{") and 'route="/v1/embed"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def text_search_request(port: int, collection: str, query: str, mode: str) -> bytes:
+    body = json.dumps({"query": query, "k": K, "mode": mode}).encode()
+    head = (
+        f"POST /v1/collections/{collection}/search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def bench_cjk_hybrid(args: argparse.Namespace) -> int:
+    """Sequential Chinese searches (CMRC 2018 questions over its paragraphs, embedded by the real
+    MiniLM embedder) in sparse and in hybrid mode, one keep-alive client; also counts the embedder
+    requests hybrid makes. Hybrid's dense weight is 0 for these queries (the model covers English
+    only), so an embedding per query is pure cost. Writes ``CJK_KEY[label]`` into ``--out``."""
+    passages, questions = load_cmrc(args.cmrc)
+    questions = questions[: args.cjk_queries]
+    mon = Monitor(args.max_load, args.load_wait)
+    tmp = Path(tempfile.mkdtemp(prefix="omnirag-bench-cjk-", dir=args.tmp))
+    procs: list[Any] = []
+    try:
+        eport, rport = free_port(), free_port()
+        env = dict(
+            os.environ, EMBEDDER_HOST="127.0.0.1", EMBEDDER_PORT=str(eport), EMBEDDER_LOG_LEVEL="WARNING"
+        )
+        procs.append(
+            start_service(
+                "omnirag.embedder", env, tmp / "embedder.log", f"http://127.0.0.1:{eport}/readyz", 300
+            )
+        )
+        import httpx
+
+        vectors: list[list[float]] = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{eport}", timeout=300) as client:
+            for start in range(0, len(passages), 32):
+                texts = [t for _, t in passages[start : start + 32]]
+                r = client.post("/v1/embed", json={"inputs": texts, "normalize": True})
+                r.raise_for_status()
+                vectors += r.json()["embeddings"]
+            info = client.get("/v1/info").json()
+        embedding = EmbeddingInfo(
+            model=info["model"],
+            dimension=info["dimension"],
+            normalize=True,
+            languages=info.get("languages", []),
+        )
+        root = tmp / "index"
+        with VersionWriter(root, "cmrc", embedding, IndexConfig(type="flat")) as writer:
+            writer.upsert(
+                [
+                    Document(
+                        id=pid,
+                        text=text,
+                        metadata={"source": pid},
+                        vector=np.asarray(v, dtype=np.float32),
+                        content_hash=hashlib.sha256(text.encode()).hexdigest(),
+                    )
+                    for (pid, text), v in zip(passages, vectors, strict=True)
+                ]
+            )
+            writer.commit()
+        env = server_env(root, rport) | {"RETRIEVER_EMBEDDER_URL": f"http://127.0.0.1:{eport}"}
+        procs.append(
+            start_service(
+                "omnirag.retriever", env, tmp / "retriever.log", f"http://127.0.0.1:{rport}/readyz", 300
+            )
+        )
+        result: dict[str, Any] = {
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "command": [Path(sys.executable).name, *sys.argv],
+            "passages": len(passages),
+            "queries": len(questions),
+            "k": K,
+            "languages": embedding.languages,
+            "client": "one hand-rolled keep-alive HTTP/1.1 client, sequential",
+        }
+        for mode in ("sparse", "hybrid"):
+            requests = [text_search_request(rport, "cmrc", q, mode) for q in questions]
+            before = embedder_search_calls(eport)
+            with mon.measure(f"cjk {mode}"):
+                lat, _ = sequential(rport, requests, warmup=min(WARMUP, len(requests)))
+            calls = embedder_search_calls(eport) - before
+            result[mode] = summary(sorted(lat), wall=sum(lat))
+            # the warm-up requests were sent too
+            result[mode]["embedder_calls_per_query"] = calls / (len(requests) + min(WARMUP, len(requests)))
+        result["hybrid_qps_over_sparse_qps"] = result["hybrid"]["qps"] / result["sparse"]["qps"]
+        result["load"] = mon.records
+    finally:
+        for proc in reversed(procs):
+            stop_service(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(
+        f"CJK ({len(questions)} CMRC questions, k={K}): sparse {result['sparse']['qps']:.0f} q/s, "
+        f"hybrid {result['hybrid']['qps']:.0f} q/s (x{result['hybrid_qps_over_sparse_qps']:.2f}); "
+        f"embedder calls per hybrid query {result['hybrid']['embedder_calls_per_query']:.2f}"
+    )
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.setdefault(CJK_KEY, {})[args.label] = jsonable(result)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {CJK_KEY}.{args.label} into {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1173,6 +1340,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile", action="store_true", help="cProfile the flat ASGI loop and print its top functions"
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument(
+        "--cjk-hybrid",
+        action="store_true",
+        help=f"only the Chinese hybrid-vs-sparse run (real embedder, CMRC); adds {CJK_KEY}.LABEL to --out",
+    )
+    ap.add_argument("--cmrc", type=Path, default=DEFAULT_CMRC, help="CMRC 2018 file (SQuAD format)")
+    ap.add_argument("--cjk-queries", type=int, default=500, help="questions sent per mode")
+    ap.add_argument("--label", default="current", help="the key the --cjk-hybrid result is stored under")
     return ap.parse_args(argv)
 
 
@@ -1180,6 +1355,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM runs the finally blocks too: the server is stopped and the temp dir removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.cjk_hybrid:
+        return bench_cjk_hybrid(args)
     args.cores = os.cpu_count() or 1
     mon = Monitor(args.max_load, args.load_wait)
     report: dict[str, Any] = {

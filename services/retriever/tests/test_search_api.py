@@ -5,6 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from omnirag.core.testing import metric_value, serve_in_thread
+from omnirag.retriever.app import create_app as create_retriever
+from omnirag.retriever.config import RetrieverSettings
+
 
 def search(base: str, name: str = "docs", **body):
     return httpx.post(f"{base}/v1/collections/{name}/search", json=body, timeout=30)
@@ -93,3 +97,89 @@ def test_readyz_and_metrics(retriever):
     assert 'omnirag_retriever_collection_documents{collection="docs"} 8.0' in text
     assert "omnirag_retriever_collection_version{" in text
     assert "omnirag_retriever_hits_returned_bucket" in text
+
+
+# ---- hybrid without a useless embedding --------------------------------------------------------
+
+ZH_DOCS = [
+    (
+        "zh-memory",
+        "对话历史短期保存在内存中，长期保存在 Redis 数据库里，对话历史按会话查询。",
+        "zh/memory.md",
+        "zh",
+    ),
+    ("zh-ttl", "每个会话的对话历史都有过期时间。", "zh/ttl.md", "zh"),
+    ("zh-index", "索引保存在共享的存储卷上，检索服务只读打开。", "zh/index.md", "zh"),
+    ("zh-upload", "用户上传的文档一直保存，直到通过接口删除。", "zh/upload.md", "zh"),
+    ("zh-rag", "检索增强生成先从知识库中检索相关文档，再让大模型根据文档回答问题。", "zh/rag.md", "zh"),
+    ("zh-port", "网关监听 8000 端口。", "zh/port.md", "zh"),
+    ("en-helm", "Operators install the platform on Kubernetes with the Helm chart.", "deploy/helm.md", "en"),
+]
+EMBED_REQUESTS = ("omnirag_embedder_requests_total", 'method="POST",route="/v1/embed",status="200"')
+
+
+def embed_requests(embedder_url: str) -> float:
+    """The real embedder's own count of the /v1/embed requests it has answered."""
+    return metric_value(httpx.get(embedder_url + "/metrics").text, *EMBED_REQUESTS)
+
+
+@pytest.fixture
+def zh_retriever(index_root, embedder_url, build):
+    build(index_root, "docs")
+    build(index_root, "zh", ZH_DOCS)  # the manifest says the model covers ["en"], as MiniLM's card does
+    settings = RetrieverSettings(index_root=index_root, embedder_url=embedder_url, log_json=False)
+    with serve_in_thread(create_retriever(settings)) as base:
+        yield base
+
+
+def test_hybrid_does_not_embed_a_query_whose_dense_weight_is_zero(zh_retriever, embedder_url, embed_texts):
+    """A Chinese query against an English-only model: the dense part would count 0, so the embedder
+    is not called; the hits, their order and their fused scores are those of the full computation
+    (the same request with the query's real vector)."""
+    query = "对话历史保存在哪里？"
+    sparse = search(zh_retriever, "zh", query=query, k=4, mode="sparse").json()["hits"]
+    scores = [h["score"] for h in sparse]
+    # the premise: BM25 alone finds more than k=3 documents, with no tie to break
+    assert len(sparse) == 4 and len(set(scores)) == 4, sparse
+
+    search(zh_retriever, "zh", query="warm-up: the embedder's /v1/info is read once", k=1)
+    before = embed_requests(embedder_url)
+    r = search(zh_retriever, "zh", query=query, k=3, mode="hybrid")
+    assert r.status_code == 200, r.text
+    assert embed_requests(embedder_url) == before
+    body = r.json()
+    assert body["mode"] == "hybrid" and body["degraded"] == []
+
+    vector = embed_texts([query])[0].tolist()
+    full = search(zh_retriever, "zh", query=query, vector=vector, k=3, mode="hybrid").json()
+    assert [h["id"] for h in body["hits"]] == [h["id"] for h in full["hits"]] == [h["id"] for h in sparse[:3]]
+    assert [h["score"] for h in body["hits"]] == pytest.approx([h["score"] for h in full["hits"]], rel=1e-6)
+    assert [h["sparse_score"] for h in body["hits"]] == pytest.approx(
+        [h["sparse_score"] for h in full["hits"]], rel=1e-6
+    )
+    # a threshold on the fused score keeps the same hits either way
+    cut = full["hits"][1]["score"] - 1e-6
+    kept = search(zh_retriever, "zh", query=query, k=3, score_threshold=cut).json()["hits"]
+    assert [h["id"] for h in kept] == [h["id"] for h in full["hits"][:2]]
+    assert embed_requests(embedder_url) == before + 1  # only the test's own embedding
+
+
+def test_hybrid_still_embeds_when_the_dense_part_counts(zh_retriever, embedder_url):
+    search(zh_retriever, query="warm-up", k=1)
+    before = embed_requests(embedder_url)
+    r = search(zh_retriever, query="Which port does the gateway listen on?", k=3, mode="hybrid")
+    assert r.status_code == 200 and r.json()["hits"][0]["id"] == "gateway-port"
+    assert r.json()["hits"][0]["dense_score"] is not None
+    assert embed_requests(embedder_url) == before + 1
+
+
+def test_hybrid_embeds_a_chinese_query_when_bm25_alone_cannot_fill_k(zh_retriever, embedder_url):
+    """With fewer BM25 hits than k, hybrid fills the rest by the dense order: that needs the vector,
+    so the embedder is called and the answer is the full one."""
+    sparse = search(zh_retriever, "zh", query="网关端口", k=5, mode="sparse").json()["hits"]
+    assert 0 < len(sparse) < 5
+    search(zh_retriever, "zh", query="warm-up", k=1)
+    before = embed_requests(embedder_url)
+    hits = search(zh_retriever, "zh", query="网关端口", k=5, mode="hybrid").json()["hits"]
+    assert len(hits) == 5 and hits[0]["id"] == sparse[0]["id"]
+    assert embed_requests(embedder_url) == before + 1
