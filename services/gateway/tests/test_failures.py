@@ -131,6 +131,17 @@ def test_redis_down_chat_still_answers(gateway_factory, tmp_path: Path) -> None:
         assert "down" in ready["checks"]["redis"]["detail"]
 
 
+def test_sessions_while_redis_is_down_are_503_with_retry_after(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with redis_server(str(tmp_path)) as url:
+        pass  # the server is gone once the block ends
+    with gateway_factory(redis_url=url, redis_timeout=0.5) as base:
+        for method in ("GET", "DELETE"):
+            r = httpx.request(method, base + "/v1/sessions/some-session", headers=AUTH, timeout=30)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "history_unavailable"
+            assert int(r.headers["retry-after"]) >= 1
+
+
 def test_llm_down_is_a_clear_502(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     with gateway_factory(llm_base_url="http://127.0.0.1:9/v1", llm_connect_retries=0) as base:
         for stream in (False, True):

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from omnirag.core.errors import InvalidInput
 from omnirag.gateway.memory import History, check_session_id
+
+from .conftest import AUTH
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def test_append_trims_and_sets_ttl(redis_url: str) -> None:
             )
         msgs = await h.load("k", "s1")
         assert [m["content"] for m in msgs] == ["q1", "a1", "q2", "a2"]
-        for key in ("omnirag:session:k:s1", "omnirag:session:k:s1:rev"):
+        for key in ("omnirag:session:k:s1", "omnirag:session-rev:k:s1"):
             assert 0 < await r.ttl(key) <= 300
         await r.aclose()
 
@@ -75,3 +78,59 @@ def test_sessions_are_scoped_to_the_key(redis_url: str) -> None:
 def test_bad_session_ids_are_refused(bad: str) -> None:
     with pytest.raises(InvalidInput):
         check_session_id(bad)
+
+
+def test_a_session_and_its_rev_namesake_do_not_corrupt_each_other(redis_url: str, gateway_url: str) -> None:
+    """Under the first layout session "a" kept its revision at the messages key of session "a:rev":
+    appending to one broke the other, and reading it was a 500."""
+
+    async def scenario() -> None:
+        r = aioredis.from_url(redis_url, decode_responses=True)
+        h = History(r, max_turns=10, ttl_seconds=300, cache_size=0)
+        for sid in ("a", "a:rev", "a:rev:rev"):
+            await h.delete("dev", sid)
+        await h.append("dev", "a", [{"role": "user", "content": "to a"}])
+        await h.append("dev", "a:rev", [{"role": "user", "content": "to a:rev"}])
+        await h.append("dev", "a", [{"role": "user", "content": "to a again"}])
+        await h.append("dev", "a:rev:rev", [{"role": "user", "content": "to a:rev:rev"}])
+        assert [m["content"] for m in await h.load("dev", "a")] == ["to a", "to a again"]
+        assert [m["content"] for m in await h.load("dev", "a:rev")] == ["to a:rev"]
+        assert [m["content"] for m in await h.load("dev", "a:rev:rev")] == ["to a:rev:rev"]
+        await r.aclose()
+
+    run(scenario())
+    # The same through the API (the dev key's sessions live under its name, "dev").
+    for sid, contents in (("a", ["to a", "to a again"]), ("a:rev", ["to a:rev"])):
+        res = httpx.get(f"{gateway_url}/v1/sessions/{sid}", headers=AUTH, timeout=30)
+        assert res.status_code == 200, res.text
+        assert [m["content"] for m in res.json()["messages"]] == contents
+    assert httpx.delete(f"{gateway_url}/v1/sessions/a:rev", headers=AUTH, timeout=30).json()["deleted"]
+    assert httpx.get(f"{gateway_url}/v1/sessions/a", headers=AUTH, timeout=30).status_code == 200
+
+
+def test_sessions_stored_under_the_first_layout_are_still_read(redis_url: str) -> None:
+    async def scenario() -> None:
+        r = aioredis.from_url(redis_url, decode_responses=True)
+        h = History(r, max_turns=10, ttl_seconds=300, cache_size=8)
+        await h.delete("k", "old")
+        await h.delete("k", "old:rev")
+        # What the first layout wrote: the messages, and the revision at "<messages key>:rev".
+        await r.rpush("omnirag:session:k:old", '{"role": "user", "content": "before the upgrade"}')
+        await r.expire("omnirag:session:k:old", 200)
+        await r.set("omnirag:session:k:old:rev", 3, ex=200)
+        # Its namesake is used first: the leftover counter makes way instead of breaking it.
+        await h.append("k", "old:rev", [{"role": "user", "content": "namesake"}])
+        assert [m["content"] for m in await h.load("k", "old:rev")] == ["namesake"]
+        assert [m["content"] for m in await h.load("k", "old")] == ["before the upgrade"]
+        assert 0 < await r.ttl("omnirag:session-rev:k:old") <= 200  # the counter moved, its TTL kept
+        await h.append("k", "old", [{"role": "assistant", "content": "after"}])
+        assert [m["content"] for m in await h.load("k", "old")] == ["before the upgrade", "after"]
+        assert [m["content"] for m in await h.load("k", "old:rev")] == ["namesake"]
+        # A first-layout session read before its namesake exists is moved too, and can be deleted.
+        await r.rpush("omnirag:session:k:older", '{"role": "user", "content": "older"}')
+        await r.set("omnirag:session:k:older:rev", 1, ex=200)
+        assert await h.delete("k", "older") is True
+        assert await r.exists("omnirag:session:k:older", "omnirag:session:k:older:rev") == 0
+        await r.aclose()
+
+    run(scenario())

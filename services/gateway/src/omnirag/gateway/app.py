@@ -14,10 +14,12 @@ from fastapi import FastAPI
 from langchain_openai import ChatOpenAI
 
 from omnirag.core.app import create_service_app
-from omnirag.gateway.api import chat, feedback, ingest, models, sessions
+from omnirag.core.health import Check
+from omnirag.gateway.api import admin, chat, documents, feedback, ingest, models, sessions
 from omnirag.gateway.auth import KeyStore, RateLimiter
 from omnirag.gateway.chat import ChatHandler
 from omnirag.gateway.config import GatewaySettings
+from omnirag.gateway.deps import install_unavailable_handlers, upstream_mounts
 from omnirag.gateway.llm import PassThrough, create_chat_model, create_passthrough_session
 from omnirag.gateway.memory import History
 from omnirag.gateway.metrics import GatewayMetrics
@@ -67,7 +69,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             decode_responses=True,
         )
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        http = httpx.AsyncClient(timeout=settings.upstream_timeout, limits=limits)
+        # Only the embedder and the retriever are called through it: they get the service token.
+        http = httpx.AsyncClient(
+            timeout=settings.upstream_timeout,
+            limits=limits,
+            headers=settings.service_headers(),
+            mounts=upstream_mounts(settings, metrics, limits),
+        )
         # ChatOpenAI needs an httpx client: the openai SDK's own on aiohttp's connections
         # (openai[aiohttp]), 0.4-0.5 ms of CPU per LLM call against httpx's 0.8-2 ms (see llm.py).
         llm_http = openai.DefaultAioHttpClient(
@@ -96,27 +104,33 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.gateway = gw
         readiness = app.state.readiness
 
-        async def llm_probe() -> tuple[bool, str]:
-            r = await llm_http.get(settings.llm_base_url.rstrip("/") + "/models", timeout=2.0)
-            return r.status_code < 400, f"{settings.llm_model} at {settings.llm_base_url} ({r.status_code})"
+        # /readyz is public: each probe's detail is a state; URLs and errors go in its info, which
+        # only the log and the admin view (GET /v1/admin/status) show.
+        async def llm_probe() -> Check:
+            info = f"{settings.llm_model} at {settings.llm_base_url}"
+            try:
+                r = await llm_http.get(settings.llm_base_url.rstrip("/") + "/models", timeout=2.0)
+            except Exception as exc:
+                return Check(False, "down", f"{info}: {type(exc).__name__}: {exc}")
+            ok = r.status_code < 400
+            return Check(ok, "ok" if ok else f"not ready ({r.status_code})", f"{info} ({r.status_code})")
 
-        async def optional(name: str, url: str) -> tuple[bool, str]:
+        async def optional(name: str, url: str) -> Check:
             # The gateway answers without these (degraded), so they never hold readiness back.
             try:
                 r = await http.get(url, timeout=1.5)
-                return (
-                    True,
-                    "ok" if r.status_code < 400 else f"not ready ({r.status_code}); answers are degraded",
-                )
             except Exception as exc:
-                return True, f"down ({type(exc).__name__}); answers are degraded"
+                return Check(True, "down; answers are degraded", f"{url}: {type(exc).__name__}: {exc}")
+            if r.status_code < 400:
+                return Check(True, "ok", url)
+            return Check(True, f"not ready ({r.status_code}); answers are degraded", f"{url}: {r.text[:500]}")
 
-        async def redis_probe() -> tuple[bool, str]:
+        async def redis_probe() -> Check:
             try:
                 await redis.ping()
-                return True, "ok"
+                return Check(True, "ok")
             except Exception as exc:
-                return True, f"down ({type(exc).__name__}); no history, no rate limits"
+                return Check(True, "down; no history, no rate limits", f"{type(exc).__name__}: {exc}")
 
         readiness.add_probe("llm", llm_probe)
         readiness.add_probe(
@@ -142,6 +156,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="omnirag gateway",
         description="OpenAI-compatible RAG chat over the team's documents.",
     )
-    for module in (chat, models, sessions, ingest, feedback):
+    for module in (chat, models, sessions, ingest, documents, feedback, admin):
         app.include_router(module.router)
+    install_unavailable_handlers(app)
     return app

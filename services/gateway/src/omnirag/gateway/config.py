@@ -33,6 +33,23 @@ class GatewaySettings(RedisServiceSettings):
         gt=0,
         description="Seconds a call to the embedder or retriever may take before it counts as down.",
     )
+    circuit_failures: int = Field(
+        5,
+        ge=0,
+        le=1000,
+        description="Consecutive failures or timeouts of the embedder or retriever after which its circuit "
+        "opens: calls are refused at once (a chat answers degraded, the embeddings proxy 503) instead of "
+        "each waiting upstream_timeout. Lower: a hung upstream costs fewer requests their timeout; too "
+        "low and a brief blip cuts it off. 0 turns the breakers off.",
+    )
+    circuit_cooldown_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an open circuit stays open before one probe call is let through (a success "
+        "closes it). Shorter: a recovered upstream is used again sooner; each probe to a still-hung one "
+        "costs its caller the timeout.",
+    )
     redis_timeout: float = Field(
         1.0,
         gt=0,

@@ -7,6 +7,13 @@ for the revision only and uses the cached list when it matches, so a replica tha
 last turn never serves a stale history.
 
 Sessions live under the API key's name: one key's clients cannot read another key's sessions.
+
+Key names: ``omnirag:session:<owner>:<id>`` holds the messages and ``omnirag:session-rev:<owner>:<id>``
+the revision. The owner has no ':' and the two prefixes differ before it, so every (owner, id) the
+API accepts has keys of its own. The first layout kept the revision at ``<messages key>:rev``, which
+is also the messages key of the session whose id is ``<id>:rev``: the two corrupted each other. Such
+a counter left from before the upgrade is moved to the new key the first time either session is
+used, so sessions stored then are still read (until their TTL, as before).
 """
 
 from __future__ import annotations
@@ -16,10 +23,30 @@ import re
 from collections import OrderedDict
 from typing import Any
 
-from omnirag.core.errors import InvalidInput
+from omnirag.core.errors import InvalidInput, NotReady
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 Message = dict[str, Any]
+
+MESSAGES_PREFIX = "omnirag:session:"
+REV_PREFIX = "omnirag:session-rev:"
+LEGACY_REV_SUFFIX = ":rev"
+# Seconds a client is asked to wait when Redis is unreachable: about a Redis restart or failover.
+UNAVAILABLE_RETRY_AFTER = 5
+
+
+class HistoryUnavailable(NotReady):
+    """Redis, which holds the history, cannot be reached: 503 with Retry-After."""
+
+    code = "history_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = UNAVAILABLE_RETRY_AFTER) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _redis_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def check_session_id(session_id: str) -> str:
@@ -41,8 +68,39 @@ class History:
 
     @staticmethod
     def _keys(owner: str, session_id: str) -> tuple[str, str]:
-        base = f"omnirag:session:{owner}:{session_id}"
-        return base, base + ":rev"
+        return f"{MESSAGES_PREFIX}{owner}:{session_id}", f"{REV_PREFIX}{owner}:{session_id}"
+
+    async def _adopt_legacy_rev(self, owner: str, session_id: str) -> int:
+        """Move a first-layout revision counter (``<messages key>:rev``) of this session to its
+        revision key; return the revision (0 when there is none). A list there is the messages of
+        the session ``<id>:rev`` under the new layout, not a counter: it is left alone."""
+        key, rev_key = self._keys(owner, session_id)
+        legacy = key + LEGACY_REV_SUFFIX
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(legacy)
+            pipe.pttl(legacy)
+            value, pttl = await pipe.execute(raise_on_error=False)
+        if isinstance(value, Exception) or value is None or not _redis_text(value).isdigit():
+            return 0
+        rev = int(_redis_text(value))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if isinstance(pttl, int) and pttl > 0:
+                pipe.set(rev_key, rev, nx=True, px=pttl)
+            else:
+                pipe.set(rev_key, rev, nx=True, ex=self.ttl)
+            pipe.delete(legacy)
+            pipe.get(rev_key)
+            results = await pipe.execute()
+        return int(results[-1] or 0)
+
+    async def _clear_legacy_rev_at(self, owner: str, session_id: str) -> None:
+        """For an id ending in ':rev': its messages key may still hold the first layout's counter
+        of the session without the suffix (a string, where a list belongs); move it away first."""
+        if not session_id.endswith(LEGACY_REV_SUFFIX):
+            return
+        key, _ = self._keys(owner, session_id)
+        if _redis_text(await self.redis.type(key)) == "string":
+            await self._adopt_legacy_rev(owner, session_id[: -len(LEGACY_REV_SUFFIX)])
 
     def _remember(self, key: str, rev: int, messages: list[Message]) -> None:
         if self.cache_size <= 0:
@@ -55,6 +113,9 @@ class History:
     async def load(self, owner: str, session_id: str) -> list[Message]:
         key, rev_key = self._keys(owner, session_id)
         rev = int(await self.redis.get(rev_key) or 0)
+        if rev == 0:
+            await self._clear_legacy_rev_at(owner, session_id)
+            rev = await self._adopt_legacy_rev(owner, session_id)
         if rev == 0:
             self._cache.pop(key, None)
             return []
@@ -74,6 +135,7 @@ class History:
         if not messages:
             return
         key, rev_key = self._keys(owner, session_id)
+        await self._clear_legacy_rev_at(owner, session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, *[json.dumps(m, ensure_ascii=False) for m in messages])
             pipe.ltrim(key, -self.max_turns, -1)
@@ -89,6 +151,8 @@ class History:
     async def delete(self, owner: str, session_id: str) -> bool:
         key, rev_key = self._keys(owner, session_id)
         self._cache.pop(key, None)
+        await self._clear_legacy_rev_at(owner, session_id)
+        await self._adopt_legacy_rev(owner, session_id)
         return bool(await self.redis.delete(key, rev_key))
 
     async def ttl_of(self, owner: str, session_id: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from omnirag.core.http import CIRCUIT_STATE_VALUES, CircuitState
 from omnirag.core.metrics import ServiceMetrics
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -41,3 +42,11 @@ class GatewayMetrics:
         self.ingest_jobs = m.counter(
             "ingest_jobs_total", "Documents queued for the indexer, by kind.", ["kind"]
         )
+        self.circuit_state = m.gauge(
+            "circuit_state",
+            "Circuit breaker of each upstream (embedder, retriever): 0 closed, 1 half-open, 2 open.",
+            ["upstream"],
+        )
+
+    def circuit_changed(self, upstream: str, state: CircuitState) -> None:
+        self.circuit_state.labels(upstream).set(CIRCUIT_STATE_VALUES[state])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -23,14 +24,16 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from omnirag.core.errors import ClientGone
+from omnirag.core.errors import BadRequest, ClientGone, TooDeeplyNested
 from omnirag.core.responses import JSONResponse
+from omnirag.core.routing import MAX_JSON_DEPTH, json_depth_exceeds, loads_json
 from omnirag.gateway.chat import ChatRequest
 from omnirag.gateway.deps import authenticated
 
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 # What FastAPI would document for ``body: ChatRequest`` and the ``Key`` dependency's two headers.
 _OPENAPI: dict[str, Any] = {
@@ -57,11 +60,11 @@ def _json_body(request: Request, raw: bytes) -> Any:
     if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
         return raw
     try:
-        return orjson.loads(raw)
+        return loads_json(raw)  # bounded depth, as every other JSON route of every service
     except orjson.JSONDecodeError:
         pass
     try:  # what orjson refuses but the stdlib reads (NaN, UTF-16, lone surrogates), or its error
-        return json.loads(raw)
+        payload = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RequestValidationError(
             [
@@ -77,6 +80,34 @@ def _json_body(request: Request, raw: bytes) -> Any:
         ) from exc
     except UnicodeDecodeError as exc:
         raise HTTPException(status_code=400, detail="There was an error parsing the body") from exc
+    if json_depth_exceeds(payload):
+        raise TooDeeplyNested(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+    check_text(payload)
+    return payload
+
+
+def check_text(payload: Any) -> None:
+    """Refuse a lone surrogate (JSON "\\ud800" without its pair) anywhere in the body.
+
+    It is no character: no UTF-8 encoder takes it, so it would fail later and far from here (the
+    history in Redis, the LLM call, the answer's JSON) as a 500. orjson refuses it, so only bodies
+    that took the stdlib fallback can hold one; the walk is iterative, so no nesting depth can
+    overflow it."""
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise BadRequest(
+                    "the request holds a lone UTF-16 surrogate (such as \\ud800 without its pair), "
+                    "which is not text",
+                    code="invalid_text",
+                )
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _chat_request(payload: Any) -> ChatRequest:
