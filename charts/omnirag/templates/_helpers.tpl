@@ -409,6 +409,35 @@ In the release the URL names the Service and the password comes from its secret'
 {{- with include "omnirag.redisSecretFile" . | fromJson }}{{ include "omnirag.secretFileMount" . }}{{ end -}}
 {{- end -}}
 
+{{/*
+The shared service token as JSON {"name","secret","key"} ({} when serviceToken.existingSecret is
+empty): the embedder and the retriever require it, the gateway, the retriever and the indexer send it.
+*/}}
+{{- define "omnirag.serviceTokenFile" -}}
+{{- $t := .Values.serviceToken -}}
+{{- if $t.existingSecret -}}
+{{- toJson (dict "name" "service-token" "secret" $t.existingSecret "key" $t.existingSecretKey) -}}
+{{- else -}}{}{{- end -}}
+{{- end -}}
+
+{{/* <PREFIX>SERVICE_TOKEN_FILE, naming the mounted token (nothing without a token): dict "ctx" $ "prefix" "GATEWAY_" */}}
+{{- define "omnirag.serviceTokenEnv" -}}
+{{- $prefix := .prefix -}}
+{{- with include "omnirag.serviceTokenFile" .ctx | fromJson }}
+- name: {{ $prefix }}SERVICE_TOKEN_FILE
+  value: {{ include "omnirag.secretFilePath" . }}
+{{- end }}
+{{- end -}}
+
+{{/* The volume and the mount of the service token's file (nothing without a token). */}}
+{{- define "omnirag.serviceTokenVolume" -}}
+{{- with include "omnirag.serviceTokenFile" . | fromJson }}{{ include "omnirag.secretFileVolume" . }}{{ end -}}
+{{- end -}}
+
+{{- define "omnirag.serviceTokenMount" -}}
+{{- with include "omnirag.serviceTokenFile" . | fromJson }}{{ include "omnirag.secretFileMount" . }}{{ end -}}
+{{- end -}}
+
 {{/* Secret of the gateway's keys file (and, by default, of the UI's key). */}}
 {{- define "omnirag.gatewayAuthSecret" -}}
 {{- default (printf "%s-gateway-auth" (include "omnirag.fullname" .)) .Values.gateway.auth.existingSecret -}}
@@ -745,6 +774,7 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 - name: INDEXER_EMBEDDER_URL
   value: {{ include "omnirag.embedderUrl" $ | quote }}
 {{- include "omnirag.redisEnv" (dict "ctx" $ "name" "INDEXER_REDIS_URL") }}
+{{- include "omnirag.serviceTokenEnv" (dict "ctx" $ "prefix" "INDEXER_") }}
 {{- include "omnirag.userEnv" . }}
 {{- end -}}
 
@@ -766,6 +796,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 {{- with include "omnirag.redisSecretMount" $ | trim }}
 {{ . }}
 {{- end }}
+{{- with include "omnirag.serviceTokenMount" $ | trim }}
+{{ . }}
+{{- end }}
 {{- with .values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -783,6 +816,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 {{ include "omnirag.sharedVolume" (dict "ctx" $ "volume" "uploads") }}
 {{- end }}
 {{- with include "omnirag.redisSecretVolume" $ | trim }}
+{{ . }}
+{{- end }}
+{{- with include "omnirag.serviceTokenVolume" $ | trim }}
 {{ . }}
 {{- end }}
 {{- with .values.extraVolumes }}

@@ -37,6 +37,7 @@ from omnirag.gateway.rag import (
     nothing_found,
     retrieve,
     rewrite_chain,
+    stored_answer,
     to_langchain,
 )
 
@@ -147,7 +148,7 @@ class ChatHandler:
         if any(m.get("role") == "assistant" for m in earlier):
             return earlier  # stateless client: it sent the whole conversation
         try:
-            stored = await self.gw.history.load(key.name, req.session_id)
+            stored = await self.gw.history.load(key.principal, req.session_id)
         except Exception as exc:
             self._degrade(outcome, "history", exc)
             stored = []
@@ -164,9 +165,11 @@ class ChatHandler:
     ) -> None:
         if req.session_id is None or "history" in outcome.degraded:
             return
+        if outcome.collection is not None:  # a RAG answer: plain text only (see stored_answer)
+            answer = stored_answer(answer, len(outcome.citations))
         turn = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         try:
-            await self.gw.history.append(key.name, req.session_id, turn)
+            await self.gw.history.append(key.principal, req.session_id, turn)
         except Exception as exc:
             log.warning("could not store the turn", extra={"error": f"{type(exc).__name__}: {exc}"})
 

@@ -11,6 +11,7 @@ import faiss
 from fastapi import FastAPI
 
 from omnirag.core.app import create_service_app
+from omnirag.core.health import Check
 from omnirag.retriever.api import admin, collections
 from omnirag.retriever.config import RetrieverSettings
 from omnirag.retriever.embedding import QueryEmbedder
@@ -25,7 +26,9 @@ def create_app(settings: RetrieverSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         faiss.omp_set_num_threads(settings.faiss_threads)
         metrics = RetrieverMetrics(app.state.metrics)
-        embedder = QueryEmbedder(settings.embedder_url, settings.embedder_timeout)
+        embedder = QueryEmbedder(
+            settings.embedder_url, settings.embedder_timeout, headers=settings.service_headers()
+        )
         registry = Registry(settings, embedder, metrics)
         app.state.registry = registry
         app.state.searcher = Searcher(settings, registry, metrics)
@@ -38,15 +41,25 @@ def create_app(settings: RetrieverSettings | None = None) -> FastAPI:
                 registry.recheck_compatibility()
             return True, f"{info['model']} ({info['dimension']}d)"
 
-        async def index_probe() -> tuple[bool, str]:
+        # The detail names collections and states; paths and load errors go in the info (log only).
+        async def index_probe() -> Check:
             if not settings.index_root.is_dir():
-                return False, f"index root {settings.index_root} does not exist"
+                return Check(False, "index root missing", f"index root {settings.index_root} does not exist")
             blocking, warnings = registry.problems()
             if blocking:
-                return False, "; ".join(f"{n}: {p}" for n, p in sorted(blocking.items()))
+                states = {n: e.status for n, e in registry.entries.items() if n in blocking}
+                return Check(
+                    False,
+                    "; ".join(f"{n}: {states[n]}" for n in sorted(blocking)),
+                    "; ".join(f"{n}: {p}" for n, p in sorted(blocking.items())),
+                )
             # A newer version that failed to load is reported, but the pod stays in service.
-            notes = "".join(f"; {n}: {p}" for n, p in sorted(warnings.items()))
-            return True, f"{len(registry.entries)} collection(s){notes}"
+            notes = "".join(f"; {n}: a newer version failed to load" for n in sorted(warnings))
+            return Check(
+                True,
+                f"{len(registry.entries)} collection(s){notes}",
+                "; ".join(f"{n}: {p}" for n, p in sorted(warnings.items())) or None,
+            )
 
         readiness.add_probe("embedder", embedder_probe)
         readiness.add_probe("index", index_probe)
@@ -68,6 +81,7 @@ def create_app(settings: RetrieverSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         title="omnirag retriever",
         description="FAISS + BM25 collections served from versioned index directories.",
+        require_service_token=True,
     )
     app.include_router(collections.router)
     app.include_router(admin.router)

@@ -14,8 +14,11 @@ log = logging.getLogger("omnirag.retriever.embedding")
 
 
 class QueryEmbedder:
-    def __init__(self, base_url: str, timeout: float) -> None:
-        self.client = ServiceClient(base_url, name="embedder", timeout=timeout, retries=2, backoff=0.1)
+    def __init__(self, base_url: str, timeout: float, *, headers: dict[str, str] | None = None) -> None:
+        # headers: the service token (ServiceSettings.service_headers), which the embedder may require.
+        self.client = ServiceClient(
+            base_url, name="embedder", timeout=timeout, retries=2, backoff=0.1, headers=headers
+        )
         self.info: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 

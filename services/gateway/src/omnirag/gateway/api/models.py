@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from omnirag.core.errors import UpstreamError
+from omnirag.core.errors import OmniragError, UpstreamError, error_body
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.deps import Gateway, Key
 
@@ -43,19 +44,60 @@ async def embeddings(request: Request, key: Key, gw: Gateway) -> Response:
     except Exception as exc:
         raise UpstreamError(f"the embedder is unreachable: {type(exc).__name__}") from exc
     headers = {k: v for k, v in upstream.headers.items() if k.lower() == "retry-after"}
+    if upstream.status_code >= 500 or upstream.status_code == 401:
+        # The embedder's own words on its failures (a model path, an exception) stay in the log;
+        # its 4xx about the request (too many inputs, 429) are the client's to read. A 401 is the
+        # gateway's service token, not the client's fault.
+        log.warning(
+            "the embedder failed", extra={"status": upstream.status_code, "error": upstream.text[:500]}
+        )
+        status = 502 if upstream.status_code == 401 else upstream.status_code
+        return JSONResponse(
+            error_body("embedder_unavailable", "the embedder cannot compute embeddings now"),
+            status_code=status,
+            headers=headers,
+        )
     return Response(
         upstream.content, status_code=upstream.status_code, media_type="application/json", headers=headers
     )
 
 
-@router.get("/collections", summary="Collections this key may read")
-async def collections(key: Key, gw: Gateway) -> JSONResponse:
+# What a client may see of a collection: names and states. The retriever's "detail" (load errors
+# with index paths, validation messages) stays in the retriever's log and the admin view
+# (GET /v1/admin/status). A list of fields kept, not of fields dropped, so that what the retriever
+# adds later stays internal until someone decides otherwise.
+PUBLIC_COLLECTION_FIELDS = (
+    "name",
+    "version",
+    "documents",
+    "status",
+    "embedding_model",
+    "dimension",
+    "index_type",
+)
+
+
+async def retriever_collections(gw: Any) -> list[dict[str, Any]]:
+    """The retriever's whole list, details included (for the admin view and, filtered, for clients)."""
     try:
         r = await gw.http.get(
             gw.settings.retriever_url.rstrip("/") + "/v1/collections", timeout=gw.settings.upstream_timeout
         )
         r.raise_for_status()
+        items = r.json()["collections"]
+    except OmniragError:
+        raise  # already a clear answer for the client (an open circuit: 503 with Retry-After)
     except Exception as exc:
-        raise UpstreamError(f"the retriever is unreachable: {type(exc).__name__}") from exc
-    items = [c for c in r.json()["collections"] if key.may_read(c.get("name", ""))]
+        log.warning("collection list unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+        raise UpstreamError("the retriever is unreachable") from exc
+    return [c for c in items if isinstance(c, dict)]
+
+
+@router.get("/collections", summary="Collections this key may read")
+async def collections(key: Key, gw: Gateway) -> JSONResponse:
+    items = [
+        {f: c.get(f) for f in PUBLIC_COLLECTION_FIELDS}
+        for c in await retriever_collections(gw)
+        if key.may_read(str(c.get("name", "")))
+    ]
     return JSONResponse({"object": "list", "data": items})
