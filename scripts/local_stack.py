@@ -1,11 +1,13 @@
 """The local stack's two chores around ``honcho``.
 
 ``python scripts/local_stack.py env``: make sure ``.env`` (git-ignored) holds a development API key
-for the gateway, creating a random one the first time, so ``make run`` never ships a fixed secret.
+for the gateway, the UI's local login password and the key that signs its login cookie, creating
+random ones the first time, so ``make run`` never ships a fixed secret. The gateway gives its
+development key ``act_for_users``: the UI names the logged-in user with it.
 
 ``python scripts/local_stack.py wait``: a Procfile process that waits until every service answers
-ready, prints the URLs and the key once, then stays up (honcho stops the whole stack when any of
-its processes exits).
+ready, prints the URLs, the key and the UI's one-click login link once, then stays up (honcho stops
+the whole stack when any of its processes exits).
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 ENV_FILE = Path(".env")
 KEY_VAR = "GATEWAY_DEV_KEY"
+# The UI's local single-user mode: its password (also the token of the printed login link) and the
+# key of its login cookie, kept so that a restart of make run does not log the browser out.
+PASSWORD_VAR = "UI_LOCAL_PASSWORD"  # noqa: S105 - the variable's name, not a password
+SESSION_VAR = "UI_SESSION_SECRET"
+UI_URL = "http://127.0.0.1:7860"
 
 SERVICES = [
     ("embedder", "http://127.0.0.1:8001/readyz"),
@@ -29,27 +37,46 @@ SERVICES = [
 ]
 
 
-def read_key() -> str | None:
+def read_key(var: str = KEY_VAR) -> str | None:
     if not ENV_FILE.exists():
         return None
     for line in ENV_FILE.read_text(encoding="utf-8").splitlines():
         name, _, value = line.partition("=")
-        if name.strip() == KEY_VAR and value.strip():
+        if name.strip() == var and value.strip():
             return value.strip().strip('"')
     return None
 
 
-def ensure_env() -> str:
-    key = read_key()
-    if key is None:
-        key = "omni-dev-" + secrets.token_urlsafe(24)
+def _ensure(var: str, value: str, comment: str) -> str:
+    current = read_key(var)
+    if current is None:
+        current = value
         with ENV_FILE.open("a", encoding="utf-8") as fh:
-            fh.write(
-                "# Development API key for the local gateway (make run); not for production.\n"
-                f"{KEY_VAR}={key}\n"
-            )
+            fh.write(f"# {comment}\n{var}={value}\n")
         ENV_FILE.chmod(0o600)
+    return current
+
+
+def ensure_env() -> str:
+    key = _ensure(
+        KEY_VAR,
+        "omni-dev-" + secrets.token_urlsafe(24),
+        "Development API key for the local gateway (make run); not for production.",
+    )
+    _ensure(
+        PASSWORD_VAR,
+        secrets.token_urlsafe(18),
+        "Password of the UI's local single-user login (make run prints a login link with it).",
+    )
+    _ensure(SESSION_VAR, secrets.token_urlsafe(32), "Key that signs the UI's login cookie.")
     return key
+
+
+def login_link() -> str:
+    password = read_key(PASSWORD_VAR)
+    if password is None:
+        return f"{UI_URL}  (no {PASSWORD_VAR} in .env: the UI has no login on loopback)"
+    return f"{UI_URL}/auth/local?token={quote(password, safe='')}"
 
 
 def ready(url: str) -> bool:
@@ -81,6 +108,8 @@ def wait(timeout: float) -> int:
                     "",
                     "omnirag is ready:",
                     "  ui        http://127.0.0.1:7860      (the chat, in a browser; it uses the key below)",
+                    f"  log in    {login_link()}",
+                    f"            (or the password {PASSWORD_VAR} in .env)",
                     "  gateway   http://127.0.0.1:8000/v1   (OpenAI-compatible; docs at /docs)",
                     "  embedder  http://127.0.0.1:8001      retriever http://127.0.0.1:8002",
                     "  llm       http://127.0.0.1:6006/v1   (SmolLM2-135M, a demo model: see GATEWAY_LLM_*)",

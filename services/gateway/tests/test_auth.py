@@ -1,4 +1,5 @@
-"""API keys: hashed, compared in constant time, scoped to collections, limited per minute in Redis."""
+"""API keys: hashed, compared in constant time, scoped to collections, limited per minute in Redis;
+a trusted key (the UI's) acts for named users, whose sessions and limits are their own."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import asyncio
 import hashlib
 import json
 
+import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
-from omnirag.core.errors import Forbidden, Overloaded, Unauthorized
-from omnirag.gateway.auth import KeyStore, RateLimiter, bearer
+from omnirag.core.errors import BadRequest, Forbidden, Overloaded, Unauthorized
+from omnirag.gateway.auth import KeyStore, RateLimiter, acting_for, bearer
 
 
 def store(**kw) -> KeyStore:  # type: ignore[no-untyped-def]
@@ -85,3 +88,86 @@ def test_rate_limits_in_redis(redis_url: str) -> None:
         await r.aclose()
 
     asyncio.run(scenario())
+
+
+def test_only_a_trusted_key_names_a_user_and_the_name_is_checked() -> None:
+    keys = [
+        {"name": "ui", "key": "ui-key-0123456789abcdef", "act_for_users": True},
+        {"name": "team", "key": "team-key-0123456789abcd"},
+    ]
+    s = KeyStore.load(inline=json.dumps(keys), path=None, dev_key=None, default_rpm=1, default_tpm=1)
+    ui, team = s.authenticate("ui-key-0123456789abcdef"), s.authenticate("team-key-0123456789abcd")
+    assert acting_for(ui, None) is ui and ui.principal == "ui"
+    alice = acting_for(ui, "a1b2c3d4~alice@example.com")
+    assert alice.principal == "ui/a1b2c3d4~alice@example.com" and alice.collections == ui.collections
+    with pytest.raises(BadRequest) as err:
+        acting_for(team, "alice")
+    assert err.value.code == "user_header_not_allowed"
+    # ':' would make Redis key names ambiguous, '/' the principal; length is bounded.
+    for bad in ["", "a:b", "a/b", "a b", "x" * 129, "é"]:
+        with pytest.raises(BadRequest) as err:
+            acting_for(ui, bad)
+        assert err.value.code == "invalid_user"
+
+
+def test_the_dev_key_acts_for_the_local_ui_user() -> None:
+    s = KeyStore.load(inline=None, path=None, dev_key="dev-key-0123456789abcd", default_rpm=1, default_tpm=1)
+    assert s.authenticate("dev-key-0123456789abcd").act_for_users
+
+
+USER_KEYS = json.dumps(
+    [
+        {"name": "ui", "key": "ui-key-0123456789abcdef", "act_for_users": True, "rpm": 100},
+        {"name": "ui-tiny", "key": "ui-tiny-key-0123456789ab", "act_for_users": True, "rpm": 2},
+        {"name": "team", "key": "team-key-0123456789abcd"},
+    ]
+)
+
+
+def _as(key: str, user: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    return headers | ({"X-OmniRAG-User": user} if user else {})
+
+
+def test_sessions_and_limits_are_per_user_of_a_trusted_key(gateway_factory, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    ui, tiny, team = "ui-key-0123456789abcdef", "ui-tiny-key-0123456789ab", "team-key-0123456789abcd"
+    turn = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "rag": False}
+    with gateway_factory(api_keys=USER_KEYS) as base:
+        r = httpx.post(
+            base + "/v1/chat/completions",
+            json=turn | {"session_id": "shared-id"},
+            headers=_as(ui, "alice"),
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        # Stored under the key and the user…
+        assert redis.Redis.from_url(redis_url).exists("omnirag:session:ui/alice:shared-id")
+        assert httpx.get(base + "/v1/sessions/shared-id", headers=_as(ui, "alice")).status_code == 200
+        # …so another user of the same key, and the key on its own, do not see it.
+        assert httpx.get(base + "/v1/sessions/shared-id", headers=_as(ui, "bob")).status_code == 404
+        assert httpx.get(base + "/v1/sessions/shared-id", headers=_as(ui)).status_code == 404
+        r = httpx.delete(base + "/v1/sessions/shared-id", headers=_as(ui, "bob"))
+        assert r.json()["deleted"] is False
+        assert httpx.get(base + "/v1/sessions/shared-id", headers=_as(ui, "alice")).status_code == 200
+
+        # A key that may not act for users is refused, not silently unscoped; bad names too.
+        r = httpx.get(base + "/v1/sessions/shared-id", headers=_as(team, "alice"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "user_header_not_allowed"
+        r = httpx.post(base + "/v1/chat/completions", json=turn, headers=_as(team, "alice"), timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "user_header_not_allowed"
+        r = httpx.get(base + "/v1/models", headers=_as(ui, "alice:shared"))
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_user"
+
+        # Each user has the key's budget of their own.
+        for _ in range(2):
+            assert httpx.get(base + "/v1/models", headers=_as(tiny, "carol")).status_code == 200
+        r = httpx.get(base + "/v1/models", headers=_as(tiny, "carol"))
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert httpx.get(base + "/v1/models", headers=_as(tiny, "dave")).status_code == 200
+
+
+def test_gateway_responses_forbid_framing_and_sniffing(gateway_url: str) -> None:
+    for r in (httpx.get(gateway_url + "/healthz"), httpx.get(gateway_url + "/v1/models")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'"

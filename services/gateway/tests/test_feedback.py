@@ -99,6 +99,18 @@ def test_ratings_are_stored_per_key_with_a_ttl_and_counted(client: TestClient, r
     assert metric_value(metrics, "omnirag_gateway_feedback_total", 'rating="down"') == 1
 
 
+def test_users_of_a_trusted_key_have_their_own_ratings(client: TestClient, r: redis.Redis) -> None:
+    # The dev key acts for the UI's users: one user must not read another's ratings and comments.
+    alice, bob = AUTH | {"X-OmniRAG-User": "local~alice"}, AUTH | {"X-OmniRAG-User": "local~bob"}
+    up = {"message_id": "chatcmpl-alice1", "rating": "up", "comment": "alice's note"}
+    assert client.post("/v1/feedback", json=up, headers=alice).status_code == 201
+    assert client.get("/v1/feedback", headers=bob).json()["data"] == []
+    assert [i["comment"] for i in client.get("/v1/feedback", headers=alice).json()["data"]] == [
+        "alice's note"
+    ]
+    assert r.xlen(stream_key("dev/local~alice")) == 1 and not r.exists(stream_key("dev"))
+
+
 @pytest.mark.parametrize(
     "body",
     [

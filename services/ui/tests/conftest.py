@@ -84,6 +84,9 @@ def ui_factory(gateway_url: str) -> UiFactory:
             "top_k": 3,
             "ingest_poll_seconds": 0.2,
             "log_json": False,
+            # No login unless a test asks for one, whatever a developer's .env (make run) holds.
+            "local_password": None,
+            "oidc_issuer": None,
         } | overrides
         # Gradio clients keep a heartbeat stream open to the end: do not wait 5 s for it.
         with serve_in_thread(
@@ -98,6 +101,17 @@ def ui_factory(gateway_url: str) -> UiFactory:
 def ui_url(ui_factory: UiFactory) -> Iterator[str]:
     with ui_factory() as base:
         yield base
+
+
+@pytest.fixture(scope="session")
+def oidc_issuer() -> Iterator[str]:
+    """A real OpenID Connect provider (oidc-provider-mock: discovery, authorize with PKCE, token,
+    userinfo, signed ID tokens), any client id accepted; its login form asks for a subject."""
+    import oidc_provider_mock
+
+    # require_nonce: the provider refuses an authorization request without one, so the UI must send it.
+    with oidc_provider_mock.run_server_in_thread(require_nonce=True) as server:
+        yield f"http://localhost:{server.server_port}"
 
 
 @pytest.fixture(scope="session")

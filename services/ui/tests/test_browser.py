@@ -1,7 +1,8 @@
 """The page in a real headless Chromium (Debian's, driven by playwright) over the running stack:
 ask and watch the answer stream in with its sources, rate it, ask about a picture, upload a
 document, keep several conversations across a reload (in Chinese), and see a readable error when
-the gateway refuses the key. Screenshots go to tests/artifacts/ for people to look at."""
+the gateway refuses the key; log in through a real OpenID Connect provider, chat as that user,
+list and remove one's own uploads, log out. Screenshots go to tests/artifacts/ for people to look at."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from .conftest import AUTH
+from omnirag.ui.login import user_id
+
+from .conftest import AUTH, UiFactory
 
 CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
 # ENVIRONMENT.md: never let a test tool download its own browser.
@@ -248,3 +251,106 @@ def test_a_refused_key_is_a_readable_error(browser: Browser, ui_factory, artifac
         assert page.eval_on_selector("#chat-input textarea", "e => !e.disabled")
         page.screenshot(path=artifacts / "09-refused-key.png")
         page.context.close()
+
+
+# ---- login through the identity provider ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def oidc_ui(ui_factory: UiFactory, oidc_issuer: str) -> Iterator[str]:
+    with ui_factory(
+        oidc_issuer=oidc_issuer, oidc_client_id="omnirag-ui", oidc_client_secret="omnirag-ui-secret"
+    ) as base:
+        yield base
+
+
+def log_in_at_the_provider(browser: Browser, ui: str, issuer: str, sub: str) -> Page:
+    """Open the UI: the login sends the browser to the provider, whose form is answered as ``sub``,
+    and the provider sends it back to the chat."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
+    page = context.new_page()
+    page.goto(ui + "/")
+    page.wait_for_selector("input[name=sub]", timeout=30_000)
+    assert page.url.startswith(issuer + "/oauth2/authorize")
+    page.fill("input[name=sub]", sub)
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_selector("#conversations input:checked", timeout=30_000)
+    assert page.url.startswith(ui + "/")
+    return page
+
+
+def test_log_in_through_the_identity_provider_and_chat_as_that_user(
+    browser: Browser, oidc_ui: str, oidc_issuer: str, gateway_url: str, artifacts: Path
+) -> None:
+    page = log_in_at_the_provider(browser, oidc_ui, oidc_issuer, "alice")
+    page.wait_for_function("document.querySelector('#account').innerText.includes('alice')")
+    page.screenshot(path=artifacts / "10-logged-in.png")
+    # The page itself may not be framed nor sniffed.
+    head = page.request.get(oidc_ui + "/")
+    assert head.status == 200 and head.headers["x-frame-options"] == "DENY"
+    assert head.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert head.headers["x-content-type-options"] == "nosniff"
+
+    ask(page, "Which port does the gateway listen on?")
+    session = current_conversation(page)
+    # The gateway stored the turn under the UI's key and this user — and only there.
+    alice = AUTH | {"X-OmniRAG-User": user_id(oidc_issuer, "alice")}
+    stored = httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=alice)
+    assert stored.status_code == 200 and stored.json()["messages"][0]["content"].startswith("Which port")
+    assert httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).status_code == 404
+    bob = AUTH | {"X-OmniRAG-User": user_id(oidc_issuer, "bob")}
+    assert httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=bob).status_code == 404
+
+    # Log out: the next visit goes through the provider again.
+    page.click("#logout")
+    page.wait_for_function("document.body.innerText.includes('logged out')")
+    page.goto(oidc_ui + "/")
+    page.wait_for_selector("input[name=sub]", timeout=30_000)
+    assert page.url.startswith(oidc_issuer)
+    page.context.close()
+
+
+def test_list_and_remove_ones_own_upload(
+    browser: Browser, oidc_ui: str, oidc_issuer: str, gateway_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    doc = tmp_path / "canteen.md"
+    doc.write_text("# Canteen\n\nThe canteen on floor 2 serves lunch from 11:30 to 14:00.\n")
+    page = log_in_at_the_provider(browser, oidc_ui, oidc_issuer, "dora")
+    page.get_by_text("Upload documents").click()
+    name = page.locator("#collection input")
+    name.click()
+    name.fill("ui-mine")
+    name.press("Enter")
+    page.set_input_files("#upload-files input[type=file]", str(doc))
+    page.wait_for_selector("#upload-files .file-preview, #upload-files table", timeout=10_000)
+    page.click("#upload-button")
+    page.wait_for_function(
+        "document.querySelector('#upload-status').innerText.includes('searchable')", timeout=90_000
+    )
+    # The panel lists what this user uploaded into the knowledge base.
+    mine = page.locator("#my-documents label", has_text="canteen.md")
+    mine.wait_for(timeout=30_000)
+    assert page.locator("#my-documents label").count() == 1
+    page.screenshot(path=artifacts / "11-my-documents.png", full_page=True)
+    # Listed under this user only: another user of the UI's key sees nothing of it.
+    dora = AUTH | {"X-OmniRAG-User": user_id(oidc_issuer, "dora")}
+    erin = AUTH | {"X-OmniRAG-User": user_id(oidc_issuer, "erin")}
+    params = {"mine": "true"}
+    listed = httpx.get(f"{gateway_url}/v1/collections/ui-mine/documents", params=params, headers=dora).json()
+    assert len(listed["data"]) == 1 and listed["data"][0]["source"].endswith("canteen.md")
+    others = httpx.get(f"{gateway_url}/v1/collections/ui-mine/documents", params=params, headers=erin).json()
+    assert others["data"] == []
+
+    mine.click()
+    page.click("#docs-remove")
+    page.wait_for_function(
+        "document.querySelector('#my-documents-info').innerText.includes('removed')", timeout=90_000
+    )
+    assert "canteen.md: removed" in page.inner_text("#my-documents-info")
+    # Then listed again, from the version without it.
+    page.wait_for_function("document.querySelectorAll('#my-documents label').length === 0", timeout=30_000)
+    assert "You have uploaded no documents here." in page.inner_text("#my-documents-info")
+    listed = httpx.get(f"{gateway_url}/v1/collections/ui-mine/documents", params=params, headers=dora).json()
+    assert listed["data"] == []
+    page.screenshot(path=artifacts / "12-removed.png", full_page=True)
+    page.context.close()

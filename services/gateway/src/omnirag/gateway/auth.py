@@ -12,15 +12,16 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from omnirag.core.errors import Forbidden, Overloaded, Unauthorized
+from omnirag.core.errors import BadRequest, Forbidden, Overloaded, Unauthorized
 
 log = logging.getLogger("omnirag.gateway.auth")
 
@@ -32,6 +33,10 @@ class KeySpec(BaseModel):
     collections: list[str] = Field(default_factory=lambda: ["*"])
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
+    admin: bool = Field(False, description="May read the admin view (internal URLs, validation details).")
+    act_for_users: bool = Field(
+        False, description="May name the end user it acts for (the UI's key), who is then scoped and limited."
+    )
 
     @model_validator(mode="after")
     def _one_key(self) -> KeySpec:
@@ -51,6 +56,15 @@ class ApiKey:
     collections: frozenset[str]
     rpm: int
     tpm: int
+    admin: bool = False
+    act_for_users: bool = False
+    # The end user a trusted key (act_for_users) acts for; None for a key used directly.
+    user: str | None = None
+
+    @property
+    def principal(self) -> str:
+        """Who owns what this request stores (sessions, uploads): the key, or the user it acts for."""
+        return self.name if self.user is None else f"{self.name}/{self.user}"
 
     def may_read(self, collection: str) -> bool:
         return "*" in self.collections or collection in self.collections
@@ -62,7 +76,36 @@ class ApiKey:
             )
 
 
-ANONYMOUS = ApiKey("anonymous", b"", frozenset({"*"}), 0, 0)
+# With auth off every caller is trusted alike, so naming a user is allowed: it only namespaces.
+ANONYMOUS = ApiKey("anonymous", b"", frozenset({"*"}), 0, 0, act_for_users=True)
+
+USER_HEADER = "X-OmniRAG-User"
+# No ':' — the principal is part of Redis key names ("omnirag:session:<principal>:<session id>"), so
+# a user id that could contain the separator would make two owners' keys collide. No '/' either:
+# it separates the key's name from the user in the principal.
+USER_ID = re.compile(r"^[A-Za-z0-9._@+=~-]{1,128}$")
+
+
+def acting_for(key: ApiKey, user: str | None) -> ApiKey:
+    """The key as it acts for ``user`` (the X-OmniRAG-User header), or as it is without one.
+
+    Only a key trusted to act for users (``act_for_users``, the UI's) may name one; from any other
+    key the header is refused rather than ignored, so a client never believes it is scoping by user
+    when it is not."""
+    if user is None:
+        return key
+    if not key.act_for_users:
+        raise BadRequest(
+            f"this API key may not act for users: drop the {USER_HEADER} header, or give the key "
+            "act_for_users: true",
+            code="user_header_not_allowed",
+        )
+    if not USER_ID.fullmatch(user):
+        raise BadRequest(
+            f"{USER_HEADER} must be 1-128 characters of letters, digits and . _ @ + = ~ -",
+            code="invalid_user",
+        )
+    return replace(key, user=user)
 
 
 @dataclass
@@ -92,7 +135,8 @@ class KeyStore:
                 # The message names the field, never the key's value.
                 raise ValueError(f"bad API key entry: {exc.errors()[0]['msg']}") from None
         if dev_key:
-            specs.append(KeySpec(name="dev", key=dev_key))
+            # make run's UI sends this key for whoever logged in to it, so it may name that user.
+            specs.append(KeySpec(name="dev", key=dev_key, act_for_users=True))
         keys = []
         for s in specs:
             d = bytes.fromhex(s.key_sha256) if s.key_sha256 else digest(s.key or "")
@@ -103,6 +147,8 @@ class KeyStore:
                     collections=frozenset(s.collections),
                     rpm=default_rpm if s.rpm is None else s.rpm,
                     tpm=default_tpm if s.tpm is None else s.tpm,
+                    admin=s.admin,
+                    act_for_users=s.act_for_users,
                 )
             )
         names = [k.name for k in keys]
@@ -162,7 +208,9 @@ class RateLimiter:
         return minute, max(1, int(60 - (now - minute * 60)) + 1)
 
     def _key(self, key: ApiKey, what: str, minute: int) -> str:
-        return f"omnirag:ratelimit:{key.name}:{what}:{minute}"
+        # Per principal: each user a trusted key acts for has the key's budget of their own, so
+        # one busy user of the UI cannot spend everybody's.
+        return f"omnirag:ratelimit:{key.principal}:{what}:{minute}"
 
     async def check(self, key: ApiKey) -> None:
         """Count one request; refuse it with 429 if the key is over either budget this minute."""

@@ -1,7 +1,9 @@
 """``create_app(settings)``: the UI's FastAPI app, with the Gradio page mounted at ``/``.
 
 The service shell (``/healthz``, ``/readyz``, ``/metrics``, request ids, body limits) is the same as
-every other service's; ``/readyz`` is ready when the gateway answers its ``/healthz``.
+every other service's; ``/readyz`` is ready when the gateway answers its ``/healthz``. Everything
+else is behind the login (omnirag.ui.login); ``create_app`` raises ``LoginConfigError`` when the
+login settings cannot work (no login configured on an address beyond loopback).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi import FastAPI
 from omnirag.core.app import create_service_app
 from omnirag.ui.config import UiSettings
 from omnirag.ui.gateway import GatewayClient
+from omnirag.ui.login import auth_dependency, install
 from omnirag.ui.metrics import UiMetrics
 from omnirag.ui.page import CSS, build
 
@@ -45,6 +48,8 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         title="omnirag ui",
         description="A multimodal chat over the gateway's public API.",
     )
+    # Before Gradio is mounted: its page and API sit behind the login gate.
+    login = install(app, settings)
     blocks, i18n = build(settings, client, UiMetrics(app.state.metrics))
     return gr.mount_gradio_app(
         app,
@@ -59,4 +64,6 @@ def create_app(settings: UiSettings | None = None) -> FastAPI:
         max_file_size=max(settings.max_upload_bytes, settings.max_image_bytes),
         ssr_mode=False,
         mcp_server=False,
+        # Who is logged in, for every handler (gr.Request.username) and for Gradio's own checks.
+        auth_dependency=auth_dependency(settings.session_max_age) if login.required else None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -75,6 +77,13 @@ class UiSettings(ServiceSettings):
         description="How long an upload is watched before the UI stops waiting (the job goes on).",
     )
 
+    documents_page_size: int = Field(
+        50, ge=1, le=200, description="Documents listed per page in the upload panel (and removed at once)."
+    )
+    documents_max_listed: int = Field(
+        500, ge=1, le=5000, description="Most documents the panel holds after 'More'; bounds the page's size."
+    )
+
     # --- conversations kept in the browser ---
     max_conversations: int = Field(
         30,
@@ -98,3 +107,66 @@ class UiSettings(ServiceSettings):
         "The gateway and the LLM bound the real throughput.",
     )
     title: str = Field("omnirag", description="Page title.")
+
+    # --- login: who is using the UI (the gateway then scopes and limits each user) ---
+    auth: Literal["auto", "oidc", "local", "none"] = Field(
+        "auto",
+        description="How people log in. oidc: the operator's identity provider (oidc_* below); local: "
+        "one user with local_password (make run); none: no login, everyone acts as the UI's key — only "
+        "allowed on a loopback address. auto: oidc when oidc_issuer is set, else local when "
+        "local_password is set, else none on loopback; anywhere else the UI refuses to start.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="The URL browsers use for the UI (https://chat.example.com), to build the OIDC "
+        "callback behind a proxy and to know the cookie travels only over HTTPS. Unset: taken from "
+        "each request, which a proxy that rewrites Host or scheme gets wrong.",
+    )
+    oidc_issuer: str | None = Field(
+        None, description="Issuer URL of the identity provider; discovery is <issuer>/.well-known/..."
+    )
+    oidc_discovery_url: str | None = Field(
+        None, description="Discovery document URL when it is not under the issuer (rare)."
+    )
+    oidc_client_id: str | None = Field(None, description="Client id registered at the identity provider.")
+    oidc_client_secret: SecretStr | None = Field(
+        None,
+        description="Client secret (UI_OIDC_CLIENT_SECRET_FILE in a cluster). Unset: a public client, "
+        "protected by PKCE alone.",
+    )
+    oidc_scopes: str = Field(
+        "openid email profile", description="Scopes asked for; add the one that carries groups if needed."
+    )
+    oidc_user_claim: str = Field(
+        "sub",
+        description="Claim that names the user to the gateway (scoped by the issuer). sub never changes; "
+        "email or preferred_username read better in logs but can be reassigned to another person.",
+    )
+    oidc_groups_claim: str = Field("groups", description="Claim that lists the user's groups.")
+    oidc_allowed_groups: list[str] = Field(
+        default_factory=list, description="Only members of one of these groups may log in ([]: any)."
+    )
+    oidc_allowed_emails: list[str] = Field(
+        default_factory=list,
+        description="Only these verified emails (or domains, written @example.com) may log in ([]: any).",
+    )
+    local_password: SecretStr | None = Field(
+        None,
+        description="Password of the local single-user mode; make run writes a random one to .env and "
+        "prints a login link. Anyone with it acts as local_user.",
+    )
+    local_user: str = Field(
+        "local", pattern=r"^[A-Za-z0-9._@+=-]{1,64}$", description="Name of the local mode's one user."
+    )
+    session_secret: SecretStr | None = Field(
+        None,
+        description="Key that signs the login cookie (UI_SESSION_SECRET_FILE in a cluster). Unset: a "
+        "random one per process, so a restart logs everyone out and replicas do not share logins.",
+    )
+    session_max_age: int = Field(
+        8 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="Seconds a login lasts. Longer is fewer logins; shorter limits what a stolen cookie "
+        "can do (logging out clears the browser's cookie, not a copy of it).",
+    )

@@ -48,6 +48,9 @@ class Store:
     conversations: list[Conversation] = field(default_factory=list)
     # conversation id -> answer key -> {"id", "citations", "rewritten", "degraded"}
     meta: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # The logged-in user the list belongs to: on a shared browser the next user must not see the
+    # titles (their first questions) of the last one's conversations.
+    owner: str | None = None
 
     # --- from and to the browser ---
 
@@ -78,6 +81,8 @@ class Store:
                 break
         current = raw.get("current")
         store.current = current if isinstance(current, str) and current in seen else None
+        owner = raw.get("owner")
+        store.owner = owner if isinstance(owner, str) and 0 < len(owner) <= 128 else None
         meta = raw.get("meta")
         if isinstance(meta, dict):
             for cid, answers in meta.items():
@@ -99,6 +104,7 @@ class Store:
                 for c in self.conversations
             ],
             "meta": self.meta,
+            "owner": self.owner,
         }
 
     # --- changes ---

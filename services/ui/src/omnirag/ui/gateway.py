@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionUserMessageParam
 
 log = logging.getLogger("omnirag.ui.gateway")
+
+# The gateway scopes sessions, uploads and limits to the user a trusted key names here
+# (omnirag.gateway.auth.USER_HEADER); the UI's key must have act_for_users.
+USER_HEADER = "X-OmniRAG-User"
 
 
 class GatewayError(Exception):
@@ -131,16 +136,18 @@ class GatewayClient:
             raise RuntimeError("GatewayClient.open() was not called (the app's lifespan opens it)")
         return self._http
 
-    def _headers(self, *, auth: bool = True) -> dict[str, str]:
+    def _headers(self, *, auth: bool = True, user: str | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self._key()}"} if auth else {}
+        if user:
+            headers[USER_HEADER] = user
         rid = request_id_var.get()
         if rid:
             headers[REQUEST_ID_HEADER] = rid
         return headers
 
-    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, *, user: str | None = None, **kwargs: Any) -> Any:
         try:
-            r = await self.http.request(method, self.base + path, headers=self._headers(), **kwargs)
+            r = await self.http.request(method, self.base + path, headers=self._headers(user=user), **kwargs)
         except httpx.TimeoutException:
             raise GatewayError(None, "timeout", "the gateway did not answer in time") from None
         except httpx.HTTPError:
@@ -170,6 +177,7 @@ class GatewayClient:
         *,
         session_id: str,
         collection: str | None,
+        user: str | None = None,
     ) -> AsyncIterator[Answer]:
         """Stream one turn of a conversation whose history the gateway keeps under ``session_id``.
 
@@ -189,7 +197,7 @@ class GatewayClient:
                 stream=True,
                 max_tokens=self.settings.max_tokens,
                 extra_body=extra,
-                extra_headers=self._headers(auth=False),
+                extra_headers=self._headers(auth=False, user=user),
             )
             async for chunk in stream:
                 answer.id = answer.id or chunk.id
@@ -213,41 +221,77 @@ class GatewayClient:
 
     # --- the rest of the API ---
 
-    async def collections(self) -> dict[str, str | None]:
+    async def collections(self, user: str | None = None) -> dict[str, str | None]:
         """The collections this key may read, each with the index version being served."""
-        body = await self._call("GET", "/v1/collections")
+        body = await self._call("GET", "/v1/collections", user=user)
         return {
             str(c["name"]): (str(c["version"]) if c.get("version") else None)
             for c in body.get("data", [])
             if isinstance(c, dict) and c.get("name")
         }
 
-    async def session(self, session_id: str) -> list[dict[str, Any]]:
-        """The stored messages, oldest first; [] when the gateway has none (new or expired)."""
+    async def session(self, session_id: str, user: str | None = None) -> list[dict[str, Any]]:
+        """The stored messages, oldest first; [] when the gateway has none (new, expired, or another
+        user's)."""
         try:
-            body = await self._call("GET", f"/v1/sessions/{session_id}")
+            body = await self._call("GET", f"/v1/sessions/{session_id}", user=user)
         except GatewayError as exc:
             if exc.status == 404:
                 return []
             raise
         return list(body.get("messages", []))
 
-    async def delete_session(self, session_id: str) -> bool:
-        body = await self._call("DELETE", f"/v1/sessions/{session_id}")
+    async def delete_session(self, session_id: str, user: str | None = None) -> bool:
+        body = await self._call("DELETE", f"/v1/sessions/{session_id}", user=user)
         return bool(body.get("deleted"))
 
-    async def upload(self, collection: str, filename: str, data: bytes, content_type: str) -> dict[str, Any]:
+    async def upload(
+        self, collection: str, filename: str, data: bytes, content_type: str, user: str | None = None
+    ) -> dict[str, Any]:
         timeout = httpx.Timeout(max(self.settings.request_timeout, 60.0), connect=5.0)
         body: dict[str, Any] = await self._call(
             "POST",
-            f"/v1/collections/{collection}/documents",
+            f"/v1/collections/{quote(collection, safe='')}/documents",
             files={"file": (filename, data, content_type)},
             timeout=timeout,
+            user=user,
         )
         return body
 
-    async def job(self, job_id: str) -> dict[str, Any]:
-        body: dict[str, Any] = await self._call("GET", f"/v1/ingest/{job_id}")
+    async def job(self, job_id: str, user: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = await self._call("GET", f"/v1/ingest/{quote(job_id, safe='')}", user=user)
+        return body
+
+    async def documents(
+        self,
+        collection: str,
+        *,
+        user: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        mine: bool = True,
+    ) -> dict[str, Any]:
+        """One page of the collection's documents (``mine``: those this user uploaded):
+        ``{"data": [{"id", "source", "title", "origin", "chunks", "indexed_at"}], "next_cursor",
+        "total"}``."""
+        params: dict[str, Any] = {"limit": limit, "mine": "true" if mine else "false"}
+        if cursor:
+            params["cursor"] = cursor
+        body: dict[str, Any] = await self._call(
+            "GET", f"/v1/collections/{quote(collection, safe='')}/documents", params=params, user=user
+        )
+        return body
+
+    async def delete_document(
+        self, collection: str, document_id: str, user: str | None = None
+    ) -> dict[str, Any]:
+        """Ask for a document's removal: 202 with the job that removes it (``job_id``, ``status``);
+        403 ``document_forbidden`` (another user's), 409 ``document_from_knowledge_base``, 404."""
+        body: dict[str, Any] = await self._call(
+            "DELETE",
+            f"/v1/collections/{quote(collection, safe='')}/documents/{quote(document_id, safe='')}",
+            user=user,
+        )
         return body
 
     async def feedback(
@@ -258,6 +302,7 @@ class GatewayClient:
         message_id: str | None,
         message_index: int | None,
         comment: str | None = None,
+        user: str | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"rating": rating, "session_id": session_id}
         if message_id:
@@ -266,5 +311,5 @@ class GatewayClient:
             payload["message_index"] = message_index
         if comment:
             payload["comment"] = comment
-        body: dict[str, Any] = await self._call("POST", "/v1/feedback", json=payload)
+        body: dict[str, Any] = await self._call("POST", "/v1/feedback", json=payload, user=user)
         return body

@@ -28,6 +28,11 @@ class UiMetrics:
             "Documents uploaded, by outcome (done, failed, refused, still_running).",
             ["outcome"],
         )
+        self.documents_removed = m.counter(
+            "documents_removed_total",
+            "Documents removed from the upload panel, by outcome (done, failed, refused).",
+            ["outcome"],
+        )
         self.feedback = m.counter("feedback_total", "Answers rated in the page, by rating.", ["rating"])
         self.conversations = m.counter(
             "conversation_actions_total", "Conversations started, switched to or deleted.", ["action"]

@@ -24,6 +24,7 @@ import gradio as gr
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import COLLECTION, Store, compact, title_of
 from omnirag.ui.gateway import Answer, GatewayClient, GatewayError
+from omnirag.ui.login import display_name
 from omnirag.ui.metrics import UiMetrics
 from omnirag.ui.render import (
     answer_content,
@@ -60,6 +61,35 @@ CSS = """
 def _lang(request: gr.Request | None) -> str:
     headers = getattr(request, "headers", None) or {}
     return lang_of(dict(headers).get("accept-language"))
+
+
+def _user(request: gr.Request | None) -> str | None:
+    """The logged-in user (omnirag.ui.login hands it to Gradio); None when the UI has no login."""
+    return getattr(request, "username", None) or None
+
+
+def _when(value: Any) -> str:
+    """An ``indexed_at`` (epoch seconds or ISO 8601) as 'YYYY-MM-DD HH:MM' UTC."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
+    if isinstance(value, str):
+        return value[:16].replace("T", " ")
+    return ""
+
+
+def _document_label(doc: dict[str, Any]) -> str:
+    name = str(doc.get("title") or doc.get("source") or doc.get("id") or "?")[:120]
+    source = str(doc.get("source") or "")[:160]
+    parts = [name] + ([source] if source and source != name else [])
+    chunks = doc.get("chunks")
+    meta = [f"{chunks} chunks"] if isinstance(chunks, int) else []
+    when = _when(doc.get("indexed_at"))
+    if when:
+        meta.append(when)
+    return " — ".join(parts) + (f" ({', '.join(meta)})" if meta else "")
+
+
+DOCS_EMPTY: dict[str, Any] = {"collection": None, "items": [], "next": None, "total": 0}
 
 
 def _chatbot(rows: list[Row]) -> list[dict[str, Any]]:
@@ -128,11 +158,13 @@ class Page:
     def _conversations(self, store: Store, lang: str) -> Any:
         return gr.Radio(choices=store.choices(t(lang, "untitled")), value=store.current)
 
-    async def _collections(self, lang: str, wanted: str | None, *, keep: bool = False) -> tuple[Any, str]:
+    async def _collections(
+        self, lang: str, wanted: str | None, *, keep: bool = False, user: str | None = None
+    ) -> tuple[Any, str]:
         """The knowledge-base chooser: the collections the key may read; ``wanted`` selected when it
         is one of them (or always, with ``keep``: a name just typed for a new collection)."""
         try:
-            names = sorted(await self.client.collections())
+            names = sorted(await self.client.collections(user))
         except Exception as exc:
             return gr.Dropdown(choices=[], value=wanted), _notice(self._fail(lang, exc, "collections"))
         if keep and wanted and wanted not in names:
@@ -145,11 +177,11 @@ class Page:
         )
         return gr.Dropdown(choices=names, value=value), ""
 
-    async def _history(self, lang: str, store: Store) -> tuple[list[Row], str]:
+    async def _history(self, lang: str, store: Store, user: str | None) -> tuple[list[Row], str]:
         if store.current is None:
             return [], ""
         try:
-            messages = await self.client.session(store.current)
+            messages = await self.client.session(store.current, user)
         except Exception as exc:
             return [], _notice(self._fail(lang, exc, "session"))
         return rows_from_history(lang, messages, store.meta.get(store.current, {})), ""
@@ -159,9 +191,12 @@ class Page:
     async def load(self, raw: Any, request: gr.Request) -> tuple[Any, ...]:
         lang = _lang(request)
         store = self._store(raw)
+        if store.owner != _user(request):
+            # Another user's list (a shared browser): start afresh, theirs stays in the gateway.
+            store = Store(owner=_user(request))
         conv = store.ensure_current(None, self.s.max_conversations)
-        dropdown, problem = await self._collections(lang, conv.collection)
-        rows, history_problem = await self._history(lang, store)
+        dropdown, problem = await self._collections(lang, conv.collection, user=_user(request))
+        rows, history_problem = await self._history(lang, store, _user(request))
         return (
             dropdown,
             self._conversations(store, lang),
@@ -192,7 +227,7 @@ class Page:
         if conv is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), store.dump(), gr.skip()
         store.current = conv.id
-        rows, problem = await self._history(lang, store)
+        rows, problem = await self._history(lang, store, _user(request))
         self.m.conversations.labels("switch").inc()
         collection = gr.Dropdown(value=conv.collection) if conv.collection else gr.skip()
         return _chatbot(rows), rows, problem, collection, store.dump(), self._conversations(store, lang)
@@ -203,7 +238,7 @@ class Page:
         if store.current is None:
             return gr.skip(), gr.skip(), gr.skip(), "", store.dump()
         try:
-            await self.client.delete_session(store.current)
+            await self.client.delete_session(store.current, _user(request))
         except Exception as exc:
             # The conversation stays listed: its history is still in the gateway.
             return gr.skip(), gr.skip(), gr.skip(), _notice(self._fail(lang, exc, "delete")), store.dump()
@@ -211,7 +246,7 @@ class Page:
         self.m.conversations.labels("delete").inc()
         if store.current is None:
             store.start(collection, self.s.max_conversations)
-        rows, problem = await self._history(lang, store)
+        rows, problem = await self._history(lang, store, _user(request))
         return (
             self._conversations(store, lang),
             _chatbot(rows),
@@ -240,7 +275,9 @@ class Page:
         url = f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
         return {"type": "image_url", "image_url": {"url": url}}
 
-    async def _ingest(self, lang: str, collection: str, path: str) -> AsyncIterator[tuple[str, bool]]:
+    async def _ingest(
+        self, lang: str, collection: str, path: str, user: str | None
+    ) -> AsyncIterator[tuple[str, bool]]:
         """Upload one document and watch its job; yields (status line, finished)."""
         name = Path(path).name
         shown = escape(name)
@@ -248,7 +285,7 @@ class Page:
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
         started = time.monotonic()
         try:
-            job = await self.client.upload(collection, name, data, mime)
+            job = await self.client.upload(collection, name, data, mime, user)
         except Exception as exc:
             self.m.uploads.labels("refused").inc()
             yield t(lang, "upload_failed", name=shown, error=self._fail(lang, exc, "upload")), True
@@ -258,7 +295,7 @@ class Page:
         while True:
             await asyncio.sleep(self.s.ingest_poll_seconds)
             try:
-                st = await self.client.job(str(job["job_id"]))
+                st = await self.client.job(str(job["job_id"]), user)
             except Exception as exc:
                 yield t(lang, "upload_failed", name=shown, error=self._fail(lang, exc, "job")), True
                 return
@@ -266,7 +303,7 @@ class Page:
             if status == "done":
                 chunks = st.get("chunks") or 0
                 async for line in self._until_served(
-                    lang, collection, st.get("version"), shown, chunks, started
+                    lang, collection, st.get("version"), shown, chunks, started, user
                 ):
                     yield line, False
                 self.m.uploads.labels("done").inc()
@@ -285,7 +322,14 @@ class Page:
                 yield t(lang, "upload_running", name=shown), False
 
     async def _until_served(
-        self, lang: str, collection: str, version: Any, shown: str, chunks: int, started: float
+        self,
+        lang: str,
+        collection: str,
+        version: Any,
+        shown: str,
+        chunks: int,
+        started: float,
+        user: str | None,
     ) -> AsyncIterator[str]:
         """A finished job has published an index version; the retriever serves it after its next
         poll. "Searchable" is said only once the gateway lists that version (or a newer one)."""
@@ -294,7 +338,7 @@ class Page:
         line = t(lang, "upload_publishing", name=shown, collection=escape(collection), chunks=chunks)
         while time.monotonic() - started < self.s.ingest_wait_seconds:
             try:
-                served = (await self.client.collections()).get(collection)
+                served = (await self.client.collections(user)).get(collection)
             except GatewayError:
                 served = None
             # Version ids start with their UTC creation time, so a later one sorts after.
@@ -322,10 +366,10 @@ class Page:
             return
         lines = [""] * len(paths)
         for i, path in enumerate(paths):
-            async for line, _done in self._ingest(lang, collection, path):
+            async for line, _done in self._ingest(lang, collection, path, _user(request)):
                 lines[i] = line
                 yield "\n\n".join(x for x in lines if x), gr.skip(), gr.skip()
-        dropdown, _ = await self._collections(lang, collection, keep=True)
+        dropdown, _ = await self._collections(lang, collection, keep=True, user=_user(request))
         yield "\n\n".join(lines), dropdown, None
 
     # --- chat ---
@@ -372,7 +416,7 @@ class Page:
             rows.append({"role": "assistant", "content": "", "rateable": False})
             lines = [""] * len(documents)
             for i, path in enumerate(documents):
-                async for line, _done in self._ingest(lang, collection, path):
+                async for line, _done in self._ingest(lang, collection, path, _user(request)):
                     lines[i] = line
                     rows[-1] = rows[-1] | {"content": "\n\n".join(x for x in lines if x)}
                     yield _chatbot(rows), skip, skip, skip, skip, rows
@@ -389,7 +433,9 @@ class Page:
             first = True
             answer = Answer()
             try:
-                async for answer in self.client.chat(content, session_id=conv.id, collection=collection):
+                async for answer in self.client.chat(
+                    content, session_id=conv.id, collection=collection, user=_user(request)
+                ):
                     if first and answer.text:
                         self.m.ttft.observe(time.perf_counter() - started)
                         first = False
@@ -442,6 +488,152 @@ class Page:
             rows,
         )
 
+    # --- the user's documents ---
+
+    async def account(self, request: gr.Request) -> tuple[str, Any]:
+        """Who is logged in, and the way out; nothing when the UI has no login."""
+        user = _user(request)
+        if user is None:
+            return "", gr.Button(visible=False)
+        name = escape(display_name(user), 100)
+        return t(_lang(request), "signed_in_as", name=name), gr.Button(visible=True)
+
+    def _documents_view(self, lang: str, state: dict[str, Any], note: str = "") -> tuple[Any, ...]:
+        items = state["items"]
+        choices = [(_document_label(d), str(d["id"])) for d in items]
+        if not items:
+            info = t(lang, "docs_none")
+        else:
+            info = t(lang, "docs_count", shown=len(items), total=state.get("total") or len(items))
+        info = "\n\n".join(x for x in (note, info) if x)
+        more = gr.Button(visible=bool(state.get("next")))
+        return gr.CheckboxGroup(choices=choices, value=[]), info, more, state
+
+    async def _documents_page(
+        self, lang: str, collection: str | None, state: dict[str, Any], user: str | None
+    ) -> tuple[dict[str, Any], str]:
+        """``state`` with the next page of the user's documents added; a problem, or ''."""
+        if not collection or not COLLECTION.match(collection):
+            return dict(DOCS_EMPTY), ""
+        try:
+            body = await self.client.documents(
+                collection, user=user, cursor=state.get("next"), limit=self.s.documents_page_size
+            )
+        except GatewayError as exc:
+            if exc.status == 404:  # a collection nobody has indexed yet: nothing to list
+                return dict(DOCS_EMPTY) | {"collection": collection}, ""
+            return state, _notice(self._fail(lang, exc, "documents"))
+        except Exception as exc:
+            return state, _notice(self._fail(lang, exc, "documents"))
+        items = [d for d in body.get("data") or [] if isinstance(d, dict) and d.get("id")]
+        total = body.get("total")
+        return {
+            "collection": collection,
+            "items": [*state["items"], *items][: self.s.documents_max_listed],
+            "next": body.get("next_cursor") or None,
+            "total": total if isinstance(total, int) else None,
+        }, ""
+
+    async def list_documents(self, collection: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """The first page of what this user uploaded into the selected knowledge base."""
+        lang = _lang(request)
+        state, problem = await self._documents_page(lang, collection, dict(DOCS_EMPTY), _user(request))
+        return self._documents_view(lang, state, problem)
+
+    async def more_documents(
+        self, collection: str | None, state: dict[str, Any] | None, request: gr.Request
+    ) -> tuple[Any, ...]:
+        lang = _lang(request)
+        state = state or dict(DOCS_EMPTY)
+        if state.get("collection") != collection or not state.get("next"):
+            state = dict(DOCS_EMPTY)
+        state, problem = await self._documents_page(lang, collection, state, _user(request))
+        return self._documents_view(lang, state, problem)
+
+    def _removal_error(self, lang: str, exc: BaseException) -> str:
+        if isinstance(exc, GatewayError):
+            if exc.code == "document_forbidden":
+                return t(lang, "docs_forbidden")
+            if exc.code == "document_from_knowledge_base":
+                return t(lang, "docs_from_kb")
+            if exc.status == 404:
+                return t(lang, "docs_gone")
+        return self._fail(lang, exc, "remove_document")
+
+    async def _remove(
+        self, lang: str, collection: str, doc_id: str, name: str, user: str | None
+    ) -> AsyncIterator[str]:
+        """Ask the gateway to remove one document and watch its job; yields status lines."""
+        shown = escape(name, 120)
+        try:
+            job = await self.client.delete_document(collection, doc_id, user)
+        except Exception as exc:
+            self.m.documents_removed.labels("refused").inc()
+            yield t(lang, "docs_remove_failed", name=shown, error=self._removal_error(lang, exc))
+            return
+        yield t(lang, "docs_removing", name=shown)
+        started = time.monotonic()
+        status = str(job.get("status") or "queued")
+        st: dict[str, Any] = job
+        while status not in ("done", "failed", "dead"):
+            if time.monotonic() - started > self.s.ingest_wait_seconds:
+                yield t(
+                    lang, "upload_waiting", name=shown, status=status, seconds=int(time.monotonic() - started)
+                )
+                return
+            await asyncio.sleep(self.s.ingest_poll_seconds)
+            try:
+                st = await self.client.job(str(job["job_id"]), user)
+            except Exception as exc:
+                yield t(lang, "docs_remove_failed", name=shown, error=self._removal_error(lang, exc))
+                return
+            status = str(st.get("status") or status)
+            if status in ("failed", "dead"):
+                self.m.documents_removed.labels("failed").inc()
+                error = escape(st.get("error") or status, 300)
+                yield t(lang, "docs_remove_failed", name=shown, error=error)
+                return
+        # Done means a version without it is published; the list says "removed" only once the
+        # retriever serves that version, so the document is gone from the list too.
+        version = st.get("version")
+        while isinstance(version, str) and time.monotonic() - started < self.s.ingest_wait_seconds:
+            try:
+                served = (await self.client.collections(user)).get(collection)
+            except GatewayError:
+                served = None
+            if served is not None and served >= version:
+                break
+            await asyncio.sleep(self.s.ingest_poll_seconds)
+        self.m.documents_removed.labels("done").inc()
+        yield t(lang, "docs_removed", name=shown)
+
+    async def remove_documents(
+        self,
+        selected: list[str] | None,
+        collection: str | None,
+        state: dict[str, Any] | None,
+        request: gr.Request,
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Remove the ticked documents one by one, watching each job, then list again."""
+        lang = _lang(request)
+        user = _user(request)
+        state = state or dict(DOCS_EMPTY)
+        chosen = [str(x) for x in selected or []][: self.s.documents_page_size]
+        skip = gr.skip()
+        if not chosen or not collection:
+            yield skip, t(lang, "docs_pick"), skip, skip
+            return
+        names = {
+            str(d["id"]): str(d.get("source") or d.get("title") or d["id"]) for d in state.get("items") or []
+        }
+        lines = [""] * len(chosen)
+        for i, doc_id in enumerate(chosen):
+            async for line in self._remove(lang, collection, doc_id, names.get(doc_id, doc_id), user):
+                lines[i] = line
+                yield skip, "\n\n".join(x for x in lines if x), skip, skip
+        fresh, problem = await self._documents_page(lang, collection, dict(DOCS_EMPTY), user)
+        yield self._documents_view(lang, fresh, "\n\n".join(x for x in [*lines, problem] if x))
+
     # --- feedback ---
 
     async def rate(self, data: gr.LikeData, raw: Any, rows: list[Row] | None, request: gr.Request) -> str:
@@ -465,6 +657,7 @@ class Page:
                 session_id=store.current,
                 message_id=row.get("id"),
                 message_index=row.get("index"),
+                user=_user(request),
             )
         except Exception as exc:
             return _notice(self._fail(lang, exc, "feedback"))
@@ -491,6 +684,12 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=260, elem_id="sidebar"):
                 gr.Markdown(f"## {escape(settings.title)}")
+                with gr.Row(equal_height=True):
+                    account = gr.Markdown(elem_id="account")
+                    # A plain link in this tab: the login cookie is cleared by the page it opens.
+                    logout_button = gr.Button(
+                        label("logout"), link="/auth/logout", size="sm", visible=False, elem_id="logout"
+                    )
                 collection = gr.Dropdown(
                     label=label("collection"),
                     choices=[],
@@ -513,6 +712,20 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
                     )
                     upload_button = gr.Button(label("upload_button"), elem_id="upload-button")
                     upload_status = gr.Markdown(elem_id="upload-status")
+                    gr.Markdown(label("docs_title"))
+                    my_documents = gr.CheckboxGroup(
+                        choices=[], show_label=False, elem_id="my-documents", interactive=True
+                    )
+                    documents_info = gr.Markdown(elem_id="my-documents-info")
+                    with gr.Row():
+                        refresh_button = gr.Button(label("docs_refresh"), size="sm", elem_id="docs-refresh")
+                        more_button = gr.Button(
+                            label("docs_more"), size="sm", visible=False, elem_id="docs-more"
+                        )
+                        remove_button = gr.Button(
+                            label("docs_remove"), size="sm", variant="stop", elem_id="docs-remove"
+                        )
+                    documents_state = gr.State(dict(DOCS_EMPTY))
             with gr.Column(scale=4):
                 gr.Markdown(label("subtitle"))
                 notice = gr.Markdown(elem_id="notice")
@@ -567,11 +780,32 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
             outputs=[conversations, chatbot, rows, notice, store],
             api_name="delete_conversation",
         )
-        upload_button.click(
+        upload_done = upload_button.click(
             page.upload,
             inputs=[files, collection],
             outputs=[upload_status, collection, files],
             api_name="upload",
+            concurrency_limit=settings.concurrency,
+            concurrency_id="upload",
+        )
+        demo.load(page.account, outputs=[account, logout_button], api_visibility="private")
+        listed = [my_documents, documents_info, more_button, documents_state]
+        upload_done.then(page.list_documents, inputs=[collection], outputs=listed, api_visibility="private")
+        collection.change(page.list_documents, inputs=[collection], outputs=listed, api_name="documents")
+        refresh_button.click(
+            page.list_documents, inputs=[collection], outputs=listed, api_visibility="private"
+        )
+        more_button.click(
+            page.more_documents,
+            inputs=[collection, documents_state],
+            outputs=listed,
+            api_name="more_documents",
+        )
+        remove_button.click(
+            page.remove_documents,
+            inputs=[my_documents, collection, documents_state],
+            outputs=listed,
+            api_name="remove_documents",
             concurrency_limit=settings.concurrency,
             concurrency_id="upload",
         )

@@ -86,6 +86,42 @@ TEXTS: dict[str, tuple[str, str]] = {
         "This API key may not read any knowledge base.",
         "此 API 密钥无权读取任何知识库。",
     ),
+    # --- login ---
+    "login_title": ("Log in to omnirag", "登录 omnirag"),
+    "login_password": ("Password", "密码"),
+    "login_button": ("Log in", "登录"),
+    "login_again": ("Log in again", "重新登录"),
+    "login_wrong_password": ("Wrong password.", "密码错误。"),
+    "login_not_local": ("This UI does not use a local password.", "此界面不使用本地密码登录。"),
+    "login_provider_down": (
+        "The identity provider cannot be reached; please try again shortly.",
+        "无法连接身份提供方，请稍后重试。",
+    ),
+    "login_failed_oidc": ("The login did not complete ({error}).", "登录未完成（{error}）。"),
+    "login_forbidden": ("You may not use this UI: {reason}.", "你无权使用此界面：{reason}。"),
+    "logged_out": ("You are logged out.", "你已退出登录。"),
+    "signed_in_as": ("Signed in as **{name}**", "当前用户：**{name}**"),
+    "logout": ("Log out", "退出登录"),
+    # --- the user's documents ---
+    "docs_title": ("Your documents in this knowledge base", "你在此知识库中的文档"),
+    "docs_refresh": ("Refresh", "刷新"),
+    "docs_more": ("More", "更多"),
+    "docs_remove": ("Remove selected", "删除所选"),
+    "docs_none": ("You have uploaded no documents here.", "你尚未在此上传文档。"),
+    "docs_count": ("{shown} of {total} shown", "显示 {shown} / {total}"),
+    "docs_pick": ("Select the documents to remove first.", "请先选择要删除的文档。"),
+    "docs_removing": ("{name}: removing…", "{name}：正在删除……"),
+    "docs_removed": ("{name}: removed", "{name}：已删除"),
+    "docs_remove_failed": ("{name}: not removed: {error}", "{name}：未删除：{error}"),
+    "docs_forbidden": (
+        "you may remove only documents you uploaded",
+        "只能删除你自己上传的文档",
+    ),
+    "docs_from_kb": (
+        "it comes from the knowledge base's own sources; an operator changes those",
+        "它来自知识库自身的数据源，需由管理员修改",
+    ),
+    "docs_gone": ("it no longer exists", "它已不存在"),
     # --- errors ---
     "err_401": (
         "The gateway refused the UI's API key (401): {message}. Set UI_API_KEY (or GATEWAY_DEV_KEY) "
@@ -139,6 +175,11 @@ LABELS = (
     "upload_files",
     "upload_button",
     "upload_hint",
+    "logout",
+    "docs_title",
+    "docs_refresh",
+    "docs_more",
+    "docs_remove",
 )
 
 

@@ -2,10 +2,11 @@
 
 A rating names the answer by the ``id`` of its chat completion (``chatcmpl-…``, the same in every
 streamed chunk) and/or by its index in the conversation, with the session it belongs to. Ratings
-are appended to a Redis stream per API key (``omnirag:feedback:<key name>``), capped at
-``MAX_ENTRIES`` and expiring ``TTL_SECONDS`` after the last rating, so feedback can never grow
-without bound; a client that changes its mind sends a new rating and readers keep the newest one
-per message. Each rating is also counted in ``omnirag_gateway_feedback_total{rating}``.
+are appended to a Redis stream per principal (``omnirag:feedback:<key>[/<user>]``: each user of
+the UI's trusted key has their own), capped at ``MAX_ENTRIES`` and expiring ``TTL_SECONDS`` after
+the last rating, so feedback can never grow without bound; a client that changes its mind sends a
+new rating and readers keep the newest one per message. Each rating is also counted in
+``omnirag_gateway_feedback_total{rating}``.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ async def post_feedback(body: Feedback, key: Key, gw: Gateway) -> JSONResponse:
         "comment": (body.comment or "").strip(),
         "created_at": f"{time.time():.3f}",
     }
-    name = stream_key(key.name)
+    name = stream_key(key.principal)
     try:
         async with gw.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(name, entry, maxlen=MAX_ENTRIES, approximate=True)
@@ -105,7 +106,7 @@ async def list_feedback(
     session_id: Annotated[str | None, Query(pattern=SESSION_ID.pattern)] = None,
 ) -> JSONResponse:
     try:
-        raw = await gw.redis.xrevrange(stream_key(key.name), count=MAX_LIST if session_id else limit)
+        raw = await gw.redis.xrevrange(stream_key(key.principal), count=MAX_LIST if session_id else limit)
     except (RedisError, OSError) as exc:
         raise NotReady(
             f"feedback cannot be read right now: Redis is down ({type(exc).__name__})",
