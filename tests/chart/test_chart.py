@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -433,6 +438,28 @@ def test_vllm_gets_a_gpu_and_shared_memory(rendered: Renderer) -> None:
     assert shm[0]["name"] in memory_volumes, f"{ref(obj)}: /dev/shm is not an emptyDir with medium Memory"
 
 
+def retriever_container(docs: Docs) -> tuple[dict[str, Any], dict[str, Any]]:
+    [obj] = of_component(docs, "retriever", {"Deployment"})
+    [container] = [c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == "retriever"]
+    return obj, container
+
+
+def test_gpu_full_retriever_searches_on_a_gpu(rendered: Renderer) -> None:
+    # retriever.faissGpu: the setting, a GPU to use, and the image variant that has faiss-gpu-cu12.
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    obj, container = retriever_container(rendered("gpu-full"))
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    assert env.get("RETRIEVER_FAISS_GPU") == "true", f"{ref(obj)} env {env}"
+    limits = (container.get("resources") or {}).get("limits") or {}
+    assert int(limits.get("nvidia.com/gpu", 0)) >= 1, f"{ref(obj)}: no nvidia.com/gpu limit in {limits}"
+    assert container["image"].endswith(f"/omnirag/retriever:{app_version}-gpu"), container["image"]
+    # The default is the CPU image and no GPU setting.
+    obj, container = retriever_container(rendered("default"))
+    assert "RETRIEVER_FAISS_GPU" not in {e["name"] for e in container.get("env") or []}
+    assert "nvidia.com/gpu" not in ((container.get("resources") or {}).get("limits") or {})
+    assert container["image"].endswith(f"/omnirag/retriever:{app_version}"), container["image"]
+
+
 # omnirag.model_download writes <model dir>/.omnirag-download.json last, by an atomic rename.
 DOWNLOAD_MARKER = ".omnirag-download.json"
 
@@ -575,6 +602,25 @@ def test_the_upload_worker_is_alive_while_its_heartbeat_is_fresh(rendered: Rende
     for probe in ("startupProbe", "livenessProbe"):
         command = " ".join(container[probe]["exec"]["command"])
         assert "INDEXER_HEARTBEAT_FILE" in command and "getmtime" in command, f"{probe}: {command}"
+
+    # The probes run for real against the files the worker writes ({"at": ..., "redis": ...}): a worker
+    # waiting for Redis is alive but not ready; a stale file (a stuck loop) is neither.
+    def passes(probe: str, content: dict[str, Any], age: float = 0) -> bool:
+        with tempfile.TemporaryDirectory() as tmp:
+            beat = Path(tmp) / "heartbeat"
+            beat.write_text(json.dumps(content))
+            os.utime(beat, (time.time() - age, time.time() - age))
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["python", "-c"], command
+            env = {**os.environ, "INDEXER_HEARTBEAT_FILE": str(beat)}
+            return subprocess.run([sys.executable, "-c", command[2]], env=env, check=False).returncode == 0
+
+    now = time.time()
+    assert passes("livenessProbe", {"at": now, "redis": False})
+    assert not passes("readinessProbe", {"at": now, "redis": False})
+    assert passes("readinessProbe", {"at": now, "redis": True})
+    assert not passes("livenessProbe", {"at": now, "redis": True}, age=120)
+    assert not passes("readinessProbe", {"at": now, "redis": True}, age=120)
 
 
 @pytest.mark.parametrize("ci", CI_SETS)
@@ -1083,6 +1129,11 @@ BAD_VALUES = [
         for key in COMPONENTS
     ],
     pytest.param({"gateway": {"replicas": -1}}, ["/gateway/replicas"], id="negative-replicas"),
+    pytest.param(
+        {"retriever": {"faissGpu": True}},
+        ["/retriever/resources/limits", "nvidia.com/gpu"],
+        id="faiss-gpu-no-gpu",
+    ),
     pytest.param({"gateway": {"replicaCount": 2}}, ["/gateway", "replicaCount"], id="unknown-key"),
     pytest.param(
         {"knowledgeBases": [{"sources": [{"type": "local", "path": "docs"}]}]},
@@ -1140,3 +1191,146 @@ def test_schema_accepts_good_overrides_and_they_reach_the_objects(
     )
     if not has_hpa:
         assert gateways[0]["spec"].get("replicas") == 3, "gateway.replicas did not reach the Deployment"
+
+
+# ---- the shared service token ---------------------------------------------------------------------------
+
+# Who sends or requires the token: component label -> env prefix.
+TOKEN_USERS = {
+    "gateway": "GATEWAY_",
+    "embedder": "EMBEDDER_",
+    "retriever": "RETRIEVER_",
+    "indexer": "INDEXER_",
+}
+
+
+def test_the_service_token_is_a_file_in_every_pod_that_needs_it(
+    helm_template: Callable[..., Any],
+    rendered: Renderer,
+    tools: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Off by default. With serviceToken.existingSecret, the gateway, embedder, retriever and every
+    indexer pod (runs and worker) get its key as a read-only file and <PREFIX>SERVICE_TOKEN_FILE;
+    nothing else gets it. The services read it from there."""
+    from omnirag.embedder.config import EmbedderSettings
+
+    for ci in CI_SETS:
+        for _, _, pod in workloads(rendered(ci)):
+            for c in containers(pod):
+                names = [e["name"] for e in c.get("env") or []]
+                assert not [n for n in names if "SERVICE_TOKEN" in n], f"{ci}: a token nobody asked for"
+
+    result = helm_template(
+        CI_FILES["gpu-full"], extra=["--set", "serviceToken.existingSecret=omnirag-service-token"]
+    )
+    assert result.returncode == 0, result.stderr
+    docs = result.docs
+    seen: set[str] = set()
+    for obj, _, pod in workloads(docs):
+        component = component_of(obj) or ""
+        prefix = next((p for c, p in TOKEN_USERS.items() if belongs(component, c)), None)
+        volumes = {v["name"]: v for v in pod.get("volumes") or []}
+        for c in containers(pod, init=False):
+            env = {e["name"]: e.get("value") for e in c.get("env") or []}
+            tokens_env = {n: v for n, v in env.items() if "SERVICE_TOKEN" in n}
+            if prefix is None:
+                assert not tokens_env and "service-token" not in volumes, f"{ref(obj)} gets the token"
+                continue
+            seen.add(component)
+            path = "/etc/omnirag-secrets/service-token/service-token"
+            assert tokens_env == {f"{prefix}SERVICE_TOKEN_FILE": path}, ref(obj)
+            secret = volumes["service-token"]["secret"]
+            assert secret["secretName"] == "omnirag-service-token"
+            assert [i["key"] for i in secret["items"]] == ["service-token"]
+        assert not secret_file_problems(obj, pod), ref(obj)
+    assert {"gateway", "embedder", "retriever"} <= seen and any(belongs(s, "indexer") for s in seen), seen
+    assert not validate_manifests(tools, docs, tmp_path)
+
+    embedder = pod_template(of_component(docs, "embedder", {"Deployment"})[0])[1]["containers"][0]  # type: ignore[index]
+    with monkeypatch.context() as m:
+        settings_from_render(embedder, {"service-token": "t" * 32}, tmp_path / "embedder", m)
+        token = EmbedderSettings().service_token
+        assert token is not None and token.get_secret_value() == "t" * 32
+
+
+# ---- the UI's login -----------------------------------------------------------------------------------
+
+
+def test_the_ui_login_reaches_the_ui_as_settings_and_secret_files(
+    helm_template: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ui.auth: OIDC (issuer, client id, allowed groups) and the client and cookie secrets as files
+    from existing Secrets reach the UI's own settings; without any login the rendered UI refuses to
+    start, since it listens beyond loopback; a local password from a Secret is the other way in."""
+    from omnirag.ui.config import UiSettings
+    from omnirag.ui.login import LoginConfigError, resolve_mode
+
+    def ui_container(override: dict[str, Any], name: str) -> dict[str, Any]:
+        values = tmp_path / f"{name}.yaml"
+        values.write_text(yaml.safe_dump(override))
+        result = helm_template(values)
+        assert result.returncode == 0, result.stderr
+        (ui,) = of_component(result.docs, "ui", {"Deployment"})
+        pod = pod_template(ui)[1]  # type: ignore[index]
+        assert not secret_file_problems(ui, pod)
+        return pod["containers"][0]  # type: ignore[no-any-return]
+
+    oidc = {
+        "ui": {
+            "auth": {
+                "publicUrl": "https://chat.example.com",
+                "oidc": {
+                    "enabled": True,
+                    "issuer": "https://idp.example.com/realms/team",
+                    "clientId": "omnirag-ui",
+                    "allowedGroups": ["staff"],
+                    "existingSecret": "ui-oidc",
+                },
+                "session": {"existingSecret": "ui-session", "maxAgeSeconds": 3600},
+            }
+        }
+    }
+    files = {"ui-api-key": "ui-key-1", "client-secret": "oidc-secret-1", "session-secret": "cookie-key-1"}
+    with monkeypatch.context() as m:
+        settings_from_render(ui_container(oidc, "oidc"), files, tmp_path / "oidc", m)
+        s = UiSettings()
+        assert resolve_mode(s) == "oidc" and s.oidc_client_id == "omnirag-ui"
+        assert s.oidc_issuer == "https://idp.example.com/realms/team" and s.oidc_allowed_groups == ["staff"]
+        assert s.oidc_client_secret is not None and s.oidc_client_secret.get_secret_value() == "oidc-secret-1"
+        assert s.session_secret is not None and s.session_secret.get_secret_value() == "cookie-key-1"
+        assert s.public_url == "https://chat.example.com" and s.session_max_age == 3600
+
+    with monkeypatch.context() as m:
+        settings_from_render(ui_container({}, "default"), files, tmp_path / "default", m)
+        with pytest.raises(LoginConfigError):
+            resolve_mode(UiSettings())
+
+    local = {"ui": {"auth": {"local": {"existingSecret": "ui-local"}}}}
+    with monkeypatch.context() as m:
+        settings_from_render(
+            ui_container(local, "local"), files | {"ui-local-password": "pw-1"}, tmp_path / "l", m
+        )
+        s = UiSettings()
+        assert resolve_mode(s) == "local" and s.local_password.get_secret_value() == "pw-1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        pytest.param({"ui": {"auth": {"mode": "open"}}}, ["/ui/auth/mode"], id="ui-auth-mode"),
+        pytest.param(
+            {"ui": {"auth": {"oidc": {"issuer": "idp.example.com"}}}}, ["/ui/auth/oidc/issuer"], id="issuer"
+        ),
+        pytest.param({"ui": {"auth": {"session": {"maxAgeSeconds": 5}}}}, ["/ui/auth/session"], id="max-age"),
+    ],
+)
+def test_schema_rejects_bad_ui_login_values(
+    helm_template: Callable[..., Any], tmp_path: Path, override: dict[str, Any], named: list[str]
+) -> None:
+    values = tmp_path / "bad.yaml"
+    values.write_text(yaml.safe_dump(override))
+    result = helm_template(values)
+    assert result.returncode != 0 and "schema" in result.stderr, f"accepted {override}"
+    assert all(n in result.stderr for n in named), result.stderr

@@ -303,6 +303,46 @@ def http_service(extra: J, service: J | None = None, autoscaling: bool = True) -
     return obj(props, required=[*COMMON_REQUIRED, "replicas", "service"])
 
 
+def ui_auth() -> J:
+    """The UI's login: OpenID Connect, or one local user, and the key of its login cookie."""
+    secret = obj(
+        {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}, required=["existingSecretKey"]
+    )
+    claim = string(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    return obj(
+        {
+            "mode": {"enum": ["auto", "oidc", "local", "none"]},
+            "publicUrl": URL_OR_EMPTY,
+            "oidc": obj(
+                {
+                    "enabled": BOOL,
+                    "issuer": URL_OR_EMPTY,
+                    "discoveryUrl": URL_OR_EMPTY,
+                    "clientId": string(maxLength=256),
+                    "scopes": string(pattern=r"^[!#-\[\]-~]+( [!#-\[\]-~]+)*$", maxLength=1024),
+                    "userClaim": claim,
+                    "groupsClaim": claim,
+                    "allowedGroups": {"type": "array", "items": string(minLength=1, maxLength=256)},
+                    "allowedEmails": {"type": "array", "items": string(pattern=r"^[^@\s]*@[^@\s]+$")},
+                    "existingSecret": SECRET_NAME,
+                    "existingSecretKey": SECRET_KEY,
+                },
+                required=["enabled", "existingSecretKey"],
+            ),
+            "local": secret,
+            "session": obj(
+                {
+                    "existingSecret": SECRET_NAME,
+                    "existingSecretKey": SECRET_KEY,
+                    "maxAgeSeconds": integer(60, 30 * 86400),
+                },
+                required=["existingSecretKey", "maxAgeSeconds"],
+            ),
+        },
+        required=["mode", "oidc", "local", "session"],
+    )
+
+
 def values_schema(kb: J) -> J:
     components = {
         "gateway": http_service(
@@ -327,13 +367,14 @@ def values_schema(kb: J) -> J:
                 "maxQueueInputs": integer(1),
             }
         ),
-        "retriever": http_service({}),
+        "retriever": http_service({"faissGpu": BOOL}),
         "ui": http_service(
             {
                 "apiKey": obj(
                     {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
                     required=["existingSecretKey"],
                 ),
+                "auth": ui_auth(),
             },
             service=obj(
                 {
@@ -701,6 +742,11 @@ def values_schema(kb: J) -> J:
             {v: ref("chartPersistentVolume") for v in ("models", "index", "uploads")},
             required=["models", "index", "uploads"],
         ),
+        "serviceToken": obj(
+            {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
+            required=["existingSecret", "existingSecretKey"],
+            description="The shared token the embedder and the retriever require of their callers.",
+        ),
         **components,
         # Identical to the indexer's schema (see the module docstring).
         "knowledgeBases": kb["properties"]["knowledgeBases"],
@@ -760,6 +806,41 @@ def values_schema(kb: J) -> J:
             "then": needs(["retriever", "externalUrl"], "retriever is off: give retriever.externalUrl"),
         },
         {
+            # RETRIEVER_FAISS_GPU without a GPU stops the pod at start-up: ask for one.
+            "if": {
+                "allOf": [
+                    enabled("retriever", True),
+                    {
+                        "properties": {
+                            "retriever": {
+                                "properties": {"faissGpu": {"const": True}},
+                                "required": ["faissGpu"],
+                            }
+                        },
+                        "required": ["retriever"],
+                    },
+                ]
+            },
+            "then": {
+                "properties": {
+                    "retriever": {
+                        "properties": {
+                            "resources": {
+                                "properties": {
+                                    "limits": {
+                                        "required": ["nvidia.com/gpu"],
+                                        "description": "retriever.faissGpu needs an nvidia.com/gpu limit",
+                                    }
+                                },
+                                "required": ["limits"],
+                            }
+                        },
+                        "required": ["resources"],
+                    }
+                },
+            },
+        },
+        {
             "if": {"allOf": [enabled("ui", True), enabled("gateway", False)]},
             "then": needs(["gateway", "externalUrl"], "gateway is off: the UI needs gateway.externalUrl"),
         },
@@ -801,6 +882,7 @@ def values_schema(kb: J) -> J:
             "podSecurityContext",
             "containerSecurityContext",
             "persistence",
+            "serviceToken",
             "gateway",
             "embedder",
             "retriever",
