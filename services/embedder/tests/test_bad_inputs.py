@@ -58,6 +58,22 @@ def test_body_over_the_size_limit_is_413(base_url):
     assert r.json()["error"]["code"] == "payload_too_large"
 
 
+def test_chunked_body_over_the_size_limit_is_413(base_url):
+    # No Content-Length: the limit can only be enforced while the body streams in.
+    def body():
+        yield b'{"input": "'
+        chunk = b"x" * (1024 * 1024)
+        for _ in range(17):
+            yield chunk
+        yield b'"}'
+
+    r = httpx.post(
+        base_url + "/v1/embeddings", content=body(), headers={"content-type": "application/json"}, timeout=60
+    )
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "payload_too_large"
+
+
 def test_failures_are_counted_by_reason(base_url):
     from omnirag.core.testing import metric_value
 

@@ -48,7 +48,14 @@ async def test_64_concurrent_single_sentence_requests_are_merged(base_url, st_mo
 
 
 async def test_a_full_queue_answers_429_with_retry_after_and_recovers(gated_service):
-    with gated_service(max_queue_inputs=4, max_wait_ms=0) as (base, _app, gate, passes):
+    # The wait bound is out of the way here (its own tests are below): a slow machine must not turn
+    # the queued requests into 429s while the test looks at the full queue.
+    with gated_service(max_queue_inputs=4, max_wait_ms=0, max_queue_wait_seconds=600) as (
+        base,
+        _app,
+        gate,
+        passes,
+    ):
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             # The first request is taken by the worker, which then waits at the gate.
             first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "first"}))
@@ -81,7 +88,7 @@ async def test_a_full_queue_answers_429_with_retry_after_and_recovers(gated_serv
 
 
 async def test_work_for_a_client_that_hung_up_is_dropped_before_it_is_computed(gated_service):
-    with gated_service(max_wait_ms=0) as (base, _app, gate, passes):
+    with gated_service(max_wait_ms=0, max_queue_wait_seconds=600) as (base, _app, gate, passes):
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             holder = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "holds the worker"}))
             while not passes:
@@ -156,3 +163,106 @@ async def test_mixed_long_and_short_texts_under_concurrency_all_succeed(base_url
     want = st_model.encode(texts)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cos.min() > 0.9999
+
+
+def count_tokenizer_calls(app) -> list[int]:
+    """Record every token count the service asks for (a mechanism: the real tokenizer still counts)."""
+    model = app.state.service.model
+    real = model.count_tokens
+    calls: list[int] = []
+
+    def counting(texts, prompt=None, *, inline=False):
+        calls.append(len(texts))
+        return real(texts, prompt, inline=inline)
+
+    model.count_tokens = counting
+    return calls
+
+
+async def test_a_full_queue_refuses_before_tokenizing(gated_service):
+    with gated_service(max_queue_inputs=4, max_wait_ms=0, max_queue_wait_seconds=600) as (
+        base,
+        app,
+        gate,
+        passes,
+    ):
+        calls = count_tokenizer_calls(app)
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            first = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "first"}))
+            while not passes:
+                await asyncio.sleep(0.01)
+            queued = [
+                asyncio.ensure_future(client.post("/v1/embeddings", json={"input": [f"q{i}", f"r{i}"]}))
+                for i in range(2)
+            ]
+            while len(calls) < 3:  # the two queued requests have been counted and queued
+                await asyncio.sleep(0.01)
+            refused = await asyncio.gather(
+                *(client.post("/v1/embeddings", json={"input": [f"extra {i}"] * 32}) for i in range(5))
+            )
+            assert {r.status_code for r in refused} == {429}
+            assert all(r.json()["error"]["code"] == "overloaded" for r in refused)
+            assert len(calls) == 3, "a refused request was tokenized"
+            gate.set()
+            assert [r.status_code for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
+
+
+async def test_a_request_that_cannot_start_within_the_wait_bound_gets_429(gated_service):
+    with gated_service(max_wait_ms=0, max_queue_wait_seconds=0.5) as (base, _app, gate, passes):
+        async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+            # Started before the bound ran out: it is served however long its pass takes.
+            holder = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "holds the worker"}))
+            while not passes:
+                await asyncio.sleep(0.01)
+            # Queued behind the held pass: it never starts within 0.5 s, so it is answered 429 while the
+            # worker is still held (the gate opens only after this answer came).
+            late = await asyncio.wait_for(
+                client.post("/v1/embeddings", json={"input": ["never started", "nor this"]}), 30
+            )
+            assert late.status_code == 429, late.text
+            assert late.json()["error"]["code"] == "overloaded"
+            assert "without starting" in late.json()["error"]["message"]
+            assert int(late.headers["retry-after"]) >= 1
+            gate.set()
+            assert (await holder).status_code == 200
+            after = await client.post("/v1/embeddings", json={"input": "next caller"})
+            assert after.status_code == 200
+            computed = [t for p in passes for t in p]
+            assert "never started" not in computed and "nor this" not in computed
+            text = (await client.get("/metrics")).text
+            assert metric_value(text, "omnirag_embedder_failures_total", 'reason="queue_wait_exceeded"') == 1
+            assert metric_value(text, "omnirag_embedder_queue_depth") == 0
+            assert metric_value(text, "omnirag_embedder_queue_wait_seconds_count") >= 2
+
+
+async def test_a_request_the_measured_rate_cannot_start_in_time_is_refused_at_once(gated_service):
+    # 32 passages of ~256 tokens: a pass this CPU computes at well under 200 texts/s.
+    passage = "The retention schedule keeps invoices for ten years and chat logs for thirty days. " * 20
+    with gated_service(max_wait_ms=0, max_queue_wait_seconds=10) as (base, app, gate, passes):
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            gate.set()
+            warm = await client.post("/v1/embeddings", json={"input": [passage] * 32})
+            assert warm.status_code == 200
+            assert app.state.service.queue.rate > 0  # measured on that pass
+            gate.clear()
+            holder = asyncio.ensure_future(client.post("/v1/embeddings", json={"input": "holds the worker"}))
+            while len(passes) < 2:
+                await asyncio.sleep(0.01)
+            # 2048 texts fit the queue, and nothing is ahead of them: admitted.
+            big = asyncio.ensure_future(
+                client.post("/v1/embeddings", json={"input": [f"t{i}" for i in range(2048)]})
+            )
+            while app.state.service.queue.depth < 2048:
+                assert not big.done(), (await big).text
+                await asyncio.sleep(0.01)
+            calls = count_tokenizer_calls(app)
+            # 2048 texts ahead at under 200 texts/s is more than 10 s: refused at once, untokenized.
+            probe = await client.post("/v1/embeddings", json={"input": "one more"})
+            assert probe.status_code == 429, probe.text
+            assert "more than the 10s a request may wait" in probe.json()["error"]["message"]
+            assert int(probe.headers["retry-after"]) >= 1
+            assert calls == []
+            gate.set()
+            assert (await holder).status_code == 200
+            big_answer = await big
+            assert big_answer.status_code in (200, 429)  # it may itself run out of time: either is fine

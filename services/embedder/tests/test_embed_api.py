@@ -29,8 +29,9 @@ def test_float32_matches_encode(base_url, st_model):
     assert out["precision"] == "float32" and out["dimension"] == 384
 
 
-@pytest.mark.parametrize("precision", ["int8", "uint8", "binary", "ubinary"])
-def test_every_precision_equals_quantize_embeddings_of_the_same_vectors(base_url, st_model, precision):
+@pytest.mark.parametrize("precision", ["binary", "ubinary"])
+def test_binary_precisions_equal_quantize_embeddings_of_the_same_vectors(base_url, st_model, precision):
+    # int8 / uint8 use fixed calibrated ranges instead of each request's own: see test_quantization.py.
     floats = np.array(embed(base_url)["embeddings"], dtype=np.float32)
     out = embed(base_url, precision=precision)
     got = np.array(out["embeddings"])

@@ -15,7 +15,7 @@ from omnirag.core.app import create_service_app
 from omnirag.embedder.api import embeddings, models
 from omnirag.embedder.config import EmbedderSettings
 from omnirag.embedder.model import EmbeddingModel
-from omnirag.embedder.service import EmbedderMetrics, EmbedService
+from omnirag.embedder.service import EmbedderMetrics, EmbedService, calibrate
 
 log = logging.getLogger("omnirag.embedder")
 
@@ -44,14 +44,24 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
                 overhead = None
                 if settings.pass_overhead_tokens is None:
                     overhead = await asyncio.to_thread(model.calibrate_pass_overhead)
-                service = EmbedService(model, settings, metrics, pass_overhead_tokens=overhead)
+                # int8 / uint8 ranges, once per model: quantized bytes must not depend on the request.
+                calibration = await asyncio.to_thread(calibrate, model, settings.max_batch_size)
+                service = EmbedService(
+                    model, settings, metrics, pass_overhead_tokens=overhead, calibration=calibration
+                )
                 await service.start()
                 app.state.service = service
                 readiness.set("model", True)
             except Exception as exc:
                 log.exception("model failed to load")
                 app.state.load_error = f"{type(exc).__name__}: {exc}"
-                readiness.set("model", False, f"failed: {app.state.load_error}")
+                # The public detail names the model, not its path; the error is in the log above.
+                readiness.set(
+                    "model",
+                    False,
+                    f"failed to load {settings.resolved_model_name()}",
+                    info=app.state.load_error,
+                )
 
         loader = asyncio.create_task(load())
         try:
@@ -68,6 +78,7 @@ def create_app(settings: EmbedderSettings | None = None) -> FastAPI:
         lifespan=lifespan,
         title="omnirag embedder",
         description="SentenceTransformer embeddings behind a dynamic batching queue.",
+        require_service_token=True,
     )
     app.include_router(embeddings.router)
     app.include_router(models.router)

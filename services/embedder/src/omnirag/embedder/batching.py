@@ -5,12 +5,17 @@ Requests put their texts in the queue with their token counts and wait on future
 2. takes up to ``plan_batches`` passes' worth of queued texts, oldest first, skipping texts whose
    caller has gone (their futures are cancelled) so that no work is done for nobody;
 3. groups them by kind (prompt, output), sorts each group by length and cuts passes so that
-   texts x longest text stays within ``max_batch_tokens`` and texts within ``max_batch_size``;
+   texts x longest text stays within ``max_batch_tokens`` and texts within ``max_batch_size``; a kind
+   marked ``solo`` gets one pass per text, so its results cannot depend on batch neighbours;
 4. runs only the pass that holds the oldest text, on a single inference thread (off the event
    loop), and resolves its futures; the other texts go back to the head of the queue, where the
    texts that arrive meanwhile join them in the next plan. Planning again before every pass makes
    passes fuller under load (each fixed pass cost is shared by more texts) and serves texts in order.
-A full queue refuses new work at once (:class:`Overloaded` → 429 with Retry-After).
+Admission comes first and costs nothing (:meth:`BatchQueue.admit`, before the caller tokenizes): a
+request is refused at once (:class:`Overloaded` → 429 with Retry-After) when its texts would overflow
+the queue, counting texts still being tokenized by admitted callers, or when the texts ahead of it would
+take longer than ``max_queue_wait`` at the queue's measured rate. An admitted request that still has not
+started a pass when ``max_queue_wait`` is up is failed with the same 429 and its texts are dropped.
 """
 
 from __future__ import annotations
@@ -38,6 +43,27 @@ PASS_OVERHEAD_TOKENS = 96
 RunPass = Callable[[Hashable, list[str]], Sequence[Any]]
 
 
+class Ticket:
+    """One admitted request: its place held in the queue while it tokenizes, and its deadline to start.
+
+    ``release`` gives the reserved places back (idempotent); :meth:`BatchQueue.submit` does it when
+    the texts enter the queue, the caller when it fails before that."""
+
+    def __init__(self, queue: BatchQueue, inputs: int, deadline: float) -> None:
+        self._queue: BatchQueue | None = queue
+        self.inputs = inputs
+        self.admitted = time.perf_counter()
+        self.deadline = deadline  # on the event loop's clock
+        self.started = False
+        self.futures: list[asyncio.Future[Any]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def release(self) -> None:
+        if self._queue is not None:
+            self._queue._reserved -= self.inputs
+            self._queue = None
+
+
 @dataclass(eq=False)
 class _Item:
     key: Hashable
@@ -45,6 +71,7 @@ class _Item:
     tokens: int
     future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
+    ticket: Ticket | None = None
 
 
 @dataclass
@@ -66,11 +93,15 @@ class BatchQueue:
         plan_batches: int,
         max_wait: float,
         max_queue: int,
+        max_queue_wait: float = math.inf,
         pass_overhead_tokens: float = PASS_OVERHEAD_TOKENS,
         on_pass: Callable[[BatchStats], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        on_start: Callable[[float], None] | None = None,
+        on_expire: Callable[[int], None] | None = None,
+        solo: Callable[[Hashable], bool] | None = None,
     ) -> None:
         self.run_pass = run_pass
         self.max_batch_size = max_batch_size
@@ -78,17 +109,24 @@ class BatchQueue:
         self.plan_batches = plan_batches
         self.max_wait = max_wait
         self.max_queue = max_queue
+        self.max_queue_wait = max_queue_wait
         self.pass_overhead_tokens = pass_overhead_tokens
         self._on_pass = on_pass or (lambda s: None)
         self._on_depth = on_depth or (lambda d: None)
         self._on_drop = on_drop or (lambda n: None)
         self._on_error = on_error or (lambda e: None)
+        self._on_start = on_start or (lambda waited: None)
+        self._on_expire = on_expire or (lambda n: None)
+        self._solo = solo or (lambda key: False)  # kinds computed one text per pass (see _take_plan)
         self._pending: deque[_Item] = deque()
+        self._reserved = 0  # places held by admitted requests that are still tokenizing
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # One thread: passes never overlap, and torch keeps its own intra-op threads busy.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnirag-infer")
-        self._rate = 0.0  # texts per second, smoothed; sizes Retry-After
+        self._rate = 0.0  # texts per second, smoothed; sizes Retry-After and admission
+        self._recent_texts = 0.0  # smoothed texts per pass and seconds per pass: their ratio is the rate
+        self._recent_seconds = 0.0
 
     @property
     def depth(self) -> int:
@@ -111,16 +149,72 @@ class BatchQueue:
         self._on_depth(0)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
+    @property
+    def rate(self) -> float:
+        """Texts per second the worker has been computing (smoothed over recent passes); 0 until known."""
+        return self._rate
+
+    def _ahead(self) -> int:
+        return len(self._pending) + self._reserved
+
+    def expected_wait(self) -> float:
+        """Seconds before a request admitted now would start, at the measured rate (0 while unknown)."""
+        return self._ahead() / self._rate if self._rate > 0 else 0.0
+
     def retry_after(self) -> int:
+        """Seconds until the queue should admit again: until what is ahead fits in ``max_queue_wait``."""
         if self._rate <= 0:
             return 1
-        return max(1, min(60, math.ceil(len(self._pending) / self._rate)))
+        drain = self._ahead() / self._rate
+        if math.isfinite(self.max_queue_wait):
+            drain -= self.max_queue_wait
+        return max(1, min(60, math.ceil(drain)))
 
-    def submit(self, key: Hashable, texts: Sequence[str], tokens: Sequence[int]) -> list[asyncio.Future[Any]]:
-        """Queue texts of one kind; the futures resolve to one result per text, in order."""
+    def check(self, inputs: int) -> None:
+        """Raise :class:`Overloaded` if ``inputs`` more texts cannot be admitted now (see :meth:`admit`)."""
         if self._task is None:
             raise NotReady("the batching queue is not running")
-        if len(self._pending) + len(texts) > self.max_queue:
+        ahead = self._ahead()
+        if ahead + inputs > self.max_queue:
+            raise Overloaded(
+                f"the embedding queue is full ({ahead} of {self.max_queue} texts waiting"
+                + (f"; this request has {inputs})" if inputs > 1 else ")"),
+                retry_after=self.retry_after(),
+            )
+        wait = self.expected_wait()
+        if wait > self.max_queue_wait:
+            raise Overloaded(
+                f"the embedding queue is busy: {ahead} texts ahead would take about {wait:.1f}s at "
+                f"{self._rate:.0f} texts/s, more than the {self.max_queue_wait:g}s a request may wait",
+                retry_after=self.retry_after(),
+            )
+
+    def admit(self, inputs: int) -> Ticket:
+        """Hold places for ``inputs`` texts, or refuse at once. Called before tokenizing, so a refusal
+        costs a comparison, not a tokenizer pass: under overload most requests are refused, and what
+        refuses them must stay cheap."""
+        self.check(inputs)
+        self._reserved += inputs
+        loop = asyncio.get_running_loop()
+        return Ticket(self, inputs, loop.time() + self.max_queue_wait)
+
+    def submit(
+        self,
+        key: Hashable,
+        texts: Sequence[str],
+        tokens: Sequence[int],
+        ticket: Ticket | None = None,
+    ) -> list[asyncio.Future[Any]]:
+        """Queue texts of one kind; the futures resolve to one result per text, in order.
+
+        With the ``ticket`` from :meth:`admit` the places are already held and the request is failed
+        with 429 if it has not started a pass by the ticket's deadline; without one, the queue bound is
+        checked here."""
+        if self._task is None:
+            raise NotReady("the batching queue is not running")
+        if ticket is not None:
+            ticket.release()
+        elif len(self._pending) + self._reserved + len(texts) > self.max_queue:
             raise Overloaded(
                 f"the embedding queue is full ({len(self._pending)} of {self.max_queue} texts waiting)",
                 retry_after=self.retry_after(),
@@ -129,11 +223,34 @@ class BatchQueue:
         futures: list[asyncio.Future[Any]] = []
         for text, n in zip(texts, tokens, strict=True):
             fut: asyncio.Future[Any] = loop.create_future()
-            self._pending.append(_Item(key, text, n, fut))
+            self._pending.append(_Item(key, text, n, fut, ticket=ticket))
             futures.append(fut)
+        if ticket is not None and math.isfinite(ticket.deadline):
+            ticket.futures = futures
+            ticket.timer = loop.call_at(ticket.deadline, self._expire, ticket)
         self._on_depth(len(self._pending))
         self._wakeup.set()
         return futures
+
+    def _expire(self, ticket: Ticket) -> None:
+        """The ticket's deadline passed: if none of its texts has started, fail the request with 429 and
+        take its texts out of the queue, so they neither run nor count against later requests."""
+        if ticket.started:
+            return
+        self._pending = deque(it for it in self._pending if it.ticket is not ticket)
+        self._on_depth(len(self._pending))
+        error = Overloaded(
+            f"the request waited {self.max_queue_wait:g}s in the embedding queue without starting "
+            f"({len(self._pending)} texts waiting)",
+            retry_after=self.retry_after(),
+        )
+        failed = 0
+        for fut in ticket.futures:
+            if not fut.done():
+                fut.set_exception(error)
+                failed += 1
+        if failed:
+            self._on_expire(failed)
 
     def _take_plan(self) -> list[list[_Item]]:
         """Take the oldest live items worth ``plan_batches`` passes and cut them into passes."""
@@ -143,9 +260,10 @@ class BatchQueue:
         tokens = dropped = 0
         while self._pending and len(taken) < cap_items:
             item = self._pending[0]
-            if item.future.done():  # cancelled: the caller has gone
+            if item.future.done():  # cancelled (the caller has gone) or expired (already answered 429)
                 self._pending.popleft()
-                dropped += 1
+                if item.future.cancelled():
+                    dropped += 1
                 continue
             if taken and tokens + item.tokens > cap_tokens:
                 break
@@ -158,7 +276,10 @@ class BatchQueue:
         for item in taken:
             groups.setdefault(item.key, []).append(item)
         passes: list[list[_Item]] = []
-        for items in groups.values():
+        for key, items in groups.items():
+            if self._solo(key):
+                passes.extend([it] for it in items)
+                continue
             items.sort(key=lambda it: it.tokens)
             passes.extend(self._cut(items))
         return passes
@@ -200,12 +321,25 @@ class BatchQueue:
         passes.reverse()
         return passes
 
+    def _mark_started(self, live: list[_Item]) -> None:
+        """A request whose first text enters a pass has started: its deadline no longer applies."""
+        now = time.perf_counter()
+        for it in live:
+            ticket = it.ticket
+            if ticket is not None and not ticket.started:
+                ticket.started = True
+                if ticket.timer is not None:
+                    ticket.timer.cancel()
+                self._on_start(now - ticket.admitted)
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         idle = True
+        last_end: float | None = None  # end of the previous pass, while the worker has not idled since
         while True:
             if not self._pending:
                 idle = True
+                last_end = None
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -214,6 +348,7 @@ class BatchQueue:
             idle = False
             live = self._next_pass()
             self._on_depth(len(self._pending))
+            self._mark_started(live)
             if live:
                 started = time.perf_counter()
                 try:
@@ -227,10 +362,22 @@ class BatchQueue:
                         if not it.future.done():
                             it.future.set_exception(exc)
                     continue
-                elapsed = time.perf_counter() - started
+                ended = time.perf_counter()
+                elapsed = ended - started
                 for it, result in zip(live, results, strict=True):
                     if not it.future.done():
                         it.future.set_result(result)
-                rate = len(live) / max(elapsed, 1e-6)
-                self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+                # The rate admission relies on is what the queue really drains at: measured from the end
+                # of the previous pass when busy, so the time between passes (an event loop crowded with
+                # requests, planning) counts, not just the forward pass.
+                # Texts and seconds are smoothed apart and divided, not each pass's rate averaged: one pass
+                # of 32 short questions must not outweigh a pass of 32 passages that took ten times as long.
+                span = max(ended - (last_end if last_end is not None else started), 1e-6)
+                last_end = ended
+                if self._recent_seconds == 0:
+                    self._recent_texts, self._recent_seconds = float(len(live)), span
+                else:
+                    self._recent_texts = 0.9 * self._recent_texts + 0.1 * len(live)
+                    self._recent_seconds = 0.9 * self._recent_seconds + 0.1 * span
+                self._rate = self._recent_texts / self._recent_seconds
                 self._on_pass(BatchStats(len(live), len(live) * max(it.tokens for it in live), elapsed))

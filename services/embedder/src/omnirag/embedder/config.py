@@ -78,6 +78,24 @@ class EmbedderSettings(ServiceSettings):
         description="Texts waiting at most; beyond it requests get 429 with Retry-After instead of "
         "queueing for ever.",
     )
+    max_queue_wait_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Longest a request may wait in the queue before its first text starts a pass. A request "
+        "that would wait longer (judged from the queue's measured rate) is refused with 429 and Retry-After "
+        "at once, before its texts are tokenized; one that is admitted but still has not started when the "
+        "time is up gets the same 429. Longer: bursts are absorbed instead of refused, but callers wait "
+        "(and may time out, still costing a pass). Shorter: callers learn at once to back off or go "
+        "elsewhere, at the price of more 429s in bursts.",
+    )
+    exact_quantization: bool = Field(
+        True,
+        description="int8 / uint8 texts are computed one per forward pass, so their bytes are the same "
+        "whatever else shares the queue (in a padded batch the floats move by ~1e-7, enough to push about "
+        "one value in 10,000 across a bucket edge). Off: they batch like float32 texts, about twice the "
+        "throughput on a CPU and more on a GPU, and a value may then differ by one step between calls.",
+    )
     max_inputs_per_request: int = Field(
         2048, ge=1, description="Texts in one request at most (OpenAI's own limit is 2048); more is 413."
     )

@@ -3,19 +3,41 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from sentence_transformers import quantize_embeddings
+from starlette.responses import Response
 
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import OrjsonRoute
-from omnirag.core.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse, EmbedRequest, EmbedResponse
+from omnirag.core.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
+from omnirag.embedder.calibration import quantize
 from omnirag.embedder.deps import get_service
+from omnirag.embedder.schemas import EmbedRequestWithRanges, EmbedResponseWithRanges
 from omnirag.embedder.service import EmbedService, postprocess
 
-router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=OrjsonRoute)
+
+class AdmissionRoute(OrjsonRoute):
+    """Checks the queue before FastAPI reads, parses and validates the body (after the middleware, so
+    authentication and metrics still see every request): a request that could not be admitted with a
+    single text is answered 429 without paying for its body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def admitted_first(request: Request) -> Response:
+            service: EmbedService | None = getattr(request.app.state, "service", None)
+            if service is not None:
+                service.precheck()
+            return await handler(request)
+
+        return admitted_first
+
+
+router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=AdmissionRoute)
 Service = Annotated[EmbedService, Depends(get_service)]
 
 
@@ -48,14 +70,24 @@ async def embeddings(body: EmbeddingsRequest, request: Request, service: Service
 
 @router.post(
     "/embed",
-    response_model=EmbedResponse,
+    response_model=EmbedResponseWithRanges,
     response_model_exclude_none=True,
     summary="SentenceTransformer.encode over HTTP: precision, truncate_dim, prompts, tokens",
 )
-async def embed(body: EmbedRequest, request: Request, service: Service) -> JSONResponse:
+async def embed(body: EmbedRequestWithRanges, request: Request, service: Service) -> JSONResponse:
     service.check_dimension(body.truncate_dim, "truncate_dim")
     prompt = service.resolve_prompt(body.prompt, body.prompt_name)
-    encoded = await service.encode(request, body.texts(), prompt=prompt, output_value=body.output_value)
+    ranges = None
+    if body.precision in ("int8", "uint8"):
+        # Checked before the texts are queued: a bad `ranges` costs no inference.
+        ranges = service.quantization_ranges(body.ranges, body.truncate_dim, body.normalize)
+    encoded = await service.encode(
+        request,
+        body.texts(),
+        prompt=prompt,
+        output_value=body.output_value,
+        exact=ranges is not None and service.settings.exact_quantization,
+    )
     dim = body.truncate_dim or service.model.dimension
     usage = {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens}
     if body.output_value == "token_embeddings":
@@ -81,16 +113,20 @@ async def embed(body: EmbedRequest, request: Request, service: Service) -> JSONR
     vectors: Any = postprocess(
         np.stack(encoded.results), truncate_dim=body.truncate_dim, normalize=body.normalize
     )
-    if body.precision != "float32":
-        # Per request, like one encode() call: int8/uint8 ranges come from these vectors.
-        vectors = quantize_embeddings(vectors, precision=body.precision)
-    return JSONResponse(
-        {
-            "model": service.model.name,
-            "dimension": dim,
-            "precision": body.precision,
-            "normalized": body.normalize or (service.model.normalized and not body.truncate_dim),
-            "embeddings": vectors,
-            "usage": usage,
-        }
-    )
+    if ranges is not None:
+        # Fixed ranges, never these vectors' own min and max: a text's bytes are the same whatever else
+        # is in its request (and a one-text request has a step).
+        vectors = quantize(vectors, body.precision, ranges)
+    elif body.precision != "float32":
+        vectors = quantize_embeddings(vectors, precision=body.precision)  # binary: no ranges involved
+    payload: dict[str, Any] = {
+        "model": service.model.name,
+        "dimension": dim,
+        "precision": body.precision,
+        "normalized": body.normalize or (service.model.normalized and not body.truncate_dim),
+        "embeddings": vectors,
+        "usage": usage,
+    }
+    if ranges is not None:
+        payload["ranges"] = ranges
+    return JSONResponse(payload)

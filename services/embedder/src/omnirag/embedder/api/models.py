@@ -6,8 +6,9 @@ from typing import Annotated, get_args
 
 from fastapi import APIRouter, Depends, Request
 
-from omnirag.core.schemas.embeddings import EmbedderInfo, ModelCard, ModelList, Precision
+from omnirag.core.schemas.embeddings import ModelCard, ModelList, Precision
 from omnirag.embedder.deps import get_service
+from omnirag.embedder.schemas import EmbedderInfoWithQuantization, QuantizationInfo
 from omnirag.embedder.service import EmbedService
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -19,10 +20,20 @@ async def models(request: Request, service: Service) -> ModelList:
     return ModelList(data=[ModelCard(id=service.model.name, created=request.app.state.started_at)])
 
 
-@router.get("/info", response_model=EmbedderInfo)
-async def info(service: Service) -> EmbedderInfo:
+@router.get("/info", response_model=EmbedderInfoWithQuantization)
+async def info(service: Service) -> EmbedderInfoWithQuantization:
     m = service.model
-    return EmbedderInfo(
+    cal = service.calibration
+    quantization = None
+    if cal is not None:
+        quantization = QuantizationInfo(
+            method="fixed-calibration",
+            calibration_texts=cal.texts,
+            calibration_sha256=cal.sha256,
+            ranges=cal.ranges(None, False).tolist(),
+            normalized_ranges=cal.ranges(None, True).tolist(),
+        )
+    return EmbedderInfoWithQuantization(
         model=m.name,
         dimension=m.dimension,
         max_seq_length=m.max_seq_length,
@@ -32,4 +43,5 @@ async def info(service: Service) -> EmbedderInfo:
         precisions=list(get_args(Precision)),
         max_inputs_per_request=service.settings.max_inputs_per_request,
         device=m.device,
+        quantization=quantization,
     )
