@@ -29,6 +29,7 @@ CI_FILES = {
     "gpu-full": "gpu-full-values.yaml",
     "external-redis": "external-redis-values.yaml",
     "only-retriever": "only-retriever-values.yaml",
+    "managed-single-node": "managed-single-node-values.yaml",
 }
 CI_SETS = list(CI_FILES)
 

@@ -27,7 +27,14 @@ from omnirag.indexer import spec as kb_spec
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "omnirag"
 RELEASE = "omnirag"
-CI_SETS = ["default", "cpu-external-llm", "gpu-full", "external-redis", "only-retriever"]
+CI_SETS = [
+    "default",
+    "cpu-external-llm",
+    "gpu-full",
+    "external-redis",
+    "only-retriever",
+    "managed-single-node",
+]
 CI_FILES = {name: (None if name == "default" else CHART / "ci" / f"{name}-values.yaml") for name in CI_SETS}
 
 # values key -> the app.kubernetes.io/component label (and name suffix) of its objects.
@@ -1334,3 +1341,374 @@ def test_schema_rejects_bad_ui_login_values(
     result = helm_template(values)
     assert result.returncode != 0 and "schema" in result.stderr, f"accepted {override}"
     assert all(n in result.stderr for n in named), result.stderr
+
+
+# ---- defaults that come up on a managed GPU cluster ------------------------------------------------------
+
+SHARED_VOLUMES = ("models", "index", "uploads")
+SINGLE_NODE_LABEL = "omnirag.dev/shared-storage"
+
+
+def render_with(
+    helm_template: Callable[..., Any], tmp_path: Path, override: dict[str, Any], base: str = "gpu-full"
+) -> Any:
+    values = tmp_path / f"override-{len(list(tmp_path.iterdir()))}.yaml"
+    values.write_text(yaml.safe_dump(override))
+    return helm_template(CI_FILES[base], values)
+
+
+def shared_mounts(pod: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(pod volume, container mount) pairs of the models, index and uploads volumes."""
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    return [
+        (volumes[m["name"]], m)
+        for c in containers(pod)
+        for m in c.get("volumeMounts") or []
+        if m["name"] in SHARED_VOLUMES and m["name"] in volumes
+    ]
+
+
+def claims(docs: Docs) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in docs if o.get("kind") == "PersistentVolumeClaim"}
+
+
+def test_volumes_can_use_existing_claims_or_one_shared_claim_with_subpaths(
+    helm_template: Callable[..., Any], tools: Any, tmp_path: Path
+) -> None:
+    """RWX classes are few (EFS, Filestore, NFS, Azure Files): an operator brings one claim per volume,
+    or one claim for all three, each volume a subPath of it."""
+    existing = {f"omnirag-{v}-pvc": v for v in SHARED_VOLUMES}
+    result = render_with(
+        helm_template, tmp_path, {"persistence": {v: {"existingClaim": c} for c, v in existing.items()}}
+    )
+    assert result.returncode == 0, result.stderr
+    assert not claims(result.docs), f"existing claims, yet the chart made {list(claims(result.docs))}"
+    seen = set()
+    for obj, _, pod in workloads(result.docs):
+        for volume, mount in shared_mounts(pod):
+            assert volume["persistentVolumeClaim"]["claimName"] == f"omnirag-{mount['name']}-pvc", ref(obj)
+            assert "subPath" not in mount, ref(obj)
+            seen.add(mount["name"])
+    assert seen == set(SHARED_VOLUMES)
+
+    shared = {"enabled": True, "storageClass": "filestore-rwx", "size": "200Gi"}
+    result = render_with(helm_template, tmp_path, {"persistence": {"shared": shared}})
+    assert result.returncode == 0, result.stderr
+    made = claims(result.docs)
+    assert list(made) == ["omnirag-shared"], f"want one shared claim, got {list(made)}"
+    spec = made["omnirag-shared"]["spec"]
+    assert spec["storageClassName"] == "filestore-rwx" and spec["resources"]["requests"]["storage"] == "200Gi"
+    assert spec["accessModes"] == ["ReadWriteMany"]
+    seen = set()
+    for obj, _, pod in workloads(result.docs):
+        for volume, mount in shared_mounts(pod):
+            assert volume["persistentVolumeClaim"]["claimName"] == "omnirag-shared", ref(obj)
+            assert mount.get("subPath") == mount["name"], f"{ref(obj)}: {mount}"
+            seen.add(mount["name"])
+    assert seen == set(SHARED_VOLUMES)
+    assert not validate_manifests(tools, result.docs, tmp_path)
+
+    result = render_with(
+        helm_template, tmp_path, {"persistence": {"shared": {"enabled": True, "existingClaim": "nfs-share"}}}
+    )
+    assert result.returncode == 0, result.stderr
+    assert not claims(result.docs)
+    names = {
+        v["persistentVolumeClaim"]["claimName"]
+        for _, _, p in workloads(result.docs)
+        for v, _ in shared_mounts(p)
+    }
+    assert names == {"nfs-share"}
+
+
+RWO = {"accessModes": ["ReadWriteOnce"]}
+
+
+def test_single_node_mode_puts_every_pod_of_a_readwriteonce_claim_on_one_node(
+    helm_template: Callable[..., Any], tools: Any, tmp_path: Path
+) -> None:
+    """EBS and PD disks attach to one node: with persistence.singleNode every pod that mounts one of
+    the claims carries a label and a required podAffinity to that label on kubernetes.io/hostname.
+    The first such pod matches its own term, which the scheduler accepts when no pod matches yet."""
+    override = {
+        "persistence": {"singleNode": {"enabled": True}, **{v: RWO for v in SHARED_VOLUMES}},
+        "gateway": {
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}
+                        ]
+                    }
+                }
+            }
+        },
+    }
+    result = render_with(helm_template, tmp_path, override)
+    assert result.returncode == 0, result.stderr
+    sharers, others = [], []
+    for obj, labels, pod in workloads(result.docs):
+        uses_claim = any("persistentVolumeClaim" in v for v, _ in shared_mounts(pod))
+        terms = ((pod.get("affinity") or {}).get("podAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ) or []
+        together = [
+            t
+            for t in terms
+            if t.get("topologyKey") == "kubernetes.io/hostname"
+            and SINGLE_NODE_LABEL in ((t.get("labelSelector") or {}).get("matchLabels") or {})
+        ]
+        if uses_claim:
+            sharers.append(component_of(obj))
+            assert len(together) == 1, f"{ref(obj)} mounts a RWO claim but has no podAffinity to the others"
+            assert selector_matches(together[0]["labelSelector"], labels), f"{ref(obj)} does not match itself"
+        else:
+            others.append(component_of(obj))
+            assert not together and SINGLE_NODE_LABEL not in labels, f"{ref(obj)} is tied to the storage node"
+    assert {"gateway", "retriever", "vllm", "embedder", "model-download", "indexer", "indexer-worker"} <= set(
+        sharers
+    ), sharers
+    assert {"ui", "redis"} <= set(others), others
+    (gateway,) = of_component(result.docs, "gateway", {"Deployment"})
+    affinity = gateway["spec"]["template"]["spec"]["affinity"]
+    assert "nodeAffinity" in affinity, "the user's own affinity was dropped"
+    assert not validate_manifests(tools, result.docs, tmp_path)
+    # Off by default: nobody is tied to a node.
+    plain = render_with(helm_template, tmp_path, {})
+    assert SINGLE_NODE_LABEL not in plain.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        pytest.param(
+            {"persistence": {"uploads": RWO}},
+            ["persistence.uploads", "ReadWriteOnce", "persistence.singleNode.enabled", "ReadWriteMany"],
+            id="rwo-two-gateways",
+        ),
+        pytest.param(
+            {"persistence": {"index": RWO}, "gateway": {"enabled": False, "externalUrl": "http://gw:8000"}},
+            ["persistence.index", "ReadWriteOnce"],
+            id="rwo-retriever-autoscaled",
+        ),
+        pytest.param(
+            {"persistence": {"shared": {"enabled": True, **RWO}}},
+            ["persistence.shared", "ReadWriteOnce", "persistence.singleNode.enabled"],
+            id="rwo-shared-claim",
+        ),
+        pytest.param(
+            {
+                "persistence": {
+                    "singleNode": {"enabled": True},
+                    "models": {"accessModes": ["ReadWriteOncePod"]},
+                }
+            },
+            ["persistence.models", "ReadWriteOncePod"],
+            id="rwop-shared-by-pods",
+        ),
+        pytest.param(
+            {"persistence": {"shared": {"enabled": True}, "index": {"existingClaim": "my-index"}}},
+            ["persistence.shared", "persistence.index.existingClaim"],
+            id="shared-and-own-claim",
+        ),
+        pytest.param(
+            {
+                "persistence": {"singleNode": {"enabled": True}},
+                "gateway": {
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "DoNotSchedule",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
+                        }
+                    ]
+                },
+            },
+            ["gateway.topologySpreadConstraints", "persistence.singleNode"],
+            id="single-node-but-spread-over-nodes",
+        ),
+    ],
+)
+def test_storage_that_cannot_schedule_fails_the_install(
+    helm_template: Callable[..., Any], tmp_path: Path, override: dict[str, Any], named: list[str]
+) -> None:
+    """A combination that leaves pods Pending forever is refused by `helm install`, with the fix named."""
+    result = render_with(helm_template, tmp_path, override)
+    assert result.returncode != 0, f"accepted {override}"
+    missing = [n for n in named if n not in result.stderr]
+    assert not missing, f"the error does not name {missing}:\n{result.stderr}"
+
+
+def test_readwriteonce_is_fine_for_a_volume_only_one_pod_uses(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The control of the test above: one retriever and nothing else on the index volume is schedulable."""
+    override = {"persistence": {"index": RWO}, "retriever": {"replicas": 1}}
+    result = render_with(helm_template, tmp_path, override, base="only-retriever")
+    assert result.returncode == 0, result.stderr
+    # The same claim under three retrievers is refused, naming who mounts it.
+    result = render_with(helm_template, tmp_path, {"persistence": {"index": RWO}}, base="only-retriever")
+    assert result.returncode != 0 and "up to 3 pods mount it (retriever)" in result.stderr, result.stderr
+
+
+# DNS under the NetworkPolicies: NodeLocal DNSCache, and GKE Cloud DNS / Autopilot's resolver on the
+# metadata server's link-local address.
+NODE_LOCAL_DNS = ipaddress.ip_address("169.254.20.10")
+
+
+def egress_reaches(docs: Docs, labels: dict[str, str], ip: Any, port: int, protocol: str) -> bool:
+    """Whether any egress rule of any NetworkPolicy selecting these pod labels lets ip:port/protocol out."""
+    for policy in docs:
+        if policy.get("kind") != "NetworkPolicy" or "Egress" not in (policy["spec"].get("policyTypes") or []):
+            continue
+        if not selector_matches(policy["spec"].get("podSelector"), labels):
+            continue
+        for rule in policy["spec"].get("egress") or []:
+            ports = rule.get("ports") or []
+            port_ok = not ports or any(
+                (p.get("protocol") or "TCP") == protocol
+                and (
+                    "port" not in p
+                    or str(p["port"]) == str(port)
+                    or ("endPort" in p and int(p["port"]) <= port <= int(p["endPort"]))
+                )
+                for p in ports
+            )
+            if port_ok and egress_allows(rule, ip):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("base", ["default", "gpu-full"])
+def test_dns_reaches_node_local_cache_and_link_local_resolver_on_port_53_only(
+    helm_template: Callable[..., Any], tools: Any, tmp_path: Path, base: str
+) -> None:
+    override = {"networkPolicy": {"dns": {"extraAddresses": ["169.254.20.10", "169.254.169.254"]}}}
+    result = render_with(helm_template, tmp_path, override, base=base)
+    assert result.returncode == 0, result.stderr
+    pods = list(workloads(result.docs))
+    assert any(o.get("kind") == "Pod" for o, _, _ in pods), "the helm test pod is not rendered"
+    problems = []
+    for obj, labels, _ in pods:
+        for ip in (NODE_LOCAL_DNS, METADATA_IP):
+            for protocol in ("UDP", "TCP"):
+                if not egress_reaches(result.docs, labels, ip, 53, protocol):
+                    problems.append(f"{ref(obj)}: no DNS to {ip}:53/{protocol}")
+        for port, protocol in ((80, "TCP"), (443, "TCP"), (8080, "TCP"), (80, "UDP"), (5353, "UDP")):
+            if egress_reaches(result.docs, labels, METADATA_IP, port, protocol):
+                problems.append(f"{ref(obj)}: the metadata address is open on {port}/{protocol}")
+    assert not problems, f"{base}:{fmt(problems)}"
+    assert not metadata_leaks(result.docs)
+    assert not validate_manifests(tools, result.docs, tmp_path)
+    # Off by default: the link-local addresses are not opened at all.
+    plain = render_with(helm_template, tmp_path, {}, base=base)
+    for obj, labels, _ in workloads(plain.docs):
+        assert not egress_reaches(plain.docs, labels, METADATA_IP, 53, "UDP"), ref(obj)
+
+
+def test_global_keys_of_a_parent_chart_and_the_registry_mirror_reach_every_pod(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """As a subchart the chart gets the parent's whole `global:`; a mirror and pull secrets reach
+    every pod."""
+    override = {
+        "global": {
+            "imageRegistry": "mirror.internal:5000",
+            "imagePullSecrets": ["regcred", {"name": "mirror-cred"}],
+            "postgresql": {"auth": {"database": "parent"}},
+            "parentFlag": True,
+        }
+    }
+    result = render_with(helm_template, tmp_path, override)
+    assert result.returncode == 0, result.stderr
+    problems = []
+    for obj, _, pod in workloads(result.docs):
+        for c in containers(pod):
+            if not str(c.get("image", "")).startswith("mirror.internal:5000/"):
+                problems.append(f"{ref(obj)} {c['name']}: {c.get('image')} is not from the mirror")
+        secrets = [s.get("name") for s in pod.get("imagePullSecrets") or []]
+        if secrets != ["regcred", "mirror-cred"]:
+            problems.append(f"{ref(obj)}: imagePullSecrets {secrets}")
+    assert not problems, fmt(problems)
+
+
+def test_scheduling_fields_reach_every_component(
+    helm_template: Callable[..., Any], tools: Any, tmp_path: Path
+) -> None:
+    """runtimeClassName, priorityClassName, topologySpreadConstraints, nodeSelector, tolerations,
+    env and extra volumes: each component's own values land on its own pods."""
+    override: dict[str, Any] = {}
+    for key, label in COMPONENTS.items():
+        override[key] = {
+            "runtimeClassName": f"rc-{label}",
+            "priorityClassName": f"pc-{label}",
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": label}},
+                }
+            ],
+            "nodeSelector": {"pool": label},
+            "tolerations": [{"key": label, "operator": "Exists", "effect": "NoSchedule"}],
+            "env": {"OMNIRAG_TEST_COMPONENT": label},
+            "extraVolumes": [{"name": f"extra-{label}", "emptyDir": {}}],
+            "extraVolumeMounts": [{"name": f"extra-{label}", "mountPath": "/srv/extra"}],
+        }
+    result = render_with(helm_template, tmp_path, override)
+    assert result.returncode == 0, result.stderr
+    problems, seen = [], set()
+    for obj, _, pod in workloads(result.docs):
+        label = component_of(obj) or ""
+        values_key = next((k for k, c in COMPONENTS.items() if belongs(label, c)), None)
+        if values_key is None:
+            continue
+        want = COMPONENTS[values_key]
+        seen.add(want)
+        if pod.get("runtimeClassName") != f"rc-{want}":
+            problems.append(f"{ref(obj)}: runtimeClassName {pod.get('runtimeClassName')}")
+        if pod.get("priorityClassName") != f"pc-{want}":
+            problems.append(f"{ref(obj)}: priorityClassName {pod.get('priorityClassName')}")
+        spread = pod.get("topologySpreadConstraints") or []
+        if [s["topologyKey"] for s in spread] != ["topology.kubernetes.io/zone"]:
+            problems.append(f"{ref(obj)}: topologySpreadConstraints {spread}")
+        if (pod.get("nodeSelector") or {}).get("pool") != want:
+            problems.append(f"{ref(obj)}: nodeSelector {pod.get('nodeSelector')}")
+        if want not in [t.get("key") for t in pod.get("tolerations") or []]:
+            problems.append(f"{ref(obj)}: tolerations {pod.get('tolerations')}")
+        if f"extra-{want}" not in [v["name"] for v in pod.get("volumes") or []]:
+            problems.append(f"{ref(obj)}: extraVolumes did not arrive")
+        for c in containers(pod, init=False):
+            env = {e["name"]: e.get("value") for e in c.get("env") or []}
+            if env.get("OMNIRAG_TEST_COMPONENT") != want:
+                problems.append(f"{ref(obj)} {c['name']}: env did not arrive")
+            if "/srv/extra" not in [m["mountPath"] for m in c.get("volumeMounts") or []]:
+                problems.append(f"{ref(obj)} {c['name']}: extraVolumeMounts did not arrive")
+    assert seen == set(COMPONENTS.values()), f"components without pods: {set(COMPONENTS.values()) - seen}"
+    assert not problems, fmt(problems)
+    assert not validate_manifests(tools, result.docs, tmp_path)
+
+
+def test_extra_objects_are_rendered_through_tpl(helm_template: Callable[..., Any], tmp_path: Path) -> None:
+    """What the chart cannot foresee (a SecretProviderClass, a PodMonitor, a ConfigMap of the team's)."""
+    override = {
+        "extraObjects": [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "{{ .Release.Name }}-extra", "labels": {"team": "search"}},
+                "data": {"gatewayPort": "{{ .Values.gateway.service.port }}"},
+            },
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n"
+            '  name: {{ include "omnirag.fullname" . }}-as-text\n',
+        ]
+    }
+    result = render_with(helm_template, tmp_path, override, base="default")
+    assert result.returncode == 0, result.stderr
+    maps = {o["metadata"]["name"]: o for o in result.docs if o.get("kind") == "ConfigMap"}
+    assert maps["omnirag-extra"]["data"] == {"gatewayPort": "8000"}
+    assert "omnirag-as-text" in maps
+    plain = render_with(helm_template, tmp_path, {}, base="default")
+    assert "omnirag-extra" not in plain.stdout

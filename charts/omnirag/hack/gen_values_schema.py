@@ -259,6 +259,8 @@ def scheduling() -> J:
         "tolerations": OBJECT_LIST,
         "affinity": {"type": "object"},
         "priorityClassName": {"type": "string"},
+        "runtimeClassName": string(pattern=r"^$|^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", maxLength=253),
+        "topologySpreadConstraints": OBJECT_LIST,
         "podAnnotations": STRING_MAP,
         "podLabels": STRING_MAP,
         "podSecurityContext": ref("chartPodSecurityContext"),
@@ -293,7 +295,6 @@ def http_service(extra: J, service: J | None = None, autoscaling: bool = True) -
         "tmpSizeLimit": QUANTITY_OR_NULL,
         "service": service or ref("chartService"),
         "pdb": ref("chartPdb"),
-        "topologySpreadConstraints": OBJECT_LIST,
         "networkPolicy": ref("chartNetworkPolicyExtra"),
         **scheduling(),
         **extra,
@@ -469,7 +470,6 @@ def values_schema(kb: J) -> J:
             "waitForModel": BOOL,
             "shmSizeLimit": QUANTITY_OR_NULL,
             "tmpSizeLimit": QUANTITY_OR_NULL,
-            "runtimeClassName": {"type": "string"},
             **probes(),
             "terminationGracePeriodSeconds": integer(0),
             "service": ref("chartService"),
@@ -483,7 +483,6 @@ def values_schema(kb: J) -> J:
                     "networkPolicyPeers": OBJECT_LIST,
                 }
             ),
-            "topologySpreadConstraints": OBJECT_LIST,
             "networkPolicy": ref("chartNetworkPolicyExtra"),
             **scheduling(),
         },
@@ -633,7 +632,21 @@ def values_schema(kb: J) -> J:
             "enabled": BOOL,
             "ingressController": obj(peer_selector, required=["namespaceSelector"]),
             "prometheus": obj({"enabled": BOOL, **peer_selector}, required=["enabled", "namespaceSelector"]),
-            "dns": obj({**peer_selector, "port": integer(1, 65535)}, required=["namespaceSelector", "port"]),
+            "dns": obj(
+                {
+                    **peer_selector,
+                    "port": integer(1, 65535),
+                    # DNS servers outside the cluster DNS pods (NodeLocal DNSCache, GKE's link-local
+                    # resolver): opened on port 53 only.
+                    "extraAddresses": {
+                        "type": "array",
+                        "maxItems": 16,
+                        "uniqueItems": True,
+                        "items": string(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}(/[0-9]{1,2})?$"),
+                    },
+                },
+                required=["namespaceSelector", "port"],
+            ),
             "internetEgress": obj(
                 {
                     "blockedCIDRs": {"type": "array", "items": cidr},
@@ -708,13 +721,24 @@ def values_schema(kb: J) -> J:
         "fullnameOverride": string(pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=40),
         "commonLabels": STRING_MAP,
         "commonAnnotations": STRING_MAP,
-        "global": obj(
-            {
+        # As a subchart the chart receives the parent's whole `global:`: other keys are allowed.
+        "global": {
+            "type": "object",
+            "additionalProperties": True,
+            "properties": {
                 "imageRegistry": {"type": "string"},
-                "imagePullSecrets": {"type": "array", "items": {"type": "string"}},
+                "imagePullSecrets": {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            SECRET_NAME | {"minLength": 1},
+                            obj({"name": SECRET_NAME | {"minLength": 1}}, required=["name"]),
+                        ]
+                    },
+                },
                 "storageClass": {"type": "string"},
-            }
-        ),
+            },
+        },
         "serviceAccount": obj(
             {
                 "create": BOOL,
@@ -739,7 +763,11 @@ def values_schema(kb: J) -> J:
             ],
         },
         "persistence": obj(
-            {v: ref("chartPersistentVolume") for v in ("models", "index", "uploads")},
+            {
+                **{v: ref("chartPersistentVolume") for v in ("models", "index", "uploads")},
+                "shared": ref("chartPersistentVolume"),
+                "singleNode": obj({"enabled": BOOL}, required=["enabled"]),
+            },
             required=["models", "index", "uploads"],
         ),
         "serviceToken": obj(
@@ -754,6 +782,8 @@ def values_schema(kb: J) -> J:
         "networkPolicy": network_policy,
         "metrics": metrics,
         "tests": tests,
+        # Manifests as maps or YAML strings, rendered through tpl.
+        "extraObjects": {"type": "array", "items": {"type": ["object", "string"]}},
     }
 
     def enabled(c: str, value: bool) -> J:

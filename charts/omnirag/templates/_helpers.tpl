@@ -143,12 +143,12 @@ image: {{ include "omnirag.image" . | quote }}
 imagePullPolicy: {{ .image.pullPolicy | default "IfNotPresent" }}
 {{- end -}}
 
-{{/* imagePullSecrets of a pod. */}}
+{{/* imagePullSecrets of a pod: global.imagePullSecrets, names or {name: ...} objects (a parent chart's form). */}}
 {{- define "omnirag.imagePullSecrets" -}}
 {{- with .Values.global.imagePullSecrets }}
 imagePullSecrets:
   {{- range . }}
-  - name: {{ . }}
+  - name: {{ if kindIs "map" . }}{{ .name }}{{ else }}{{ . }}{{ end }}
   {{- end }}
 {{- end }}
 {{- end -}}
@@ -188,6 +188,9 @@ securityContext:
 {{- with .values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
+{{- with .values.runtimeClassName }}
+runtimeClassName: {{ . }}
+{{- end }}
 {{- with .values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
@@ -196,7 +199,18 @@ nodeSelector:
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .values.affinity }}
+{{- $affinity := deepCopy (default (dict) .values.affinity) }}
+{{- if include "omnirag.singleNodePod" . }}
+{{- /* Single-node mode: ReadWriteOnce claims attach to one node, so every pod that mounts one must
+run beside the others. The first such pod matches its own term, which the scheduler accepts while
+no other pod matches. */}}
+{{- $podAffinity := default (dict) (get $affinity "podAffinity") }}
+{{- $required := default (list) (get $podAffinity "requiredDuringSchedulingIgnoredDuringExecution") }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "omnirag.singleNodeLabels" .ctx | fromYaml)) }}
+{{- $_ := set $podAffinity "requiredDuringSchedulingIgnoredDuringExecution" (append $required $term) }}
+{{- $_ := set $affinity "podAffinity" $podAffinity }}
+{{- end }}
+{{- with $affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -206,12 +220,49 @@ topologySpreadConstraints:
 {{- end }}
 {{- end -}}
 
+{{/*
+The shared volumes (models, index, uploads) a component's pods mount, as a JSON list: dict "ctx" $
+"component" "x" (the component label; indexer-worker for the upload worker).
+*/}}
+{{- define "omnirag.sharedVolumesOf" -}}
+{{- $V := .ctx.Values -}}
+{{- $out := list -}}
+{{- if eq .component "gateway" }}{{ $out = list "uploads" }}{{ end -}}
+{{- if eq .component "retriever" }}{{ $out = list "index" }}{{ end -}}
+{{- if eq .component "indexer" }}{{ $out = list "index" }}{{ end -}}
+{{- if eq .component "indexer-worker" }}{{ $out = list "index" "uploads" }}{{ end -}}
+{{- if eq .component "model-download" }}{{ $out = list "models" }}{{ end -}}
+{{- if and (eq .component "vllm") (not $V.vllm.model.path) }}{{ $out = list "models" }}{{ end -}}
+{{- if and (eq .component "embedder") $V.embedder.model.name }}{{ $out = list "models" }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Whether a component's pods are tied to the storage node (single-node mode and a claim-backed
+shared volume): "true" or "". dict "ctx" $ "component" "x" */}}
+{{- define "omnirag.singleNodePod" -}}
+{{- $p := .ctx.Values.persistence -}}
+{{- if and $p.singleNode.enabled .component -}}
+{{- range include "omnirag.sharedVolumesOf" . | fromJsonArray -}}
+{{- if (index $p .).enabled }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The labels single-node mode ties pods together by. */}}
+{{- define "omnirag.singleNodeLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+omnirag.dev/shared-storage: "true"
+{{- end -}}
+
 {{/* Pod template metadata: dict "ctx" $ "component" "x" "values" .Values.x "labels" {...} "annotations" {...} */}}
 {{- define "omnirag.podMetadata" -}}
 labels:
   {{- include "omnirag.labels" . | nindent 2 }}
   {{- with .labels }}
   {{- toYaml . | nindent 2 }}
+  {{- end }}
+  {{- if include "omnirag.singleNodePod" . }}
+  omnirag.dev/shared-storage: "true"
   {{- end }}
   {{- with .values.podLabels }}
   {{- toYaml . | nindent 2 }}
@@ -478,10 +529,25 @@ empty): the embedder and the retriever require it, the gateway, the retriever an
 {{- printf "%s/%s" (include "omnirag.modelsDir" .ctx) .name -}}
 {{- end -}}
 
-{{/* Name of the claim behind a shared volume: dict "ctx" $ "volume" "models" | "index" | "uploads". */}}
+{{/*
+Name of the claim behind a shared volume: dict "ctx" $ "volume" "models" | "index" | "uploads".
+With persistence.shared every volume is a subPath of one claim.
+*/}}
 {{- define "omnirag.claimName" -}}
+{{- $shared := .ctx.Values.persistence.shared -}}
+{{- if $shared.enabled -}}
+{{- default (include "omnirag.componentName" (dict "ctx" .ctx "component" "shared")) $shared.existingClaim -}}
+{{- else -}}
 {{- $p := index .ctx.Values.persistence .volume -}}
 {{- default (include "omnirag.componentName" (dict "ctx" .ctx "component" .volume)) $p.existingClaim -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The subPath line of a shared volume's mount (nothing unless persistence.shared): dict "ctx" $ "volume" "models". */}}
+{{- define "omnirag.sharedSubPath" -}}
+{{- if and .ctx.Values.persistence.shared.enabled (index .ctx.Values.persistence .volume).enabled -}}
+subPath: {{ .volume }}
+{{- end -}}
 {{- end -}}
 
 {{/* A pod volume for a shared volume: dict "ctx" $ "volume" "models" "readOnly" true. */}}
@@ -552,6 +618,9 @@ It runs the serving image itself (it has a shell), so no extra image is pulled.
   volumeMounts:
     - name: models
       mountPath: {{ include "omnirag.modelsDir" .ctx }}
+      {{- with include "omnirag.sharedSubPath" (dict "ctx" .ctx "volume" "models") }}
+      {{ . }}
+      {{- end }}
       readOnly: true
 {{- end -}}
 
@@ -785,6 +854,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
   mountPath: /tmp
 - name: index
   mountPath: {{ include "omnirag.indexDir" $ }}
+  {{- with include "omnirag.sharedSubPath" (dict "ctx" $ "volume" "index") }}
+  {{ . }}
+  {{- end }}
 - name: knowledge-bases
   mountPath: {{ include "omnirag.kbConfigDir" $ }}
   readOnly: true
@@ -792,6 +864,9 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 # The gateway writes uploads; the worker reads each one and removes it once its version is published.
 - name: uploads
   mountPath: {{ include "omnirag.uploadsDir" $ }}
+  {{- with include "omnirag.sharedSubPath" (dict "ctx" $ "volume" "uploads") }}
+  {{ . }}
+  {{- end }}
 {{- end }}
 {{- with include "omnirag.redisSecretMount" $ | trim }}
 {{ . }}
@@ -881,6 +956,9 @@ spec:
               mountPath: /tmp
             - name: models
               mountPath: {{ include "omnirag.modelsDir" $ }}
+              {{- with include "omnirag.sharedSubPath" (dict "ctx" $ "volume" "models") }}
+              {{ . }}
+              {{- end }}
             - name: spec
               mountPath: /etc/omnirag/model-download
               readOnly: true
