@@ -75,11 +75,29 @@ $(TOOLS_STAMP): scripts/install_k8s_tools.py
 	$(PYTHON) scripts/install_k8s_tools.py
 	@touch $@
 
-# Docker does not run on the build machines; there the Dockerfiles are linted and their dependency
-# sets tested by `make test` (tests/images) instead.
-.PHONY: images
-images: ## build every service and job image with Docker (REGISTRY=omnirag, TAG=each package's version)
-	$(PYTHON) scripts/build_images.py
+# Container images, named as the chart's defaults name them: $(REGISTRY)/omnirag/<name>:<chart appVersion>.
+# Docker when its daemon answers, else Podman. Where no registry is reachable (the build machines),
+# `make base-image` builds the Python base offline from the Debian mirror and `make images` uses it.
+# Every podman here reads the containers.conf base_image.py writes (runc, explicit ulimits: the
+# defaults fail on these machines). Not part of `make test`: a full build takes minutes per image.
+CONTAINERS_CONF_FILE := $(CURDIR)/.tools/containers/containers.conf
+BASE_IMAGE := localhost/python:3.11-bookworm-local
+IMAGES_REPORT := bench/results/images.json
+
+.PHONY: base-image images images-check
+base-image images images-check: export CONTAINERS_CONF := $(CONTAINERS_CONF_FILE)
+
+$(CONTAINERS_CONF_FILE): scripts/base_image.py
+	$(PYTHON) scripts/base_image.py --conf-only --containers-conf $@
+
+base-image: $(CONTAINERS_CONF_FILE) ## build the Python base image offline (mmdebstrap + podman import; skips when present)
+	$(PYTHON) scripts/base_image.py --image $(BASE_IMAGE) --containers-conf $(CONTAINERS_CONF_FILE)
+
+images: $(CONTAINERS_CONF_FILE) ## build every image (REGISTRY=ghcr.io TAG=appVersion; BUILD_CA_BUNDLE=proxy CA; --push via PUSH=1)
+	$(PYTHON) scripts/build_images.py $(if $(PUSH),--push) $(IMAGES)
+
+images-check: $(CONTAINERS_CONF_FILE) ## build every image, run each once read-only as uid 10001, record size and time
+	$(PYTHON) scripts/build_images.py --check --report $(IMAGES_REPORT) $(IMAGES)
 
 run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole local stack (Procfile), print its URLs
 	@mkdir -p $(INDEX_ROOT) data/redis data/uploads

@@ -1,38 +1,69 @@
 """Build the container image of every service and job (``make images``).
 
 Each package directory under services/ and jobs/ that has a ``Dockerfile`` is one image, built
-from the repository root (the Dockerfiles copy libs/core and libs/index from there):
+from the repository root (the Dockerfiles copy libs/core and libs/index from there) and named
+exactly as the Helm chart's defaults name it (``charts/omnirag``: ``image.registry``,
+``image.repository`` = ``omnirag/<name>``, tag = the chart's appVersion):
 
-    docker build -f <package>/Dockerfile -t ${REGISTRY:-omnirag}/<name>:<tag> .
+    <REGISTRY, default ghcr.io>/omnirag/<name>:<TAG, default the chart's appVersion>
 
-The tag is ``$TAG`` when set, otherwise the version in that package's pyproject.toml: never
-``latest``, so a deployment names exactly what it runs. Only the standard library is used, so this
-runs with any Python 3.11+ and needs no virtual environment.
+so ``make images REGISTRY=registry.example.com`` builds what ``helm install --set
+global.imageRegistry=registry.example.com`` runs. Never ``latest``. Only the standard library is
+used, so this runs with any Python 3.11+ and needs no virtual environment.
 
-Environment: REGISTRY, TAG, TORCH_INDEX_URL (a CUDA wheel index for the images that install torch),
+The engine is Docker when its daemon answers, otherwise Podman (``--format docker``, which keeps
+HEALTHCHECK); ``DOCKER`` names one explicitly. The base is the Dockerfiles' ``PYTHON_IMAGE``
+(python:3.11.17-slim-bookworm); where that is not present and ``make base-image`` built
+``localhost/python:3.11-bookworm-local`` (no registry reachable), that one is used instead.
+
+At build time only, never in a layer: pip gets a CA bundle as the secret ``ca`` (``BUILD_CA_BUNDLE``,
+default the host's /etc/ssl/certs/ca-certificates.crt: a TLS-intercepting proxy's CA lives there),
+and, under Podman, the host pip's local wheel sources (``pip config list``: find-links
+directories and file:// indexes) mounted read-only, so the embedder finds the CPU torch the host
+keeps on disk (``BUILD_LOCAL_WHEELS=0`` turns that off).
+
+Environment: REGISTRY, TAG, DOCKER, PYTHON_IMAGE (the base), PYTHON_DIGEST (sha256:… of it),
+TORCH_INDEX_URL (a CUDA wheel index for the embedder, which is then tagged ``<tag>-gpu``),
 FAISS_VARIANT (``cpu``, the default, or ``gpu``: the images that install faiss get faiss-gpu-cu12
-instead of faiss-cpu and a ``-gpu`` tag suffix, e.g. ``retriever:0.1.0-gpu``), PYTHON_DIGEST
-(sha256:… of the pinned Python base), DOCKER (the docker binary).
+and a ``-gpu`` tag suffix),
+BUILD_CA_BUNDLE, BUILD_LOCAL_WHEELS.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
+import secrets
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "omnirag" / "Chart.yaml"
 PACKAGE_PARENTS = ("services", "jobs")
+# The chart's defaults: image.registry, and image.repository = "<NAMESPACE>/<name>".
+DEFAULT_REGISTRY = "ghcr.io"
+NAMESPACE = "omnirag"
+LOCAL_BASE = "localhost/python:3.11-bookworm-local"  # what `make base-image` builds
+DEFAULT_BASE = "python:3.11.17-slim-bookworm"  # the Dockerfiles' PYTHON_IMAGE default
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Build args passed through from the environment when set, to the images that declare them.
 PASSTHROUGH_ARGS = ("TORCH_INDEX_URL", "PYTHON_DIGEST", "FAISS_VARIANT")
 FAISS_VARIANTS = ("cpu", "gpu")
+# A PyTorch wheel index of a GPU build (…/whl/cu128, …/whl/rocm6.4), not the CPU one (…/whl/cpu).
+GPU_TORCH_INDEX = re.compile(r"/(cu\d+|rocm[\d.]+)/?$")
+# The ports the services listen on in their images (DESIGN.md); jobs have none.
+PORTS = {"gateway": 8000, "embedder": 8001, "retriever": 8002, "ui": 7860}
 
 
 class BuildError(Exception):
@@ -49,6 +80,28 @@ class Image:
     def dockerfile(self) -> Path:
         return self.package_dir / "Dockerfile"
 
+    @property
+    def module(self) -> str:
+        return "omnirag." + self.name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Engine:
+    command: str
+    podman: bool
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every build gets besides the Dockerfile: the base, the CA secret, local wheel sources."""
+
+    python_image: str | None  # None: the Dockerfiles' default
+    ca_bundle: Path | None
+    mounts: tuple[str, ...] = ()  # host directories mounted read-only at the same path
+    find_links: tuple[str, ...] = ()
+    extra_index_urls: tuple[str, ...] = ()
+    torch_index_url: str | None = None  # when the local sources hold the CPU torch
+
 
 def discover(root: Path = ROOT) -> list[Image]:
     images = []
@@ -63,9 +116,27 @@ def discover(root: Path = ROOT) -> list[Image]:
     return images
 
 
-def declared_args(dockerfile: Path) -> set[str]:
+def chart_app_version(chart: Path = CHART) -> str:
+    """The tag the chart gives every omnirag image by default (``image.tag: ""``)."""
+    match = re.search(r"^appVersion:\s*[\"']?([^\"'\s#]+)", chart.read_text(encoding="utf-8"), re.MULTILINE)
+    if match is None:
+        raise BuildError(f"{chart.relative_to(ROOT)} has no appVersion")
+    return match.group(1)
+
+
+def image_ref(name: str, *, registry: str, tag: str) -> str:
+    return f"{registry}/{NAMESPACE}/{name}:{tag}"
+
+
+def declared_args(dockerfile: Path) -> dict[str, str]:
+    """Every ARG of a Dockerfile with its default ("" when it has none)."""
     text = dockerfile.read_text(encoding="utf-8")
-    return set(re.findall(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)", text, flags=re.MULTILINE))
+    found = re.findall(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=\"?([^\"\n]*)\"?)?", text, flags=re.MULTILINE)
+    args: dict[str, str] = {}
+    for name, default in found:
+        # A stage re-declares a global ARG without a value to use it: the default is the global one.
+        args[name] = args.get(name) or default
+    return args
 
 
 def git_revision(root: Path) -> str:
@@ -82,15 +153,31 @@ def git_revision(root: Path) -> str:
 
 
 def build_command(
-    image: Image, *, docker: str, registry: str, tag: str | None, revision: str, created: str, root: Path
+    image: Image,
+    *,
+    engine: Engine,
+    registry: str,
+    tag: str,
+    revision: str,
+    created: str,
+    root: Path,
+    context: BuildContext | None = None,
 ) -> list[str]:
     if image.version is None:
         raise BuildError(f"{image.package_dir.relative_to(root)} has a Dockerfile but no pyproject.toml")
-    tag = tag or image.version
     if tag == "latest":
-        raise BuildError("TAG=latest is refused: tag images with a version (default: the package's)")
+        raise BuildError("TAG=latest is refused: tag images with a version (default: the chart's appVersion)")
     args = {"VERSION": image.version, "REVISION": revision, "CREATED": created}
     declared = declared_args(image.dockerfile)
+    context = context or BuildContext(python_image=None, ca_bundle=None)
+    if context.python_image and "PYTHON_IMAGE" in declared:
+        args["PYTHON_IMAGE"] = context.python_image
+    if "PIP_FIND_LINKS" in declared and context.find_links:
+        args["PIP_FIND_LINKS"] = " ".join(context.find_links)
+    if "PIP_EXTRA_INDEX_URL" in declared and context.extra_index_urls:
+        args["PIP_EXTRA_INDEX_URL"] = " ".join(context.extra_index_urls)
+    if "TORCH_INDEX_URL" in declared and context.torch_index_url:
+        args["TORCH_INDEX_URL"] = context.torch_index_url
     for name in PASSTHROUGH_ARGS:
         if os.environ.get(name) and name in declared:
             args[name] = os.environ[name]
@@ -100,42 +187,269 @@ def build_command(
     if variant != "cpu" and "FAISS_VARIANT" in declared:
         # One name per content: a GPU build never overwrites the CPU image of the same version.
         tag = f"{tag}-{variant}"
-    cmd = [
-        docker,
-        "build",
-        "-f",
-        str(image.dockerfile.relative_to(root)),
-        "-t",
-        f"{registry}/{image.name}:{tag}",
-    ]
+    elif "TORCH_INDEX_URL" in declared and GPU_TORCH_INDEX.search(os.environ.get("TORCH_INDEX_URL", "")):
+        # The same for the embedder's CUDA (or ROCm) torch: `<tag>-gpu`, as for faiss.
+        tag = f"{tag}-gpu"
+    cmd = [engine.command, "build", "-f", str(image.dockerfile.relative_to(root)), "-t"]
+    cmd.append(image_ref(image.name, registry=registry, tag=tag))
+    if engine.podman:
+        # The OCI format drops HEALTHCHECK.
+        cmd += ["--format", "docker"]
+    if context.ca_bundle is not None:
+        cmd += ["--secret", f"id=ca,src={context.ca_bundle}"]
+    for directory in context.mounts:
+        cmd += ["--volume", f"{directory}:{directory}:ro"]
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
     cmd.append(".")
     return cmd
 
 
-def check_docker(docker: str) -> None:
-    if shutil.which(docker) is None:
-        raise BuildError(
-            f"`{docker}` is not on PATH: images need Docker to build "
-            "(the Dockerfiles are still linted and tested by `pytest tests/images`)"
-        )
+def docker_answers(docker: str) -> bool:
     probe = subprocess.run([docker, "info"], capture_output=True, text=True)  # noqa: S603 - the user's docker
-    if probe.returncode != 0:
-        raise BuildError(f"`{docker} info` failed: no Docker daemon is reachable, so no image can be built")
+    return probe.returncode == 0
+
+
+def choose_engine() -> Engine:
+    """DOCKER when set; else Docker when its daemon answers; else Podman."""
+    explicit = os.environ.get("DOCKER")
+    if explicit:
+        if shutil.which(explicit) is None:
+            raise BuildError(f"`{explicit}` (DOCKER) is not on PATH")
+        podman = Path(explicit).name.startswith("podman")
+        if not podman and not docker_answers(explicit):
+            raise BuildError(
+                f"`{explicit} info` failed: no Docker daemon is reachable, so no image can be built"
+            )
+        return Engine(explicit, podman)
+    if shutil.which("docker") and docker_answers("docker"):
+        return Engine("docker", False)
+    if shutil.which("podman"):
+        return Engine("podman", True)
+    if shutil.which("docker"):
+        raise BuildError(
+            "`docker info` failed: no Docker daemon is reachable and podman is not installed "
+            "(make base-image installs it)"
+        )
+    raise BuildError(
+        "`docker` and `podman` are not on PATH: images need one of them to build "
+        "(make base-image installs podman; the Dockerfiles are still linted by `pytest tests/images`)"
+    )
+
+
+def image_present(engine: Engine, ref: str) -> bool:
+    cmd = [engine.command, "image", "inspect", ref]
+    return subprocess.run(cmd, capture_output=True).returncode == 0  # noqa: S603
+
+
+def choose_base(engine: Engine, default: str) -> str | None:
+    """PYTHON_IMAGE when set; the default when present (or nothing local stands in for it); else
+    the local base `make base-image` built. None: the Dockerfiles' default (pulled if need be)."""
+    explicit = os.environ.get("PYTHON_IMAGE")
+    if explicit:
+        return explicit
+    if image_present(engine, default) or not image_present(engine, LOCAL_BASE):
+        return None
+    return LOCAL_BASE
+
+
+def host_pip_sources() -> tuple[list[str], list[str], str | None]:
+    """(find-links directories, file:// index URLs, index-url) of the host pip's configuration."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return [], [], None
+    values: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        key, _, raw = line.partition("=")
+        option = key.rpartition(".")[2]
+        try:
+            words = shlex.split(raw.strip().strip("'\""))
+        except ValueError:
+            continue
+        values.setdefault(option, [])
+        values[option] += [w for w in words if w not in values[option]]
+    links = []
+    for link in values.get("find-links", []):
+        path = Path(urllib.parse.urlparse(link).path if link.startswith("file:") else link)
+        if path.is_dir() and str(path) not in links:
+            links.append(str(path))
+    indexes = [
+        url
+        for url in values.get("extra-index-url", [])
+        if url.startswith("file:") and Path(urllib.parse.urlparse(url).path).is_dir()
+    ]
+    index_url = values["index-url"][0] if values.get("index-url") else None
+    return links, indexes, index_url
+
+
+def build_context(engine: Engine, images: list[Image]) -> BuildContext:
+    base = (
+        choose_base(engine, declared_args(images[0].dockerfile).get("PYTHON_IMAGE", "")) if images else None
+    )
+    ca_value = os.environ.get("BUILD_CA_BUNDLE")
+    ca: Path | None = Path(ca_value) if ca_value else (HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    if ca is not None and not ca.is_file():
+        raise BuildError(f"BUILD_CA_BUNDLE={ca} is not a file")
+    # Docker's build has no --volume: there pip uses the indexes alone.
+    if not engine.podman or os.environ.get("BUILD_LOCAL_WHEELS", "1") == "0":
+        return BuildContext(python_image=base, ca_bundle=ca)
+    links, indexes, index_url = host_pip_sources()
+    mounts: list[str] = list(links)
+    for url in indexes:
+        # A file:// index's links point at its sibling directories (../../files/…): mount its parent.
+        path = Path(urllib.parse.urlparse(url).path)
+        mount = str(path.parent if path.name == "simple" else path)
+        if mount not in mounts:
+            mounts.append(mount)
+    torch_index = None
+    torch_version = declared_args(ROOT / "services" / "embedder" / "Dockerfile").get("TORCH_VERSION")
+    cpu_torch = [p for link in links for p in Path(link).glob(f"torch-{torch_version}+cpu-*.whl")]
+    if cpu_torch and not os.environ.get("TORCH_INDEX_URL"):
+        # The CPU build sorts above PyPI's CUDA build of the same release (its +cpu local version),
+        # so with the local wheels mounted the host's own index gives the CPU torch, as on the host.
+        torch_index = index_url or "https://pypi.org/simple"
+    return BuildContext(
+        python_image=base,
+        ca_bundle=ca,
+        mounts=tuple(mounts),
+        find_links=tuple(links),
+        extra_index_urls=tuple(indexes),
+        torch_index_url=torch_index,
+    )
+
+
+# --- after the build: size, and one run as the chart runs it --------------------------------------
+
+
+def image_size(engine: Engine, ref: str) -> int | None:
+    out = subprocess.run(  # noqa: S603
+        [engine.command, "image", "inspect", "--format", "{{.Size}}", ref], capture_output=True, text=True
+    )
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else None
+
+
+# The UI refuses to listen beyond loopback without a login, the gateway to start without a key.
+SMOKE_SECRETS = {"ui": "UI_LOCAL_PASSWORD", "gateway": "GATEWAY_DEV_KEY"}
+RUN_AS_DEPLOYED = [
+    "--read-only",
+    "--user",
+    "10001:10001",
+    "--tmpfs",
+    "/tmp:rw,size=256m",  # noqa: S108 - the container's own tmpfs, as the chart's emptyDir
+    "--cap-drop",
+    "ALL",
+]
+
+
+def smoke_test(engine: Engine, image: Image, ref: str, timeout: float = 180.0) -> dict[str, object]:
+    """Run the image once as the chart runs it (read-only root, uid 10001, no capabilities): its
+    module imports, and a service answers /healthz."""
+    started = time.monotonic()
+    importing = subprocess.run(  # noqa: S603
+        [
+            engine.command,
+            "run",
+            "--rm",
+            *RUN_AS_DEPLOYED,
+            "--entrypoint",
+            "python",
+            ref,
+            "-c",
+            f"import {image.module}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    result: dict[str, object] = {"import": importing.returncode == 0}
+    if importing.returncode != 0:
+        result["error"] = importing.stderr.strip().splitlines()[-1:] or ["exit status"]
+        return result
+    port = PORTS.get(image.name)
+    if port is None:
+        return result
+    name = f"omnirag-smoke-{image.name}-{os.getpid()}"
+    env: list[str] = []
+    if image.name in SMOKE_SECRETS:
+        # Secure defaults refuse to start without a credential: a throwaway one, passed by name from
+        # this process's environment so that it appears on no command line.
+        os.environ[SMOKE_SECRETS[image.name]] = secrets.token_urlsafe(24)
+        env = ["--env", SMOKE_SECRETS[image.name]]
+    run = subprocess.run(  # noqa: S603
+        [
+            engine.command,
+            "run",
+            "-d",
+            "--name",
+            name,
+            *RUN_AS_DEPLOYED,
+            *env,
+            "-p",
+            f"127.0.0.1::{port}",
+            ref,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if run.returncode != 0:
+        result["healthz"] = False
+        result["error"] = run.stderr.strip().splitlines()[-1:]
+        return result
+    try:
+        mapped = subprocess.run(  # noqa: S603
+            [engine.command, "port", name, str(port)], capture_output=True, text=True
+        ).stdout.split()[0]
+        url = f"http://{mapped}/healthz"
+        healthy = False
+        while time.monotonic() - started < timeout:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    healthy = response.status == 200
+                    break
+            except OSError:
+                state = subprocess.run(  # noqa: S603
+                    [engine.command, "inspect", "--format", "{{.State.Running}}", name],
+                    capture_output=True,
+                    text=True,
+                )
+                if state.stdout.strip() != "true":
+                    break
+                time.sleep(1)
+        result["healthz"] = healthy
+        if not healthy:
+            logs = subprocess.run([engine.command, "logs", name], capture_output=True, text=True)  # noqa: S603
+            result["error"] = (logs.stdout + logs.stderr).strip().splitlines()[-5:]
+    finally:
+        subprocess.run([engine.command, "rm", "-f", name], capture_output=True)  # noqa: S603
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="images to build (default: all), e.g. gateway embedder")
-    parser.add_argument("--dry-run", action="store_true", help="print the docker commands, run nothing")
-    parser.add_argument("--push", action="store_true", help="docker push each image after it is built")
+    parser.add_argument("--dry-run", action="store_true", help="print the build commands, run nothing")
+    parser.add_argument("--list", action="store_true", help="print the image references and stop")
+    parser.add_argument("--push", action="store_true", help="push each image after it is built")
+    parser.add_argument(
+        "--check", action="store_true", help="run each image once as deployed after its build"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="build every layer afresh (an honest build time)"
+    )
+    parser.add_argument(
+        "--no-build", action="store_true", help="with --check: run the images already built, build nothing"
+    )
+    parser.add_argument(
+        "--report", type=Path, help="write each image's size and build time to this JSON file"
+    )
     opts = parser.parse_args(argv)
 
-    docker = os.environ.get("DOCKER", "docker")
-    registry = os.environ.get("REGISTRY") or "omnirag"
-    tag = os.environ.get("TAG") or None
+    registry = os.environ.get("REGISTRY") or DEFAULT_REGISTRY
     try:
+        tag = os.environ.get("TAG") or chart_app_version()
         images = discover()
         known = {image.name for image in images}
         unknown = sorted(set(opts.names) - known)
@@ -143,40 +457,96 @@ def main(argv: list[str] | None = None) -> int:
             raise BuildError(f"no image named {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         if opts.names:
             images = [image for image in images if image.name in opts.names]
+        if opts.list:
+            for image in images:
+                print(image_ref(image.name, registry=registry, tag=tag))
+            return 0
+        if opts.dry_run:
+            # The commands DOCKER (default docker) would run, without asking whether it answers.
+            command = os.environ.get("DOCKER") or "docker"
+            engine = Engine(command, Path(command).name.startswith("podman"))
+        else:
+            engine = choose_engine()
+        context = build_context(engine, images)
         revision = git_revision(ROOT)
         created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         commands = [
             build_command(
                 image,
-                docker=docker,
+                engine=engine,
                 registry=registry,
                 tag=tag,
                 revision=revision,
                 created=created,
                 root=ROOT,
+                context=context,
             )
             for image in images
         ]
-        if opts.dry_run:
-            for cmd in commands:
-                print(" ".join(cmd))
-            return 0
-        check_docker(docker)
     except BuildError as exc:
         print(f"build_images: {exc}", file=sys.stderr)
         return 2
+    if opts.dry_run:
+        for cmd in commands:
+            print(shlex.join(cmd))
+        return 0
 
+    print(
+        f"build_images: {engine.command}, base {context.python_image or 'the Dockerfiles default'}",
+        flush=True,
+    )
+    report: list[dict[str, object]] = []
+    status = 0
     for image, cmd in zip(images, commands, strict=True):
-        print(f"==> {image.name}: {' '.join(cmd)}", flush=True)
-        if subprocess.run(cmd, cwd=ROOT).returncode != 0:  # noqa: S603 - built from the repository's files
-            print(f"build_images: building {image.name} failed", file=sys.stderr)
-            return 1
-        if opts.push:
-            ref = cmd[cmd.index("-t") + 1]
-            if subprocess.run([docker, "push", ref], cwd=ROOT).returncode != 0:  # noqa: S603 - as above
-                print(f"build_images: pushing {ref} failed", file=sys.stderr)
-                return 1
-    return 0
+        ref = cmd[cmd.index("-t") + 1]
+        if not opts.no_build:
+            print(f"==> {image.name}: {shlex.join(cmd)}", flush=True)
+        entry: dict[str, object] = {"image": ref}
+        if not opts.no_build:
+            started = time.monotonic()
+            build = [*cmd[:2], "--no-cache", *cmd[2:]] if opts.no_cache else cmd
+            if subprocess.run(build, cwd=ROOT).returncode != 0:  # noqa: S603 - built from the repository's files
+                print(f"build_images: building {image.name} failed", file=sys.stderr)
+                if context.python_image is None and not image_present(engine, DEFAULT_BASE):
+                    print(
+                        f"build_images: if {DEFAULT_BASE} could not be pulled (no registry reachable), "
+                        "`make base-image` builds a local base that the next `make images` uses",
+                        file=sys.stderr,
+                    )
+                status = 1
+                break
+            entry["build_seconds"] = round(time.monotonic() - started, 1)
+        entry["size_bytes"] = image_size(engine, ref)
+        if opts.check:
+            entry["run_as_deployed"] = smoke_test(engine, image, ref)
+            print(f"==> {image.name}: run as deployed: {entry['run_as_deployed']}", flush=True)
+        report.append(entry)
+        if opts.push and subprocess.run([engine.command, "push", ref], cwd=ROOT).returncode != 0:  # noqa: S603
+            print(f"build_images: pushing {ref} failed", file=sys.stderr)
+            status = 1
+            break
+    if opts.report:
+        write_report(opts.report, engine, context, report)
+    return status
+
+
+def write_report(path: Path, engine: Engine, context: BuildContext, images: list[dict[str, object]]) -> None:
+    """Merge into an existing report so images built in separate runs end up in one file."""
+    earlier: list[dict[str, object]] = []
+    if path.is_file():
+        earlier = list(json.loads(path.read_text(encoding="utf-8")).get("images", []))
+    by_image = {str(e["image"]): e for e in earlier}
+    for entry in images:
+        # A --no-build run adds its checks to the build time recorded earlier.
+        by_image[str(entry["image"])] = {**by_image.get(str(entry["image"]), {}), **entry}
+    data = {
+        "engine": Path(engine.command).name,
+        "base": context.python_image or DEFAULT_BASE,
+        "cpus": os.cpu_count(),
+        "images": sorted(by_image.values(), key=lambda e: str(e["image"])),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

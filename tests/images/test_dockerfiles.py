@@ -814,8 +814,27 @@ def run_build_script(*args: str, env: dict[str, str] | None = None) -> subproces
 BUILDABLE = [p for p in PACKAGES if (ROOT / p.directory / "pyproject.toml").is_file()]
 
 
+def chart_app_version() -> str:
+    match = re.search(r"^appVersion:\s*\"?([^\"\s]+)", (ROOT / "charts/omnirag/Chart.yaml").read_text(), re.M)
+    assert match
+    return match.group(1)
+
+
+def built_tags(*args: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Image name -> the tag ``build_images.py`` would give it (its dry run's ``-t``)."""
+    result = run_build_script("--dry-run", *args, env={"DOCKER": "", **(env or {})})
+    assert result.returncode == 0, result.stderr
+    tags = {}
+    for words in map(shlex.split, result.stdout.splitlines()):
+        name = Path(words[words.index("-f") + 1]).parent.name
+        tags[name] = words[words.index("-t") + 1]
+    return tags
+
+
 def test_build_script_tags_every_image_with_its_version() -> None:
-    result = run_build_script("--dry-run", *(p.name for p in BUILDABLE), env={"REGISTRY": "", "TAG": ""})
+    result = run_build_script(
+        "--dry-run", *(p.name for p in BUILDABLE), env={"REGISTRY": "", "TAG": "", "DOCKER": ""}
+    )
     assert result.returncode == 0, result.stderr
     commands = {words[3]: words for words in map(shlex.split, result.stdout.splitlines())}
     assert sorted(commands) == sorted(f"{p.directory}/Dockerfile" for p in BUILDABLE)
@@ -823,9 +842,63 @@ def test_build_script_tags_every_image_with_its_version() -> None:
         words = commands[f"{pkg.directory}/Dockerfile"]
         version = pyproject(pkg.directory)["project"]["version"]
         assert words[:3] == ["docker", "build", "-f"]
-        assert words[words.index("-t") + 1] == f"omnirag/{pkg.name}:{version}"
-        assert f"VERSION={version}" in words
+        # The chart's default name: registry ghcr.io, repository omnirag/<name>, tag its appVersion.
+        assert words[words.index("-t") + 1] == f"ghcr.io/omnirag/{pkg.name}:{chart_app_version()}"
+        assert f"VERSION={version}" in words, "the image's version label is its package's"
         assert words[-1] == ".", "the context is the repository root"
+
+
+def rendered_images(*set_values: str) -> set[str]:
+    """Every container and init container image of the chart's default render."""
+    helm = tool("helm")
+    if helm is None:
+        pytest.skip("helm is not installed here (make tools puts it in .tools/bin)")
+    import yaml
+
+    command = [helm, "template", "omnirag", str(ROOT / "charts" / "omnirag")]
+    for value in set_values:
+        command += ["--set", value]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("containers", "initContainers"):
+                for container in node.get(key) or []:
+                    found.add(container["image"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for document in yaml.safe_load_all(result.stdout):
+        walk(document)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("env", "set_values"),
+    [
+        pytest.param({"REGISTRY": "", "TAG": ""}, (), id="defaults"),
+        # An air-gapped mirror: `make images REGISTRY=…` builds what global.imageRegistry names.
+        pytest.param(
+            {"REGISTRY": "registry.example.com:5000", "TAG": ""},
+            ("global.imageRegistry=registry.example.com:5000",),
+            id="mirror",
+        ),
+    ],
+)
+def test_build_script_tags_are_the_images_the_chart_runs(
+    env: dict[str, str], set_values: tuple[str, ...]
+) -> None:
+    tags = built_tags(env=env)
+    assert sorted(tags) == sorted(p.name for p in BUILDABLE)
+    images = rendered_images(*set_values)
+    ours = {image for image in images if "/omnirag/" in image}
+    # Every component the chart runs is an image the script builds, under the very same name.
+    assert ours == set(tags.values()), (sorted(ours), sorted(tags.values()))
 
 
 def test_build_script_refuses_latest_and_passes_the_torch_index() -> None:
@@ -838,21 +911,28 @@ def test_build_script_refuses_latest_and_passes_the_torch_index() -> None:
     )
     embedder, gateway = result.stdout.splitlines()
     assert f"TORCH_INDEX_URL={cuda}" in embedder and "TORCH_INDEX_URL" not in gateway
-    assert ":1.2.3 " in embedder
+    # The CUDA build has a name of its own (as faiss's GPU build): it never overwrites the CPU image.
+    assert "ghcr.io/omnirag/embedder:1.2.3-gpu " in embedder and "ghcr.io/omnirag/gateway:1.2.3 " in gateway
+    cpu = run_build_script("--dry-run", "embedder", env={"TAG": "1.2.3", "TORCH_INDEX_URL": TORCH_CPU_INDEX})
+    assert "ghcr.io/omnirag/embedder:1.2.3 " in cpu.stdout
 
 
 def test_build_script_builds_the_gpu_faiss_variant_under_its_own_tag() -> None:
     result = run_build_script(
-        "--dry-run", "retriever", "indexer", "gateway", env={"TAG": "1.2.3", "FAISS_VARIANT": "gpu"}
+        "--dry-run",
+        "retriever",
+        "indexer",
+        "gateway",
+        env={"TAG": "1.2.3", "FAISS_VARIANT": "gpu", "DOCKER": ""},
     )
     assert result.returncode == 0, result.stderr
     commands = {shlex.split(line)[3]: shlex.split(line) for line in result.stdout.splitlines()}
     for directory, name in (("services/retriever", "retriever"), ("jobs/indexer", "indexer")):
         words = commands[f"{directory}/Dockerfile"]
-        assert words[words.index("-t") + 1] == f"omnirag/{name}:1.2.3-gpu"
+        assert words[words.index("-t") + 1] == f"ghcr.io/omnirag/{name}:1.2.3-gpu"
         assert "FAISS_VARIANT=gpu" in words
     gateway = commands["services/gateway/Dockerfile"]
-    assert gateway[gateway.index("-t") + 1] == "omnirag/gateway:1.2.3"
+    assert gateway[gateway.index("-t") + 1] == "ghcr.io/omnirag/gateway:1.2.3"
     assert not [w for w in gateway if "FAISS_VARIANT" in w]
     # The CPU default keeps the plain tag; an unknown variant is refused in one line.
     cpu = run_build_script("--dry-run", "retriever", env={"TAG": "1.2.3", "FAISS_VARIANT": ""})
@@ -863,10 +943,10 @@ def test_build_script_builds_the_gpu_faiss_variant_under_its_own_tag() -> None:
 
 
 def test_build_script_says_in_one_line_when_docker_is_missing(tmp_path: Path) -> None:
-    result = run_build_script("gateway", env={"PATH": str(tmp_path)})
+    result = run_build_script("gateway", env={"PATH": str(tmp_path), "DOCKER": ""})
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "docker" in result.stderr and "not on PATH" in result.stderr
+    assert "docker" in result.stderr and "podman" in result.stderr and "not on PATH" in result.stderr
 
     # A docker client without a daemon (as on this machine) is told apart.
     fake = tmp_path / "docker"
@@ -876,3 +956,157 @@ def test_build_script_says_in_one_line_when_docker_is_missing(tmp_path: Path) ->
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
     assert "daemon" in result.stderr
+
+
+def test_build_script_under_podman_keeps_healthchecks_and_gives_pip_the_ca_at_build_time(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "corporate-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    tags = run_build_script(
+        "--dry-run",
+        "gateway",
+        env={"DOCKER": "podman", "BUILD_CA_BUNDLE": str(bundle), "BUILD_LOCAL_WHEELS": "0"},
+    )
+    assert tags.returncode == 0, tags.stderr
+    words = shlex.split(tags.stdout)
+    assert words[:2] == ["podman", "build"]
+    assert words[words.index("--format") + 1] == "docker", "the OCI format drops HEALTHCHECK"
+    # A secret: mounted for the RUN that asks for it, never written to a layer or a build arg.
+    assert words[words.index("--secret") + 1] == f"id=ca,src={bundle}"
+    assert not [w for w in words if w.startswith(("PIP_CERT", "REQUESTS_CA_BUNDLE"))]
+    assert "--volume" not in words, "BUILD_LOCAL_WHEELS=0 mounts no wheel source"
+
+    missing = run_build_script("--dry-run", "gateway", env={"BUILD_CA_BUNDLE": str(tmp_path / "nope.pem")})
+    assert missing.returncode != 0
+    assert len(missing.stderr.strip().splitlines()) == 1 and "BUILD_CA_BUNDLE" in missing.stderr
+
+
+def test_build_script_mounts_the_host_pips_local_wheels_under_podman(tmp_path: Path) -> None:
+    # The host pip's configuration (here through its environment variables, as `pip config list`
+    # reports them) names a find-links directory with the CPU torch and a file:// index.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / f"torch-{TORCH_VERSION}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    index = tmp_path / "pypi" / "simple"
+    index.mkdir(parents=True)
+    env = {
+        "DOCKER": "podman",
+        "PIP_FIND_LINKS": str(wheels),
+        "PIP_EXTRA_INDEX_URL": index.as_uri(),
+        "TORCH_INDEX_URL": "",
+        "BUILD_LOCAL_WHEELS": "",
+    }
+    result = run_build_script("--dry-run", "embedder", "gateway", env=env)
+    assert result.returncode == 0, result.stderr
+    embedder, gateway = (shlex.split(line) for line in result.stdout.splitlines())
+    for words in (embedder, gateway):
+        volumes = [words[i + 1] for i, w in enumerate(words) if w == "--volume"]
+        assert f"{wheels}:{wheels}:ro" in volumes
+        # A file:// index links to ../../files/: its parent is mounted, read-only.
+        assert f"{index.parent}:{index.parent}:ro" in volumes
+        args = [words[i + 1] for i, w in enumerate(words) if w == "--build-arg"]
+        links = next(a for a in args if a.startswith("PIP_FIND_LINKS=")).partition("=")[2].split()
+        assert str(wheels) in links
+        extra = next(a for a in args if a.startswith("PIP_EXTRA_INDEX_URL=")).partition("=")[2].split()
+        assert index.as_uri() in extra
+    # The CPU torch on disk is what the embedder installs: not the unreachable PyTorch index.
+    embedder_args = [embedder[i + 1] for i, w in enumerate(embedder) if w == "--build-arg"]
+    torch_index = next(a for a in embedder_args if a.startswith("TORCH_INDEX_URL=")).partition("=")[2]
+    assert torch_index and torch_index != TORCH_CPU_INDEX
+    assert not [a for a in gateway if "TORCH" in a]
+    # An explicit CUDA index wins (a GPU image).
+    cuda = "https://download.pytorch.org/whl/cu128"
+    result = run_build_script("--dry-run", "embedder", env={**env, "TORCH_INDEX_URL": cuda})
+    assert f"TORCH_INDEX_URL={cuda}" in shlex.split(result.stdout)
+    off = run_build_script("--dry-run", "embedder", env={**env, "BUILD_LOCAL_WHEELS": "0"})
+    assert "--volume" not in shlex.split(off.stdout)
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_runtime_workdir_is_made_by_the_image(pkg: Package) -> None:
+    # buildah does not create a WORKDIR that does not exist; the container runtime then tries to at
+    # start, which a read-only root filesystem refuses.
+    final = dockerfile_of(pkg).final
+    workdirs = final.all("WORKDIR")
+    assert workdirs, "the runtime stage sets a WORKDIR"
+    for workdir in workdirs:
+        made = [
+            run
+            for run in final.all("RUN")
+            if run.line < workdir.line
+            and re.search(rf"mkdir -p (?:\S+ )*{re.escape(workdir.value)}(?:\s|$)", run.value)
+        ]
+        assert made, f"WORKDIR {workdir.value} is not made by a RUN mkdir -p before it"
+
+
+@pytest.mark.parametrize("pkg", ALL_PACKAGES)
+def test_pip_gets_the_ca_bundle_as_a_build_secret_only(pkg: Package) -> None:
+    dockerfile = dockerfile_of(pkg)
+    for stage in dockerfile.stages:
+        for run in stage.all("RUN"):
+            if "pip install" not in run.value:
+                continue
+            # A proxy's CA reaches pip through a secret mount; without one pip keeps its own roots.
+            assert run.value.startswith("--mount=type=secret,id=ca,target=/run/secrets/ca "), run.value
+            assert "if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi" in run.value
+        for instruction in stage.instructions:
+            assert "PIP_CERT" not in instruction.value or instruction.keyword == "RUN", instruction
+            if instruction.keyword in {"COPY", "ADD"}:
+                assert not re.search(r"\.(crt|pem)\b|ca-certificates", instruction.value), instruction
+    # The wheel sources the build script mounts are build arguments of the builder only.
+    builder_args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile.stages[0].all("ARG")}
+    assert builder_args.get("PIP_FIND_LINKS") == "" and builder_args.get("PIP_EXTRA_INDEX_URL") == ""
+    assert not [a for a in dockerfile.final.all("ARG") if a.value.startswith("PIP_")]
+
+
+def fake_engine(directory: Path, present: set[str]) -> Path:
+    """A podman that only answers `image inspect` (present images exit 0): drives the base choice."""
+    engine = directory / "podman"
+    names = " ".join(shlex.quote(name) for name in sorted(present))
+    engine.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1 $2" = "image inspect" ]; then\n'
+        f'  for name in {names}; do [ "$3" = "$name" ] && exit 0; done\n'
+        "fi\n"
+        "exit 1\n"
+    )
+    engine.chmod(0o755)
+    return engine
+
+
+@pytest.mark.parametrize(
+    ("present", "explicit", "expected"),
+    [
+        # No registry reachable: the base `make base-image` built stands in for the default.
+        pytest.param(
+            {"localhost/python:3.11-bookworm-local"}, "", "localhost/python:3.11-bookworm-local", id="local"
+        ),
+        # The pinned default is here (pulled before): it wins over a local stand-in.
+        pytest.param(
+            {"localhost/python:3.11-bookworm-local", "python:3.11.17-slim-bookworm"},
+            "",
+            None,
+            id="default-present",
+        ),
+        pytest.param(set(), "", None, id="nothing-local"),
+        pytest.param(
+            {"localhost/python:3.11-bookworm-local"},
+            "example.com/python:3.11",
+            "example.com/python:3.11",
+            id="explicit",
+        ),
+    ],
+)
+def test_build_script_chooses_the_base(
+    tmp_path: Path, present: set[str], explicit: str, expected: str | None
+) -> None:
+    engine = fake_engine(tmp_path, present)
+    result = run_build_script(
+        "--dry-run",
+        "gateway",
+        env={"DOCKER": str(engine), "PYTHON_IMAGE": explicit, "BUILD_LOCAL_WHEELS": "0"},
+    )
+    assert result.returncode == 0, result.stderr
+    args = [a for a in shlex.split(result.stdout) if a.startswith("PYTHON_IMAGE=")]
+    assert args == ([f"PYTHON_IMAGE={expected}"] if expected else [])
