@@ -61,7 +61,12 @@ CONTAINER_PORTS = {
 }
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
 # Custom resources kubernetes-validate has no schema for; their shape is checked by hand below.
-CRD_KINDS = {"ServiceMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1"}
+MONITORING_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+}
+# Gateway API (a CRD too): only HTTPRoute, checked by test_routes_never_reach_metrics_or_probes.
+CRD_KINDS = {**MONITORING_KINDS, "HTTPRoute": "gateway.networking.k8s.io/v1"}
 # Pod Security Standards "restricted": the only volume types allowed.
 RESTRICTED_VOLUMES = {
     "configMap",
@@ -287,13 +292,13 @@ def test_manifests_validate_at_min_kube_version(
 def test_monitoring_custom_resources_have_their_shape(rendered: Renderer) -> None:
     """ServiceMonitor and PrometheusRule, which kubernetes-validate cannot check, checked by hand."""
     problems: list[str] = []
-    counts = dict.fromkeys(CRD_KINDS, 0)
+    counts = dict.fromkeys(MONITORING_KINDS, 0)
     for ci in CI_SETS:
         docs = rendered(ci)
         services = [o for o in docs if o.get("kind") == "Service"]
         for obj in docs:
             kind = obj.get("kind")
-            if kind not in CRD_KINDS:
+            if kind not in MONITORING_KINDS:
                 continue
             counts[kind] += 1
             where = f"{ci}: {ref(obj)}"
@@ -805,12 +810,14 @@ def test_no_image_is_latest_or_untagged(rendered: Renderer, ci: str) -> None:
 
 @pytest.mark.parametrize("ci", CI_SETS)
 def test_no_literal_credentials(rendered: Renderer, ci: str) -> None:
-    """Secrets come only from existingSecret: the chart renders no Secret and no credential inline."""
+    """Secrets come from existingSecret, but for one: the Redis password the chart generates when
+    redis.auth.existingSecret is empty (random, kept across upgrades by lookup). No credential inline."""
     docs = rendered(ci)
+    generated = f"{RELEASE}-redis-auth"
     problems = [
         f"{ref(o)}: the chart renders a Secret (use existingSecret)"
         for o in docs
-        if o.get("kind") == "Secret"
+        if o.get("kind") == "Secret" and o["metadata"]["name"] != generated
     ]
     for obj, _, pod in workloads(docs):
         for c in containers(pod):
@@ -1712,3 +1719,288 @@ def test_extra_objects_are_rendered_through_tpl(helm_template: Callable[..., Any
     assert "omnirag-as-text" in maps
     plain = render_with(helm_template, tmp_path, {}, base="default")
     assert "omnirag-extra" not in plain.stdout
+
+
+# ---- what the Ingresses and HTTPRoutes let in ---------------------------------------------------------
+
+PRIVATE_PATHS = ["/metrics", "/readyz", "/healthz", "/metrics/", "/readyz/x", "/healthz?full=1"]
+API_PATHS = ["/v1/chat/completions", "/v1/models", "/v1"]
+UI_PATHS = ["/", "/gradio_api/queue/join", "/assets/index.js", "/auth/login"]
+
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Ingress Prefix / Gateway API PathPrefix: a match by whole path elements (/v1 is not /v1x)."""
+    path = path.split("?", 1)[0]
+    prefix = prefix.rstrip("/")
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def ingress_backend(ingress: dict[str, Any], host: str, path: str) -> str | None:
+    """The Service an Ingress sends host+path to: the longest matching path, Exact before Prefix at equal
+    length (the Ingress API's rule); None when no path matches."""
+    best: tuple[int, int, str] | None = None
+    for rule in ingress["spec"].get("rules") or []:
+        if rule.get("host") not in (None, host):
+            continue
+        for p in (rule.get("http") or {}).get("paths") or []:
+            kind, value = p.get("pathType"), p["path"]
+            bare = path.split("?", 1)[0]
+            if kind == "Exact":
+                hit = bare == value
+            elif kind == "Prefix":
+                hit = prefix_matches(value, path)
+            else:
+                pytest.fail(f"{ref(ingress)}: pathType {kind!r} has no defined matching: use Prefix or Exact")
+            if hit:
+                key = (len(value.rstrip("/")), int(kind == "Exact"), p["backend"]["service"]["name"])
+                best = key if best is None or key[:2] > best[:2] else best
+    return None if best is None else best[2]
+
+
+def route_backends(route: dict[str, Any], path: str) -> list[str] | None:
+    """The Services an HTTPRoute forwards path to (longest PathPrefix first); [] = a rule without
+    backends (the Gateway answers 404); None = no rule matches."""
+    best: tuple[int, list[str]] | None = None
+    for rule in route["spec"].get("rules") or []:
+        for match in rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]:
+            p = match.get("path") or {"type": "PathPrefix", "value": "/"}
+            assert p.get("type") == "PathPrefix", f"{ref(route)}: path match {p}: only PathPrefix is modelled"
+            if prefix_matches(p["value"], path) and (best is None or len(p["value"].rstrip("/")) > best[0]):
+                best = (len(p["value"].rstrip("/")), [b["name"] for b in rule.get("backendRefs") or []])
+    return None if best is None else best[1]
+
+
+def routes_render(helm_template: Callable[..., Any], tmp_path: Path) -> Docs:
+    """values.yaml with both the Ingresses and the HTTPRoutes on."""
+    override = {"ingress": {"enabled": True}, "httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}
+    result = render_with(helm_template, tmp_path, override, base="default")
+    assert result.returncode == 0, result.stderr
+    return list(result.docs)
+
+
+@pytest.mark.parametrize("source", ["default+routes", "gpu-full"])
+def test_routes_never_reach_metrics_or_probes(
+    helm_template: Callable[..., Any], rendered: Renderer, tmp_path: Path, source: str
+) -> None:
+    """From outside, /metrics, /readyz and /healthz reach no pod; the API (/v1) and the UI do."""
+    docs = routes_render(helm_template, tmp_path) if source == "default+routes" else rendered(source)
+    services = {o["metadata"]["name"]: o for o in docs if o.get("kind") == "Service"}
+    ingresses = {component_of(o): o for o in docs if o.get("kind") == "Ingress"}
+    routes = {component_of(o): o for o in docs if o.get("kind") == "HTTPRoute"}
+    assert set(ingresses) == {"ui", "gateway"} and set(routes) == {"ui", "gateway"}, (ingresses, routes)
+    own = {"ui": f"{RELEASE}-ui", "gateway": f"{RELEASE}-gateway"}
+    public = {"ui": UI_PATHS, "gateway": API_PATHS}
+    problems: list[str] = []
+
+    def reaches_pods(name: str | None) -> bool:
+        svc = services.get(name or "")
+        return bool(svc and svc["spec"].get("selector"))
+
+    for component, ing in ingresses.items():
+        host = ing["spec"]["rules"][0]["host"]
+        for path in PRIVATE_PATHS:
+            to = ingress_backend(ing, host, path)
+            if to is not None and (to not in services or reaches_pods(to)):
+                problems.append(f"Ingress {component}: {path} goes to {to}")
+        for path in public[component]:
+            if ingress_backend(ing, host, path) != own[component]:
+                problems.append(f"Ingress {component}: {path} does not reach {own[component]}")
+    # The API's Ingress carries the API only: no docs page, no root.
+    if ingress_backend(ingresses["gateway"], ingresses["gateway"]["spec"]["rules"][0]["host"], "/docs"):
+        problems.append("Ingress gateway: /docs is routed")
+
+    for component, route in routes.items():
+        where = f"HTTPRoute {component}"
+        if route.get("apiVersion") != CRD_KINDS["HTTPRoute"]:
+            problems.append(f"{where}: apiVersion {route.get('apiVersion')}")
+        spec = route["spec"]
+        unknown = set(spec) - {"parentRefs", "hostnames", "rules"}
+        if unknown:
+            problems.append(f"{where}: unknown spec fields {sorted(unknown)}")
+        if not spec.get("parentRefs") or not all(p.get("name") for p in spec["parentRefs"]):
+            problems.append(f"{where}: parentRefs {spec.get('parentRefs')}")
+        if not spec.get("hostnames") or not all(re.fullmatch(r"[a-z0-9.*-]+", h) for h in spec["hostnames"]):
+            problems.append(f"{where}: hostnames {spec.get('hostnames')}")
+        for rule in spec.get("rules") or []:
+            unknown = set(rule) - {"matches", "backendRefs", "filters", "timeouts", "name"}
+            if unknown:
+                problems.append(f"{where}: unknown rule fields {sorted(unknown)}")
+            for b in rule.get("backendRefs") or []:
+                ports = [
+                    p["port"] for p in (services.get(b["name"]) or {"spec": {}})["spec"].get("ports") or []
+                ]
+                if b.get("port") not in ports:
+                    problems.append(f"{where}: backend {b} is no port of a rendered Service ({ports})")
+        for path in PRIVATE_PATHS:
+            if route_backends(route, path) not in (None, []):
+                problems.append(f"{where}: {path} goes to {route_backends(route, path)}")
+        for path in public[component]:
+            if route_backends(route, path) != [own[component]]:
+                problems.append(f"{where}: {path} goes to {route_backends(route, path)}")
+    assert not problems, f"{source}:{fmt(problems)}"
+
+
+def test_an_http_route_without_a_gateway_to_attach_to_fails_the_install(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    result = render_with(helm_template, tmp_path, {"httpRoute": {"enabled": True}}, base="default")
+    assert result.returncode != 0
+    assert "parentRefs" in result.stderr, result.stderr
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+@pytest.mark.parametrize("ci", ["default", "gpu-full"])
+def test_streamed_answers_outlive_load_balancer_idle_timeouts(
+    rendered: Renderer, helm_template: Callable[..., Any], tmp_path: Path, ci: str
+) -> None:
+    """The gateway sends SSE keep-alive comments well inside a 30 s idle timeout; the nginx Ingress
+    keeps its long read timeout; the value reaches the gateway's setting."""
+    from omnirag.gateway.config import GatewaySettings
+
+    docs = rendered(ci)
+    (gw,) = of_component(docs, "gateway", {"Deployment"})
+    env = env_of(gw["spec"]["template"]["spec"]["containers"][0])
+    assert "GATEWAY_SSE_KEEPALIVE_SECONDS" in env, sorted(env)
+    seconds = GatewaySettings(
+        sse_keepalive_seconds=env["GATEWAY_SSE_KEEPALIVE_SECONDS"]
+    ).sse_keepalive_seconds
+    assert 0 < seconds < 30, f"{ci}: keep-alive every {seconds} s does not beat a 30 s idle timeout"
+    for ing in (o for o in docs if o.get("kind") == "Ingress"):
+        timeout = (ing["metadata"].get("annotations") or {}).get(
+            "nginx.ingress.kubernetes.io/proxy-read-timeout"
+        )
+        assert timeout is not None and int(timeout) >= 60, f"{ref(ing)}: proxy-read-timeout {timeout}"
+    result = render_with(helm_template, tmp_path, {"gateway": {"sseKeepAliveSeconds": 5}}, base=ci)
+    assert result.returncode == 0, result.stderr
+    (gw,) = of_component(result.docs, "gateway", {"Deployment"})
+    assert env_of(gw["spec"]["template"]["spec"]["containers"][0])["GATEWAY_SSE_KEEPALIVE_SECONDS"] == "5"
+
+
+# ---- Redis: a patched release, a password by default, an exporter ---------------------------------
+
+# The first release of each line with the 2025 Lua RCE fixes (CVE-2025-49844 "RediShell",
+# CVE-2025-46817/46818/46819) and the 2026 TLS use-after-free (CVE-2026-81934), whichever is later.
+# A line that is not listed got neither (8.0 is out of support): refused.
+REDIS_PATCHED = {
+    (7, 2): (7, 2, 16),
+    (7, 4): (7, 4, 11),
+    (8, 2): (8, 2, 9),
+    (8, 4): (8, 4, 6),
+    (8, 6): (8, 6, 6),
+    (8, 8): (8, 8, 2),
+    (8, 10): (8, 10, 1),
+}
+
+
+def redis_version(image: str) -> tuple[int, int, int]:
+    tag = image.rsplit(":", 1)[-1]
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(-[a-z0-9.]+)?", tag)
+    assert match, f"the Redis image tag {tag!r} names no exact x.y.z release"
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+def redis_pod(docs: Docs) -> tuple[dict[str, Any], dict[str, Any]]:
+    found = [(o, pod) for o, _, pod in workloads(docs) if component_of(o) == "redis"]
+    assert len(found) == 1, [ref(o) for o, _ in found]
+    return found[0]
+
+
+def test_redis_version_check_refuses_unpatched_releases() -> None:
+    """The check itself: the chart's previous tag and the last unpatched releases fail it."""
+    for tag in ("7.4.2-alpine", "7.4.5", "8.2.1-alpine", "8.0.4", "6.2.20", "8.10.0-bookworm"):
+        version = redis_version(f"redis:{tag}")
+        assert REDIS_PATCHED.get(version[:2], (99, 0, 0)) > version, tag
+
+
+@pytest.mark.parametrize("ci", [c for c in CI_SETS if c not in {"external-redis", "only-retriever"}])
+def test_redis_image_has_the_rce_fixes(rendered: Renderer, ci: str) -> None:
+    _, pod = redis_pod(rendered(ci))
+    (redis,) = [c for c in pod["containers"] if c["name"] == "redis"]
+    version = redis_version(redis["image"])
+    floor = REDIS_PATCHED.get(version[:2])
+    assert floor is not None, f"{ci}: Redis {version} is a line without the 2025/2026 RCE fixes"
+    assert version >= floor, f"{ci}: Redis {version} is older than the patched {floor}"
+
+
+def test_default_install_has_redis_auth_with_a_generated_secret(
+    rendered: Renderer, helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    import base64
+
+    docs = rendered("default")
+    secrets = {o["metadata"]["name"]: o for o in docs if o.get("kind") == "Secret"}
+    name = f"{RELEASE}-redis-auth"
+    assert name in secrets, f"no generated Redis password Secret; Secrets: {sorted(secrets)}"
+    password = base64.b64decode(secrets[name]["data"]["redis-password"]).decode()
+    assert len(password) >= 32 and password.isalnum(), "the generated password is short or not alphanumeric"
+    # Kept across upgrades: the template reads the Secret back before generating one.
+    source = (CHART / "templates" / "redis-statefulset.yaml").read_text()
+    assert re.search(r'lookup "v1" "Secret" \$\.Release\.Namespace', source)
+
+    _, pod = redis_pod(docs)
+    (redis,) = [c for c in pod["containers"] if c["name"] == "redis"]
+    assert "requirepass" in script_text(redis) and password not in json.dumps(pod)
+    auth = {v["name"]: v for v in pod["volumes"]}["auth"]["secret"]
+    assert auth["secretName"] == name
+    # Every Redis client gets the password as a file from that Secret.
+    for component in ("gateway", "indexer-worker"):
+        for obj, _, spec in workloads(of_component(docs, component)):
+            env = {e["name"]: e.get("value") for c in containers(spec) for e in c.get("env") or []}
+            assert any(k.endswith("REDIS_PASSWORD_FILE") for k in env), f"{ref(obj)}: no Redis password file"
+            names = {(v.get("secret") or {}).get("secretName") for v in spec.get("volumes") or []}
+            assert name in names, f"{ref(obj)}: the password Secret is not mounted"
+
+    # An existing Secret replaces the generated one.
+    result = render_with(
+        helm_template, tmp_path, {"redis": {"auth": {"existingSecret": "mine"}}}, base="default"
+    )
+    assert result.returncode == 0, result.stderr
+    assert not [o for o in result.docs if o.get("kind") == "Secret"]
+    _, pod = redis_pod(result.docs)
+    assert {v["name"]: v for v in pod["volumes"]}["auth"]["secret"]["secretName"] == "mine"
+
+
+@pytest.mark.parametrize(
+    ("override", "on"),
+    [
+        ({}, False),
+        ({"metrics": {"serviceMonitor": {"enabled": True}}}, True),
+        ({"metrics": {"serviceMonitor": {"enabled": True}}, "redis": {"metrics": {"enabled": False}}}, False),
+        ({"redis": {"metrics": {"enabled": True}}}, True),
+    ],
+    ids=["default", "with-servicemonitor", "forced-off", "forced-on"],
+)
+def test_redis_exporter_sidecar_is_scraped_through_its_own_port(
+    helm_template: Callable[..., Any], tmp_path: Path, override: dict[str, Any], on: bool
+) -> None:
+    result = render_with(helm_template, tmp_path, override, base="default")
+    assert result.returncode == 0, result.stderr
+    docs = result.docs
+    _, pod = redis_pod(docs)
+    exporters = [c for c in pod["containers"] if "redis_exporter" in c["image"]]
+    (service,) = [
+        o for o in docs if o.get("kind") == "Service" and o["metadata"]["name"] == f"{RELEASE}-redis"
+    ]
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    monitors = [o for o in docs if o.get("kind") == "ServiceMonitor" and component_of(o) == "redis"]
+    if not on:
+        assert not exporters and "metrics" not in ports and not monitors
+        return
+    (exporter,) = exporters
+    assert image_problem(exporter["image"]) is None
+    assert {p["containerPort"] for p in exporter["ports"]} == {9121}
+    assert ports["metrics"]["targetPort"] == "metrics"
+    # The password reaches it as a file, never in its env or argv.
+    assert "--redis.password-file" in script_text(exporter)
+    assert not [e for e in exporter.get("env") or [] if SECRETISH_ENV.search(e["name"])]
+    mounts = {m["name"]: m for m in exporter["volumeMounts"]}
+    assert mounts["auth"]["readOnly"] is True
+    policy = next(o for o in docs if o.get("kind") == "NetworkPolicy" and component_of(o) == "redis")
+    opened = {p.get("port") for rule in policy["spec"]["ingress"] for p in rule.get("ports") or []}
+    assert 9121 in opened, f"the NetworkPolicy does not let Prometheus reach 9121: {opened}"
+    if override.get("metrics", {}).get("serviceMonitor", {}).get("enabled"):
+        (monitor,) = monitors
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]

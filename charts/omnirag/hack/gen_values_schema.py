@@ -352,6 +352,8 @@ def values_schema(kb: J) -> J:
                     {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
                     required=["enabled", "existingSecretKey"],
                 ),
+                # GATEWAY_SSE_KEEPALIVE_SECONDS: 0 = off; at most an hour, as the setting.
+                "sseKeepAliveSeconds": {"type": "number", "minimum": 0, "maximum": 3600},
             }
         ),
         "embedder": http_service(
@@ -562,6 +564,14 @@ def values_schema(kb: J) -> J:
                 {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretPasswordKey": SECRET_KEY},
                 required=["enabled"],
             ),
+            # null: follow metrics.serviceMonitor.enabled.
+            "metrics": obj(
+                {
+                    "enabled": {"type": ["boolean", "null"]},
+                    "image": ref("chartImagePinned"),
+                    "resources": ref("chartResources"),
+                }
+            ),
             "persistence": obj(
                 {
                     "enabled": BOOL,
@@ -621,6 +631,32 @@ def values_schema(kb: J) -> J:
             ),
             "ui": obj({**ingress_route, "sessionAffinity": BOOL}, required=["enabled", "hosts"]),
             "gateway": obj(ingress_route, required=["enabled", "hosts"]),
+        },
+        required=["enabled"],
+    )
+
+    # Gateway API: hostnames without a port; a path prefix starts with /.
+    http_route_part = {
+        "enabled": BOOL,
+        "hostnames": {"type": "array", "items": ingress_host},
+        "path": string(pattern=r"^/"),
+        "annotations": STRING_MAP,
+    }
+    http_route = obj(
+        {
+            "enabled": BOOL,
+            "parentRefs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": string(minLength=1)},
+                },
+            },
+            "annotations": STRING_MAP,
+            "timeouts": obj({"request": string(), "backendRequest": string()}),
+            "ui": obj(http_route_part, required=["enabled"]),
+            "gateway": obj(http_route_part, required=["enabled"]),
         },
         required=["enabled"],
     )
@@ -779,6 +815,7 @@ def values_schema(kb: J) -> J:
         # Identical to the indexer's schema (see the module docstring).
         "knowledgeBases": kb["properties"]["knowledgeBases"],
         "ingress": ingress,
+        "httpRoute": http_route,
         "networkPolicy": network_policy,
         "metrics": metrics,
         "tests": tests,
@@ -800,6 +837,15 @@ def values_schema(kb: J) -> J:
 
     # Cross-field rules: a part that is off must be replaced by an external one when something uses it.
     rules = [
+        {
+            "if": enabled("httpRoute", True),
+            "then": {
+                "properties": {
+                    "httpRoute": {"properties": {"parentRefs": {"minItems": 1}}, "required": ["parentRefs"]}
+                },
+                "description": "httpRoute.enabled needs httpRoute.parentRefs (the Gateways to attach to)",
+            },
+        },
         {
             "if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
             "then": needs(
@@ -873,22 +919,6 @@ def values_schema(kb: J) -> J:
         {
             "if": {"allOf": [enabled("ui", True), enabled("gateway", False)]},
             "then": needs(["gateway", "externalUrl"], "gateway is off: the UI needs gateway.externalUrl"),
-        },
-        {
-            "if": {
-                "properties": {
-                    "redis": {
-                        "properties": {
-                            "auth": {"properties": {"enabled": {"const": True}}, "required": ["enabled"]}
-                        },
-                        "required": ["auth"],
-                    }
-                },
-                "required": ["redis"],
-            },
-            "then": needs(
-                ["redis", "auth", "existingSecret"], "redis.auth.enabled needs redis.auth.existingSecret"
-            ),
         },
     ]
 

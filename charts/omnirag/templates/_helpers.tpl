@@ -381,13 +381,26 @@ dict "prefix" "GATEWAY_" "port" 8000 (port 0 = no HTTP server)
 {{- end -}}
 
 {{/* Whether Redis is usable at all (in the release, or external): "true" or "". */}}
+{{/* Paths every service serves for the cluster only (metrics, probes): never routed from outside
+by the Ingresses or the HTTPRoutes. A JSON list. */}}
+{{- define "omnirag.privatePaths" -}}
+{{- list "/metrics" "/readyz" "/healthz" | toJson -}}
+{{- end -}}
+
 {{- define "omnirag.redisAvailable" -}}
 {{- if or .Values.redis.enabled .Values.redis.external.existingSecret -}}true{{- end -}}
 {{- end -}}
 
 {{/* Secret and key of the Redis password when auth is on. */}}
 {{- define "omnirag.redisPasswordSecret" -}}
-{{- required "redis.auth.enabled needs redis.auth.existingSecret" .Values.redis.auth.existingSecret -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-auth" (include "omnirag.componentName" (dict "ctx" . "component" "redis"))) -}}
+{{- end -}}
+
+{{/* "true" when the Redis pod runs the redis_exporter sidecar: redis.metrics.enabled, or when it
+is null, metrics.serviceMonitor.enabled. */}}
+{{- define "omnirag.redisMetrics" -}}
+{{- $m := .Values.redis.metrics.enabled -}}
+{{- if and .Values.redis.enabled (kindIs "invalid" $m | ternary .Values.metrics.serviceMonitor.enabled $m) -}}true{{- end -}}
 {{- end -}}
 
 {{/*

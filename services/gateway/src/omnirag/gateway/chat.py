@@ -113,6 +113,14 @@ def _sse(obj: Any) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+# An SSE comment: it keeps a quiet stream's connection busy for the proxies on the way (idle
+# timeouts of 30-60 s) and every SSE client, the OpenAI SDK's included, skips it.
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def error_event(code: str, message: str) -> bytes:
+    """The event a stream that can no longer answer with a status ends on (before ``[DONE]``)."""
+    return _sse({"error": {"code": code, "message": message}})
 
 
 class ChatHandler:

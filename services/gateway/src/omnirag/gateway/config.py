@@ -84,6 +84,16 @@ class GatewaySettings(RedisServiceSettings):
         "servers) or max_completion_tokens (OpenAI's reasoning models).",
     )
     llm_timeout: float = Field(120.0, gt=0, description="Seconds one LLM call may take, streaming included.")
+    sse_keepalive_seconds: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="Seconds of silence in a streamed answer (waiting for the LLM's first token, or between "
+        "tokens) after which an SSE comment (': keep-alive') is sent, so load balancers with a 30-60 s idle "
+        "timeout do not cut the stream; OpenAI clients skip comments. Shorter: more bytes on a slow stream; "
+        "longer than a proxy's idle timeout: the stream is cut. A first token slower than this commits the "
+        "answer to 200, so a later LLM failure comes as an error event, not a 502. 0 turns it off.",
+    )
     llm_connect_retries: int = Field(
         2, ge=0, le=5, description="Retries of an LLM call that failed before its first byte (never after)."
     )

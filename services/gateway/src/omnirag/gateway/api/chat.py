@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import orjson
@@ -24,12 +25,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from omnirag.core.errors import BadRequest, ClientGone, TooDeeplyNested
+from omnirag.core.errors import BadRequest, ClientGone, OmniragError, TooDeeplyNested
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import MAX_JSON_DEPTH, json_depth_exceeds, loads_json
-from omnirag.gateway.chat import ChatRequest
+from omnirag.gateway.chat import DONE, KEEPALIVE, ChatRequest, error_event
 from omnirag.gateway.deps import authenticated
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -173,6 +175,94 @@ class EventStream(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+class _Failed:
+    """An exception raised by the events, carried across the queue of ``_kept_alive``."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+_END = object()
+
+
+async def _kept_alive(events: AsyncGenerator[bytes, None], interval: float) -> AsyncGenerator[bytes, None]:
+    """``events``, with a keep-alive comment after every ``interval`` seconds without one.
+
+    The events are read by a task of their own into a one-place queue and only the wait on that
+    queue is timed: a timeout on ``events.__anext__()`` itself would cancel it, and with it the LLM
+    stream. One task per stream, not one per token; the queue holds at most one event, so a slow
+    client still slows the reading of the LLM down."""
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                await queue.put(event)
+        except Exception as exc:
+            await queue.put(_Failed(exc))
+            return
+        await queue.put(_END)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    item = await queue.get()
+            except TimeoutError:
+                yield KEEPALIVE
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            assert isinstance(item, bytes)
+            yield item
+    finally:
+        # The client left or the stream ended: stop reading (which hangs up on the LLM), then close.
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await events.aclose()
+
+
+async def _late_answer(
+    work: asyncio.Future[dict[str, Any] | AsyncGenerator[bytes, None]],
+) -> AsyncGenerator[bytes, None]:
+    """The stream of an answer whose first token is slower than the keep-alive interval.
+
+    The response has to start before the answer is known (or the proxies cut the silent
+    connection), so what would have been an error status comes as the error event and ``[DONE]``
+    that a stream broken midway ends with."""
+    try:
+        yield KEEPALIVE  # one interval has passed already
+        try:
+            result = await work
+        except OmniragError as exc:
+            yield error_event(exc.code, exc.message)
+            yield DONE
+            return
+        except Exception as exc:
+            log.exception(
+                "a streamed answer failed before its first token", extra={"error": type(exc).__name__}
+            )
+            yield error_event("internal_error", "internal error")
+            yield DONE
+            return
+        if isinstance(result, dict):  # not for a streamed request today; kept correct regardless
+            yield b"data: " + json.dumps(result).encode() + b"\n\n"
+            yield DONE
+            return
+        async with contextlib.aclosing(result) as events:
+            async for event in events:
+                yield event
+    finally:
+        if not work.done():
+            work.cancel()
+
+
 @router.post(
     "/chat/completions",
     summary="OpenAI-compatible chat, with RAG over a collection",
@@ -183,12 +273,50 @@ async def chat_completions(request: Request) -> Response:
     headers = request.headers
     key = await authenticated(request, headers.get("authorization"), headers.get("x-api-key"))
     body = _chat_request(payload)
-    handle = request.app.state.gateway.chat.handle
+    gateway = request.app.state.gateway
+    interval = gateway.settings.sse_keepalive_seconds
+    if body.stream and interval > 0:
+        return await _kept_alive_answer(request, gateway.chat.handle(key, body), interval)
     result: dict[str, Any] | AsyncGenerator[bytes, None] | None = None
     async with _cancelled_if_gone(request.receive):
-        result = await handle(key, body)
+        result = await gateway.chat.handle(key, body)
     if result is None:
         raise ClientGone("the client disconnected before the answer was ready")
     if isinstance(result, dict):
         return JSONResponse(result)
     return EventStream(result, headers=SSE_HEADERS)
+
+
+async def _kept_alive_answer(
+    request: Request,
+    answer: Coroutine[Any, Any, dict[str, Any] | AsyncGenerator[bytes, None]],
+    interval: float,
+) -> Response:
+    """A streamed answer with keep-alive comments in every silence longer than ``interval``.
+
+    An answer whose first token comes within one interval starts as before (a failure until then
+    is still a status); a slower one starts the stream with a comment and keeps it alive until the
+    first token."""
+    work = asyncio.ensure_future(answer)
+    handed_over = False
+    try:
+        async with _cancelled_if_gone(request.receive) as gone:
+            await asyncio.wait({work}, timeout=interval)
+        if gone():
+            raise ClientGone("the client disconnected before the answer was ready")
+        if work.done():
+            result = work.result()
+            handed_over = True
+            if isinstance(result, dict):
+                return JSONResponse(result)
+            return EventStream(_kept_alive(result, interval), headers=SSE_HEADERS)
+        handed_over = True
+        return EventStream(_kept_alive(_late_answer(work), interval), headers=SSE_HEADERS)
+    finally:
+        if not handed_over:
+            if not work.done():
+                work.cancel()  # the client left: so does the LLM request
+            elif not work.cancelled() and work.exception() is None:
+                left = work.result()
+                if not isinstance(left, dict):
+                    await left.aclose()
