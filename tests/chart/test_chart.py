@@ -415,11 +415,71 @@ def flag_value(argv: list[str], flag: str) -> str | None:
     return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
 
 
+# The vLLM release the chart runs: the newest whose release notes were read (November 2026; 0.34.0
+# was on PyPI too, its notes not yet readable). A test below refuses an older tag.
+VLLM_TAG = "v0.33.0"
+# Every flag the chart may render, all options of `vllm serve` in that release.
+VLLM_SERVE_FLAGS = {
+    "--served-model-name",
+    "--max-model-len",
+    "--host",
+    "--port",
+    "--dtype",
+    "--gpu-memory-utilization",
+    "--tensor-parallel-size",
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "--reasoning-parser",
+}
+
+
+def vllm_model(container: dict[str, Any]) -> str:
+    """The model `vllm serve MODEL` serves: the positional argument right after `serve`."""
+    argv = tokens(container)
+    assert argv[:2] == ["vllm", "serve"], f"vLLM runs {argv[:3]}, want `vllm serve MODEL`"
+    assert len(argv) > 2 and not argv[2].startswith("-"), f"no model after `vllm serve`: {argv}"
+    return argv[2]
+
+
+def release_tuple(tag: str) -> tuple[int, ...]:
+    match = re.fullmatch(r"v?(\d+)\.(\d+)\.(\d+)", tag)
+    assert match, f"{tag!r} is not a vLLM release tag (vX.Y.Z)"
+    return tuple(int(x) for x in match.groups())
+
+
+@pytest.mark.parametrize("ci", ["default", "gpu-full", "managed-single-node"])
+def test_vllm_is_the_chosen_release_or_newer(rendered: Renderer, ci: str) -> None:
+    obj, _, container = vllm_pod(rendered(ci))
+    image = container["image"]
+    assert image.split("/", 1)[1].startswith("vllm/vllm-openai:"), image
+    tag = image.rsplit(":", 1)[1]
+    assert tag == VLLM_TAG, f"{ref(obj)} runs {image}; the chart's tests check {VLLM_TAG}'s CLI"
+    assert release_tuple(tag) >= release_tuple(VLLM_TAG), image
+
+
+def test_vllm_flags_are_options_of_vllm_serve(rendered: Renderer) -> None:
+    for ci in ("default", "gpu-full"):
+        obj, _, container = vllm_pod(rendered(ci))
+        vllm_model(container)
+        unknown = {t for t in tokens(container) if t.startswith("--")} - VLLM_SERVE_FLAGS
+        assert not unknown, f"{ci}: {ref(obj)} passes {sorted(unknown)}, not options of `vllm serve`"
+
+
+def test_vllm_splits_reasoning_only_for_a_reasoning_model(rendered: Renderer) -> None:
+    # The default model is DeepSeek-R1-0528-Qwen3-8B: thinking goes to reasoning_content.
+    _, _, container = vllm_pod(rendered("default"))
+    assert flag_value(tokens(container), "--reasoning-parser") == "deepseek_r1", tokens(container)
+    # gpu-full serves Qwen2.5-Instruct, which does not think: the parser would eat its answers.
+    _, _, container = vllm_pod(rendered("gpu-full"))
+    assert "--reasoning-parser" not in tokens(container), tokens(container)
+
+
 def test_vllm_runs_with_the_seed_flags(rendered: Renderer) -> None:
     obj, _, container = vllm_pod(rendered("gpu-full"))
     argv = tokens(container)
     problems: list[str] = []
-    for flag in ("--served-model-name", "--max-model-len", "--model"):
+    vllm_model(container)
+    for flag in ("--served-model-name", "--max-model-len"):
         value = flag_value(argv, flag)
         if not value or value.startswith("--"):
             problems.append(f"{flag} has no value")
@@ -484,13 +544,13 @@ def claim_of(pod: dict[str, Any], volume: str) -> str | None:
 
 
 def test_vllm_waits_for_the_model_download(rendered: Renderer) -> None:
-    """An init container holds vLLM back until the model-download Job has left its marker in --model."""
+    """An init container holds vLLM back until the model-download Job has left its marker by the model."""
     docs = rendered("gpu-full")
     obj, pod, container = vllm_pod(docs)
-    model = (flag_value(tokens(container), "--model") or "").rstrip("/")
+    model = vllm_model(container).rstrip("/")
     main_mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
     model_volumes = {name for name, path in main_mounts.items() if model.startswith(path.rstrip("/") + "/")}
-    assert model_volumes, f"{ref(obj)}: --model {model!r} is on none of the mounts {main_mounts}"
+    assert model_volumes, f"{ref(obj)}: the model {model!r} is on none of the mounts {main_mounts}"
     waiting = []
     for init in pod.get("initContainers") or []:
         shares = {m["name"] for m in init.get("volumeMounts") or []} & model_volumes
@@ -966,9 +1026,18 @@ KBS: list[dict[str, Any]] = [
 ]
 
 
+# The handbook's documents, on a volume of the indexer's pods where its local source says.
+KB_VOLUMES: dict[str, Any] = {
+    "extraVolumes": [
+        {"name": "handbook", "persistentVolumeClaim": {"claimName": "handbook", "readOnly": True}}
+    ],
+    "extraVolumeMounts": [{"name": "handbook", "mountPath": "/data/handbook", "readOnly": True}],
+}
+
+
 def test_one_cronjob_per_knowledge_base(helm_template: Callable[..., Any], tmp_path: Path) -> None:
     values = tmp_path / "kbs.yaml"
-    values.write_text(yaml.safe_dump({"knowledgeBases": KBS}))
+    values.write_text(yaml.safe_dump({"knowledgeBases": KBS, "indexer": KB_VOLUMES}))
     result = helm_template(values)
     assert result.returncode == 0, f"helm template with two knowledge bases failed:\n{result.stderr}"
     docs = result.docs
@@ -1031,6 +1100,215 @@ def test_ci_sets_render_a_cronjob_per_knowledge_base(rendered: Renderer, ci_valu
             kb_spec.parse(data, Path("/config"))
         except kb_spec.SpecError as exc:
             pytest.fail(f"{ci}: {ref(cm)} {key} is rejected by the indexer: {exc.message}")
+
+
+def indexer_container(pod: dict[str, Any]) -> dict[str, Any]:
+    [container] = [c for c in pod.get("containers") or [] if c.get("name") == "indexer"]
+    return container
+
+
+def mounted_path(pod: dict[str, Any], container: dict[str, Any], path: str) -> str | None:
+    """The name of the pod volume mounted at or above `path` in the container, or None."""
+    volumes = {v["name"] for v in pod.get("volumes") or []}
+    for m in container.get("volumeMounts") or []:
+        root = str(m["mountPath"]).rstrip("/") + "/"
+        if (path.rstrip("/") + "/").startswith(root) and m["name"] in volumes:
+            return str(m["name"])
+    return None
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_every_local_source_path_has_its_volume(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    """A `type: local` source is read inside the indexer's pods: its path must be on one of their volumes."""
+    values = ci_values(ci)
+    problems = []
+    for kb in values.get("knowledgeBases") or []:
+        for source in kb.get("sources") or []:
+            if source.get("type") != "local":
+                continue
+            runs = [
+                o
+                for o in of_component(rendered(ci), "indexer", {"CronJob", "Job"})
+                if flag_value(tokens_of_pod(o), "--kb") == kb["name"]
+            ]
+            assert runs, f"{ci}: no indexer run of {kb['name']}"
+            for obj in runs:
+                found = pod_template(obj)
+                assert found is not None
+                if mounted_path(found[1], indexer_container(found[1]), source["path"]) is None:
+                    problems.append(f"{ci}: {ref(obj)} reads {source['path']!r} but mounts nothing there")
+    assert not problems, fmt(problems)
+
+
+@pytest.mark.parametrize(
+    ("path", "mounts", "message"),
+    [
+        ("/srv/docs", [], "is on no volume"),
+        ("/srv/docs", [{"name": "d", "mountPath": "/srv/doc"}], "is on no volume"),
+        ("docs", [{"name": "d", "mountPath": "/srv/docs"}], "is relative"),
+    ],
+    ids=["no-mount", "sibling-mount", "relative"],
+)
+def test_a_local_source_without_its_volume_fails_the_install(
+    helm_template: Callable[..., Any], tmp_path: Path, path: str, mounts: list[dict[str, Any]], message: str
+) -> None:
+    values = tmp_path / "v.yaml"
+    indexer: dict[str, Any] = {"extraVolumeMounts": mounts}
+    if mounts:
+        indexer["extraVolumes"] = [{"name": "d", "emptyDir": {}}]
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "knowledgeBases": [{"name": "docs", "sources": [{"type": "local", "path": path}]}],
+                "indexer": indexer,
+            }
+        )
+    )
+    result = helm_template(values)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "indexer.extraVolumeMounts" in result.stderr, result.stderr
+
+
+def test_gpu_embedder_runs_the_cuda_image(rendered: Renderer) -> None:
+    """An embedder given a GPU runs the CUDA build (tag <appVersion>-gpu); the default one the CPU build."""
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    seen_gpu = []
+    for ci in CI_SETS:
+        for obj in of_component(rendered(ci), "embedder", {"Deployment"}):
+            [container] = [
+                c for c in obj["spec"]["template"]["spec"]["containers"] if c["name"] == "embedder"
+            ]
+            limits = (container.get("resources") or {}).get("limits") or {}
+            env = {e["name"]: e.get("value") for e in container.get("env") or []}
+            gpu = int(limits.get("nvidia.com/gpu", 0)) > 0 or str(env.get("EMBEDDER_DEVICE", "")).startswith(
+                "cuda"
+            )
+            tag = container["image"].rsplit(":", 1)[1]
+            if gpu:
+                seen_gpu.append(ci)
+                assert tag == f"{app_version}-gpu", (
+                    f"{ci}: {ref(obj)} uses a GPU but runs {container['image']}"
+                )
+                assert int(limits.get("nvidia.com/gpu", 0)) >= 1, (
+                    f"{ci}: {ref(obj)} has no GPU limit: {limits}"
+                )
+            else:
+                assert not tag.endswith("-gpu"), f"{ci}: {ref(obj)} has no GPU but runs {container['image']}"
+    assert "gpu-full" in seen_gpu, "gpu-full's embedder should run on a GPU"
+
+
+def initial_runs(docs: Docs) -> dict[str, dict[str, Any]]:
+    """The indexer's first-run Jobs by knowledge base."""
+    out = {}
+    for obj in of_component(docs, "indexer", {"Job"}):
+        kb = flag_value(tokens_of_pod(obj), "--kb")
+        assert kb and kb not in out, f"{ref(obj)}: knowledge base {kb!r}"
+        out[kb] = obj
+    return out
+
+
+def without_wait(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec with --wait-embedder's value blanked and annotations dropped (they may differ)."""
+    pod = json.loads(json.dumps(pod))
+    for c in pod.get("containers") or []:
+        argv = c.get("command") or []
+        if "--wait-embedder" in argv:
+            argv[argv.index("--wait-embedder") + 1] = "N"
+    return pod
+
+
+def kb_render(helm_template: Callable[..., Any], tmp_path: Path, name: str, values: dict[str, Any]) -> Docs:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm_template(path)
+    assert result.returncode == 0, result.stderr
+    return list(result.docs)
+
+
+def test_each_knowledge_base_is_indexed_once_right_after_install(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Not at its 03:00 schedule: a Job per knowledge base runs the CronJob's pod once, at install."""
+    base = {"knowledgeBases": KBS, "indexer": KB_VOLUMES}
+    docs = kb_render(helm_template, tmp_path, "base", base)
+    jobs = initial_runs(docs)
+    assert sorted(jobs) == sorted(kb["name"] for kb in KBS), [ref(j) for j in jobs.values()]
+    cronjobs = {flag_value(tokens_of_pod(cj), "--kb"): cj for cj in indexer_cronjobs(docs)}
+    problems = []
+    for kb, job in jobs.items():
+        annotations = job["metadata"].get("annotations") or {}
+        if any(k.startswith("helm.sh/hook") for k in annotations):
+            problems.append(f"{ref(job)} is a hook: `helm install --wait` would block on a whole crawl")
+        job_pod, cron_pod = pod_template(job), pod_template(cronjobs[kb])
+        assert job_pod is not None and cron_pod is not None
+        # The same pod: image, command, env, volumes, security, scheduling, as the CronJob's.
+        if without_wait(job_pod[1]) != without_wait(cron_pod[1]):
+            problems.append(f"{ref(job)}'s pod differs from {ref(cronjobs[kb])}'s")
+        wait = float(flag_value(tokens_of_pod(job), "--wait-embedder") or 0)
+        if wait < float(flag_value(tokens_of_pod(cronjobs[kb]), "--wait-embedder") or 0):
+            problems.append(f"{ref(job)} waits {wait} s for the embedder, less than a scheduled run")
+        if job["spec"].get("ttlSecondsAfterFinished") is not None:
+            problems.append(
+                f"{ref(job)}: a finished Job deleted by its TTL would run again at the next upgrade"
+            )
+    assert not problems, fmt(problems)
+
+    names = {kb: j["metadata"]["name"] for kb, j in jobs.items()}
+    # An upgrade that changes nothing of a knowledge base or its pod keeps its Job (no new run).
+    same = kb_render(helm_template, tmp_path, "same", base | {"gateway": {"replicas": 3}})
+    assert {kb: j["metadata"]["name"] for kb, j in initial_runs(same).items()} == names
+    # A changed knowledge base runs again, under a new name; the other one does not.
+    changed_kbs = json.loads(json.dumps(KBS))
+    changed_kbs[0]["splitter"] = {"chunkSize": 600, "chunkOverlap": 60}
+    changed = {
+        kb: j["metadata"]["name"]
+        for kb, j in initial_runs(
+            kb_render(helm_template, tmp_path, "changed", base | {"knowledgeBases": changed_kbs})
+        ).items()
+    }
+    assert changed[KBS[0]["name"]] != names[KBS[0]["name"]], changed
+    assert changed[KBS[1]["name"]] == names[KBS[1]["name"]], changed
+    # A new image re-runs every one (the index may be read differently).
+    image = kb_render(
+        helm_template, tmp_path, "image", base | {"indexer": KB_VOLUMES | {"image": {"tag": "9.9.9"}}}
+    )
+    assert all(initial_runs(image)[kb]["metadata"]["name"] != n for kb, n in names.items())
+    for name in names.values():
+        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name
+    # Off: only the schedules.
+    off = kb_render(
+        helm_template, tmp_path, "off", base | {"indexer": KB_VOLUMES | {"initialRun": {"enabled": False}}}
+    )
+    assert not initial_runs(off) and len(indexer_cronjobs(off)) == len(KBS)
+
+
+@pytest.mark.parametrize("ci", CI_SETS)
+def test_no_pod_waits_for_an_index(rendered: Renderer, ci: str) -> None:
+    """`helm install --wait` waits for Deployments and StatefulSets to be ready: none may need an index.
+
+    The retriever is ready with no collection (its /readyz fails only on a missing index root or a
+    collection that fails to load), so its index root must be a mounted volume, which always
+    exists; no init container may wait on the index volume.
+    """
+    problems = []
+    for obj, _, pod in workloads(rendered(ci)):
+        if obj["kind"] not in LONG_RUNNING:
+            continue
+        for init in pod.get("initContainers") or []:
+            if "/data/index" in script_text(init) or any(
+                str(m.get("mountPath", "")).startswith("/data/index") for m in init.get("volumeMounts") or []
+            ):
+                problems.append(f"{ref(obj)}: init container {init.get('name')} waits on the index")
+    for obj in of_component(rendered(ci), "retriever", {"Deployment"}):
+        pod = obj["spec"]["template"]["spec"]
+        [container] = [c for c in pod["containers"] if c["name"] == "retriever"]
+        root = {e["name"]: e.get("value") for e in container.get("env") or []}["RETRIEVER_INDEX_ROOT"]
+        mounts = {m["mountPath"].rstrip("/"): m["name"] for m in container.get("volumeMounts") or []}
+        if root.rstrip("/") not in mounts:
+            problems.append(
+                f"{ref(obj)}: RETRIEVER_INDEX_ROOT {root} is not a mount point (it may not exist)"
+            )
+    assert not problems, fmt(problems)
 
 
 def inline_refs(node: Any, root: dict[str, Any], depth: int = 0) -> Any:
@@ -1664,6 +1942,10 @@ def test_scheduling_fields_reach_every_component(
             "extraVolumes": [{"name": f"extra-{label}", "emptyDir": {}}],
             "extraVolumeMounts": [{"name": f"extra-{label}", "mountPath": "/srv/extra"}],
         }
+    # Lists replace lists: keep the volume of gpu-full's local knowledge base (the install checks it).
+    indexer = yaml.safe_load(CI_FILES["gpu-full"].read_text())["indexer"]  # type: ignore[union-attr]
+    for key in ("extraVolumes", "extraVolumeMounts"):
+        override["indexer"][key] = indexer[key] + override["indexer"][key]
     result = render_with(helm_template, tmp_path, override)
     assert result.returncode == 0, result.stderr
     problems, seen = [], set()

@@ -408,6 +408,14 @@ def values_schema(kb: J) -> J:
             "backoffLimit": integer(0),
             "activeDeadlineSeconds": integer(1),
             "waitEmbedderSeconds": integer(0),
+            "initialRun": obj(
+                {
+                    "enabled": BOOL,
+                    "waitEmbedderSeconds": integer(0),
+                    "ttlSecondsAfterFinished": {"type": ["integer", "null"], "minimum": 0},
+                },
+                required=["enabled", "waitEmbedderSeconds"],
+            ),
             "tmpSizeLimit": QUANTITY_OR_NULL,
             "worker": obj(
                 {
@@ -466,6 +474,9 @@ def values_schema(kb: J) -> J:
             "tensorParallelSize": {"type": ["integer", "null"], "minimum": 1},
             "toolCalling": obj(
                 {"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]
+            ),
+            "reasoningParser": string(
+                "--reasoning-parser ('' = none).", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_\-]*$"
             ),
             "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
             "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),

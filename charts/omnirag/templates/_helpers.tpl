@@ -914,6 +914,48 @@ externalUrl (any address but cloud metadata, on the URL's port). dict "ctx" $ "c
 {{- end }}
 {{- end -}}
 
+{{/*
+The Job spec of one knowledge base's indexing run, shared by its CronJob (jobTemplate.spec) and its
+first run after install: dict "ctx" $ "component" "indexer" "values" .Values.indexer "labels" {...}
+"kb" <the knowledge base> "waitEmbedder" <seconds> "annotations" {pod annotations}
+*/}}
+{{- define "omnirag.indexer.jobSpec" -}}
+{{- $ := .ctx -}}
+{{- $v := .values -}}
+backoffLimit: {{ $v.backoffLimit }}
+activeDeadlineSeconds: {{ $v.activeDeadlineSeconds }}
+template:
+  metadata:
+    {{- with include "omnirag.podMetadata" . | trim }}{{ . | nindent 4 }}{{- end }}
+  spec:
+    {{- with include "omnirag.podCommon" . | trim }}{{ . | nindent 4 }}{{- end }}
+    restartPolicy: Never
+    containers:
+      - name: indexer
+        {{- include "omnirag.containerImage" (dict "ctx" $ "image" $v.image) | nindent 8 }}
+        command:
+          - python
+          - -m
+          - omnirag.indexer
+          - run
+          - --kb
+          - {{ .kb.name | quote }}
+          - --config
+          - {{ include "omnirag.kbConfigPath" $ }}
+          - --wait-embedder
+          - {{ .waitEmbedder | int | toString | quote }}
+        env:
+          {{- with include "omnirag.indexer.env" . | trim }}{{ . | nindent 10 }}{{- end }}
+        resources:
+          {{- toYaml $v.resources | nindent 10 }}
+        securityContext:
+          {{- include "omnirag.containerSecurityContext" . | nindent 10 }}
+        volumeMounts:
+          {{- with include "omnirag.indexer.volumeMounts" . | trim }}{{ . | nindent 10 }}{{- end }}
+    volumes:
+      {{- with include "omnirag.indexer.volumes" (merge (dict "tmpSize" $v.tmpSizeLimit) .) | trim }}{{ . | nindent 6 }}{{- end }}
+{{- end -}}
+
 {{/* The Job's spec; its hash names the Job. dict "ctx" $ "component" "model-download" "values" .Values.modelDownload "annotations" {...} */}}
 {{- define "omnirag.modelDownload.jobSpec" -}}
 {{- $ := .ctx -}}
