@@ -1,0 +1,211 @@
+"""The rendered release, run as containers (issue 13): every check goes through the pods the chart
+renders, started by podman from the built images; conftest.py says what the harness changes in the
+render and why. Tests run in file order: the index the CronJob pod builds is what the chat cites."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+# conftest.py skips this module unless OMNIRAG_TEST_RELEASE=1 and podman and the images are there.
+pytestmark = pytest.mark.timeout(1800)  # the first test waits for the whole release to start
+FULLNAME = "rel-omnirag"  # helm template's release "rel": the Service and pod names
+AUTH = {"Authorization": "Bearer release-test-key-" + "0" * 16}  # conftest.API_KEY
+CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
+# ENVIRONMENT.md: Debian's chromium, never a browser a test tool downloads.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVICES = ["embedder", "retriever", "gateway", "ui", "indexer-worker"]
+
+
+def wait_for(what: str, check: Any, timeout: float) -> Any:
+    """Poll ``check()`` until it returns something truthy (the event), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except httpx.HTTPError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(1)
+    raise AssertionError(f"{what}: not after {timeout:.0f} s (last: {last!r})")
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_pod_runs_as_rendered(release: Any, component: str) -> None:
+    """uid 10001, read-only root, no capabilities, as the chart renders it; and it is ready (the
+    fixture ran its rendered readiness probe until it passed; run once more here)."""
+    name = f"{FULLNAME}-{component}"
+    rendered = release.workloads[name].rendered_spec["containers"]
+    containers = release.containers(name)
+    assert len(containers) == len(rendered)
+    for c in containers:
+        assert c["State"]["Status"] == "running", release.logs(name)
+        assert c["Config"]["User"].split(":")[0] == "10001"
+        assert c["HostConfig"]["ReadonlyRootfs"] is True
+        assert c["HostConfig"]["CapAdd"] in (None, [])
+        assert "no-new-privileges" in " ".join(c["HostConfig"].get("SecurityOpt") or [])
+        # What the process really holds: uid 10001 and no capability at all, bounding set included.
+        status = release.exec(c["Id"], "python", "-c", "print(open('/proc/1/status').read())")
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["Uid"].split() == ["10001"] * 4
+        assert fields["Gid"].split() == ["10001"] * 4
+        for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(fields[cap], 16) == 0, (cap, fields[cap])
+        assert fields["NoNewPrivs"].strip() == "1"
+    ok, detail = release.ready(name)
+    assert ok, detail
+
+
+def test_cronjob_pod_indexes_the_example_knowledge_base(release: Any) -> None:
+    """The knowledge base's CronJob, run once as a pod, writes the index volume; the retriever pod
+    (index volume read-only) picks the new collection up without a restart."""
+    name = f"{FULLNAME}-index-docs"
+    started = time.monotonic()
+    release.play(name)
+    code = release.wait_exit(name, timeout=900)
+    assert code == 0, release.logs(name)
+    release.timings["index_docs_s"] = time.monotonic() - started
+    retriever = release.url(f"{FULLNAME}-retriever")
+
+    def served() -> dict[str, Any] | None:
+        body = httpx.get(retriever + "/v1/collections", timeout=10).json()
+        items = body.get("collections", body) if isinstance(body, dict) else body
+        for c in items:
+            if (c.get("name") if isinstance(c, dict) else c) == "docs":
+                return c if isinstance(c, dict) else {"name": c}
+        return None
+
+    wait_for("the retriever serves collection docs", served, 120)
+    detail = httpx.get(retriever + "/v1/collections/docs", timeout=10).json()
+    assert json.dumps(detail).count("docs") >= 1
+
+
+def test_streamed_chat_through_the_gateway_cites_the_index(release: Any) -> None:
+    gateway = release.url(f"{FULLNAME}-gateway")
+    body = {
+        "model": "smollm2",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Which port does the gateway listen on?"}],
+        "collection": "docs",
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    content = ""
+    omnirag: dict[str, Any] | None = None
+    done = False
+    with httpx.stream("POST", gateway + "/v1/chat/completions", json=body, headers=AUTH, timeout=300) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[len("data: ") :]
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            for choice in chunk.get("choices", []):
+                content += (choice.get("delta") or {}).get("content") or ""
+            omnirag = chunk.get("omnirag", omnirag)
+    assert done
+    assert content.strip()
+    assert omnirag is not None
+    assert omnirag["citations"], omnirag
+    assert all(c["source"] for c in omnirag["citations"])
+    assert "retriever" not in omnirag.get("degraded", [])
+
+
+def test_chromium_gets_an_answer_through_the_ui_pod(release: Any) -> None:
+    """A real Chromium logs in to the UI pod, asks, and gets an answer with its sources: browser →
+    UI pod → gateway pod (by its Service name) → retriever and LLM."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US").new_page()
+            page.goto(release.url(f"{FULLNAME}-ui") + "/")
+            page.fill("input[name=password]", release.ui_password)
+            page.click("button[type=submit]")
+            # Loaded: the conversations were read from the browser and the gateway asked for history.
+            page.wait_for_selector("#conversations input:checked", timeout=60_000)
+            page.fill("#chat-input textarea", "Which port does the gateway listen on?")
+            page.keyboard.press("Enter")
+            done = "#chatbot .omnirag-meta, #chatbot .omnirag-error"
+            page.wait_for_selector(done, timeout=180_000)
+            answer = page.locator('#chatbot [data-testid="bot"]').last
+            assert answer.locator(".omnirag-error").count() == 0, answer.inner_text()
+            assert answer.locator(".omnirag-source").count() >= 1, answer.inner_text()
+        finally:
+            browser.close()
+
+
+def test_upload_through_the_gateway_is_indexed_by_the_worker_pod(release: Any) -> None:
+    gateway = release.url(f"{FULLNAME}-gateway")
+    marker = "zorblax-" + release.run_id
+    r = httpx.post(
+        gateway + "/v1/collections/release-uploads/documents",
+        json={"text": f"The {marker} reactor runs on seventeen quartz crystals.", "source": "note.txt"},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()["job_id"]
+
+    def finished() -> dict[str, Any] | None:
+        status = httpx.get(f"{gateway}/v1/ingest/{job}", headers=AUTH, timeout=10).json()
+        assert status["status"] not in ("failed", "dead"), status
+        return status if status["status"] == "done" else None
+
+    wait_for("the worker pod indexes the upload", finished, 300)
+    retriever = release.url(f"{FULLNAME}-retriever")
+
+    def found() -> list[dict[str, Any]] | None:
+        r = httpx.post(
+            retriever + "/v1/collections/release-uploads/search",
+            json={"query": f"{marker} reactor", "k": 3, "mode": "sparse"},
+            timeout=30,
+        )
+        if r.status_code != 200:
+            return None
+        hits = [h for h in r.json()["hits"] if marker in h["text"]]
+        return hits or None
+
+    wait_for("the retriever finds the upload", found, 120)
+
+
+def test_ui_serves_its_page_after_login(release: Any) -> None:
+    """The UI pod sends a browser to its login, takes the local password, then serves Gradio's page."""
+    ui = release.url(f"{FULLNAME}-ui")
+    with httpx.Client(base_url=ui, timeout=30) as client:
+        r = client.get("/", headers={"Accept": "text/html"})
+        assert r.status_code == 302
+        assert r.headers["location"].startswith("/auth/login")
+        r = client.post("/auth/local", data={"password": release.ui_password, "next": "/"})
+        assert r.status_code == 303, r.text[:500]
+        r = client.get("/", headers={"Accept": "text/html"})
+        assert r.status_code == 200
+        assert "gradio" in r.text.lower()
+
+
+def test_helm_test_pod_passes(release: Any) -> None:
+    name = f"{FULLNAME}-test-gateway"
+    release.play(name)
+    code = release.wait_exit(name, timeout=300)
+    assert code == 0, release.logs(name)
