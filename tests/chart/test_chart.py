@@ -868,16 +868,43 @@ def test_no_image_is_latest_or_untagged(rendered: Renderer, ci: str) -> None:
     assert not problems, f"{ci}:{fmt(problems)}"
 
 
+def generated_secrets(values: dict[str, Any]) -> dict[str, list[str]]:
+    """The Secrets (name -> sorted data keys) the chart may generate with these values: each one
+    only where no existingSecret (nor an external service) takes its place."""
+    out: dict[str, list[str]] = {}
+    redis, gw, ui = values["redis"], values["gateway"], values["ui"]
+    if redis["enabled"] and redis["auth"]["enabled"] and not redis["auth"]["existingSecret"]:
+        out[f"{RELEASE}-redis-auth"] = [redis["auth"]["existingSecretPasswordKey"]]
+    if gw["enabled"] and gw["auth"]["enabled"] and not gw["auth"]["existingSecret"]:
+        out[f"{RELEASE}-gateway-auth"] = sorted(
+            [gw["auth"]["existingSecretKey"], ui["apiKey"]["existingSecretKey"]]
+        )
+    auth = ui["auth"]
+    no_login = auth["mode"] == "local" or (auth["mode"] == "auto" and not auth["oidc"]["enabled"])
+    if ui["enabled"] and no_login and not auth["local"]["existingSecret"]:
+        keys = [auth["local"]["existingSecretKey"]]
+        if not auth["session"]["existingSecret"]:
+            keys.append(auth["session"]["existingSecretKey"])
+        out[f"{RELEASE}-ui-login"] = sorted(keys)
+    return out
+
+
 @pytest.mark.parametrize("ci", CI_SETS)
-def test_no_literal_credentials(rendered: Renderer, ci: str) -> None:
-    """Secrets come from existingSecret, but for one: the Redis password the chart generates when
-    redis.auth.existingSecret is empty (random, kept across upgrades by lookup). No credential inline."""
+def test_no_literal_credentials(rendered: Renderer, ci_values: Any, ci: str) -> None:
+    """Secrets come from existingSecret, but for the ones the chart generates when theirs is empty
+    (random, kept across upgrades by lookup): the Redis password, the gateway's keys with the UI's key,
+    the UI's local login. Each only then, and holding only its own keys. No credential inline."""
     docs = rendered(ci)
-    generated = f"{RELEASE}-redis-auth"
+    expected = generated_secrets(ci_values(ci))
+    found = {o["metadata"]["name"]: sorted(o.get("data") or {}) for o in docs if o.get("kind") == "Secret"}
     problems = [
-        f"{ref(o)}: the chart renders a Secret (use existingSecret)"
-        for o in docs
-        if o.get("kind") == "Secret" and o["metadata"]["name"] != generated
+        f"Secret/{name} {keys}: the chart renders a Secret (use existingSecret)"
+        for name, keys in found.items()
+        if expected.get(name) != keys
+    ]
+    problems += [
+        f"Secret/{name}: not generated although no existingSecret replaces it"
+        for name in expected.keys() - found.keys()
     ]
     for obj, _, pod in workloads(docs):
         for c in containers(pod):
@@ -970,6 +997,8 @@ def test_the_services_read_the_rendered_secret_files(
         "api-key": "llm-key-1",
         "ui-api-key": "ui-key-1",
         "redis-url": "rediss://:pw@cache.example:6380/1",
+        "ui-local-password": "local-pw-1",  # the chart's generated login (gpu-full configures none)
+        "session-secret": "cookie-key-1",
     }
     with monkeypatch.context() as m:
         settings_from_render(container_of("gpu-full", "gateway"), files, tmp_path, m)
@@ -1554,10 +1583,10 @@ def test_the_ui_login_reaches_the_ui_as_settings_and_secret_files(
     helm_template: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ui.auth: OIDC (issuer, client id, allowed groups) and the client and cookie secrets as files
-    from existing Secrets reach the UI's own settings; without any login the rendered UI refuses to
-    start, since it listens beyond loopback; a local password from a Secret is the other way in."""
+    from existing Secrets reach the UI's own settings; a local password from a Secret is the other way
+    in (without either, the chart generates a local login: see the test after this one)."""
     from omnirag.ui.config import UiSettings
-    from omnirag.ui.login import LoginConfigError, resolve_mode
+    from omnirag.ui.login import resolve_mode
 
     def ui_container(override: dict[str, Any], name: str) -> dict[str, Any]:
         values = tmp_path / f"{name}.yaml"
@@ -1594,11 +1623,6 @@ def test_the_ui_login_reaches_the_ui_as_settings_and_secret_files(
         assert s.session_secret is not None and s.session_secret.get_secret_value() == "cookie-key-1"
         assert s.public_url == "https://chat.example.com" and s.session_max_age == 3600
 
-    with monkeypatch.context() as m:
-        settings_from_render(ui_container({}, "default"), files, tmp_path / "default", m)
-        with pytest.raises(LoginConfigError):
-            resolve_mode(UiSettings())
-
     local = {"ui": {"auth": {"local": {"existingSecret": "ui-local"}}}}
     with monkeypatch.context() as m:
         settings_from_render(
@@ -1606,6 +1630,120 @@ def test_the_ui_login_reaches_the_ui_as_settings_and_secret_files(
         )
         s = UiSettings()
         assert resolve_mode(s) == "local" and s.local_password.get_secret_value() == "pw-1"  # type: ignore[union-attr]
+
+
+def secret_data(docs: Docs, name: str) -> dict[str, str]:
+    """The decoded data of the rendered Secret ``name``."""
+    import base64
+
+    (secret,) = [o for o in docs if o.get("kind") == "Secret" and o["metadata"]["name"] == name]
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def secret_volume_of(pod: dict[str, Any], env_name: str) -> tuple[str, str]:
+    """(secretName, key) of the secret file a container's ``env_name`` (a *_FILE) points at."""
+    (c,) = [c for c in pod["containers"] if any(e["name"] == env_name for e in c.get("env") or [])]
+    path = next(e["value"] for e in c["env"] if e["name"] == env_name)
+    mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]["secret"]
+    return volume["secretName"], path[len(mount["mountPath"]) + 1 :]
+
+
+def test_a_stock_install_generates_the_gateway_keys_and_the_uis_key(
+    rendered: Renderer, helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """With gateway.auth.existingSecret empty the chart writes <fullname>-gateway-auth itself: a keys
+    file the gateway's own KeyStore loads, in which the UI's key (same Secret, the key the UI mounts)
+    authenticates and may act for the signed-in user; the gateway and the UI read exactly it."""
+    from omnirag.gateway.auth import KeyStore
+
+    docs = rendered("default")
+    name = f"{RELEASE}-gateway-auth"
+    data = secret_data(docs, name)
+    keys_file = tmp_path / "api-keys.yaml"
+    keys_file.write_text(data["api-keys.yaml"])
+    store = KeyStore.load(inline=None, path=keys_file, dev_key=None, default_rpm=60, default_tpm=0)
+    ui_key = data["ui-api-key"]
+    assert len(ui_key) >= 32 and ui_key.isalnum(), "the generated UI key is short or not alphanumeric"
+    key = store.authenticate(ui_key)
+    assert key.name == "ui" and key.act_for_users and key.may_read("any-collection") and not key.admin
+    assert ui_key not in data["api-keys.yaml"], "the keys file holds the UI key in plain text"
+    # Kept across upgrades: the helper reads the Secret back before generating one.
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', helpers)
+
+    (gw,) = of_component(docs, "gateway", {"Deployment"})
+    gw_pod = pod_template(gw)[1]  # type: ignore[index]
+    (c,) = gw_pod["containers"]
+    path = next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_API_KEYS_FILE")
+    auth = {v["name"]: v for v in gw_pod["volumes"]}["auth"]["secret"]
+    assert auth["secretName"] == name and path.endswith("/" + auth["items"][0]["path"])
+    assert auth["items"][0]["key"] == "api-keys.yaml"
+    (ui,) = of_component(docs, "ui", {"Deployment"})
+    assert secret_volume_of(pod_template(ui)[1], "UI_API_KEY_FILE") == (name, "ui-api-key")  # type: ignore[index]
+
+    # A Secret of the operator's replaces it.
+    mine = render_with(
+        helm_template, tmp_path, {"gateway": {"auth": {"existingSecret": "my-keys"}}}, base="default"
+    )
+    assert mine.returncode == 0, mine.stderr
+    assert name not in {o["metadata"]["name"] for o in mine.docs if o.get("kind") == "Secret"}
+
+
+def test_a_stock_install_generates_a_local_ui_login(
+    rendered: Renderer,
+    helm_template: Callable[..., Any],
+    tools: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no login configured (mode auto, no OIDC, no local existingSecret) the chart generates one
+    local user's password and the cookie's signing key in <fullname>-ui-login, mounted as files; the
+    UI's own settings, given the rendered env and those files, pick the local login instead of
+    refusing to start. NOTES tells how to read the password and to use OIDC for a team."""
+    from omnirag.ui.config import UiSettings
+    from omnirag.ui.login import resolve_mode
+
+    docs = rendered("default")
+    name = f"{RELEASE}-ui-login"
+    data = secret_data(docs, name)
+    password = data["ui-local-password"]
+    assert len(password) >= 20 and password.isalnum()
+    assert len(data["session-secret"]) >= 32
+    (ui,) = of_component(docs, "ui", {"Deployment"})
+    pod = pod_template(ui)[1]  # type: ignore[index]
+    assert not secret_file_problems(ui, pod)
+    assert secret_volume_of(pod, "UI_LOCAL_PASSWORD_FILE") == (name, "ui-local-password")
+    assert secret_volume_of(pod, "UI_SESSION_SECRET_FILE") == (name, "session-secret")
+    assert password not in json.dumps(pod)
+
+    files = data | {"ui-api-key": secret_data(docs, f"{RELEASE}-gateway-auth")["ui-api-key"]}
+    with monkeypatch.context() as m:
+        settings_from_render(pod["containers"][0], files, tmp_path / "ui", m)
+        s = UiSettings()
+        assert s.host not in ("127.0.0.1", "localhost", "::1"), (
+            "the rendered UI should listen beyond loopback"
+        )
+        assert resolve_mode(s) == "local"
+        assert s.local_password is not None and s.local_password.get_secret_value() == password
+        assert s.session_secret is not None and s.session_secret.get_secret_value() == data["session-secret"]
+
+    notes = tools.run([tools.helm, "install", RELEASE, CHART, "--namespace", "omnirag", "--dry-run=client"])
+    assert notes.returncode == 0, notes.stderr
+    text = notes.stdout[notes.stdout.index("NOTES:") :]
+    assert (
+        f"kubectl -n omnirag get secret {name} -o jsonpath='{{.data.ui-local-password}}' | base64 -d" in text
+    ), text
+    assert "OpenID Connect" in text
+
+    # A login of the operator's (OIDC, or a local password from their Secret) replaces it.
+    for override in (
+        {"ui": {"auth": {"oidc": {"enabled": True, "issuer": "https://idp.example.com", "clientId": "ui"}}}},
+        {"ui": {"auth": {"local": {"existingSecret": "my-login"}}}},
+    ):
+        result = render_with(helm_template, tmp_path, override, base="default")
+        assert result.returncode == 0, result.stderr
+        assert name not in {o["metadata"]["name"] for o in result.docs if o.get("kind") == "Secret"}, override
 
 
 @pytest.mark.parametrize(
@@ -2240,7 +2378,7 @@ def test_default_install_has_redis_auth_with_a_generated_secret(
         helm_template, tmp_path, {"redis": {"auth": {"existingSecret": "mine"}}}, base="default"
     )
     assert result.returncode == 0, result.stderr
-    assert not [o for o in result.docs if o.get("kind") == "Secret"]
+    assert name not in {o["metadata"]["name"] for o in result.docs if o.get("kind") == "Secret"}
     _, pod = redis_pod(result.docs)
     assert {v["name"]: v for v in pod["volumes"]}["auth"]["secret"]["secretName"] == "mine"
 

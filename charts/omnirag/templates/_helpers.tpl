@@ -512,6 +512,47 @@ empty): the embedder and the retriever require it, the gateway, the retriever an
 {{- default (include "omnirag.gatewayAuthSecret" .) .Values.ui.apiKey.existingSecret -}}
 {{- end -}}
 
+{{/*
+The gateway-auth Secret the chart generates, as JSON {"name", "old"} ({} when it generates none):
+only for this release's gateway with auth on and no gateway.auth.existingSecret. "old" is the Secret
+already in the cluster (lookup; empty under helm template). One made by hand under the same name
+(what the chart's README asked for before it generated one) is not the release's: it is left alone
+and read as it is, instead of failing the upgrade on its ownership.
+*/}}
+{{- define "omnirag.generatedGatewayAuth" -}}
+{{- $a := .Values.gateway.auth -}}
+{{- if and .Values.gateway.enabled $a.enabled (not $a.existingSecret) -}}
+{{- $name := include "omnirag.gatewayAuthSecret" . -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- $owner := "" -}}
+{{- if $old }}{{ $owner = index (default (dict) $old.metadata.annotations) "meta.helm.sh/release-name" | default "" }}{{ end -}}
+{{- if or (not $old) (eq $owner .Release.Name) -}}
+{{- toJson (dict "name" $name "old" $old) -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The UI login Secret the chart generates, as JSON {"name", "session", "old"} ({} when none): one local
+user with a random password when the UI would otherwise have no login (mode auto without OIDC, or
+mode local, and no ui.auth.local.existingSecret); "session" when it also holds the cookie's signing
+key (ui.auth.session.existingSecret empty). "old" as above, so an upgrade keeps both.
+*/}}
+{{- define "omnirag.generatedUiLogin" -}}
+{{- $a := .Values.ui.auth -}}
+{{- $wanted := or (eq $a.mode "local") (and (eq $a.mode "auto") (not $a.oidc.enabled)) -}}
+{{- if and .Values.ui.enabled $wanted (not $a.local.existingSecret) -}}
+{{- $name := printf "%s-ui-login" (include "omnirag.fullname" .) -}}
+{{- toJson (dict "name" $name "session" (not $a.session.existingSecret) "old" (lookup "v1" "Secret" .Release.Namespace $name)) -}}
+{{- else -}}
+{}
+{{- end -}}
+{{- end -}}
+
 {{/* Base URL of the LLM the gateway calls (with /v1). */}}
 {{- define "omnirag.llmBaseUrl" -}}
 {{- if .Values.vllm.enabled -}}
