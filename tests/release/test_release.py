@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,56 @@ def test_pod_runs_as_rendered(release: Any, component: str) -> None:
         assert fields["NoNewPrivs"].strip() == "1"
     ok, detail = release.ready(name)
     assert ok, detail
+
+
+def started_at(container: dict[str, Any], key: str = "StartedAt") -> datetime:
+    """A podman timestamp (nanoseconds, which datetime does not take) as a datetime."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", container["State"][key]))
+
+
+def test_model_download_pod_fills_the_models_volume_and_gates_the_embedder(release: Any) -> None:
+    """The model-download Job, run as a pod, fetches the model from the Hub-protocol test server into
+    the models volume and writes its marker last; the embedder pod, gated on that marker by its
+    init container, waited while nothing was downloaded and serves the downloaded model after."""
+    model, marker_name = "minilm-downloaded", ".omnirag-download.json"  # conftest.DOWNLOAD_MODEL, MARKER
+    gated = release.gated
+    # Before the download: the init container ran and waited, the embedder had not started.
+    assert gated["init"] and all(state == "running" for _, state in gated["init"]), gated
+    assert f"/models/{model}/{marker_name}" in gated["init_log"], gated
+    assert gated["main"] and all(state != "running" for _, state, _ in gated["main"]), gated
+    assert all(started.startswith("0001-01-01") for _, _, started in gated["main"]), gated
+    assert gated["marker_existed"] is False
+    assert gated["hub_file_gets"] == 0
+
+    # The Job's pod ran to completion and wrote every file, then the marker, into the volume.
+    download = f"{FULLNAME}-model-download"
+    (job,) = release.containers(download)
+    assert job["State"]["ExitCode"] == 0, release.logs(download)
+    hub = release.hub
+    directory = release.volume_path(f"{FULLNAME}-models") / model
+    marker = json.loads((directory / marker_name).read_text())
+    assert marker["repo"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert marker["resolved_revision"] == hub.repo.head
+    assert {f["path"] for f in marker["files"]} == set(hub.files)
+    for path, data in hub.files.items():
+        assert (directory / path).read_bytes() == data, path
+    # Really fetched from the hub by the pod: the weights came through the LFS redirect.
+    assert hub.hub.file_gets("model.safetensors"), [s.path for s in hub.hub.requests()]
+
+    # The gate opened only after the marker: the init container finished, then the embedder started.
+    embedder = f"{FULLNAME}-embedder"
+    # podman removes an init container once it has run (so it cannot be inspected afterwards).
+    (main,) = release.containers(embedder)
+    assert main["State"]["Status"] == "running"
+    assert started_at(main) >= started_at(job, "FinishedAt")
+
+    # It serves the downloaded model from the volume.
+    info = httpx.get(release.url(embedder) + "/v1/info", timeout=10).json()
+    assert info["model"] == model, info
+    assert info["dimension"] == 384, info
+    r = httpx.post(release.url(embedder) + "/v1/embeddings", json={"input": "hello"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["data"][0]["embedding"]) == 384
 
 
 def test_cronjob_pod_indexes_the_example_knowledge_base(release: Any) -> None:
