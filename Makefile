@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.omnirag-setup
-# The CPU build; a looser pin pulls a multi-GB CUDA build (see ENVIRONMENT.md).
+# The CPU build; a looser pin pulls a multi-GB CUDA build from the package index.
 TORCH := torch==2.13.0
 # libs/index's faiss extra: cpu (faiss-cpu), or gpu (faiss-gpu-cu12) on a CUDA machine; never both
 # (switching an existing .venv: pip uninstall the other wheel first, both own the faiss module).

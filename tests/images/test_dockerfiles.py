@@ -34,7 +34,7 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[2]
 USER_ID = "10001"
 BASE_IMAGE = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")  # an exact patch release, never a floating tag
-TORCH_VERSION = "2.13.0"  # the CPU build the Makefile installs (ENVIRONMENT.md)
+TORCH_VERSION = "2.13.0"  # the CPU build the Makefile installs
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Distributions that are torch or come only with a GPU build of it.
 GPU_STACK = re.compile(r"^(torch|triton|nvidia-.*|pytorch-triton.*)$")

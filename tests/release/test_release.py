@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(1800)  # the first test waits for the whole rel
 FULLNAME = "rel-omnirag"  # helm template's release "rel": the Service and pod names
 AUTH = {"Authorization": "Bearer release-test-key-" + "0" * 16}  # conftest.API_KEY
 CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
-# ENVIRONMENT.md: Debian's chromium, never a browser a test tool downloads.
+# Debian's chromium, never a browser a test tool downloads (CI has no route to one).
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -23,7 +23,7 @@ from omnirag.ui.login import user_id
 from .conftest import AUTH, UiFactory
 
 CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
-# ENVIRONMENT.md: never let a test tool download its own browser.
+# Debian's chromium: never let a test tool download its own browser (CI has no route to one).
 FLAGS = [
     "--headless",
     "--no-sandbox",
