@@ -10,9 +10,9 @@ Opt-in: these tests run only with ``OMNIRAG_TEST_RELEASE=1`` (``make test-releas
 building the missing images) and skip when podman or an image is missing. They take minutes, so
 ``make test`` leaves them out.
 
-What the harness changes in the render, and why (podman 4.3's ``kube play`` is not a kubelet; see
-ENVIRONMENT.md). Every other field -- command, args, env, volume mounts, security contexts,
-resources, images -- is played exactly as rendered.
+What the harness changes in the render, and why (podman 4.3's ``kube play`` is not a kubelet:
+every item below was found by trying it). Every other field -- command, args, env, volume mounts,
+security contexts, resources, images -- is played exactly as rendered.
 
 1. Probes are removed from every container. podman turns only the liveness probe into a
    healthcheck, and a broken one; the harness instead runs each pod's rendered ``readinessProbe``
@@ -49,7 +49,7 @@ resources, images -- is played exactly as rendered.
    template's ``OnFailure`` would make podman restart a failing download forever, where a Job stops
    after ``backoffLimit``; the test wants the first failure and its log). A pod with init
    containers (the embedder serving a downloaded model waits in ``wait-for-model`` for the
-   download's marker) gets ``restartPolicy: OnFailure``, as ENVIRONMENT.md found podman 4.3 needs
+   download's marker) gets ``restartPolicy: OnFailure``, as podman 4.3 needs
    for init containers (a Deployment's is ``Always``). ``kube play`` of such a pod returns only
    when its init containers have finished, and holds the pod's lock meanwhile (``podman pod ps``
    / ``pod inspect`` wait for it), so the harness plays it in the background and looks at it
@@ -74,8 +74,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -89,7 +87,7 @@ import httpx
 import pytest
 import yaml
 
-from omnirag.core.testing import stop_process, wait_ready
+from omnirag.core.testing import llm_server, redis_server
 from omnirag.model_download.testing import FakeHub, FakeRepo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,70 +179,18 @@ def host_port() -> int:
 
 @pytest.fixture(scope="session")
 def host_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
-    port = host_port()
-    directory = tmp_path_factory.mktemp("redis")
     # Reached from the pods' network, so bound beyond loopback: a password keeps it closed.
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "0.0.0.0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--requirepass",
-            REDIS_PASSWORD,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                    conn.sendall(f"AUTH {REDIS_PASSWORD}\r\nPING\r\n".encode())
-                    if b"+PONG" in conn.recv(64):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.1)
+    port = host_port()
+    directory = str(tmp_path_factory.mktemp("redis"))
+    with redis_server(directory, bind="0.0.0.0", port=port, password=REDIS_PASSWORD):
         yield port
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
 def host_llm() -> Iterator[int]:
     port = host_port()
-    env = {**os.environ, "LLM_HOST": "0.0.0.0", "LLM_PORT": str(port), "LLM_THREADS": "1"}
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "llm_server.py")],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            try:
-                wait_ready(f"http://127.0.0.1:{port}/v1/models", 120, alive=lambda: proc.poll() is None)
-            except (RuntimeError, TimeoutError) as exc:
-                log.seek(0)
-                raise RuntimeError(f"{exc}\n{log.read().decode(errors='replace')[-2000:]}") from exc
-            yield port
-        finally:
-            stop_process(proc)
+    with llm_server(1, timeout=120, host="0.0.0.0", port=port):
+        yield port
 
 
 @dataclass

@@ -101,8 +101,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(directory: str) -> Iterator[str]:
-    """A real redis-server on a free loopback port, its data in ``directory``; yields its URL.
+def redis_server(
+    directory: str, *, bind: str = "127.0.0.1", port: int | None = None, password: str | None = None
+) -> Iterator[str]:
+    """A real redis-server on a free loopback port, its data in ``directory``; yields its URL (as
+    this host reaches it). ``bind`` beyond loopback (for containers) wants a ``password``.
 
     ``make test`` installs redis-server (Debian's package) when it is missing.
     """
@@ -113,14 +116,16 @@ def redis_server(directory: str) -> Iterator[str]:
         raise RuntimeError(
             "redis-server is not installed; `make test` installs it (apt-get install redis-server)"
         )
-    port = free_port()
+    port = port or free_port()
+    auth = ["--requirepass", password] if password else []
     proc = subprocess.Popen(  # noqa: S603 - a fixed binary with fixed arguments
         [
             binary,
+            *auth,
             "--port",
             str(port),
             "--bind",
-            "127.0.0.1",
+            bind,
             "--save",
             "",
             "--appendonly",
@@ -133,14 +138,15 @@ def redis_server(directory: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0"
+    ping = (f"AUTH {password}\r\n" if password else "").encode() + b"PING\r\n"
     try:
         deadline = time.monotonic() + 20
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
+                    conn.sendall(ping)
+                    if b"+PONG" in conn.recv(64):
                         break
             except OSError:
                 pass
@@ -178,9 +184,16 @@ def smollm2_model_path() -> str:
 
 
 @contextmanager
-def llm_server(threads: int | None = None, *, timeout: float = 60.0) -> Iterator[str]:
+def llm_server(
+    threads: int | None = None,
+    *,
+    timeout: float = 60.0,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Iterator[str]:
     """The local LLM (scripts/llm_server.py: llama.cpp's server with SmolLM2-135M-Instruct) on a
-    free loopback port; yields its OpenAI base URL, ending in ``/v1``.
+    free loopback port (or ``host``/``port``); yields its OpenAI base URL as this host reaches it,
+    ending in ``/v1``.
 
     ``threads`` defaults to the cores this process may use. ``make test`` installs
     llama-cpp-python and the model (``make llm``).
@@ -191,8 +204,8 @@ def llm_server(threads: int | None = None, *, timeout: float = 60.0) -> Iterator
     script = Path(__file__).resolve().parents[5] / "scripts" / "llm_server.py"
     if not script.is_file():
         raise RuntimeError(f"{script} not found (llm_server needs a source checkout)")
-    port = free_port()
-    env = {**os.environ, "LLM_HOST": "127.0.0.1", "LLM_PORT": str(port)}
+    port = port or free_port()
+    env = {**os.environ, "LLM_HOST": host, "LLM_PORT": str(port)}
     if threads is not None:
         env["LLM_THREADS"] = str(threads)
     base = f"http://127.0.0.1:{port}/v1"
