@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from omnirag.gateway.testing import *  # noqa: F403 (fixtures, registered by being imported)
-from omnirag.gateway.testing import GatewayFactory
+from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
+from gateway_stack import GatewayFactory
 
 DEV_KEY = "api-test-dev-key-0123456789abcdef"
 

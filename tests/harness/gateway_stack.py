@@ -20,12 +20,12 @@ import pytest
 
 from omnirag.core.testing import llm_server, redis_server, serve_in_thread
 
-REPO = Path(__file__).resolve().parents[5]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_KNOWLEDGE_BASES = REPO / "config/knowledge-bases.yaml"
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
 
-# What a conftest takes with ``from omnirag.gateway.testing import *``: the type and the fixtures.
+# What a conftest takes with ``from gateway_stack import *``: the type and the fixtures.
 __all__ = [
     "GatewayFactory",
     "embedder_url_fixture",

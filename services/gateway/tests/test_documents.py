@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_stack import EXAMPLE_KNOWLEDGE_BASES
 
-from omnirag.gateway.testing import EXAMPLE_KNOWLEDGE_BASES
 from omnirag.index import open_current
 from omnirag.indexer.testing import WorkerThread, index_knowledge_bases
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from omnirag.core.testing import serve_in_thread
-
 # The stack's fixtures, shared with the gateway's tests.
-from omnirag.gateway.testing import *  # noqa: F403 (fixtures, registered by being imported)
-from omnirag.gateway.testing import GatewayFactory
+from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
+from gateway_stack import GatewayFactory
+
+from omnirag.core.testing import serve_in_thread
 from omnirag.indexer.testing import WorkerThread
 
 REPO = Path(__file__).resolve().parents[3]
