@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -64,6 +65,23 @@ FAISS_VARIANTS = ("cpu", "gpu")
 GPU_TORCH_INDEX = re.compile(r"/(cu\d+|rocm[\d.]+)/?$")
 # The ports the services listen on in their images (DESIGN.md); jobs have none.
 PORTS = {"gateway": 8000, "embedder": 8001, "retriever": 8002, "ui": 7860}
+# The label holding a digest of everything an image is built from (``source_digest``): with
+# ``--if-changed`` an image whose label matches is not built again.
+SOURCE_LABEL = "dev.omnirag.source-digest"
+# Build arguments that change what is built; REVISION and CREATED only describe the build.
+DESCRIPTIVE_ARGS = ("REVISION", "CREATED")
+# What .dockerignore keeps out of every build context: a change to these never changes an image.
+IGNORED_PARTS = {
+    "tests",
+    "__pycache__",
+    "build",
+    "dist",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".venv",
+}
+IGNORED_NAMES = re.compile(r"(\.py[cod]|\.egg-info|^\.env|^Dockerfile|^\.dockerignore)$")
 
 
 class BuildError(Exception):
@@ -139,6 +157,79 @@ def declared_args(dockerfile: Path) -> dict[str, str]:
     return args
 
 
+def copied_paths(dockerfile: Path) -> list[str]:
+    """The build-context paths a Dockerfile's ``COPY``/``ADD`` lines take (not ``--from`` a stage)."""
+    paths: list[str] = []
+    for line in dockerfile.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
+            continue
+        if any(w.startswith("--from") for w in words[1:-1]):
+            continue
+        paths += [w for w in words[1:-1] if not w.startswith("--")]
+    return paths
+
+
+def context_files(root: Path, paths: list[str]) -> list[Path]:
+    """The files under ``paths`` that reach the build context: tracked and untracked-but-not-ignored
+    files (git), less what .dockerignore excludes. Without git, every file under the paths."""
+    try:
+        listing = ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *paths]
+        out = subprocess.run(  # noqa: S603 - fixed arguments
+            ["git", "-C", str(root), *listing],  # noqa: S607 - git from PATH, as a user runs it
+            capture_output=True,
+            check=True,
+        ).stdout.decode()
+        names = [n for n in out.split("\0") if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = [p.relative_to(root).as_posix() for d in paths for p in (root / d).rglob("*") if p.is_file()]
+    files = []
+    for name in sorted(set(names)):
+        parts = name.split("/")
+        if IGNORED_PARTS.intersection(parts[:-1]) or any(IGNORED_NAMES.search(p) for p in parts):
+            continue
+        if (root / name).is_file():  # a tracked file deleted in the work tree is gone from the context
+            files.append(root / name)
+    return files
+
+
+def source_digest(image: Image, build_args: dict[str, str], base_id: str | None, root: Path = ROOT) -> str:
+    """sha256 over what the image is built from: its Dockerfile, the files its COPY lines take from
+    the context (by path and content), the build arguments that change the build, and the base
+    image's id. Equal digests mean a rebuild would produce the same image."""
+    h = hashlib.sha256()
+    h.update(image.dockerfile.read_bytes())
+    for path in context_files(root, copied_paths(image.dockerfile)):
+        h.update(b"\0file\0" + path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    for key in sorted(build_args):
+        if key not in DESCRIPTIVE_ARGS:
+            h.update(f"\0arg\0{key}={build_args[key]}".encode())
+    h.update(f"\0base\0{base_id or ''}".encode())
+    return h.hexdigest()
+
+
+def image_label(engine: Engine, ref: str, label: str) -> str | None:
+    """A label of a local image, or None when the image (or the label) is not there."""
+    proc = subprocess.run(  # noqa: S603 - the chosen engine
+        [engine.command, "image", "inspect", "--format", "{{json .Config.Labels}}", ref],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        return None
+    labels = json.loads(proc.stdout.strip().splitlines()[0] or "null") or {}
+    value = labels.get(label)
+    return str(value) if value else None
+
+
+def image_id(engine: Engine, ref: str) -> str | None:
+    proc = subprocess.run(  # noqa: S603 - the chosen engine
+        [engine.command, "image", "inspect", "--format", "{{.Id}}", ref], capture_output=True, text=True
+    )
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def git_revision(root: Path) -> str:
     try:
         out = subprocess.run(  # noqa: S603 - fixed arguments
@@ -162,7 +253,10 @@ def build_command(
     created: str,
     root: Path,
     context: BuildContext | None = None,
+    digest: bool = False,
 ) -> list[str]:
+    """The build command. ``digest``: label the image with its ``source_digest`` (asks the engine
+    for the base image's id, so only when building for real)."""
     if image.version is None:
         raise BuildError(f"{image.package_dir.relative_to(root)} has a Dockerfile but no pyproject.toml")
     if tag == "latest":
@@ -201,6 +295,10 @@ def build_command(
         cmd += ["--volume", f"{directory}:{directory}:ro"]
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
+    if digest:
+        base = args.get("PYTHON_IMAGE") or declared.get("PYTHON_IMAGE") or ""
+        tagged = {**args, "TAG": tag}
+        cmd += ["--label", f"{SOURCE_LABEL}={source_digest(image, tagged, image_id(engine, base), root)}"]
     cmd.append(".")
     return cmd
 
@@ -443,6 +541,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-build", action="store_true", help="with --check: run the images already built, build nothing"
     )
     parser.add_argument(
+        "--if-changed",
+        action="store_true",
+        help="skip an image whose label says it was built from the same sources, arguments and base",
+    )
+    parser.add_argument(
         "--report", type=Path, help="write each image's size and build time to this JSON file"
     )
     opts = parser.parse_args(argv)
@@ -480,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
                 created=created,
                 root=ROOT,
                 context=context,
+                digest=not opts.dry_run,
             )
             for image in images
         ]
@@ -499,6 +603,11 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for image, cmd in zip(images, commands, strict=True):
         ref = cmd[cmd.index("-t") + 1]
+        if opts.if_changed and not opts.no_build:
+            wanted = next(a.split("=", 1)[1] for a in cmd if a.startswith(SOURCE_LABEL + "="))
+            if image_label(engine, ref, SOURCE_LABEL) == wanted:
+                print(f"==> {image.name}: {ref} is up to date (built from the same sources)", flush=True)
+                continue
         if not opts.no_build:
             print(f"==> {image.name}: {shlex.join(cmd)}", flush=True)
         entry: dict[str, object] = {"image": ref}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata as metadata
+import importlib.util
 import json
 import os
 import re
@@ -1110,3 +1111,130 @@ def test_build_script_chooses_the_base(
     assert result.returncode == 0, result.stderr
     args = [a for a in shlex.split(result.stdout) if a.startswith("PYTHON_IMAGE=")]
     assert args == ([f"PYTHON_IMAGE={expected}"] if expected else [])
+
+
+# A stand-in for podman that drives the --if-changed mechanism: it records each build and answers
+# `image exists` / `image inspect` from what it recorded (labels included). Nothing is built.
+FAKE_ENGINE = r"""#!/usr/bin/env python3
+import json, os, sys
+state_path = os.environ["FAKE_ENGINE_STATE"]
+state = json.load(open(state_path)) if os.path.exists(state_path) else {"images": {}, "builds": []}
+args = sys.argv[1:]
+def save():
+    json.dump(state, open(state_path, "w"))
+if args[:1] == ["build"]:
+    ref = args[args.index("-t") + 1]
+    labels = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--label")
+    state["images"][ref] = labels
+    state["builds"].append(ref)
+    save()
+elif args[:2] == ["image", "exists"]:
+    sys.exit(0 if args[2] in state["images"] else 1)
+elif args[:2] == ["image", "inspect"]:
+    ref = args[-1]
+    if ref not in state["images"]:
+        sys.exit(125)
+    fmt = args[args.index("--format") + 1]
+    if "Labels" in fmt:
+        print(json.dumps(state["images"][ref]))
+    elif "Id" in fmt:
+        print("sha256:" + ref.encode().hex()[:64])
+    else:
+        print("1000")
+"""
+
+
+def load_build_script() -> Any:
+    name = "build_images_under_test"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "build_images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_skips_an_image_built_from_the_same_sources(tmp_path: Path) -> None:
+    """`make release-images` (--if-changed) builds an image once; run again with nothing changed it
+    builds nothing; an image whose recorded digest differs (other sources) is built again."""
+    engine = tmp_path / "podman"
+    engine.write_text(FAKE_ENGINE)
+    engine.chmod(0o755)
+    state = tmp_path / "state.json"
+    env = {"DOCKER": str(engine), "FAKE_ENGINE_STATE": str(state), "BUILD_LOCAL_WHEELS": "0"}
+
+    first = run_build_script("--if-changed", "retriever", "ui", env=env)
+    assert first.returncode == 0, first.stderr
+    recorded = json.loads(state.read_text())
+    assert recorded["builds"] == [built_tags()["retriever"], built_tags()["ui"]]
+    digests = {ref: labels["dev.omnirag.source-digest"] for ref, labels in recorded["images"].items()}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", d) for d in digests.values()), digests
+    assert len(set(digests.values())) == 2, "each image has its own sources"
+
+    again = run_build_script("--if-changed", "retriever", "ui", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(state.read_text())["builds"] == recorded["builds"], "nothing changed, nothing built"
+    assert again.stdout.count("is up to date") == 2
+
+    recorded["images"][built_tags()["ui"]]["dev.omnirag.source-digest"] = "0" * 64
+    state.write_text(json.dumps(recorded))
+    third = run_build_script("--if-changed", "retriever", "ui", env=env)
+    assert third.returncode == 0, third.stderr
+    assert json.loads(state.read_text())["builds"][-1] == built_tags()["ui"]
+    assert len(json.loads(state.read_text())["builds"]) == 3
+
+    # Without --if-changed every image is built, as before.
+    plain = run_build_script("retriever", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert len(json.loads(state.read_text())["builds"]) == 4
+
+
+def test_the_source_digest_follows_what_reaches_the_build_context(tmp_path: Path) -> None:
+    """The digest changes with the package's sources (tracked, edited or new), its Dockerfile, a
+    build argument and the base's id; not with tests, caches and build leftovers, which
+    .dockerignore keeps out of the image, nor with the build's date and revision."""
+    b = load_build_script()
+    root = tmp_path / "repo"
+    pkg = root / "services" / "svc"
+    (pkg / "src" / "omnirag" / "svc").mkdir(parents=True)
+    (root / "libs" / "core" / "src").mkdir(parents=True)
+    (pkg / "Dockerfile").write_text(
+        "ARG PYTHON_IMAGE=python:3.11\nFROM ${PYTHON_IMAGE} AS builder\nCOPY libs/core libs/core\n"
+        "COPY services/svc services/svc\nFROM ${PYTHON_IMAGE}\nCOPY --from=builder /opt/venv /opt/venv\n"
+    )
+    (pkg / "pyproject.toml").write_text('[project]\nname = "svc"\nversion = "1.0"\n')
+    (pkg / "src" / "omnirag" / "svc" / "app.py").write_text("PORT = 1\n")
+    (root / "libs" / "core" / "src" / "core.py").write_text("X = 1\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "."], check=True)
+    image = b.Image("svc", pkg, "1.0")
+    args = {"VERSION": "1.0", "REVISION": "abc", "CREATED": "2026-01-01T00:00:00Z"}
+    assert b.copied_paths(pkg / "Dockerfile") == ["libs/core", "services/svc"]
+
+    def digest(**extra: str) -> str:
+        base = extra.pop("base", "sha256:base")
+        return str(b.source_digest(image, {**args, **extra}, base, root))
+
+    start = digest()
+    assert digest() == start
+    assert digest(REVISION="def", CREATED="2027-01-01T00:00:00Z") == start
+    for leftover in [
+        "services/svc/tests/test_app.py",
+        "services/svc/src/omnirag/svc/__pycache__/app.cpython-311.pyc",
+        "services/svc/src/svc.egg-info/PKG-INFO",
+        "libs/core/build/lib/core.py",
+    ]:
+        (root / leftover).parent.mkdir(parents=True, exist_ok=True)
+        (root / leftover).write_text("anything\n")
+        assert digest() == start, leftover
+    assert digest(FAISS_VARIANT="gpu") != start
+    assert digest(base="sha256:other-base") != start
+
+    (pkg / "src" / "omnirag" / "svc" / "app.py").write_text("PORT = 2\n")  # edited, not committed
+    edited = digest()
+    assert edited != start
+    (root / "libs" / "core" / "src" / "new.py").write_text("Y = 1\n")  # new, untracked
+    added = digest()
+    assert added != edited
+    (pkg / "Dockerfile").write_text((pkg / "Dockerfile").read_text() + "USER 10001\n")
+    assert digest() != added

@@ -1,6 +1,7 @@
 """The rendered release, run as containers (issue 13): every check goes through the pods the chart
 renders, started by podman from the built images; conftest.py says what the harness changes in the
-render and why. Tests run in file order: the index the CronJob pod builds is what the chat cites."""
+render and why. Tests run in file order: the index the first-run Job's pod builds is what the chat
+cites."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-# conftest.py skips this module unless OMNIRAG_TEST_RELEASE=1 and podman and the images are there.
+# conftest.py skips this module unless OMNIRAG_TEST_RELEASE=1 (set by `make test`).
 pytestmark = pytest.mark.timeout(1800)  # the first test waits for the whole release to start
 FULLNAME = "rel-omnirag"  # helm template's release "rel": the Service and pod names
 AUTH = {"Authorization": "Bearer release-test-key-" + "0" * 16}  # conftest.API_KEY
@@ -123,28 +124,63 @@ def test_model_download_pod_fills_the_models_volume_and_gates_the_embedder(relea
     assert len(r.json()["data"][0]["embedding"]) == 384
 
 
-def test_cronjob_pod_indexes_the_example_knowledge_base(release: Any) -> None:
-    """The knowledge base's CronJob, run once as a pod, writes the index volume; the retriever pod
-    (index volume read-only) picks the new collection up without a restart."""
+def served_collection(release: Any, name: str) -> dict[str, Any] | None:
+    retriever = release.url(f"{FULLNAME}-retriever")
+    body = httpx.get(retriever + "/v1/collections", timeout=10).json()
+    items = body.get("collections", body) if isinstance(body, dict) else body
+    for c in items:
+        if (c.get("name") if isinstance(c, dict) else c) == name:
+            return c if isinstance(c, dict) else {"name": c}
+    return None
+
+
+def run_summary(log: str) -> dict[str, int]:
+    """The counts an indexer run prints at its end (``omnirag.indexer.cli.render``)."""
+    docs = re.search(r"documents: (\d+) added, (\d+) changed, (\d+) deleted, (\d+) unchanged", log)
+    chunks = re.search(r"chunks: (\d+) embedded, (\d+) in the collection", log)
+    assert docs and chunks, log
+    added, changed, deleted, unchanged = map(int, docs.groups())
+    embedded, total = map(int, chunks.groups())
+    return {
+        "added": added,
+        "changed": changed,
+        "deleted": deleted,
+        "unchanged": unchanged,
+        "embedded": embedded,
+        "total": total,
+    }
+
+
+def test_first_run_job_indexes_the_knowledge_base_right_after_install(release: Any) -> None:
+    """The knowledge base's first-run Job (``indexer.initialRun``), started with the install beside
+    the Deployments, waited for the embedder (itself waiting for its model's download), indexed the
+    example knowledge base into the index volume, and the retriever pod (index volume read-only)
+    picked the new collection up without a restart."""
+    name = f"{FULLNAME}-index-docs-init"
+    code = release.wait_exit(name, timeout=900)
+    assert code == 0, release.logs(name)
+    release.timings["install_to_first_index_s"] = time.monotonic() - release.timings["install_started"]
+    summary = run_summary(release.logs(name))
+    assert summary["added"] > 0 and summary["embedded"] > 0, summary
+    assert summary["total"] >= summary["embedded"], summary
+    collection = wait_for("the retriever serves docs", lambda: served_collection(release, "docs"), 120)
+    assert collection["name"] == "docs"
+
+
+def test_cronjob_pod_runs_incrementally_over_the_first_index(release: Any) -> None:
+    """The knowledge base's CronJob, run once as a pod (the next scheduled run), finds every
+    document unchanged and embeds nothing: the same index volume, the same knowledge base."""
     name = f"{FULLNAME}-index-docs"
     started = time.monotonic()
     release.play(name)
     code = release.wait_exit(name, timeout=900)
     assert code == 0, release.logs(name)
-    release.timings["index_docs_s"] = time.monotonic() - started
-    retriever = release.url(f"{FULLNAME}-retriever")
-
-    def served() -> dict[str, Any] | None:
-        body = httpx.get(retriever + "/v1/collections", timeout=10).json()
-        items = body.get("collections", body) if isinstance(body, dict) else body
-        for c in items:
-            if (c.get("name") if isinstance(c, dict) else c) == "docs":
-                return c if isinstance(c, dict) else {"name": c}
-        return None
-
-    wait_for("the retriever serves collection docs", served, 120)
-    detail = httpx.get(retriever + "/v1/collections/docs", timeout=10).json()
-    assert json.dumps(detail).count("docs") >= 1
+    release.timings["scheduled_rerun_s"] = time.monotonic() - started
+    summary = run_summary(release.logs(name))
+    assert summary["embedded"] == 0, summary
+    assert summary["added"] == summary["changed"] == summary["deleted"] == 0, summary
+    assert summary["unchanged"] > 0, summary
+    assert served_collection(release, "docs") is not None
 
 
 def test_streamed_chat_through_the_gateway_cites_the_index(release: Any) -> None:
