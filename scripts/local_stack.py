@@ -3,7 +3,9 @@
 ``python scripts/local_stack.py env``: make sure ``.env`` (git-ignored) holds a development API key
 for the gateway, the UI's local login password and the key that signs its login cookie, creating
 random ones the first time, so ``make run`` never ships a fixed secret. The gateway gives its
-development key ``act_for_users``: the UI names the logged-in user with it.
+development key ``act_for_users``: the UI names the logged-in user with it. It also lists the local
+llama.cpp model as the gateway's one chat model (``GATEWAY_MODELS``, ``GATEWAY_DEFAULT_MODEL``), the
+same list a cluster gives it for its vLLM models: add an entry there to serve another model beside it.
 
 ``python scripts/local_stack.py wait``: a Procfile process that waits until every service answers
 ready, prints the URLs, the key and the UI's one-click login link once, then stays up (honcho stops
@@ -12,6 +14,7 @@ the whole stack when any of its processes exits).
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import time
@@ -27,6 +30,11 @@ KEY_VAR = "GATEWAY_DEV_KEY"
 PASSWORD_VAR = "UI_LOCAL_PASSWORD"  # noqa: S105 - the variable's name, not a password
 SESSION_VAR = "UI_SESSION_SECRET"
 UI_URL = "http://127.0.0.1:7860"
+LOCAL_MODEL = "smollm2-135m-instruct"
+# The llama.cpp server of the Procfile: text and tools (its chat template handles tool calls).
+LOCAL_MODELS = [
+    {"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}
+]
 
 SERVICES = [
     ("embedder", "http://127.0.0.1:8001/readyz"),
@@ -47,12 +55,15 @@ def read_key(var: str = KEY_VAR) -> str | None:
     return None
 
 
-def _ensure(var: str, value: str, comment: str) -> str:
+def _ensure(var: str, value: str, comment: str, *, quote: bool = False) -> str:
     current = read_key(var)
     if current is None:
         current = value
+        # Single quotes keep a JSON value (its double quotes and spaces) whole for both readers of
+        # the file: honcho, which exports it to the processes, and pydantic-settings (python-dotenv).
+        written = f"'{value}'" if quote else value
         with ENV_FILE.open("a", encoding="utf-8") as fh:
-            fh.write(f"# {comment}\n{var}={value}\n")
+            fh.write(f"# {comment}\n{var}={written}\n")
         ENV_FILE.chmod(0o600)
     return current
 
@@ -69,6 +80,13 @@ def ensure_env() -> str:
         "Password of the UI's local single-user login (make run prints a login link with it).",
     )
     _ensure(SESSION_VAR, secrets.token_urlsafe(32), "Key that signs the UI's login cookie.")
+    _ensure(
+        "GATEWAY_MODELS",
+        json.dumps(LOCAL_MODELS),
+        "The gateway's chat models (config/.env.example): the local llama.cpp server.",
+        quote=True,
+    )
+    _ensure("GATEWAY_DEFAULT_MODEL", LOCAL_MODEL, "Model answering requests that name none.")
     return key
 
 
@@ -112,7 +130,7 @@ def wait(timeout: float) -> int:
                     f"            (or the password {PASSWORD_VAR} in .env)",
                     "  gateway   http://127.0.0.1:8000/v1   (OpenAI-compatible; docs at /docs)",
                     "  embedder  http://127.0.0.1:8001      retriever http://127.0.0.1:8002",
-                    "  llm       http://127.0.0.1:6006/v1   (SmolLM2-135M, a demo model: see GATEWAY_LLM_*)",
+                    "  llm       http://127.0.0.1:6006/v1   (SmolLM2-135M, a demo model: see GATEWAY_MODELS)",
                     "  redis     redis://127.0.0.1:6379",
                     f"  API key   {key}",
                     "try:",

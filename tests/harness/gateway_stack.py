@@ -114,7 +114,10 @@ def gateway_factory_fixture(
             "uploads_dir": uploads_dir,
             "log_json": False,
         }
-        app = create_app(GatewaySettings(**(values | gateway_defaults | overrides)))
+        # Never the checkout's .env: `make run` writes the local stack's settings there
+        # (GATEWAY_MODELS, a dev key), which would point a test's gateway at the local stack.
+        settings = GatewaySettings(**(values | gateway_defaults | overrides), _env_file=None)
+        app = create_app(settings)
         make.last_app = app  # type: ignore[attr-defined]
         with serve_in_thread(app, ready_path="/healthz") as base:
             yield base

@@ -27,6 +27,7 @@ from omnirag.core.errors import (
 )
 from omnirag.gateway.config import GatewaySettings
 from omnirag.gateway.multimodal import OCR, ImageFetcher, _lines, decode_rgb, image_mime, prepare
+from omnirag.gateway.registry import ModelSpec
 
 FONT_PATHS = (
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -518,3 +519,88 @@ async def test_audio_is_kept_when_the_model_can_hear(ocr, png):
 async def test_images_need_an_ocr_engine_for_a_text_model(png):
     with pytest.raises(OmniragError, match="no OCR engine"):
         await prepare([user(image_part(data_url(png)))], settings(), None)
+
+
+# ------------------------------------------------------------------------------------------- video
+
+# A model that watches (Qwen2.5-Omni's entry) and one that does not.
+WATCHER = ModelSpec(name="omni", base_url="http://omni/v1", capabilities=("text", "vision", "audio", "video"))
+READER = ModelSpec(name="smol", base_url="http://smol/v1", capabilities=("text",))
+# The first bytes of an MP4 (an ISO ftyp box), a WebM (EBML) and an AVI (RIFF): the gateway checks the
+# container; decoding it is the model's work.
+MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + b"\x00" * 64
+WEBM = b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x84webm" + b"\x00" * 64
+
+
+def video_part(url: str) -> dict:
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
+async def test_a_video_data_url_goes_to_a_model_that_watches():
+    url = data_url(MP4, "video/mp4")
+    prepared = await prepare([user("what happens?", video_part(url))], settings(), None, model=WATCHER)
+    assert prepared.messages[0]["content"] == [{"type": "text", "text": "what happens?"}, video_part(url)]
+    assert prepared.videos == 1 and prepared.question == "what happens?"
+    # declared as the wrong type: sent on as what its bytes are
+    prepared = await prepare([user(video_part(data_url(WEBM, "video/mp4")))], settings(), None, model=WATCHER)
+    assert prepared.messages[0]["content"] == [video_part(data_url(WEBM, "video/webm"))]
+
+
+async def test_a_video_beside_an_image_read_by_ocr_stays_a_part(ocr, png):
+    model = WATCHER.model_copy(update={"capabilities": ("text", "video")})
+    url = data_url(MP4, "video/mp4")
+    prepared = await prepare(
+        [user("both", image_part(data_url(png)), video_part(url))], settings(), ocr, model=model
+    )
+    text, video = prepared.messages[0]["content"]
+    assert video == video_part(url) and text["text"].startswith("both\n\n[Text read from image 1]\n")
+
+
+async def test_an_http_video_is_fetched_through_the_guard(server):
+    server.serve("/clip.mp4", MP4, content_type="video/mp4")
+    prepared = await prepare(
+        [user(video_part(server.url("/clip.mp4")))], settings(**LOCAL), None, model=WATCHER
+    )
+    assert prepared.messages[0]["content"] == [
+        video_part(data_url(MP4, "video/mp4"))
+    ]  # the model fetches nothing
+    with pytest.raises(BadRequest) as caught:  # a loopback host not allowed
+        await prepare([user(video_part(server.url("/clip.mp4")))], settings(), None, model=WATCHER)
+    assert caught.value.code == "video_url_refused"
+    server.serve("/page", b"<html>", content_type="text/html")
+    with pytest.raises(BadRequest, match="not a video") as caught:
+        await prepare([user(video_part(server.url("/page")))], settings(**LOCAL), None, model=WATCHER)
+    assert caught.value.code == "video_fetch_failed"
+
+
+async def test_videos_are_bounded():
+    big = data_url(MP4 + b"\x00" * 4096, "video/mp4")
+    with pytest.raises(PayloadTooLarge) as caught:
+        await prepare([user(video_part(big))], settings(max_video_bytes=2048), None, model=WATCHER)
+    assert caught.value.code == "video_too_large" and "GATEWAY_MAX_VIDEO_BYTES" in str(caught.value)
+    with pytest.raises(InvalidInput) as caught:
+        await prepare(
+            [user(*[video_part(data_url(MP4, "video/mp4"))] * 3)], settings(max_videos=2), None, model=WATCHER
+        )
+    assert caught.value.code == "too_many_videos"
+    with pytest.raises(InvalidInput) as caught:
+        await prepare(
+            [user(video_part(data_url(b"not a video at all", "video/mp4")))], settings(), None, model=WATCHER
+        )
+    assert caught.value.code == "invalid_video"
+    with pytest.raises(InvalidInput) as caught:
+        await prepare([user(video_part(data_url(MP4, "image/png")))], settings(), None, model=WATCHER)
+    assert caught.value.code == "invalid_video"
+    with pytest.raises(InvalidInput) as caught:
+        await prepare([user(video_part("file:///etc/passwd"))], settings(), None, model=WATCHER)
+    assert caught.value.code == "invalid_video"
+
+
+async def test_a_model_that_cannot_watch_or_hear_refuses_video_and_audio():
+    with pytest.raises(InvalidInput, match="'video_url' is not supported by the model 'smol'") as caught:
+        await prepare([user(video_part(data_url(MP4, "video/mp4")))], settings(), None, model=READER)
+    assert caught.value.code == "unsupported_content"
+    with pytest.raises(BadRequest, match="the model 'smol' cannot take audio"):
+        await prepare([user(AUDIO)], settings(llm_audio=True), None, model=READER)  # the model decides
+    prepared = await prepare([user("hear", AUDIO)], settings(), None, model=WATCHER)
+    assert prepared.messages[0]["content"][1] == AUDIO

@@ -22,6 +22,10 @@ class OmniragError(Exception):
     """Base of every error a service raises on purpose. ``code`` is stable; ``message`` is for people."""
 
     code = "internal_error"
+    # OpenAI's optional error fields: ``type`` (e.g. invalid_request_error) and ``param`` (the
+    # request field at fault), which the openai SDK exposes on its exceptions.
+    type: str | None = None
+    param: str | None = None
 
     def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
         super().__init__(message)
@@ -136,8 +140,14 @@ def status_for(exc: OmniragError) -> int:
     return 500
 
 
-def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+def error_body(
+    code: str, message: str, details: Any = None, *, type: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}
+    if type is not None:
+        err["type"] = type
+    if param is not None:
+        err["param"] = param
     if details is not None:
         err["details"] = details
     return {"error": err}
@@ -148,7 +158,9 @@ def error_response(exc: OmniragError) -> JSONResponse:
     if isinstance(exc, Overloaded):
         headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(
-        error_body(exc.code, exc.message, exc.details), status_code=status_for(exc), headers=headers
+        error_body(exc.code, exc.message, exc.details, type=exc.type, param=exc.param),
+        status_code=status_for(exc),
+        headers=headers,
     )
 
 
@@ -190,6 +202,8 @@ ERROR_SCHEMA: dict[str, Any] = {
             "properties": {
                 "code": {"type": "string", "description": "Stable, for programs: e.g. not_found."},
                 "message": {"type": "string", "description": "For people."},
+                "type": {"type": "string", "description": "OpenAI's error type, where it applies."},
+                "param": {"type": "string", "description": "The request field at fault, where one is."},
                 "details": {"description": "Optional: e.g. the validation errors."},
             },
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from langchain_openai import ChatOpenAI
 from omnirag.core.app import create_service_app
 from omnirag.core.health import Check
 from omnirag.gateway.api import admin, chat, documents, feedback, ingest, models, sessions
+from omnirag.gateway.api.admin import without_credentials
 from omnirag.gateway.auth import KeyStore, RateLimiter
 from omnirag.gateway.chat import ChatHandler
 from omnirag.gateway.config import GatewaySettings
@@ -24,6 +26,9 @@ from omnirag.gateway.llm import PassThrough, create_chat_model, create_passthrou
 from omnirag.gateway.memory import History
 from omnirag.gateway.metrics import GatewayMetrics
 from omnirag.gateway.multimodal import OCR
+from omnirag.gateway.registry import ModelRegistry, ModelSpec
+
+log = logging.getLogger("omnirag.gateway")
 
 
 @dataclass
@@ -38,14 +43,24 @@ class Gateway:
     limiter: RateLimiter
     http: httpx.AsyncClient
     llm_http: httpx.AsyncClient
-    chat_model: ChatOpenAI
-    passthrough: PassThrough
+    registry: ModelRegistry
+    # One LangChain chat model and one pass-through client per registry entry, by name.
+    chat_models: dict[str, ChatOpenAI]
+    passthroughs: dict[str, PassThrough]
     ocr: OCR
     chat: Any = None
+
+    def chat_model_for(self, spec: ModelSpec) -> ChatOpenAI:
+        return self.chat_models[spec.name]
+
+    def passthrough_for(self, spec: ModelSpec) -> PassThrough:
+        return self.passthroughs[spec.name]
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    # Built before the app: a bad model list stops the start with its reason, not the first request.
+    registry = ModelRegistry.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,20 +111,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             limiter=RateLimiter(redis, on_limited=lambda limit: metrics.rate_limited.labels(limit).inc()),
             http=http,
             llm_http=llm_http,
-            chat_model=create_chat_model(settings, http_async_client=llm_http),
-            passthrough=PassThrough(settings, llm_session),
+            registry=registry,
+            chat_models={
+                m.name: create_chat_model(settings, m, http_async_client=llm_http) for m in registry.models
+            },
+            passthroughs={m.name: PassThrough(settings, llm_session, m) for m in registry.models},
             ocr=OCR(),
         )
         gw.chat = ChatHandler(gw)
         app.state.gateway = gw
+        log.info("chat models", extra={"models": registry.describe()})
         readiness = app.state.readiness
 
         # /readyz is public: each probe's detail is a state; URLs and errors go in its info, which
         # only the log and the admin view (GET /v1/admin/status) show.
         async def llm_probe() -> Check:
-            info = f"{settings.llm_model} at {settings.llm_base_url}"
+            # The default model: what a request naming none gets. The others show in the admin view.
+            default = registry.default
+            info = f"{default.name} at {without_credentials(default.base_url)}"
             try:
-                r = await llm_http.get(settings.llm_base_url.rstrip("/") + "/models", timeout=2.0)
+                r = await llm_http.get(default.base_url.rstrip("/") + "/models", timeout=2.0)
             except Exception as exc:
                 return Check(False, "down", f"{info}: {type(exc).__name__}: {exc}")
             ok = r.status_code < 400

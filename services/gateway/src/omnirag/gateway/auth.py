@@ -2,8 +2,9 @@
 
 Keys are kept only as SHA-256 digests; a presented key is hashed and compared with every stored
 digest in constant time, so neither the lookup nor the comparison leaks how much of a key matched.
-Each key names the collections it may read (``"*"`` for all) and its requests and tokens per minute,
-counted in Redis so that every gateway replica shares one budget.
+Each key names the collections it may read and the chat models it may use (``"*"`` for all) and
+its requests and tokens per minute, counted in Redis so that every gateway replica shares one
+budget.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ class KeySpec(BaseModel):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     key: str | None = Field(None, min_length=16, description="Plain key; hashed at load and then forgotten.")
     collections: list[str] = Field(default_factory=lambda: ["*"])
+    models: list[str] = Field(
+        default_factory=lambda: ["*"],
+        max_length=256,
+        description="Chat models the key may use ('*': all); others answer 404 as if they did not exist.",
+    )
     rpm: int | None = Field(None, ge=0)
     tpm: int | None = Field(None, ge=0)
     admin: bool = Field(False, description="May read the admin view (internal URLs, validation details).")
@@ -60,6 +66,7 @@ class ApiKey:
     act_for_users: bool = False
     # The end user a trusted key (act_for_users) acts for; None for a key used directly.
     user: str | None = None
+    models: frozenset[str] = frozenset({"*"})
 
     @property
     def principal(self) -> str:
@@ -68,6 +75,10 @@ class ApiKey:
 
     def may_read(self, collection: str) -> bool:
         return "*" in self.collections or collection in self.collections
+
+    def may_use(self, model: str) -> bool:
+        """Whether the key may use the chat model named ``model`` (a registry entry's name)."""
+        return "*" in self.models or model in self.models
 
     def check_collection(self, collection: str) -> None:
         if not self.may_read(collection):
@@ -149,6 +160,7 @@ class KeyStore:
                     tpm=default_tpm if s.tpm is None else s.tpm,
                     admin=s.admin,
                     act_for_users=s.act_for_users,
+                    models=frozenset(s.models),
                 )
             )
         names = [k.name for k in keys]

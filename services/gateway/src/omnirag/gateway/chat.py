@@ -27,19 +27,32 @@ from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, Om
 from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.llm import LLMError, token_limit
 from omnirag.gateway.memory import check_session_id
-from omnirag.gateway.multimodal import prepare
+from omnirag.gateway.multimodal import content_parts, prepare
 from omnirag.gateway.rag import (
+    answer_max_tokens,
     answer_messages,
+    cited,
     clean_rewrite,
+    empty_answer,
     history_messages,
     message_text,
     needs_rewrite,
     nothing_found,
     retrieve,
     rewrite_chain,
+    rewrite_limits,
     stored_answer,
     to_langchain,
 )
+from omnirag.gateway.reasoning import (
+    FIELDS,
+    Piece,
+    ReasoningSplitter,
+    reasoning_field,
+    split_message,
+    strip_history,
+)
+from omnirag.gateway.registry import ModelSpec
 
 log = logging.getLogger("omnirag.gateway.chat")
 
@@ -77,14 +90,19 @@ class Outcome:
     """What the ``omnirag`` object reports, and what is kept for history and limits."""
 
     citations: list[dict[str, Any]] = field(default_factory=list)
+    # The numbers of the citations the answer itself cites (never its thinking), in order.
+    cited: list[int] = field(default_factory=list)
     rewritten_query: str | None = None
     session_id: str | None = None
     degraded: list[str] = field(default_factory=list)
     collection: str | None = None
+    # The registry entry's name: what every response and chunk says answered (not in ``omnirag``).
+    model: str = ""
 
     def public(self) -> dict[str, Any]:
         return {
             "citations": self.citations,
+            "cited": self.cited,
             "rewritten_query": self.rewritten_query,
             "session_id": self.session_id,
             "degraded": self.degraded,
@@ -106,6 +124,38 @@ def _normalise_tool_deltas(delta: dict[str, Any], announced: set[int]) -> None:
                 call["function"].pop("name", None)
         else:
             announced.add(index)
+
+
+def _split_message(message: dict[str, Any], spec: ModelSpec) -> Piece:
+    """Put a whole message's thinking under ``reasoning_content`` and leave the answer in
+    ``content`` (in place); return both."""
+    thinking = reasoning_field(message)
+    for name in FIELDS:
+        message.pop(name, None)
+    content = message.get("content")
+    piece = split_message(
+        content if isinstance(content, str) else None, thinking, reasoning_model=spec.reasoning
+    )
+    if isinstance(content, str):
+        message["content"] = piece.answer
+    if piece.reasoning:
+        message["reasoning_content"] = piece.reasoning
+    return piece
+
+
+def _estimate(piece: Piece) -> int:
+    """Tokens of a message when the upstream reports none: about 4 characters each, thinking included."""
+    return (len(piece.reasoning) + len(piece.answer) + 3) // 4
+
+
+def _empty(chunk: dict[str, Any]) -> bool:
+    """A chunk that carries nothing once held-back text is taken out of it."""
+    if chunk.get("usage") or not chunk.get("choices"):
+        return False
+    return all(
+        c.get("finish_reason") is None and not any(v for v in (c.get("delta") or {}).values())
+        for c in chunk["choices"]
+    )
 
 
 def _sse(obj: Any) -> bytes:
@@ -150,7 +200,8 @@ class ChatHandler:
 
     async def _history(self, key: ApiKey, req: ChatRequest, outcome: Outcome) -> list[dict[str, Any]]:
         """Earlier turns: the client's own when it sends the conversation, else the session's."""
-        earlier = req.messages[:-1]
+        # A client that sends its conversation back may send the thinking with it: never to a model.
+        earlier = strip_history(req.messages[:-1])
         if req.session_id is None:
             return earlier
         if any(m.get("role") == "assistant" for m in earlier):
@@ -171,8 +222,8 @@ class ChatHandler:
     async def _remember(
         self, key: ApiKey, req: ChatRequest, question: str, answer: str, outcome: Outcome
     ) -> None:
-        if req.session_id is None or "history" in outcome.degraded:
-            return
+        if req.session_id is None or "history" in outcome.degraded or "answer" in outcome.degraded:
+            return  # no history to add to, or no answer worth keeping (all thinking)
         if outcome.collection is not None:  # a RAG answer: plain text only (see stored_answer)
             answer = stored_answer(answer, len(outcome.citations))
         turn = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -180,6 +231,16 @@ class ChatHandler:
             await self.gw.history.append(key.principal, req.session_id, turn)
         except Exception as exc:
             log.warning("could not store the turn", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    def _all_thinking(self, outcome: Outcome, question: str, answer: str, thought: bool) -> str:
+        """The answer to show: the model's, or, when its thinking used every token and no answer
+        came, a note that says so (never the thinking itself), reported as ``degraded: answer``."""
+        if answer.strip() or not thought:
+            return answer
+        if "answer" not in outcome.degraded:
+            outcome.degraded.append("answer")
+            self.m.degraded.labels("answer").inc()
+        return empty_answer(question)
 
     async def _count(self, key: ApiKey, prompt_tokens: int, completion_tokens: int) -> None:
         self.m.llm_tokens.labels("prompt").inc(prompt_tokens)
@@ -189,8 +250,8 @@ class ChatHandler:
         except Exception as exc:
             log.warning("could not count tokens", extra={"error": f"{type(exc).__name__}: {exc}"})
 
-    def _envelope(self, cid: str, created: int) -> dict[str, Any]:
-        return {"id": cid, "created": created, "model": self.s.llm_model}
+    def _envelope(self, cid: str, created: int, model: str) -> dict[str, Any]:
+        return {"id": cid, "created": created, "model": model}
 
     # ---------- entry ----------
 
@@ -199,27 +260,28 @@ class ChatHandler:
         if req.session_id is not None:
             check_session_id(req.session_id)
         rag = req.rag if req.rag is not None else not req.tools
-        if req.tools and not self.s.llm_tools:
-            raise BadRequest(
-                "the configured model cannot take tools (GATEWAY_LLM_TOOLS=false)", code="tools_unsupported"
-            )
+        # What goes to the model: RAG sends the last message (earlier turns as text), pass-through all.
+        parts = content_parts(req.messages[-1:] if rag else req.messages)
+        spec = self.gw.registry.choose(req.model, parts, key)
+        if req.tools and not spec.takes("tools"):
+            raise BadRequest(f"the model {spec.name!r} cannot take tools", code="tools_unsupported")
         if rag and req.tools:
             raise BadRequest(
                 "tools are passed through only with rag off ('rag': false)", code="tools_need_rag_off"
             )
         if rag:
-            return await self._rag(key, req)
-        return await self._pass_through(key, req)
+            return await self._rag(key, req, spec)
+        return await self._pass_through(key, req, spec)
 
     # ---------- pass-through ----------
 
     async def _pass_through(
-        self, key: ApiKey, req: ChatRequest
+        self, key: ApiKey, req: ChatRequest, spec: ModelSpec
     ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         started = time.perf_counter()
-        outcome = Outcome(session_id=req.session_id)
+        outcome = Outcome(session_id=req.session_id, model=spec.name)
         history = await self._history(key, req, outcome)
-        prepared = await prepare(history + req.messages[-1:], self.s, self.gw.ocr)
+        prepared = await prepare(history + req.messages[-1:], self.s, self.gw.ocr, model=spec)
         body = req.model_dump(exclude_none=True, exclude=set(OMNIRAG_FIELDS) | {"max_completion_tokens"})
         # Some servers (llama.cpp) refuse an assistant turn whose content is null beside tool_calls,
         # which is what OpenAI clients send back; an empty string means the same.
@@ -227,29 +289,46 @@ class ChatHandler:
             m | {"content": ""} if m.get("role") == "assistant" and m.get("content") is None else m
             for m in prepared.messages
         ]
-        body["model"] = self.s.llm_model
-        body["max_tokens"] = self._max_tokens(req)
+        body["model"] = spec.served
+        body["max_tokens"] = answer_max_tokens(spec, self._max_tokens(req))
         prompt_estimate = sum(len(message_text(m)) for m in prepared.messages) // 4
         if not req.stream:
-            result = await self.gw.passthrough.complete(body)
+            result = await self.gw.passthrough_for(spec).complete(body)
             self.m.ttft.labels("passthrough").observe(time.perf_counter() - started)
+            choices = result.get("choices") or [{}]
+            pieces = [_split_message(c.get("message") or {}, spec) for c in choices if isinstance(c, dict)]
+            message = choices[0].get("message") or {}
+            if message.get("tool_calls"):
+                message.pop("function_call", None)  # the legacy field, beside tool_calls
+                answer = pieces[0].answer if pieces else ""
+            elif pieces:
+                answer = self._all_thinking(
+                    outcome, prepared.question, pieces[0].answer, bool(pieces[0].reasoning)
+                )
+                if answer != pieces[0].answer:
+                    message["content"] = answer
+            else:
+                answer = ""
             usage = result.get("usage") or {}
             await self._count(
                 key,
                 int(usage.get("prompt_tokens") or prompt_estimate),
-                int(usage.get("completion_tokens") or 0),
+                # The upstream's count has the thinking in it (vLLM counts every generated token).
+                int(usage.get("completion_tokens") or sum(_estimate(p) for p in pieces)),
             )
-            choice = (result.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            if message.get("tool_calls"):
-                message.pop("function_call", None)  # the legacy field, beside tool_calls
-            answer = message.get("content") or ""
             await self._remember(key, req, prepared.question, answer, outcome)
-            result["model"] = self.s.llm_model
+            result["model"] = spec.name
             result["omnirag"] = outcome.public()
             return result
-        payloads = await self.gw.passthrough.stream(body)
-        return self._relay(key, req, payloads, outcome, prepared.question, prompt_estimate, started)
+        # The upstream's own count (thinking included) is asked for even when the client did not
+        # ask for usage; then it is kept for the key's token budget and not passed on.
+        options = body.get("stream_options")
+        client_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        body["stream_options"] = (options if isinstance(options, dict) else {}) | {"include_usage": True}
+        payloads = await self.gw.passthrough_for(spec).stream(body)
+        return self._relay(
+            key, req, payloads, outcome, prepared.question, prompt_estimate, started, spec, client_usage
+        )
 
     async def _relay(
         self,
@@ -260,12 +339,70 @@ class ChatHandler:
         question: str,
         prompt_estimate: int,
         started: float,
+        spec: ModelSpec,
+        client_usage: bool = True,
     ) -> AsyncGenerator[bytes, None]:
-        parts: list[str] = []
         first = True
         envelope: dict[str, Any] = {}
         announced: set[int] = set()
-        model = self.s.llm_model
+        model = outcome.model
+        # One splitter per choice; the first choice's answer is what the session keeps.
+        splitters: dict[int, ReasoningSplitter] = {}
+        finished: set[int] = set()  # choices whose finish_reason came (their splitters flushed)
+        answer: list[str] = []
+        called_tools = False
+        generated = 0  # deltas of thinking or answer, about a token each: the count without usage
+        usage: dict[str, Any] = {}
+
+        def split(choice: dict[str, Any], flush: bool) -> tuple[bool, str]:
+            """Rewrite one choice's delta: the thinking under ``reasoning_content`` only, the answer
+            in ``content``. Returns (changed, thinking that must go out before this delta's answer)."""
+            nonlocal generated, called_tools
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = {}
+            index = choice.get("index", 0)
+            splitter = splitters.get(index)
+            if splitter is None:
+                splitter = splitters[index] = ReasoningSplitter(reasoning_model=spec.reasoning)
+            if "tool_calls" in delta and index == 0:
+                called_tools = True
+            text = delta.get("content")
+            named = [name for name in FIELDS if name in delta]
+            if not named and splitter.state == "answer" and not flush:
+                if text and index == 0:  # the common case: the answer, untouched
+                    answer.append(text)
+                    generated += 1
+                return False, ""
+            thinking = reasoning_field(delta) or ""
+            for name in named:
+                del delta[name]
+            piece = splitter.feed_reasoning(thinking) if thinking else Piece()
+            fed = splitter.feed(text) if isinstance(text, str) else Piece()
+            tail = Piece()
+            if flush:
+                tail = splitter.finish()
+                finished.add(index)
+            reasoning = piece.reasoning + fed.reasoning + tail.reasoning
+            said = fed.answer + tail.answer
+            generated += bool(thinking) + bool(text)
+            if index == 0:
+                answer.append(said)
+                if flush and not called_tools:
+                    whole = "".join(answer)
+                    shown = self._all_thinking(outcome, question, whole, splitter.reasoning_chars > 0)
+                    if shown != whole:
+                        said += shown
+            if said or "content" in delta:
+                delta["content"] = said
+            before = ""
+            if reasoning and said:
+                before = reasoning  # sent in a chunk of its own first: thinking precedes the answer
+            elif reasoning:
+                delta["reasoning_content"] = reasoning
+            choice["delta"] = delta
+            return True, before
+
         try:
             async with contextlib.aclosing(payloads):  # the client left: hang up on the LLM at once
                 async for payload in payloads:
@@ -282,15 +419,45 @@ class ChatHandler:
                     changed = chunk.get("model") != model
                     if changed:
                         chunk["model"] = model
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                        if not client_usage:
+                            if not chunk.get("choices"):
+                                continue  # the usage-only chunk the client did not ask for
+                            del chunk["usage"]
+                            changed = True
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         if "tool_calls" in delta or "function_call" in delta:
                             _normalise_tool_deltas(delta, announced)
                             changed = True
-                        text = delta.get("content")
-                        if text:
-                            parts.append(text)
+                        altered, before = split(choice, flush=choice.get("finish_reason") is not None)
+                        changed = changed or altered
+                        if before:
+                            yield _sse(
+                                chunk
+                                | {
+                                    "choices": [
+                                        {
+                                            "index": choice.get("index", 0),
+                                            "delta": {"reasoning_content": before},
+                                            "finish_reason": None,
+                                        }
+                                    ]
+                                }
+                            )
+                    if changed and _empty(chunk):
+                        continue  # all of it held back (a tag cut in two): nothing to send yet
                     yield _sse(chunk) if changed else b"data: " + payload + b"\n\n"
+                # An upstream that ended without a finish_reason: what its splitters hold goes out.
+                for index in sorted(set(splitters) - finished):
+                    if splitters[index].state != "answer" or splitters[index].pending:
+                        last: dict[str, Any] = {"index": index, "delta": {}, "finish_reason": None}
+                        altered, before = split(last, flush=True)
+                        if before:
+                            last["delta"]["reasoning_content"] = before
+                        if not _empty({"choices": [last]}):
+                            yield _sse(envelope | {"object": "chat.completion.chunk", "choices": [last]})
         except Exception as exc:
             self.m.llm_errors.labels("mid_stream").inc()
             yield _sse(
@@ -300,23 +467,29 @@ class ChatHandler:
             return
         # Stored before the stream ends: a client that reads the session, or asks its follow-up,
         # the moment it sees [DONE] finds this turn there.
-        await self._count(key, prompt_estimate, len(parts))
-        await self._remember(key, req, question, "".join(parts), outcome)
+        await self._count(
+            key,
+            int(usage.get("prompt_tokens") or prompt_estimate),
+            int(usage.get("completion_tokens") or generated),
+        )
+        await self._remember(key, req, question, "".join(answer), outcome)
         yield _sse(envelope | {"object": "chat.completion.chunk", "choices": [], "omnirag": outcome.public()})
         yield DONE
 
     # ---------- RAG ----------
 
-    async def _rag(self, key: ApiKey, req: ChatRequest) -> dict[str, Any] | AsyncGenerator[bytes, None]:
+    async def _rag(
+        self, key: ApiKey, req: ChatRequest, spec: ModelSpec
+    ) -> dict[str, Any] | AsyncGenerator[bytes, None]:
         started = time.perf_counter()
         collection = req.collection or self.s.default_collection
         key.check_collection(collection)
         top_k = min(req.top_k or self.s.default_top_k, self.s.max_top_k)
-        outcome = Outcome(session_id=req.session_id, collection=collection)
+        outcome = Outcome(session_id=req.session_id, collection=collection, model=spec.name)
         if req.messages[-1].get("role") != "user":
             raise InvalidInput("the last message must be the user's question", code="invalid_message")
         history = await self._history(key, req, outcome)
-        prepared = await prepare(req.messages[-1:], self.s, self.gw.ocr)
+        prepared = await prepare(req.messages[-1:], self.s, self.gw.ocr, model=spec)
         question_message = prepared.messages[-1]
         question = prepared.question
         if not question.strip():
@@ -324,7 +497,12 @@ class ChatHandler:
 
         query = question
         if needs_rewrite(question, history):
-            llm = self.gw.chat_model.bind(**token_limit(self.s, self.s.rewrite_max_tokens), temperature=0)
+            # The rewrite's own model (GATEWAY_REWRITE_MODEL): often a small, fast one, whichever answers.
+            rewriter = self.gw.registry.rewrite
+            # A reasoning rewriter thinks first: off where it can be, else with room for it.
+            llm = self.gw.chat_model_for(rewriter).bind(
+                **rewrite_limits(rewriter, self.s.rewrite_max_tokens), temperature=0
+            )
             try:
                 raw = await rewrite_chain(llm).ainvoke(
                     {"history": history_messages(history, self.s.history_prompt_turns), "question": question}
@@ -389,8 +567,8 @@ class ChatHandler:
             max_chars=self.s.context_max_chars,
             system_extra=system_extra,
         )
-        llm = self.gw.chat_model.bind(
-            **token_limit(self.s, self._max_tokens(req)),
+        llm = self.gw.chat_model_for(spec).bind(
+            **token_limit(spec, answer_max_tokens(spec, self._max_tokens(req))),
             temperature=self.s.llm_temperature if req.temperature is None else req.temperature,
         )
         lc_messages = to_langchain(messages)
@@ -401,11 +579,19 @@ class ChatHandler:
                 self.m.llm_errors.labels("before_stream").inc()
                 raise LLMError(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
             self.m.ttft.labels("rag").observe(time.perf_counter() - started)
-            answer = str(result.content)
+            piece = split_message(
+                result.content if isinstance(result.content, str) else "",
+                result.additional_kwargs.get("reasoning_content"),
+                reasoning_model=spec.reasoning,
+            )
+            answer = self._all_thinking(outcome, question, piece.answer, bool(piece.reasoning))
             usage = getattr(result, "usage_metadata", None) or {}
             finish = (result.response_metadata or {}).get("finish_reason") or "stop"
-            await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
-            await self._remember(key, req, question, answer, outcome)
+            # The upstream's output count has the thinking in it; without one, both are estimated.
+            completion_tokens = int(usage.get("output_tokens") or _estimate(piece))
+            await self._count(key, int(usage.get("input_tokens", 0)), completion_tokens)
+            outcome.cited = cited(piece.answer, len(outcome.citations))
+            await self._remember(key, req, question, piece.answer, outcome)
             return self._completion(
                 cid,
                 created,
@@ -413,7 +599,8 @@ class ChatHandler:
                 finish,
                 outcome,
                 int(usage.get("input_tokens", 0)),
-                int(usage.get("output_tokens", 0)),
+                completion_tokens,
+                reasoning=piece.reasoning,
             )
 
         stream = llm.astream(lc_messages).__aiter__()
@@ -425,7 +612,7 @@ class ChatHandler:
             self.m.llm_errors.labels("before_stream").inc()
             raise LLMError(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
         self.m.ttft.labels("rag").observe(time.perf_counter() - started)
-        return self._rag_stream(key, req, cid, created, first, stream, outcome, question)
+        return self._rag_stream(key, req, cid, created, first, stream, outcome, question, spec)
 
     def _retrieval_down(self, outcome: Outcome, exc: BaseException) -> None:
         if self.s.retrieval_fail_closed:
@@ -442,12 +629,15 @@ class ChatHandler:
         outcome: Outcome,
         prompt_tokens: int,
         completion_tokens: int,
+        *,
+        reasoning: str = "",
     ) -> dict[str, Any]:
-        return self._envelope(cid, created) | {
+        message = {"role": "assistant", "content": answer}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        return self._envelope(cid, created, outcome.model) | {
             "object": "chat.completion",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
@@ -456,9 +646,11 @@ class ChatHandler:
             "omnirag": outcome.public(),
         }
 
-    def _chunk(self, cid: str, created: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(
+        self, cid: str, created: int, delta: dict[str, Any], finish: str | None = None, *, model: str
+    ) -> bytes:
         return _sse(
-            self._envelope(cid, created)
+            self._envelope(cid, created, model)
             | {
                 "object": "chat.completion.chunk",
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
@@ -467,16 +659,17 @@ class ChatHandler:
 
     def _tail(self, cid: str, created: int, outcome: Outcome) -> bytes:
         return _sse(
-            self._envelope(cid, created)
+            self._envelope(cid, created, outcome.model)
             | {"object": "chat.completion.chunk", "choices": [], "omnirag": outcome.public()}
         )
 
     async def _canned_stream(
         self, cid: str, created: int, answer: str, outcome: Outcome
     ) -> AsyncGenerator[bytes, None]:
-        yield self._chunk(cid, created, {"role": "assistant", "content": ""})
-        yield self._chunk(cid, created, {"content": answer})
-        yield self._chunk(cid, created, {}, "stop")
+        model = outcome.model
+        yield self._chunk(cid, created, {"role": "assistant", "content": ""}, model=model)
+        yield self._chunk(cid, created, {"content": answer}, model=model)
+        yield self._chunk(cid, created, {}, "stop", model=model)
         yield self._tail(cid, created, outcome)
         yield DONE
 
@@ -490,33 +683,47 @@ class ChatHandler:
         rest: AsyncIterator[AIMessageChunk],
         outcome: Outcome,
         question: str,
+        spec: ModelSpec,
     ) -> AsyncGenerator[bytes, None]:
-        parts: list[str] = []
+        parts: list[str] = []  # the answer's deltas: what the session keeps
+        generated = 0  # deltas of thinking or answer, about a token each: the count without usage
         usage: dict[str, Any] = {}
         finish: Literal["stop", "length"] | str = "stop"
-        yield self._chunk(cid, created, {"role": "assistant", "content": ""})
+        model = outcome.model
+        splitter = ReasoningSplitter(reasoning_model=spec.reasoning)
+        yield self._chunk(cid, created, {"role": "assistant", "content": ""}, model=model)
 
-        def take(piece: AIMessageChunk) -> bytes | None:
-            nonlocal usage, finish
-            if piece.usage_metadata:
-                usage = dict(piece.usage_metadata)
-            reason = (piece.response_metadata or {}).get("finish_reason")
+        def send(piece: Piece) -> list[bytes]:
+            # Thinking and answer in chunks of their own, thinking first.
+            out = []
+            if piece.reasoning:
+                out.append(self._chunk(cid, created, {"reasoning_content": piece.reasoning}, model=model))
+            if piece.answer:
+                parts.append(piece.answer)
+                out.append(self._chunk(cid, created, {"content": piece.answer}, model=model))
+            return out
+
+        def take(chunk: AIMessageChunk) -> list[bytes]:
+            nonlocal usage, finish, generated
+            if chunk.usage_metadata:
+                usage = dict(chunk.usage_metadata)
+            reason = (chunk.response_metadata or {}).get("finish_reason")
             if reason:
                 finish = reason
-            text = piece.content if isinstance(piece.content, str) else ""
-            if text:
-                parts.append(text)
-                return self._chunk(cid, created, {"content": text})
-            return None
+            thinking = chunk.additional_kwargs.get("reasoning_content")
+            text = chunk.content if isinstance(chunk.content, str) else ""
+            generated += bool(thinking) + bool(text)
+            thought = splitter.feed_reasoning(thinking) if isinstance(thinking, str) else Piece()
+            return send(thought) + send(splitter.feed(text))
 
         try:
-            out = take(first)
-            if out:
+            for out in take(first):
                 yield out
             async for piece in rest:
-                out = take(piece)
-                if out:
+                for out in take(piece):
                     yield out
+            for out in send(splitter.finish()):
+                yield out
         except Exception as exc:
             self.m.llm_errors.labels("mid_stream").inc()
             log.warning("the LLM stream broke", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -525,10 +732,17 @@ class ChatHandler:
             )
             yield DONE
             return
+        answer = "".join(parts)
+        shown = self._all_thinking(outcome, question, answer, splitter.reasoning_chars > 0)
+        if shown != answer:
+            yield self._chunk(cid, created, {"content": shown}, model=model)
         # Stored before the stream ends (see _relay).
-        await self._count(key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", len(parts))))
-        await self._remember(key, req, question, "".join(parts), outcome)
-        yield self._chunk(cid, created, {}, finish)
+        await self._count(
+            key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens") or generated)
+        )
+        outcome.cited = cited(answer, len(outcome.citations))
+        await self._remember(key, req, question, answer, outcome)
+        yield self._chunk(cid, created, {}, finish, model=model)
         yield self._tail(cid, created, outcome)
         yield DONE
 

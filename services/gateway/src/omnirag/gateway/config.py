@@ -56,7 +56,8 @@ class GatewaySettings(RedisServiceSettings):
         description="Seconds a Redis command may take; past it history counts as down for that request.",
     )
 
-    # --- the LLM (anything that speaks the OpenAI chat API) ---
+    # --- the LLM (anything that speaks the OpenAI chat API); without models / models_file, the one
+    # model of these llm_* settings answers every request ---
     llm_base_url: str = Field(
         "http://127.0.0.1:6006/v1",
         description="OpenAI-compatible base URL: vLLM in the cluster, the local llama.cpp server, "
@@ -84,6 +85,27 @@ class GatewaySettings(RedisServiceSettings):
         "servers) or max_completion_tokens (OpenAI's reasoning models).",
     )
     llm_timeout: float = Field(120.0, gt=0, description="Seconds one LLM call may take, streaming included.")
+    models: str | None = Field(
+        None,
+        description='The chat models as JSON: [{"name", "base_url", "upstream_model", "api_key_file", '
+        '"capabilities": ["text", "vision", "audio", "video", "tools", "reasoning"], "max_tokens_param", '
+        '"thinking_off", "reasoning_budget"}]; a request\'s model picks one. Unset: one model from the '
+        "GATEWAY_LLM_* settings. Prefer models_file in a cluster (inline keys end up in the environment).",
+    )
+    models_file: Path | None = Field(
+        None, description="YAML or JSON file with the models, same shape as models (wins over it)."
+    )
+    default_model: str | None = Field(
+        None,
+        description="Model answering requests that name none (and take their parts). Unset: the first "
+        "listed. A large model here makes every client that does not choose pay for it.",
+    )
+    rewrite_model: str | None = Field(
+        None,
+        description="Model that rewrites follow-ups into standalone questions. Unset: the default model. "
+        "A small, fast, non-reasoning model cuts each follow-up's delay before retrieval; it must still "
+        "follow the instruction well enough, or searches get worse.",
+    )
     sse_keepalive_seconds: float = Field(
         15.0,
         ge=0,
@@ -145,8 +167,8 @@ class GatewaySettings(RedisServiceSettings):
     auth_enabled: bool = Field(True, description="Require an API key on every route but health and metrics.")
     api_keys: str | None = Field(
         None,
-        description='Keys as JSON: [{"name", "key_sha256" or "key", "collections": ["*"], "rpm", "tpm"}]. '
-        "Prefer api_keys_file (a mounted secret) in a cluster.",
+        description='Keys as JSON: [{"name", "key_sha256" or "key", "collections": ["*"], "models": ["*"], '
+        '"rpm", "tpm"}]. Prefer api_keys_file (a mounted secret) in a cluster.',
     )
     api_keys_file: Path | None = Field(
         None, description="YAML or JSON file with the keys, same shape as api_keys."
@@ -169,6 +191,14 @@ class GatewaySettings(RedisServiceSettings):
     max_total_chars: int = Field(200_000, ge=1, description="Characters of text in one request.")
     max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Bytes of one image (decoded).")
     max_images: int = Field(8, ge=0, description="Images in one request.")
+    max_video_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of one video (a data: URL decoded, or fetched from its http(s) URL). Each is "
+        "held in memory and re-sent to the model as base64: larger allows longer clips and costs more "
+        "memory per request; keep it under max_body_bytes / 1.34 for data: URLs to fit at all.",
+    )
+    max_videos: int = Field(2, ge=0, description="Videos in one request (video_url parts; 0 refuses them).")
     max_tokens_cap: int = Field(
         1024, ge=1, description="Upper bound on max_tokens; a request asking for more gets this many."
     )

@@ -1,8 +1,9 @@
-"""The LLM, made in one place from settings: LangChain's ``ChatOpenAI`` for the RAG chain, and a raw
-OpenAI-protocol client for pass-through requests (tools, any field the gateway does not interpret).
+"""The LLMs, made in one place from each model's entry (:mod:`omnirag.gateway.registry`): LangChain's
+``ChatOpenAI`` for the RAG chain, and a raw OpenAI-protocol client for pass-through requests (tools,
+any field the gateway does not interpret).
 
-Both talk to the same OpenAI-compatible URL: vLLM in the cluster, the local llama.cpp server, or a
-hosted API. Retries happen only before a response starts; a stream that breaks is never retried,
+Both talk to the model's OpenAI-compatible URL: vLLM in the cluster, the local llama.cpp server, or
+a hosted API. Retries happen only before a response starts; a stream that breaks is never retried,
 so an answer is never sent twice.
 
 Pass-through runs on aiohttp: it is the gateway's hottest path, and httpx's connection pool
@@ -30,10 +31,13 @@ from langchain_openai import ChatOpenAI
 from omnirag.core.errors import BadRequest, UpstreamError
 from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
 from omnirag.gateway.config import GatewaySettings
+from omnirag.gateway.reasoning import ReasoningChatOpenAI
+from omnirag.gateway.registry import ModelSpec, single
 
 
 def create_chat_model(
     settings: GatewaySettings,
+    spec: ModelSpec | None = None,
     *,
     temperature: float | None = None,
     max_tokens: int | None = None,
@@ -43,10 +47,12 @@ def create_chat_model(
     # ``streaming`` is passed only when true: an explicit ``streaming=False`` makes LangChain's
     # ``astream`` quietly fall back to one non-streamed call (and retry it whole on a broken body).
     extra: dict[str, Any] = {"streaming": True} if streaming else {}
-    return ChatOpenAI(
-        model=settings.llm_model,
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key,
+    spec = spec or single(settings)
+    # Keeps a reasoning model's thinking field, which ChatOpenAI drops (see reasoning.py).
+    return ReasoningChatOpenAI(
+        model=spec.served,
+        base_url=spec.base_url,
+        api_key=spec.api_key,
         temperature=settings.llm_temperature if temperature is None else temperature,
         max_tokens=max_tokens,
         timeout=settings.llm_timeout,
@@ -57,13 +63,14 @@ def create_chat_model(
     )
 
 
-def token_limit(settings: GatewaySettings, n: int) -> dict[str, Any]:
+def token_limit(spec: ModelSpec | GatewaySettings, n: int) -> dict[str, Any]:
     """Bind arguments that cap an answer at ``n`` tokens under the name the LLM reads.
 
     LangChain sends ``max_tokens`` as ``max_completion_tokens`` (OpenAI's newer name), which the
     llama.cpp server ignores — answers then run to the context's end. ``max_tokens`` is read by
     llama.cpp, vLLM and OpenAI's chat models; OpenAI's reasoning models need the newer name."""
-    if settings.llm_max_tokens_param == "max_completion_tokens":
+    param = spec.max_tokens_param if isinstance(spec, ModelSpec) else spec.llm_max_tokens_param
+    if param == "max_completion_tokens":
         return {"max_tokens": n}
     return {"extra_body": {"max_tokens": n}}
 
@@ -122,15 +129,20 @@ _RETRIED: tuple[type[BaseException], ...] = (
 
 
 class PassThrough:
-    """``POST {llm_base_url}/chat/completions`` with the client's own body, streamed or not."""
+    """``POST {base_url}/chat/completions`` of one model with the client's own body, streamed or not.
+    One per model; they share the app's connection pool (``session``)."""
 
-    def __init__(self, settings: GatewaySettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, settings: GatewaySettings, session: aiohttp.ClientSession, spec: ModelSpec | None = None
+    ) -> None:
         self.settings = settings
         self.session = session
-        self.url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        self.spec = spec or single(settings)
+        self.base_url = self.spec.base_url
+        self.url = self.base_url.rstrip("/") + "/chat/completions"
         self.proxy = env_proxy(self.url)
         self._headers = {
-            "Authorization": f"Bearer {settings.llm_api_key.get_secret_value()}",
+            "Authorization": f"Bearer {self.spec.api_key.get_secret_value()}",
             "Content-Type": "application/json",
         }
 
@@ -173,9 +185,7 @@ class PassThrough:
                     raise BadRequest(message, code="llm_rejected_request")
                 raise LLMError(message, details={"status": status})
             return response
-        raise LLMError(
-            f"the LLM at {self.settings.llm_base_url} is unreachable: {type(last).__name__}: {last}"
-        )
+        raise LLMError(f"the LLM at {self.base_url} is unreachable: {type(last).__name__}: {last}")
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._send(body)

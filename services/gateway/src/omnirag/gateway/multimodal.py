@@ -4,16 +4,21 @@ model cannot see, and say what the retrieval query is.
 Images come as ``image_url`` parts: ``data:image/...;base64,...`` URLs are decoded; http(s) URLs are
 fetched here, through :mod:`omnirag.core.netguard` (private, loopback and metadata addresses refused
 unless the host is in ``GATEWAY_IMAGE_FETCH_ALLOW_HOSTS``, the checked address pinned for the
-connection), streamed with a size cap and a deadline. The model never fetches anything itself: with
-``GATEWAY_LLM_VISION=true`` fetched images go on as data URLs. With a text-only model every image is
-read by :class:`OCR` and its text joins the message it came in. ``input_audio`` parts go to the model
-only when ``GATEWAY_LLM_AUDIO=true``.
+connection), streamed with a size cap and a deadline. The model never fetches anything itself: to a
+model that sees (``vision`` in its registry entry) fetched images go on as data URLs. For a text-only
+model every image is read by :class:`OCR` and its text joins the message it came in.
+``input_audio`` parts go only to a model that takes ``audio``; ``video_url`` parts (vLLM's shape)
+only to one that takes ``video``, loaded like images (data: URL or fetched http(s), capped at
+``GATEWAY_MAX_VIDEO_BYTES``, the container checked from its first bytes) and sent on as data URLs.
+Which model answers is the registry's choice (:mod:`omnirag.gateway.registry`), made before this.
 
 Error codes (stable): ``too_many_messages``, ``message_too_long``, ``request_too_long``,
-``too_many_images``, ``invalid_message``, ``unsupported_content`` (422, InvalidInput);
-``invalid_image`` (422: bad data URL, bad base64, not a PNG/JPEG/WebP/GIF image);
-``image_too_large`` (413, PayloadTooLarge: bytes or pixels); ``image_url_refused``,
-``image_fetch_failed``, ``audio_unsupported`` (400, BadRequest); ``ocr_busy`` (429, Overloaded).
+``too_many_images``, ``too_many_videos``, ``invalid_message``, ``unsupported_content`` (422,
+InvalidInput); ``invalid_image`` / ``invalid_video`` (422: bad data URL, bad base64, not a
+PNG/JPEG/WebP/GIF image, not an MP4/QuickTime/WebM/Matroska/AVI video); ``image_too_large`` /
+``video_too_large`` (413, PayloadTooLarge); ``image_url_refused``, ``image_fetch_failed``,
+``video_url_refused``, ``video_fetch_failed``, ``audio_unsupported`` (400, BadRequest); ``ocr_busy``
+(429, Overloaded).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin
 
 import httpx
@@ -45,6 +50,7 @@ from omnirag.core.netguard import (
     url_refusal,
 )
 from omnirag.gateway.config import GatewaySettings
+from omnirag.gateway.registry import PART_CAPABILITY, ModelSpec, single
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,11 @@ ImageFetch = Callable[[str], Awaitable[bytes]]
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[^,;]*)*),", re.IGNORECASE)
 _REDIRECTS = (301, 302, 303, 307, 308)
 _TEXT_PARTS = ("text", "refusal")
+_A = {"image": "an image", "video": "a video"}
+_ACCEPT = {
+    "image": "image/png,image/jpeg,image/webp,image/gif;q=0.9,image/*;q=0.5",
+    "video": "video/mp4,video/webm,video/quicktime;q=0.9,video/*;q=0.5",
+}
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -265,17 +276,27 @@ class OCR:
 
 
 class ImageFetcher:
-    """Fetches http(s) image URLs through the SSRF guard: ``await fetcher(url) -> bytes``.
+    """Fetches http(s) image (or, with ``kind="video"``, video) URLs through the SSRF guard:
+    ``await fetcher(url) -> bytes``.
 
     One fetcher resolves each host once (the answer is pinned for its connections), so make one per
     request. Redirects are followed by hand, each hop checked again; the body is streamed and refused
-    past ``max_image_bytes``; the whole fetch, redirects included, must end within
+    past ``max_image_bytes`` (``max_video_bytes``); the whole fetch, redirects included, must end within
     ``image_fetch_timeout``. Compressed transfer encodings are refused (images are compressed already,
     and a gzip bomb would otherwise expand past the cap inside one chunk).
     """
 
-    def __init__(self, settings: GatewaySettings, resolver: Resolver | None = None) -> None:
-        self.max_bytes = settings.max_image_bytes
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        resolver: Resolver | None = None,
+        *,
+        kind: Literal["image", "video"] = "image",
+    ) -> None:
+        self.kind = kind
+        self.max_bytes = settings.max_video_bytes if kind == "video" else settings.max_image_bytes
+        self.max_setting = f"GATEWAY_MAX_{kind.upper()}_BYTES"
+        self.accept = _ACCEPT[kind]
         self.timeout = settings.image_fetch_timeout
         self.guard = AddressGuard(
             settings.image_fetch_allow_hosts, resolver, allow_setting="GATEWAY_IMAGE_FETCH_ALLOW_HOSTS"
@@ -290,7 +311,7 @@ class ImageFetcher:
             timeout=httpx.Timeout(self.timeout),
             headers={
                 "User-Agent": USER_AGENT,
-                "Accept": "image/png,image/jpeg,image/webp,image/gif;q=0.9,image/*;q=0.5",
+                "Accept": self.accept,
                 "Accept-Encoding": "identity",
             },
         )
@@ -299,24 +320,28 @@ class ImageFetcher:
                 return await self._follow(client, url, shown)
         except TimeoutError as exc:
             raise BadRequest(
-                f"image URL {shown}: no complete answer within {self.timeout:g} s",
-                code="image_fetch_failed",
+                f"{self.kind} URL {shown}: no complete answer within {self.timeout:g} s",
+                code=f"{self.kind}_fetch_failed",
             ) from exc
         except RefusedURL as exc:
-            raise BadRequest(f"image URL {shown} refused: {exc.reason}", code="image_url_refused") from exc
+            raise BadRequest(
+                f"{self.kind} URL {shown} refused: {exc.reason}", code=f"{self.kind}_url_refused"
+            ) from exc
         except ResolveError as exc:
-            raise BadRequest(f"image URL {shown}: {exc}", code="image_fetch_failed") from exc
+            raise BadRequest(f"{self.kind} URL {shown}: {exc}", code=f"{self.kind}_fetch_failed") from exc
         except httpx.HTTPError as exc:
             raise BadRequest(
-                f"image URL {shown} could not be fetched: {type(exc).__name__}: {exc}",
-                code="image_fetch_failed",
+                f"{self.kind} URL {shown} could not be fetched: {type(exc).__name__}: {exc}",
+                code=f"{self.kind}_fetch_failed",
             ) from exc
 
     async def _follow(self, client: httpx.AsyncClient, url: str, shown: str) -> bytes:
         for _ in range(MAX_IMAGE_REDIRECTS + 1):
             reason = url_refusal(url)
             if reason:
-                raise BadRequest(f"image URL {_shown(url)} refused: {reason}", code="image_url_refused")
+                raise BadRequest(
+                    f"{self.kind} URL {_shown(url)} refused: {reason}", code=f"{self.kind}_url_refused"
+                )
             async with client.stream("GET", url) as response:
                 location = response.headers.get("location")
                 if response.status_code in _REDIRECTS and location:
@@ -324,29 +349,33 @@ class ImageFetcher:
                     continue
                 return await self._body(response, shown)
         raise BadRequest(
-            f"image URL {shown}: more than {MAX_IMAGE_REDIRECTS} redirects", code="image_fetch_failed"
+            f"{self.kind} URL {shown}: more than {MAX_IMAGE_REDIRECTS} redirects",
+            code=f"{self.kind}_fetch_failed",
         )
 
     async def _body(self, response: httpx.Response, shown: str) -> bytes:
         if response.status_code != 200:
             raise BadRequest(
-                f"image URL {shown} answered HTTP {response.status_code}", code="image_fetch_failed"
+                f"{self.kind} URL {shown} answered HTTP {response.status_code}",
+                code=f"{self.kind}_fetch_failed",
             )
         content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if not content_type.startswith("image/"):
+        if not content_type.startswith(self.kind + "/"):
             raise BadRequest(
-                f"image URL {shown} answered {content_type or 'no content type'}, not an image",
-                code="image_fetch_failed",
+                f"{self.kind} URL {shown} answered {content_type or 'no content type'}, not {_A[self.kind]}",
+                code=f"{self.kind}_fetch_failed",
             )
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise BadRequest(
-                f"image URL {shown} answered with content-encoding {encoding}; only plain bodies are read",
-                code="image_fetch_failed",
+                f"{self.kind} URL {shown} answered with content-encoding {encoding}; "
+                "only plain bodies are read",
+                code=f"{self.kind}_fetch_failed",
             )
         too_large = PayloadTooLarge(
-            f"image URL {shown}: the image is larger than {self.max_bytes:,} bytes (GATEWAY_MAX_IMAGE_BYTES)",
-            code="image_too_large",
+            f"{self.kind} URL {shown}: the {self.kind} is larger than {self.max_bytes:,} bytes "
+            f"({self.max_setting})",
+            code=f"{self.kind}_too_large",
         )
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -369,16 +398,17 @@ class Prepared:
     """What goes to the LLM and what is searched for.
 
     ``messages``: OpenAI chat messages for the model (images as data URLs when it can see; else their
-    OCR text inside the message's text). ``question``: the text of the last user message, OCR text of
-    its images included (without the ``[Text read from image N]`` headers, which would only add noise
-    to a search) — the retrieval query. ``ocr_texts``: the text read from each OCR'd image, in order.
-    ``images``: images in the request.
+    OCR text inside the message's text; videos as data URLs). ``question``: the text of the last user
+    message, OCR text of its images included (without the ``[Text read from image N]`` headers, which
+    would only add noise to a search) — the retrieval query. ``ocr_texts``: the text read from each
+    OCR'd image, in order. ``images``, ``videos``: how many the request holds.
     """
 
     messages: list[dict[str, Any]]
     question: str
     ocr_texts: list[str] = field(default_factory=list)
     images: int = 0
+    videos: int = 0
 
 
 @dataclass
@@ -391,11 +421,33 @@ class _Image:
 
 
 @dataclass
+class _Video:
+    number: int  # 1-based, over the whole request
+    url: str
+    data: bytes = b""
+    mime: str = ""
+
+
+@dataclass
 class _Message:
     source: dict[str, Any]
     texts: list[str] = field(default_factory=list)
-    # The parts in order; images are _Image, everything else the part dict as given.
-    parts: list[dict[str, Any] | _Image] | None = None
+    # The parts in order; images are _Image, videos _Video, everything else the part dict as given.
+    parts: list[dict[str, Any] | _Image | _Video] | None = None
+
+
+def content_parts(messages: Iterable[Any]) -> set[str]:
+    """The part types beyond text in ``messages`` (``image_url``, ``input_audio``, ``video_url``):
+    what the model that answers must take. Malformed messages are left to :func:`prepare` to refuse."""
+    found: set[str] = set()
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind in PART_CAPABILITY:
+                    found.add(kind)
+    return found
 
 
 def _check_text(message_no: int, text: Any) -> str:
@@ -404,7 +456,17 @@ def _check_text(message_no: int, text: Any) -> str:
     return text
 
 
-def _parse(messages: list[dict[str, Any]], settings: GatewaySettings) -> tuple[list[_Message], list[_Image]]:
+def _part_url(message_no: int, part: Mapping[str, Any], kind: str) -> str:
+    spec = part.get(kind)
+    url = spec.get("url") if isinstance(spec, Mapping) else spec
+    if not isinstance(url, str) or not url:
+        raise InvalidInput(f"message {message_no}: an {kind} part needs {kind}.url", code="invalid_message")
+    return url.strip()
+
+
+def _parse(
+    messages: list[dict[str, Any]], settings: GatewaySettings, model: ModelSpec | None
+) -> tuple[list[_Message], list[_Image], list[_Video]]:
     """Structure, counts and lengths, all checked before anything is fetched or read."""
     if not isinstance(messages, list) or not messages:
         raise InvalidInput("'messages' must be a non-empty list", code="invalid_message")
@@ -413,8 +475,16 @@ def _parse(messages: list[dict[str, Any]], settings: GatewaySettings) -> tuple[l
             f"{len(messages)} messages; at most {settings.max_messages} are accepted (GATEWAY_MAX_MESSAGES)",
             code="too_many_messages",
         )
+    # None: the one model of the GATEWAY_LLM_* settings, whose refusals name the setting.
+    audio_refused = (
+        f"the model {model.name!r} cannot take audio"
+        if model is not None
+        else "the configured model cannot take audio (GATEWAY_LLM_AUDIO=false)"
+    )
+    model = model or single(settings)
     parsed: list[_Message] = []
     images: list[_Image] = []
+    videos: list[_Video] = []
     total = 0
     for no, message in enumerate(messages, 1):
         if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
@@ -431,28 +501,30 @@ def _parse(messages: list[dict[str, Any]], settings: GatewaySettings) -> tuple[l
                     item.texts.append(_check_text(no, part.get(kind)))
                     item.parts.append(dict(part))
                 elif kind == "image_url":
+                    url = _part_url(no, part, "image_url")
                     spec = part.get("image_url")
-                    url = spec.get("url") if isinstance(spec, Mapping) else spec
-                    if not isinstance(url, str) or not url:
-                        raise InvalidInput(
-                            f"message {no}: an image_url part needs image_url.url", code="invalid_message"
-                        )
                     detail = spec.get("detail") if isinstance(spec, Mapping) else None
-                    image = _Image(len(images) + 1, url.strip(), detail)
+                    image = _Image(len(images) + 1, url, detail)
                     images.append(image)
                     item.parts.append(image)
                 elif kind == "input_audio":
-                    if not settings.llm_audio:
-                        raise BadRequest(
-                            "the configured model cannot take audio (GATEWAY_LLM_AUDIO=false)",
-                            code="audio_unsupported",
-                        )
+                    if not model.takes("input_audio"):
+                        # The registry refuses this first for a chat request (unsupported_content,
+                        # naming the models that hear); this guards any other caller.
+                        raise BadRequest(audio_refused, code="audio_unsupported")
                     _check_audio(no, part.get("input_audio"))
                     item.parts.append(dict(part))
+                elif kind == "video_url" and model.takes("video_url"):
+                    video = _Video(len(videos) + 1, _part_url(no, part, "video_url"))
+                    videos.append(video)
+                    item.parts.append(video)
                 else:
+                    takes = ", ".join(
+                        ["text", "image_url", *(k for k in ("input_audio", "video_url") if model.takes(k))]
+                    )
                     raise InvalidInput(
-                        f"message {no}: content part type {kind!r} is not supported "
-                        "(use text, image_url or input_audio)",
+                        f"message {no}: content part type {kind!r} is not supported by the model "
+                        f"{model.name!r} (use {takes})",
                         code="unsupported_content",
                     )
         elif content is not None:
@@ -479,7 +551,12 @@ def _parse(messages: list[dict[str, Any]], settings: GatewaySettings) -> tuple[l
             f"{len(images)} images; at most {settings.max_images} are accepted (GATEWAY_MAX_IMAGES)",
             code="too_many_images",
         )
-    return parsed, images
+    if len(videos) > settings.max_videos:
+        raise InvalidInput(
+            f"{len(videos)} videos; at most {settings.max_videos} are accepted (GATEWAY_MAX_VIDEOS)",
+            code="too_many_videos",
+        )
+    return parsed, images, videos
 
 
 def _check_audio(message_no: int, audio: Any) -> None:
@@ -498,55 +575,86 @@ def _check_audio(message_no: int, audio: Any) -> None:
         ) from exc
 
 
-def _decode_data_url(image: _Image, max_bytes: int) -> tuple[bytes, str | None]:
-    """(bytes, declared MIME type) of a ``data:image/...;base64,`` URL."""
-    what = f"image {image.number}"
-    match = _DATA_URL.match(image.url)
+def _decode_data_url(
+    url: str, what: str, max_bytes: int, kind: Literal["image", "video"] = "image"
+) -> tuple[bytes, str | None]:
+    """(bytes, declared MIME type) of a ``data:<kind>/...;base64,`` URL."""
+    code = f"invalid_{kind}"
+    match = _DATA_URL.match(url)
     if match is None:
-        raise InvalidInput(f"{what}: malformed data URL", code="invalid_image")
+        raise InvalidInput(f"{what}: malformed data URL", code=code)
     mime = (match.group("mime") or "").lower()
     params = [p.strip().lower() for p in match.group("params").split(";") if p.strip()]
-    if not mime.startswith("image/"):
-        raise InvalidInput(
-            f"{what}: the data URL is {mime or 'untyped'}, not image/...", code="invalid_image"
-        )
+    if not mime.startswith(kind + "/"):
+        raise InvalidInput(f"{what}: the data URL is {mime or 'untyped'}, not {kind}/...", code=code)
     if "base64" not in params:
-        raise InvalidInput(f"{what}: only base64 data URLs are accepted", code="invalid_image")
-    payload = "".join(image.url[match.end() :].split())
-    # Refuse from the length alone: an oversized image is never decoded.
+        raise InvalidInput(f"{what}: only base64 data URLs are accepted", code=code)
+    payload = "".join(url[match.end() :].split())
+    # Refuse from the length alone: an oversized image or video is never decoded.
     if len(payload) * 3 // 4 - payload[-2:].count("=") > max_bytes:
         raise PayloadTooLarge(
-            f"{what} is larger than {max_bytes:,} bytes (GATEWAY_MAX_IMAGE_BYTES)", code="image_too_large"
+            f"{what} is larger than {max_bytes:,} bytes (GATEWAY_MAX_{kind.upper()}_BYTES)",
+            code=f"{kind}_too_large",
         )
     try:
         data = base64.b64decode(payload, validate=True)
     except (ValueError, binascii.Error) as exc:
-        raise InvalidInput(f"{what}: the data URL is not valid base64", code="invalid_image") from exc
+        raise InvalidInput(f"{what}: the data URL is not valid base64", code=code) from exc
     if not data:
-        raise InvalidInput(f"{what}: the data URL is empty", code="invalid_image")
+        raise InvalidInput(f"{what}: the data URL is empty", code=code)
     return data, mime
+
+
+async def _fetched(
+    url: str, what: str, fetch: ImageFetch, max_bytes: int, kind: Literal["image", "video"]
+) -> bytes:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "data":
+        return _decode_data_url(url, what, max_bytes, kind)[0]
+    if scheme in ("http", "https"):
+        data = await fetch(url)
+        if len(data) > max_bytes:  # a custom fetcher may not cap it
+            raise PayloadTooLarge(
+                f"{what} is larger than {max_bytes:,} bytes (GATEWAY_MAX_{kind.upper()}_BYTES)",
+                code=f"{kind}_too_large",
+            )
+        return data
+    raise InvalidInput(
+        f"{what}: URL scheme {scheme or 'missing'!r} is not accepted (use a data: URL or http(s))",
+        code=f"invalid_{kind}",
+    )
 
 
 async def _load(image: _Image, settings: GatewaySettings, fetch: ImageFetch, max_pixels: int) -> None:
     """Fill in the image's bytes and real MIME type (read from the bytes, not from what was declared)."""
-    scheme = image.url.split(":", 1)[0].lower() if ":" in image.url else ""
-    if scheme == "data":
-        image.data, _ = _decode_data_url(image, settings.max_image_bytes)
-    elif scheme in ("http", "https"):
-        image.data = await fetch(image.url)
-        if len(image.data) > settings.max_image_bytes:  # a custom fetcher may not cap it
-            raise PayloadTooLarge(
-                f"image {image.number} is larger than {settings.max_image_bytes:,} bytes "
-                "(GATEWAY_MAX_IMAGE_BYTES)",
-                code="image_too_large",
-            )
-    else:
+    what = f"image {image.number}"
+    image.data = await _fetched(image.url, what, fetch, settings.max_image_bytes, "image")
+    image.mime = await asyncio.to_thread(image_mime, image.data, max_pixels, what)
+
+
+def video_mime(data: bytes) -> str | None:
+    """The MIME type of a video container read from its first bytes, None when it is none of
+    MP4 / QuickTime (an ISO ``ftyp`` box), WebM / Matroska (EBML) or AVI (RIFF)."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return "video/quicktime" if data[8:10] == b"qt" else "video/mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "video/webm" if b"webm" in data[:64] else "video/x-matroska"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "video/x-msvideo"
+    return None
+
+
+async def _load_video(video: _Video, settings: GatewaySettings, fetch: ImageFetch) -> None:
+    what = f"video {video.number}"
+    video.data = await _fetched(video.url, what, fetch, settings.max_video_bytes, "video")
+    mime = video_mime(video.data)
+    if mime is None:
+        # The model decodes it; refusing here gives the client a clear 422 instead of the model's
+        # error (or a crash in its decoder) for a file that is not a video at all.
         raise InvalidInput(
-            f"image {image.number}: URL scheme {scheme or 'missing'!r} is not accepted "
-            "(use a data: URL or http(s))",
-            code="invalid_image",
+            f"{what} is not a video (send MP4, QuickTime, WebM, Matroska or AVI)", code="invalid_video"
         )
-    image.mime = await asyncio.to_thread(image_mime, image.data, max_pixels, f"image {image.number}")
+    video.mime = mime
 
 
 def _image_part(image: _Image) -> dict[str, Any]:
@@ -560,28 +668,44 @@ def _image_part(image: _Image) -> dict[str, Any]:
     return {"type": "image_url", "image_url": spec}
 
 
+def _video_part(video: _Video) -> dict[str, Any]:
+    url = video.url
+    declared = _DATA_URL.match(url)
+    if not (declared and (declared.group("mime") or "").lower() == video.mime):
+        url = f"data:{video.mime};base64,{base64.b64encode(video.data).decode('ascii')}"
+    return {"type": "video_url", "video_url": {"url": url}}
+
+
 async def prepare(
     messages: list[dict[str, Any]],
     settings: GatewaySettings,
     ocr: OCR | None,
     http_fetch: ImageFetch | None = None,
+    *,
+    model: ModelSpec | None = None,
 ) -> Prepared:
-    """Validate and prepare OpenAI chat messages for the configured model (see the module doc).
+    """Validate and prepare OpenAI chat messages for ``model`` (see the module doc).
 
-    ``ocr`` reads images for a text-only model (``GATEWAY_LLM_VISION=false``); it may be None only
-    when no image needs reading. ``http_fetch`` fetches http(s) image URLs; by default an
-    :class:`ImageFetcher` made for this call. The input messages are not modified.
+    ``model``: the registry entry that will answer; by default the one model of the
+    ``GATEWAY_LLM_*`` settings. ``ocr`` reads images for a model that cannot see; it may be None
+    only when no image needs reading. ``http_fetch`` fetches http(s) image and video URLs; by
+    default an :class:`ImageFetcher` made for this call. The input messages are not modified.
     """
-    parsed, images = _parse(messages, settings)
+    parsed, images, videos = _parse(messages, settings, model)
+    vision = (model or single(settings)).takes("image_url")
     max_pixels = ocr.max_pixels if ocr is not None else DEFAULT_MAX_PIXELS
     if images:
         fetch = http_fetch or ImageFetcher(settings)
         for image in images:  # one at a time: bounded memory, and a bad image stops the rest
             await _load(image, settings, fetch, max_pixels)
+    if videos:
+        fetch = http_fetch or ImageFetcher(settings, kind="video")
+        for video in videos:
+            await _load_video(video, settings, fetch)
 
     ocr_texts: list[str] = []
     read: dict[int, str] = {}
-    if images and not settings.llm_vision:
+    if images and not vision:
         if ocr is None:
             raise OmniragError("images need OCR for this model, but no OCR engine is configured")
         for image in images:
@@ -591,14 +715,21 @@ async def prepare(
             read[image.number] = text
             ocr_texts.append(text)
 
+    def media(part: dict[str, Any] | _Image | _Video) -> dict[str, Any]:
+        if isinstance(part, _Image):
+            return _image_part(part)
+        if isinstance(part, _Video):
+            return _video_part(part)
+        return part
+
     out: list[dict[str, Any]] = []
     question_texts: list[str] | None = None
     for item in parsed:
         message = item.source
         own = [p.number for p in item.parts or [] if isinstance(p, _Image)]
-        if item.parts is not None and own:
-            if settings.llm_vision:
-                message["content"] = [_image_part(p) if isinstance(p, _Image) else p for p in item.parts]
+        if item.parts is not None and (own or any(isinstance(p, _Video) for p in item.parts)):
+            if vision or not own:
+                message["content"] = [media(p) for p in item.parts]
             else:
                 sections = [
                     f"[Text read from image {n}]\n{read[n]}" if read[n] else f"[Image {n}: no text found]"
@@ -606,7 +737,10 @@ async def prepare(
                 ]
                 text = "\n\n".join([t for t in item.texts if t.strip()] + sections)
                 others = [
-                    p for p in item.parts if not isinstance(p, _Image) and p.get("type") not in _TEXT_PARTS
+                    media(p)
+                    for p in item.parts
+                    if not isinstance(p, _Image)
+                    and (isinstance(p, _Video) or p.get("type") not in _TEXT_PARTS)
                 ]
                 message["content"] = [{"type": "text", "text": text}, *others] if others else text
         out.append(message)
@@ -614,4 +748,6 @@ async def prepare(
             extra = [read[n] for n in own if read.get(n)]
             question_texts = [t for t in item.texts if t.strip()] + extra
     question = "\n".join(question_texts or [])
-    return Prepared(messages=out, question=question, ocr_texts=ocr_texts, images=len(images))
+    return Prepared(
+        messages=out, question=question, ocr_texts=ocr_texts, images=len(images), videos=len(videos)
+    )

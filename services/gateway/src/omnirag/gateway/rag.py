@@ -12,6 +12,13 @@ service, and an answer prompt that numbers its sources.
    data, never instructions; the recent history; then the question.
 5. ``stored_answer`` is what a RAG answer leaves in the session: plain text, without tool-call
    markup, special tokens, fences or citations of sources that were never given.
+
+A reasoning model thinks before it answers (:mod:`omnirag.gateway.reasoning`). Only answers go
+into the prompts (``history_messages`` drops thinking from earlier turns) and only the rewrite's
+answer becomes the search query (``clean_rewrite``). Its calls get room to think:
+``rewrite_limits`` turns thinking off for the rewrite where the model can (``thinking_off``,
+sent as ``chat_template_kwargs``) and otherwise adds ``reasoning_budget`` to the rewrite's tokens;
+``answer_max_tokens`` adds the budget to the answer's, so an answer is not all thinking.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable
 
 from omnirag.core.clients.retriever import OmniragVectorStore
+from omnirag.gateway.llm import token_limit
+from omnirag.gateway.reasoning import answer_only
+from omnirag.gateway.registry import ModelSpec
 
 # Words that point back at something said before. Matched as whole words (English) or anywhere
 # (Chinese, which has no spaces).
@@ -124,9 +134,33 @@ def rewrite_chain(llm: BaseChatModel) -> Runnable[dict[str, Any], str]:
     return prompt | llm | StrOutputParser()
 
 
+def rewrite_limits(spec: ModelSpec, max_tokens: int) -> dict[str, Any]:
+    """Bind arguments of the rewrite call: its token cap, and for a reasoning model either the
+    ``chat_template_kwargs`` that turn thinking off or, when it cannot be turned off, a cap that
+    leaves room for the thinking before the question (else the rewrite is cut off mid-thought
+    and the search gets the original question)."""
+    thinking_off = spec.thinking_off if spec.reasoning else None
+    budget = spec.reasoning_budget if spec.reasoning and thinking_off is None else 0
+    args = token_limit(spec, max_tokens + budget)
+    if thinking_off:
+        extra = dict(args.get("extra_body") or {})
+        extra["chat_template_kwargs"] = dict(thinking_off)
+        args["extra_body"] = extra
+    return args
+
+
+def answer_max_tokens(spec: ModelSpec, asked: int) -> int:
+    """The answer's token cap: what was asked (already capped) plus, for a reasoning model, its
+    reasoning budget — its thinking counts against the same cap, and without the room an answer
+    capped at ``asked`` can be all thinking."""
+    return asked + spec.reasoning_budget if spec.reasoning else asked
+
+
 def clean_rewrite(output: str, question: str, max_chars: int = 500) -> str:
-    """The rewritten question, or the original when the model said nothing usable."""
-    text = output.strip().strip('"“”').strip()
+    """The rewritten question, or the original when the model said nothing usable. A reasoning
+    model's thinking (``<think>…</think>``, or all before a lone ``</think>``) is dropped first:
+    only its answer may become the search query, and thinking cut off unfinished gives none."""
+    text = answer_only(output).strip().strip('"“”').strip()
     for prefix in ("Standalone question:", "Rewritten question:", "Question:"):
         if text.lower().startswith(prefix.lower()):
             text = text[len(prefix) :].strip()
@@ -137,10 +171,14 @@ def clean_rewrite(output: str, question: str, max_chars: int = 500) -> str:
 
 
 def history_messages(history: Sequence[dict[str, Any]], turns: int) -> list[BaseMessage]:
-    """The last ``turns`` user / assistant messages as LangChain messages (text only)."""
+    """The last ``turns`` user / assistant messages as LangChain messages (text only). Assistant
+    turns lose any thinking a client sent back (a reasoning field is not read; inline tags are cut):
+    a model is never shown earlier thinking."""
     out: list[BaseMessage] = []
     for m in history:
         text = message_text(m)
+        if m.get("role") == "assistant" and text:
+            text = answer_only(text)
         if not text:
             continue
         if m.get("role") == "user":
@@ -311,6 +349,17 @@ def stored_answer(answer: str, sources: int) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def cited(answer: str, sources: int) -> list[int]:
+    """The source numbers an answer cites ("[2]"), in order of first mention, 1..``sources`` only.
+    Taken from the answer alone: a reasoning model's thinking may weigh sources it did not cite."""
+    seen: dict[int, None] = {}
+    for m in _CITATION.finditer(answer):
+        n = int(m.group(1))
+        if 1 <= n <= sources:
+            seen.setdefault(n)
+    return list(seen)
+
+
 def to_langchain(messages: Sequence[dict[str, Any]]) -> list[BaseMessage]:
     out: list[BaseMessage] = []
     for m in messages:
@@ -323,6 +372,16 @@ def to_langchain(messages: Sequence[dict[str, Any]]) -> list[BaseMessage]:
         else:
             out.append(HumanMessage(content))
     return out
+
+
+def empty_answer(question: str) -> str:
+    """What a reasoning model's answer says when its thinking used every token and no answer came."""
+    if re.search(r"[\u4e00-\u9fff]", question):
+        return "模型把全部 token 都用在了思考上，没有给出回答。请重试，或调大 max_tokens。"
+    return (
+        "The model used all of its tokens thinking and gave no answer. "
+        "Ask again, or allow more tokens (max_tokens)."
+    )
 
 
 def nothing_found(collection: str, question: str) -> str:

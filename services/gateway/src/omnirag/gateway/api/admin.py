@@ -48,11 +48,16 @@ async def status(request: Request, key: Key, gw: Gateway) -> JSONResponse:
     return JSONResponse(
         {
             "upstreams": {
-                "llm": {"base_url": without_credentials(s.llm_base_url), "model": s.llm_model},
+                # The default model, as before the list; "models" has them all.
+                "llm": {
+                    "base_url": without_credentials(gw.registry.default.base_url),
+                    "model": gw.registry.default.name,
+                },
                 "embedder": without_credentials(s.embedder_url),
                 "retriever": without_credentials(s.retriever_url),
                 "redis": without_credentials(s.redis_url),
             },
+            "models": gw.registry.describe(),
             "ready": ready,
             "readiness": readiness["checks"],
             "collections": collections,

@@ -18,13 +18,29 @@ router = APIRouter(prefix="/v1", tags=["models"])
 _STARTED = int(time.time())
 
 
-@router.get("/models", summary="The chat model and the embedding model behind this gateway")
+@router.get("/models", summary="The chat models this key may use, then the embedding model")
 async def models(key: Key, gw: Gateway) -> JSONResponse:
-    data = [{"id": gw.settings.llm_model, "object": "model", "created": _STARTED, "owned_by": "omnirag"}]
+    default = gw.registry.default
+    data: list[dict[str, Any]] = [
+        {
+            "id": m.name,
+            "object": "model",
+            "created": _STARTED,
+            "owned_by": "omnirag",
+            "omnirag": m.public(default=m is default),
+        }
+        for m in gw.registry.allowed(key)
+    ]
     try:
         info = (await gw.http.get(gw.settings.embedder_url.rstrip("/") + "/v1/info", timeout=2.0)).json()
         data.append(
-            {"id": info["model"], "object": "model", "created": _STARTED, "owned_by": "omnirag-embedder"}
+            {
+                "id": info["model"],
+                "object": "model",
+                "created": _STARTED,
+                "owned_by": "omnirag-embedder",
+                "omnirag": {"capabilities": ["embeddings"], "default": False},
+            }
         )
     except Exception as exc:  # the chat model is still served; the embedder's absence shows in /readyz
         log.info("embedder info unavailable for /v1/models", extra={"error": type(exc).__name__})
