@@ -392,23 +392,32 @@ def test_checkov_ci_renders_have_no_failed_check(checkov_ci_renders: Any) -> Non
     assert not failed, f"checkov (kubernetes, every ci render) failed {len(failed)} check(s):{fmt(failed)}"
 
 
-# ---- vLLM ------------------------------------------------------------------------------------------
+# ---- the chat models (vLLM) ---------------------------------------------------------------------------
 
 
-def vllm_pod(docs: Docs) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(workload, pod spec, the vLLM container) of the single vLLM workload."""
-    found = [
-        (o, spec)
-        for o, _, spec in workloads(docs)
-        if belongs(component_of(o), "vllm") and o["kind"] in LONG_RUNNING
-    ]
-    assert len(found) == 1, f"want one vLLM Deployment/StatefulSet, found {[ref(o) for o, _ in found]}"
-    obj, pod = found[0]
-    main = (
-        [c for c in pod.get("containers") or [] if "vllm" in c.get("name", "")] or pod.get("containers") or []
+def vllm_pods(docs: Docs) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """(workload, pod spec, the vLLM container) of every vLLM workload: one per chat model served here."""
+    found = []
+    for o, _, spec in workloads(docs):
+        if not (belongs(component_of(o), "vllm") and o["kind"] in LONG_RUNNING):
+            continue
+        main = [c for c in spec.get("containers") or [] if "vllm" in c.get("name", "")] or spec.get(
+            "containers"
+        )
+        assert main, f"{ref(o)} has no container"
+        found.append((o, spec, main[0]))
+    return found
+
+
+def vllm_pod(docs: Docs, model: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The vLLM workload of one chat model, found by the model it serves (`--served-model-name`
+    defaults to the entry's name) and its objects' name (<release>-vllm-<name, "." as "-">)."""
+    slug = model.replace(".", "-")
+    found = [p for p in vllm_pods(docs) if p[0]["metadata"]["name"] == f"{RELEASE}-vllm-{slug}"]
+    assert len(found) == 1, (
+        f"want one vLLM Deployment for {model}, found {[ref(p[0]) for p in vllm_pods(docs)]}"
     )
-    assert main, f"{ref(obj)} has no container"
-    return obj, pod, main[0]
+    return found[0]
 
 
 def flag_value(argv: list[str], flag: str) -> str | None:
@@ -430,7 +439,11 @@ VLLM_SERVE_FLAGS = {
     "--enable-auto-tool-choice",
     "--tool-call-parser",
     "--reasoning-parser",
+    "--limit-mm-per-prompt",
 }
+# The two models of the user's notes, the chart's defaults.
+R1 = "deepseek-r1-0528-qwen3-8b"
+OMNI = "qwen2.5-omni-3b"
 
 
 def vllm_model(container: dict[str, Any]) -> str:
@@ -449,65 +462,79 @@ def release_tuple(tag: str) -> tuple[int, ...]:
 
 @pytest.mark.parametrize("ci", ["default", "gpu-full", "managed-single-node"])
 def test_vllm_is_the_chosen_release_or_newer(rendered: Renderer, ci: str) -> None:
-    obj, _, container = vllm_pod(rendered(ci))
-    image = container["image"]
-    assert image.split("/", 1)[1].startswith("vllm/vllm-openai:"), image
-    tag = image.rsplit(":", 1)[1]
-    assert tag == VLLM_TAG, f"{ref(obj)} runs {image}; the chart's tests check {VLLM_TAG}'s CLI"
-    assert release_tuple(tag) >= release_tuple(VLLM_TAG), image
+    pods = vllm_pods(rendered(ci))
+    assert pods, f"{ci} serves no model with vLLM"
+    for obj, _, container in pods:
+        image = container["image"]
+        assert image.split("/", 1)[1].startswith("vllm/vllm-openai:"), image
+        tag = image.rsplit(":", 1)[1]
+        assert tag == VLLM_TAG, f"{ref(obj)} runs {image}; the chart's tests check {VLLM_TAG}'s CLI"
+        assert release_tuple(tag) >= release_tuple(VLLM_TAG), image
 
 
 def test_vllm_flags_are_options_of_vllm_serve(rendered: Renderer) -> None:
     for ci in ("default", "gpu-full"):
-        obj, _, container = vllm_pod(rendered(ci))
-        vllm_model(container)
-        unknown = {t for t in tokens(container) if t.startswith("--")} - VLLM_SERVE_FLAGS
-        assert not unknown, f"{ci}: {ref(obj)} passes {sorted(unknown)}, not options of `vllm serve`"
+        for obj, _, container in vllm_pods(rendered(ci)):
+            vllm_model(container)
+            unknown = {t for t in tokens(container) if t.startswith("--")} - VLLM_SERVE_FLAGS
+            assert not unknown, f"{ci}: {ref(obj)} passes {sorted(unknown)}, not options of `vllm serve`"
 
 
 def test_vllm_splits_reasoning_only_for_a_reasoning_model(rendered: Renderer) -> None:
-    # The default model is DeepSeek-R1-0528-Qwen3-8B: thinking goes to reasoning_content.
-    _, _, container = vllm_pod(rendered("default"))
-    assert flag_value(tokens(container), "--reasoning-parser") == "deepseek_r1", tokens(container)
-    # gpu-full serves Qwen2.5-Instruct, which does not think: the parser would eat its answers.
-    _, _, container = vllm_pod(rendered("gpu-full"))
-    assert "--reasoning-parser" not in tokens(container), tokens(container)
+    # DeepSeek-R1-0528-Qwen3-8B thinks: its thinking goes to reasoning_content.
+    for ci in ("default", "gpu-full"):
+        _, _, container = vllm_pod(rendered(ci), R1)
+        assert flag_value(tokens(container), "--reasoning-parser") == "deepseek_r1", tokens(container)
+    # The omni model and Qwen2.5-Instruct do not think: the parser would eat their answers.
+    for ci, model in (("default", OMNI), ("gpu-full", OMNI), ("gpu-full", "qwen2.5-7b-instruct")):
+        _, _, container = vllm_pod(rendered(ci), model)
+        assert "--reasoning-parser" not in tokens(container), (ci, model, tokens(container))
 
 
 def test_vllm_runs_with_the_seed_flags(rendered: Renderer) -> None:
-    obj, _, container = vllm_pod(rendered("gpu-full"))
-    argv = tokens(container)
-    problems: list[str] = []
-    vllm_model(container)
-    for flag in ("--served-model-name", "--max-model-len"):
-        value = flag_value(argv, flag)
-        if not value or value.startswith("--"):
-            problems.append(f"{flag} has no value")
-    expected = {
-        "--dtype": "bfloat16",
-        "--gpu-memory-utilization": "0.8",
-        "--tool-call-parser": "hermes",
-        "--host": "0.0.0.0",
-        "--port": "6006",
-    }
-    for flag, want in expected.items():
-        if flag_value(argv, flag) != want:
-            problems.append(f"{flag} is {flag_value(argv, flag)!r}, want {want!r}")
-    if "--enable-auto-tool-choice" not in argv:
-        problems.append("--enable-auto-tool-choice missing")
-    assert not problems, f"{ref(obj)} container {container.get('name')} argv {argv}:{fmt(problems)}"
+    for ci in ("default", "gpu-full"):
+        for obj, _, container in vllm_pods(rendered(ci)):
+            argv = tokens(container)
+            problems: list[str] = []
+            vllm_model(container)
+            for flag in ("--served-model-name", "--max-model-len"):
+                value = flag_value(argv, flag)
+                if not value or value.startswith("--"):
+                    problems.append(f"{flag} has no value")
+            expected = {
+                "--dtype": "bfloat16",
+                "--gpu-memory-utilization": "0.8",
+                "--host": "0.0.0.0",
+                "--port": "6006",
+            }
+            for flag, want in expected.items():
+                if flag_value(argv, flag) != want:
+                    problems.append(f"{flag} is {flag_value(argv, flag)!r}, want {want!r}")
+            # The seed's tool calling, for the models with a tool-calling template.
+            if not obj["metadata"]["name"].endswith(OMNI.replace(".", "-")) and (
+                "--enable-auto-tool-choice" not in argv or flag_value(argv, "--tool-call-parser") != "hermes"
+            ):
+                problems.append("no --enable-auto-tool-choice --tool-call-parser hermes")
+            assert not problems, f"{ci}: {ref(obj)} argv {argv}:{fmt(problems)}"
 
 
 def test_vllm_gets_a_gpu_and_shared_memory(rendered: Renderer) -> None:
-    obj, pod, container = vllm_pod(rendered("gpu-full"))
-    limits = (container.get("resources") or {}).get("limits") or {}
-    assert int(limits.get("nvidia.com/gpu", 0)) >= 1, f"{ref(obj)}: no nvidia.com/gpu limit in {limits}"
-    memory_volumes = {
-        v["name"] for v in pod.get("volumes") or [] if (v.get("emptyDir") or {}).get("medium") == "Memory"
-    }
-    shm = [m for m in container.get("volumeMounts") or [] if m.get("mountPath") == "/dev/shm"]
-    assert shm, f"{ref(obj)}: nothing mounted at /dev/shm (PyTorch's NCCL and workers need it)"
-    assert shm[0]["name"] in memory_volumes, f"{ref(obj)}: /dev/shm is not an emptyDir with medium Memory"
+    for ci in ("default", "gpu-full"):
+        for obj, pod, container in vllm_pods(rendered(ci)):
+            limits = (container.get("resources") or {}).get("limits") or {}
+            assert int(limits.get("nvidia.com/gpu", 0)) >= 1, (
+                f"{ref(obj)}: no nvidia.com/gpu limit in {limits}"
+            )
+            memory_volumes = {
+                v["name"]
+                for v in pod.get("volumes") or []
+                if (v.get("emptyDir") or {}).get("medium") == "Memory"
+            }
+            shm = [m for m in container.get("volumeMounts") or [] if m.get("mountPath") == "/dev/shm"]
+            assert shm, f"{ref(obj)}: nothing mounted at /dev/shm (PyTorch's NCCL and workers need it)"
+            assert shm[0]["name"] in memory_volumes, (
+                f"{ref(obj)}: /dev/shm is not an emptyDir with medium Memory"
+            )
 
 
 def retriever_container(docs: Docs) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -543,37 +570,395 @@ def claim_of(pod: dict[str, Any], volume: str) -> str | None:
     return None
 
 
+def download_jobs(docs: Docs) -> list[tuple[dict[str, Any], dict[str, Any], list[Any]]]:
+    """(Job, its pod spec, the models of its spec) of every model-download Job. The spec is the key
+    of the ConfigMap its `spec` volume mounts, read with the download job's own parser."""
+    from omnirag.model_download import spec as download_spec
+
+    configmaps = {o["metadata"]["name"]: o for o in docs if o.get("kind") == "ConfigMap"}
+    out = []
+    for job in of_component(docs, "model-download", {"Job"}):
+        found = pod_template(job)
+        assert found is not None
+        pod = found[1]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "spec"]
+        cm = configmaps[volume["configMap"]["name"]]
+        (container,) = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        key = Path(env["MODEL_DOWNLOAD_SPEC"]).name
+        assert [i["key"] for i in volume["configMap"].get("items") or [{"key": key}]] == [key], ref(job)
+        models = download_spec.parse(yaml.safe_load(cm["data"][key]))
+        out.append((job, pod, [(m, f"{env['MODEL_DOWNLOAD_ROOT']}/{m.dir}") for m in models]))
+    return out
+
+
 def test_vllm_waits_for_the_model_download(rendered: Renderer) -> None:
-    """An init container holds vLLM back until the model-download Job has left its marker by the model."""
+    """Each model's init container holds vLLM back until the download Job of that model has left its
+    marker by the model, on the claim vLLM reads."""
+    for ci in ("default", "gpu-full"):
+        docs = rendered(ci)
+        jobs = download_jobs(docs)
+        for obj, pod, container in vllm_pods(docs):
+            model = vllm_model(container).rstrip("/")
+            main_mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
+            model_volumes = {n for n, path in main_mounts.items() if model.startswith(path.rstrip("/") + "/")}
+            assert model_volumes, f"{ref(obj)}: the model {model!r} is on none of the mounts {main_mounts}"
+            waiting = []
+            for init in pod.get("initContainers") or []:
+                shares = {m["name"] for m in init.get("volumeMounts") or []} & model_volumes
+                text = " ".join(
+                    [script_text(init), *(str(e.get("value", "")) for e in init.get("env") or [])]
+                )
+                loops = re.search(r"\b(until|while)\b", text) and re.search(r"\[\s+-[fes]\s", text)
+                if shares and loops and f"{model}/{DOWNLOAD_MARKER}" in text:
+                    waiting.append(init.get("name"))
+            assert waiting, (
+                f"{ci}: {ref(obj)}: no init container mounts the model volume {model_volumes} and waits in a "
+                f"loop for {model}/{DOWNLOAD_MARKER}: "
+                f"{[(c.get('name'), script_text(c)) for c in pod.get('initContainers') or []]}"
+            )
+            claims = {claim_of(pod, v) for v in model_volumes} - {None}
+            writers = [
+                (job, job_pod) for job, job_pod, models in jobs if any(path == model for _, path in models)
+            ]
+            assert len(writers) == 1, (
+                f"{ci}: {len(writers)} download Jobs fill {model}: {[ref(j) for j, _, _ in jobs]}"
+            )
+            job, job_pod = writers[0]
+            job_claims = {
+                (v.get("persistentVolumeClaim") or {}).get("claimName") for v in job_pod.get("volumes") or []
+            }
+            assert claims & job_claims, (
+                f"{ref(obj)} reads models from claims {claims}, {ref(job)} writes to {job_claims}"
+            )
+
+
+def test_both_default_models_render_with_their_downloads_gpus_flags_and_services(rendered: Renderer) -> None:
+    """The two models of the notes, side by side: each its own download Job (its own repo into its
+    own directory), Deployment on its own GPU, vLLM flags, Service and probes."""
+    docs = rendered("default")
+    jobs = download_jobs(docs)
+    services = {o["metadata"]["name"]: o for o in docs if o.get("kind") == "Service"}
+    repos = {R1: "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B", OMNI: "Qwen/Qwen2.5-Omni-3B"}
+    for model, repo in repos.items():
+        obj, _, container = vllm_pod(docs, model)
+        argv = tokens(container)
+        path = vllm_model(container)
+        assert path == f"/models/{model}", argv
+        assert flag_value(argv, "--served-model-name") == model, argv
+        mine = [(job, m) for job, _, models in jobs for m, p in models if p == path]
+        assert len(mine) == 1, f"{model}: want one download Job filling {path}, got {mine}"
+        job, spec = mine[0]
+        assert (spec.repo, spec.source) == (repo, "huggingface"), spec
+        assert len([m for j, _, ms in jobs if j is job for m in ms]) == 1, (
+            f"{ref(job)} downloads more than {model}"
+        )
+        limits = container["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) == 1 and flag_value(argv, "--tensor-parallel-size") == "1", (
+            limits
+        )
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, (model, probe)
+        service = services[obj["metadata"]["name"]]
+        assert selector_matches(
+            {"matchLabels": service["spec"]["selector"]}, obj["spec"]["template"]["metadata"]["labels"]
+        )
+        assert [p["port"] for p in service["spec"]["ports"]] == [6006], service["spec"]["ports"]
+    # R1: thinking split off by vLLM, tool calling on. The R1-0528 template cannot turn thinking off.
+    r1 = tokens(vllm_pod(docs, R1)[2])
+    assert flag_value(r1, "--reasoning-parser") == "deepseek_r1"
+    assert "--enable-auto-tool-choice" in r1 and "--limit-mm-per-prompt" not in r1
+    # The omni model: text out (vLLM serves its thinker), images, audio and video in, each bounded.
+    omni = tokens(vllm_pod(docs, OMNI)[2])
+    assert "--reasoning-parser" not in omni and "--enable-auto-tool-choice" not in omni, omni
+    limits = json.loads(flag_value(omni, "--limit-mm-per-prompt") or "{}")
+    assert set(limits) == {"image", "audio", "video"} and all(1 <= n <= 64 for n in limits.values()), limits
+    assert "--trust-remote-code" not in omni  # Qwen2.5-Omni is in transformers itself
+    # Its download leaves the talker's voices out: spk_dict.pt is a pickle, and only speech output needs it.
+    (omni_spec,) = [m for _, _, ms in jobs for m, p in ms if p == f"/models/{OMNI}"]
+    assert "*.pt" in omni_spec.ignore_patterns, omni_spec
+
+
+def models_file(docs: Docs) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """The gateway's env (plain values) and the models file it names (GATEWAY_MODELS_FILE), parsed."""
+    (gateway,) = of_component(docs, "gateway", {"Deployment"})
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    path = env["GATEWAY_MODELS_FILE"]
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    cm = next(
+        o
+        for o in docs
+        if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == volume["configMap"]["name"]
+    )
+    return env, yaml.safe_load(cm["data"][path[len(mount["mountPath"]) + 1 :]])
+
+
+def test_the_gateway_gets_the_models_from_the_same_values(rendered: Renderer) -> None:
+    """GATEWAY_MODELS_FILE lists every model at the Service of its vLLM, under its served name, with
+    its capabilities; R1 cannot turn thinking off; the default and the rewrite model are named."""
+    docs = rendered("default")
+    env, models = models_file(docs)
+    by_name = {m["name"]: m for m in models}
+    assert list(by_name) == [R1, OMNI], models
+    for name, caps in ((R1, ["text", "reasoning", "tools"]), (OMNI, ["text", "vision", "audio", "video"])):
+        obj, _, container = vllm_pod(docs, name)
+        entry = by_name[name]
+        assert entry["base_url"] == f"http://{obj['metadata']['name']}:6006/v1", entry
+        assert entry["upstream_model"] == flag_value(tokens(container), "--served-model-name"), entry
+        assert entry["capabilities"] == caps, entry
+        assert entry["thinking_off"] is None, entry
+    assert env["GATEWAY_DEFAULT_MODEL"] == R1 and env["GATEWAY_REWRITE_MODEL"] == R1, env
+    assert not {k for k in env if k.startswith("GATEWAY_LLM_") and k != "GATEWAY_LLM_TIMEOUT"}, env
+    # gpu-full: the rewrite by the fast model, and vLLM's key as a file of the gateway.
+    env, models = models_file(rendered("gpu-full"))
+    assert env["GATEWAY_REWRITE_MODEL"] == "qwen2.5-7b-instruct", env
+    assert {m["name"]: m["upstream_model"] for m in models}[
+        "qwen2.5-7b-instruct"
+    ] == "Qwen/Qwen2.5-7B-Instruct"
+    assert {m.get("api_key_file") for m in models} == {"/etc/omnirag-secrets/vllm-api-key/api-key"}, models
+
+
+def test_each_model_has_its_alerts_scrape_budget_and_network_path(rendered: Renderer) -> None:
     docs = rendered("gpu-full")
-    obj, pod, container = vllm_pod(docs)
-    model = vllm_model(container).rstrip("/")
-    main_mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
-    model_volumes = {name for name, path in main_mounts.items() if model.startswith(path.rstrip("/") + "/")}
-    assert model_volumes, f"{ref(obj)}: the model {model!r} is on none of the mounts {main_mounts}"
-    waiting = []
-    for init in pod.get("initContainers") or []:
-        shares = {m["name"] for m in init.get("volumeMounts") or []} & model_volumes
-        text = " ".join([script_text(init), *(str(e.get("value", "")) for e in init.get("env") or [])])
-        loops = re.search(r"\b(until|while)\b", text) and re.search(r"\[\s+-[fes]\s", text)
-        if shares and loops and f"{model}/{DOWNLOAD_MARKER}" in text:
-            waiting.append(init.get("name"))
-    assert waiting, (
-        f"{ref(obj)}: no init container mounts the model volume {model_volumes} and waits in a loop for "
-        f"{model}/{DOWNLOAD_MARKER}; init containers: "
-        f"{[(c.get('name'), script_text(c), c.get('env')) for c in pod.get('initContainers') or []]}"
-    )
-    claims = {claim_of(pod, v) for v in model_volumes} - {None}
-    jobs = of_component(docs, "model-download", {"Job"})
-    assert jobs, "gpu-full renders no model-download Job"
-    job_pod = pod_template(jobs[0])
-    assert job_pod is not None
-    job_claims = {
-        (v.get("persistentVolumeClaim") or {}).get("claimName") for v in job_pod[1].get("volumes") or []
+    (rule,) = [o for o in docs if o.get("kind") == "PrometheusRule"]
+    groups = {g["name"]: g["rules"] for g in rule["spec"]["groups"]}
+    monitors = [o for o in docs if o.get("kind") == "ServiceMonitor"]
+    pdbs = [o for o in docs if o.get("kind") == "PodDisruptionBudget"]
+    hpas = {
+        h["spec"]["scaleTargetRef"]["name"]: h for h in docs if h.get("kind") == "HorizontalPodAutoscaler"
     }
-    assert claims & job_claims, (
-        f"vLLM reads models from claims {claims}, the download Job writes to {job_claims}"
-    )
+    policies = [o for o in docs if o.get("kind") == "NetworkPolicy" and not is_default_deny(o)]
+    (gateway,) = of_component(docs, "gateway", {"Deployment"})
+    gateway_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    gateway_egress = [
+        r
+        for p in policies
+        if selector_matches(p["spec"]["podSelector"], gateway_labels)
+        for r in p["spec"].get("egress") or []
+    ]
+    pods = vllm_pods(docs)
+    assert len(pods) == 3, [ref(o) for o, _, _ in pods]
+    for obj, pod, _ in pods:
+        name = obj["metadata"]["name"]
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        # Alerts on this model's own job (the Service name its ServiceMonitor gives the series).
+        mine = [r for rules in groups.values() for r in rules if f'job="{name}"' in str(r.get("expr"))]
+        assert {r["alert"] for r in mine} >= {"OmniragModelDown", "OmniragModelQueueing"}, (name, mine)
+        assert any("vllm:num_requests_waiting" in r["expr"] for r in mine), mine
+        assert [m for m in monitors if selector_matches(m["spec"]["selector"], labels)], (
+            f"{name}: no ServiceMonitor"
+        )
+        assert [p for p in pdbs if selector_matches(p["spec"]["selector"], labels)], (
+            f"{name}: no PodDisruptionBudget"
+        )
+        # The gateway may reach it on 6006, and it takes traffic only from the gateway (and Prometheus).
+        assert any(
+            any(selector_matches(peer.get("podSelector"), labels) for peer in r.get("to") or [])
+            and [p["port"] for p in r["ports"]] == [6006]
+            for r in gateway_egress
+        ), f"the gateway's egress does not reach {name}"
+        (own,) = [p for p in policies if selector_matches(p["spec"]["podSelector"], labels)]
+        sources = [
+            peer for r in own["spec"]["ingress"] for peer in r.get("from") or [] if "podSelector" in peer
+        ]
+        assert sources and all(selector_matches(p["podSelector"], gateway_labels) for p in sources), own
+        assert own["spec"]["egress"] == [], own
+        # Placement falls back to vllm's; the GPU count and the autoscaler are the entry's own.
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, pod.get("nodeSelector")
+        assert pod["runtimeClassName"] == "nvidia"
+    r1, _, r1_container = vllm_pod(docs, R1)
+    assert int(r1_container["resources"]["limits"]["nvidia.com/gpu"]) == 2
+    assert flag_value(tokens(r1_container), "--tensor-parallel-size") == "2"
+    assert flag_value(tokens(r1_container), "--max-model-len") == "32768"
+    assert "replicas" not in r1["spec"] and hpas[r1["metadata"]["name"]]["spec"]["maxReplicas"] == 2
+    omni, _, omni_container = vllm_pod(docs, OMNI)
+    assert int(omni_container["resources"]["limits"]["nvidia.com/gpu"]) == 1
+    assert omni["spec"]["replicas"] == 1 and omni["metadata"]["name"] not in hpas
+
+
+def test_an_external_model_has_no_pod_and_its_key_is_a_file_in_the_gateway(rendered: Renderer) -> None:
+    docs = rendered("cpu-external-llm")
+    assert not vllm_pods(docs), [ref(o) for o, _, _ in vllm_pods(docs)]
+    assert not of_component(docs, "vllm"), [ref(o) for o in of_component(docs, "vllm")]
+    _, models = models_file(docs)
+    assert [(m["name"], m["base_url"], m["upstream_model"]) for m in models] == [
+        ("qwen2.5-7b-instruct", "https://llm.example.com/v1", "qwen2.5-7b-instruct"),
+        ("gpt-4o-mini", "https://api.openai.com/v1", "gpt-4o-mini"),
+    ]
+    (gateway,) = of_component(docs, "gateway", {"Deployment"})
+    pod = gateway["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for entry, secret in zip(models, ("omnirag-llm", "omnirag-openai"), strict=True):
+        path = entry["api_key_file"]
+        (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        assert mount.get("readOnly") is True
+        volume = volumes[mount["name"]]["secret"]
+        assert volume["secretName"] == secret and path.endswith("/" + volume["items"][0]["path"]), volume
+    assert models[1]["max_tokens_param"] == "max_completion_tokens"
+    # No key in the environment; the gateway may reach the hosts' port 443 only (no metadata address).
+    assert not [e for e in container["env"] if "secretKeyRef" in (e.get("valueFrom") or {})]
+    assert not metadata_leaks(docs, "gateway")
+
+
+def test_an_external_model_gets_no_download_service_alert_or_policy_of_its_own(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Beside a model served here, an external one renders nothing but its entry in the gateway's
+    file and the gateway's egress to its URL's port (downloads and monitoring on)."""
+    values = tmp_path / "mixed.yaml"
+    omni = yaml.safe_load((CHART / "values.yaml").read_text())["models"][1]
+    remote = {
+        "name": "remote",
+        "default": True,
+        "capabilities": ["text", "tools"],
+        "external": {"baseUrl": "https://llm.example.com:8443/v1", "model": "remote-large"},
+    }
+    monitoring = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    values.write_text(yaml.safe_dump({"models": [remote, omni], "metrics": monitoring}))
+    result = helm_template(values)
+    assert result.returncode == 0, result.stderr
+    docs = result.docs
+    assert [p[0]["metadata"]["name"] for p in vllm_pods(docs)] == [f"{RELEASE}-vllm-qwen2-5-omni-3b"]
+    assert not [ref(o) for o in docs if "remote" in o["metadata"]["name"]]
+    ours = {ref(o) for o in docs if component_of(o) == "vllm-qwen2-5-omni-3b"}
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"):
+        assert f"{kind}/{RELEASE}-vllm-qwen2-5-omni-3b" in ours, (kind, ours)
+    [(job, _, models)] = download_jobs(docs)
+    assert [m.repo for m, _ in models] == ["Qwen/Qwen2.5-Omni-3B"], ref(job)
+    (rule,) = [o for o in docs if o.get("kind") == "PrometheusRule"]
+    assert "remote" not in json.dumps(rule) and "vllm-qwen2-5-omni-3b" in json.dumps(rule)
+    _, models_list = models_file(docs)
+    assert [m["name"] for m in models_list] == ["remote", OMNI] and "api_key_file" not in models_list[0]
+    (gateway,) = of_component(docs, "gateway", {"Deployment"})
+    labels = gateway["spec"]["template"]["metadata"]["labels"]
+    egress = [
+        r
+        for o in docs
+        if o.get("kind") == "NetworkPolicy" and selector_matches(o["spec"]["podSelector"], labels)
+        for r in o["spec"].get("egress") or []
+    ]
+    to_remote = [r for r in egress if [p["port"] for p in r.get("ports") or []] == [8443]]
+    assert to_remote and all(egress_allows(r, ipaddress.ip_address("203.0.113.7")) for r in to_remote)
+    assert not metadata_leaks(docs, "gateway")
+
+
+def external(name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "capabilities": ["text"],
+        "external": {"baseUrl": "https://llm.example.com/v1", "model": name},
+        **extra,
+    }
+
+
+BAD_MODELS = [
+    pytest.param(
+        [external("m1", default=True), external("m1")],
+        ["models", '"m1"', "used twice"],
+        id="duplicate-names",
+    ),
+    pytest.param(
+        [external("a.b", default=True), external("a-b")],
+        ["models", '"a-b"', "rename one"],
+        id="names-equal-as-object-names",
+    ),
+    pytest.param(
+        [external("m1", default=True), external("m2", default=True)],
+        ["models", "exactly one entry needs default: true", "found 2", "m1, m2"],
+        id="two-defaults",
+    ),
+    pytest.param(
+        [external("m1"), external("m2")],
+        ["exactly one entry needs default: true", "found 0"],
+        id="no-default",
+    ),
+    pytest.param(
+        [external("m1", default=True, capabilities=["text", "smell"])],
+        ["schema", "/models/0/capabilities/1", "'vision'", "'reasoning'"],
+        id="unknown-capability",
+    ),
+    pytest.param(
+        [{"name": "m1", "default": True, "capabilities": ["text"]}],
+        ['models "m1"', "source", "modelPath", "external"],
+        id="nothing-to-serve",
+    ),
+    pytest.param(
+        [external("m1", default=True, source={"source": "huggingface", "repo": "a/b"})],
+        ['models "m1"', "source", "external"],
+        id="external-with-a-download",
+    ),
+    pytest.param(
+        [
+            {
+                "name": "m1",
+                "default": True,
+                "capabilities": ["text"],
+                "modelPath": "/m",
+                "vllm": {"limitMmPerPrompt": {"image": 1000}},
+            }
+        ],
+        ["schema", "/models/0/vllm/limitMmPerPrompt/image"],
+        id="unbounded-media",
+    ),
+    pytest.param(
+        [
+            {
+                "name": "m1",
+                "default": True,
+                "capabilities": ["text", "tools"],
+                "modelPath": "/m",
+                "vllm": {"toolCalling": {"enabled": False, "parser": "hermes"}},
+            }
+        ],
+        ['models "m1"', '"tools"', "toolCalling.enabled"],
+        id="tools-without-tool-calling",
+    ),
+    pytest.param(
+        [external("omnirag", default=True)], ["models", '"omnirag" is reserved'], id="reserved-name"
+    ),
+    pytest.param([], ["models", "at least one chat model"], id="no-model-for-the-gateway"),
+]
+
+
+@pytest.mark.parametrize(("models", "named"), BAD_MODELS)
+def test_a_bad_models_list_fails_the_install(
+    helm_template: Callable[..., Any], tmp_path: Path, models: list[dict[str, Any]], named: list[str]
+) -> None:
+    values = tmp_path / "models.yaml"
+    values.write_text(yaml.safe_dump({"models": models}))
+    result = helm_template(values)
+    assert result.returncode != 0, f"helm template accepted models {models}"
+    missing = [n for n in named if n not in result.stderr]
+    assert not missing, f"the error for {models} does not name {missing}:\n{result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "named"),
+    [
+        pytest.param(
+            {"defaultModel": "nope"},
+            ["gateway.defaultModel", '"nope"', "deepseek-r1-0528-qwen3-8b"],
+            id="default",
+        ),
+        pytest.param({"rewriteModel": "nope"}, ["gateway.rewriteModel", '"nope"'], id="rewrite"),
+    ],
+)
+def test_the_gateways_default_and_rewrite_models_must_be_listed(
+    helm_template: Callable[..., Any], tmp_path: Path, gateway: dict[str, Any], named: list[str]
+) -> None:
+    values = tmp_path / "gateway.yaml"
+    values.write_text(yaml.safe_dump({"gateway": gateway}))
+    result = helm_template(values)
+    assert result.returncode != 0 and all(n in result.stderr for n in named), result.stderr
+    values.write_text(yaml.safe_dump({"gateway": {"defaultModel": OMNI, "rewriteModel": OMNI}}))
+    result = helm_template(values)
+    assert result.returncode == 0, result.stderr
+    env, _ = models_file(result.docs)
+    assert env["GATEWAY_DEFAULT_MODEL"] == OMNI and env["GATEWAY_REWRITE_MODEL"] == OMNI
 
 
 # ---- pod security, probes, resources, ports ---------------------------------------------------------
@@ -953,9 +1338,8 @@ def test_secrets_reach_the_services_as_files(rendered: Renderer, ci: str) -> Non
     # checkov's "secrets as files" check is skipped only where vLLM takes its key from env.
     for obj in docs:
         annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        if (
-            any(str(a).startswith("CKV_K8S_35=") for a in annotations.values())
-            and component_of(obj) != "vllm"
+        if any(str(a).startswith("CKV_K8S_35=") for a in annotations.values()) and not belongs(
+            component_of(obj), "vllm"
         ):
             problems.append(f"{ref(obj)}: skips CKV_K8S_35 but reads no secret from env")
     assert not problems, f"{ci}:{fmt(problems)}"
@@ -977,6 +1361,92 @@ def settings_from_render(
             local.write_text(files[local.name] + "\n")  # as `kubectl create secret --from-file` of an echo
             value = str(local)
         monkeypatch.setenv(env["name"], value)
+
+
+def registry_from_render(
+    docs: Docs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str] | None = None
+) -> Any:
+    """The gateway's real model registry (omnirag.gateway.registry), built from a render: its models
+    file written under tmp_path and named by GATEWAY_MODELS_FILE, each api_key_file moved under
+    tmp_path too and holding files[<its key in the Secret>], the render's GATEWAY_DEFAULT/REWRITE_MODEL."""
+    from omnirag.gateway.config import GatewaySettings
+    from omnirag.gateway.registry import ModelRegistry
+
+    env, models = models_file(docs)
+    for entry in models:
+        if entry.get("api_key_file"):
+            assert entry["api_key_file"].startswith(SECRET_FILES), entry
+            local = tmp_path / entry["api_key_file"][len(SECRET_FILES) :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text((files or {})[local.name] + "\n")  # as `kubectl create secret` of an echo
+            entry["api_key_file"] = str(local)
+    path = tmp_path / "gateway-models" / "models.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(models))
+    monkeypatch.setenv("GATEWAY_MODELS_FILE", str(path))
+    for name in ("GATEWAY_DEFAULT_MODEL", "GATEWAY_REWRITE_MODEL"):
+        if env.get(name):
+            monkeypatch.setenv(name, env[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    return ModelRegistry.from_settings(GatewaySettings())
+
+
+def test_the_gateways_models_file_builds_the_real_registry(
+    rendered: Renderer, helm_template: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's own registry, from the rendered file: both default models with their
+    capabilities at their Services, R1 the default (and the rewrite's), R1 thinks and the omni
+    model takes images, audio and video; an external entry's key read from its mounted file."""
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)  # no .env
+        registry = registry_from_render(rendered("default"), tmp_path, m)
+        assert [spec.name for spec in registry.models] == [R1, OMNI]
+        r1, omni = registry.get(R1), registry.get(OMNI)
+        assert registry.default is r1 and registry.rewrite is r1
+        assert r1.reasoning and r1.takes("tools") and not r1.takes("image_url") and r1.thinking_off is None
+        assert not omni.reasoning and all(omni.takes(p) for p in ("image_url", "input_audio", "video_url"))
+        assert r1.base_url == f"http://{RELEASE}-vllm-{R1}:6006/v1" and r1.served == R1
+        assert omni.base_url == f"http://{RELEASE}-vllm-qwen2-5-omni-3b:6006/v1" and omni.served == OMNI
+    # External entries: keys from their Secrets' files, thinking_off passed through as given.
+    values = tmp_path / "external.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "models": [
+                    {
+                        "name": "qwen3-8b",
+                        "capabilities": ["text", "reasoning"],
+                        "thinkingOff": {"enable_thinking": False},
+                        "reasoningBudget": 512,
+                        "external": {
+                            "baseUrl": "https://llm.example.com/v1",
+                            "model": "Qwen/Qwen3-8B",
+                            "existingSecret": "qwen",
+                            "existingSecretKey": "token",
+                        },
+                    },
+                    {
+                        "name": "small",
+                        "default": True,
+                        "capabilities": ["text"],
+                        "external": {"baseUrl": "http://small.example.com:8080/v1", "model": "small"},
+                    },
+                ],
+                "gateway": {"rewriteModel": "small"},
+            }
+        )
+    )
+    result = helm_template(values)
+    assert result.returncode == 0, result.stderr
+    with monkeypatch.context() as m:
+        m.chdir(tmp_path)
+        registry = registry_from_render(result.docs, tmp_path, m, {"token": "qwen-key-1"})
+        qwen = registry.get("qwen3-8b")
+        assert qwen.api_key.get_secret_value() == "qwen-key-1" and qwen.served == "Qwen/Qwen3-8B"
+        assert qwen.thinking_off == {"enable_thinking": False} and qwen.reasoning_budget == 512
+        assert registry.default.name == "small" and registry.rewrite.name == "small"
+        assert registry.get("small").api_key_file is None
 
 
 def test_the_services_read_the_rendered_secret_files(
@@ -1004,7 +1474,9 @@ def test_the_services_read_the_rendered_secret_files(
         settings_from_render(container_of("gpu-full", "gateway"), files, tmp_path, m)
         gw = GatewaySettings()
         assert gw.redis_url.startswith("redis://:p%40ss%20word@omnirag-redis:")
-        assert gw.llm_api_key.get_secret_value() == "llm-key-1"
+        # The chat models' key (vLLM's) is a file the models file names; the registry reads it.
+        registry = registry_from_render(rendered("gpu-full"), tmp_path, m, files)
+        assert {spec.api_key.get_secret_value() for spec in registry.models} == {"llm-key-1"}
     with monkeypatch.context() as m:
         settings_from_render(container_of("gpu-full", "ui"), files, tmp_path / "ui", m)
         assert UiSettings().api_key.get_secret_value() == "ui-key-1"
@@ -1419,6 +1891,9 @@ def test_disabled_components_render_nothing(rendered: Renderer, ci_values: Any, 
     values = ci_values(ci)
     docs = rendered(ci)
     enabled = {COMPONENTS[k] for k in COMPONENTS if (values.get(k) or {}).get("enabled", False)}
+    # vLLM runs when a chat model is served in the release (not at an external URL).
+    if any(not m.get("external") for m in values.get("models") or []):
+        enabled.add("vllm")
     problems = [
         f"{ref(o)} belongs to disabled component {object_component(o)}"
         for o in docs
@@ -1888,6 +2363,8 @@ def test_single_node_mode_puts_every_pod_of_a_readwriteonce_claim_on_one_node(
         else:
             others.append(component_of(obj))
             assert not together and SINGLE_NODE_LABEL not in labels, f"{ref(obj)} is tied to the storage node"
+    # Each chat model's vLLM is its own component (vllm-<model>).
+    sharers = ["vllm" if str(c).startswith("vllm-") else c for c in sharers]
     assert {"gateway", "retriever", "vllm", "embedder", "model-download", "indexer", "indexer-worker"} <= set(
         sharers
     ), sharers

@@ -3,7 +3,7 @@
 Nothing here stands in for a service: every pod is the chart's own manifest, started from the image
 `make images` built, as uid 10001 with a read-only root filesystem and every capability dropped. The
 LLM (llama.cpp's server with SmolLM2-135M) and Redis run on the host, as the external endpoints the
-chart supports (``vllm.external``, ``redis.external``), reached from the pods as
+chart supports (``models[].external``, ``redis.external``), reached from the pods as
 ``host.containers.internal``.
 
 ``make test`` runs them (``OMNIRAG_TEST_RELEASE=1``, after ``make release-images`` has installed
@@ -258,11 +258,23 @@ def release_values(redis_port: int, llm_port: int, hub_url: str) -> dict[str, An
     def component(**extra: Any) -> dict[str, Any]:
         return {"image": never, "resources": small, **extra}
 
+    # Both chat models are the host's llama.cpp server, as external endpoints under two names with
+    # different capabilities: the gateway's registry, model choice and /v1/models run for real.
+    llm = f"http://host.containers.internal:{llm_port}/v1"
     return {
-        "vllm": {
-            "enabled": False,
-            "external": {"baseUrl": f"http://host.containers.internal:{llm_port}/v1", "model": "smollm2"},
-        },
+        "models": [
+            {
+                "name": "smollm2",
+                "default": True,
+                "capabilities": ["text"],
+                "external": {"baseUrl": llm, "model": "smollm2"},
+            },
+            {
+                "name": "smollm2-omni",
+                "capabilities": ["text", "vision", "audio", "video"],
+                "external": {"baseUrl": llm, "model": "smollm2"},
+            },
+        ],
         "modelDownload": {
             "enabled": True,
             "image": never,
@@ -279,7 +291,7 @@ def release_values(redis_port: int, llm_port: int, hub_url: str) -> dict[str, An
         "gateway": component(
             replicas=1,
             auth={"existingSecret": "omnirag-gateway-auth"},
-            env={"GATEWAY_LLM_VISION": "false", "GATEWAY_LLM_TIMEOUT": "300"},
+            env={"GATEWAY_LLM_TIMEOUT": "300"},
         ),
         # Served from the models volume, so the pod waits for the download's marker.
         "embedder": component(replicas=1, model={"name": DOWNLOAD_MODEL}),

@@ -217,6 +217,34 @@ def test_streamed_chat_through_the_gateway_cites_the_index(release: Any) -> None
     assert "retriever" not in omnirag.get("degraded", [])
 
 
+def test_the_gateway_pod_serves_both_models_of_the_list(release: Any) -> None:
+    """The chart's models list reaches the gateway pod as its models file: /v1/models lists both
+    entries with their capabilities and the default, and a request's ``model`` picks one, named
+    in the answer; an unknown model is OpenAI's 404."""
+    gateway = release.url(f"{FULLNAME}-gateway")
+    listed = httpx.get(gateway + "/v1/models", headers=AUTH, timeout=10).json()["data"]
+    chat = {m["id"]: m["omnirag"] for m in listed if "embeddings" not in m["omnirag"]["capabilities"]}
+    assert chat == {
+        "smollm2": {"capabilities": ["text"], "default": True},
+        "smollm2-omni": {"capabilities": ["text", "vision", "audio", "video"], "default": False},
+    }, listed
+    body = {
+        "model": "smollm2-omni",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "rag": False,
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    r = httpx.post(gateway + "/v1/chat/completions", json=body, headers=AUTH, timeout=300)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "smollm2-omni"
+    r = httpx.post(
+        gateway + "/v1/chat/completions", json={**body, "model": "no-such-model"}, headers=AUTH, timeout=30
+    )
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["code"] == "model_not_found"
+
+
 def test_chromium_gets_an_answer_through_the_ui_pod(release: Any) -> None:
     """A real Chromium logs in to the UI pod, asks, and gets an answer with its sources: browser →
     UI pod → gateway pod (by its Service name) → retriever and LLM."""

@@ -61,6 +61,18 @@ SECRET_NAME = string(
 SECRET_KEY = string("Key inside the Secret.", pattern=r"^[-._a-zA-Z0-9]+$", maxLength=253)
 URL_OR_EMPTY = string(pattern=r"^$|^https?://[^\s]+$")
 DURATION = string(pattern=r"^[0-9]+(ms|s|m|h)$")
+# What a model-download spec says (an entry of modelDownload.models; a chat model's `source`).
+DOWNLOAD_SPEC: dict[str, J] = {
+    "source": {"enum": ["huggingface", "modelscope"]},
+    "repo": string(
+        "owner/name on the hub.",
+        pattern=r"^([A-Za-z0-9][A-Za-z0-9._\-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$",
+    ),
+    "revision": string("Branch, tag or commit.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._/\-]{0,254}$"),
+    "allowPatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
+    "ignorePatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
+    "endpoint": URL_OR_EMPTY,
+}
 # Kubernetes' resource.Quantity syntax, or a plain number.
 QUANTITY: J = {
     "anyOf": [
@@ -354,6 +366,8 @@ def values_schema(kb: J) -> J:
                 ),
                 # GATEWAY_SSE_KEEPALIVE_SECONDS: 0 = off; at most an hour, as the setting.
                 "sseKeepAliveSeconds": {"type": "number", "minimum": 0, "maximum": 3600},
+                "defaultModel": string(pattern=r"^$|^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$"),
+                "rewriteModel": string(pattern=r"^$|^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$"),
             }
         ),
         "embedder": http_service(
@@ -443,91 +457,146 @@ def values_schema(kb: J) -> J:
         required=["enabled", "image", "resources", "worker"],
     )
 
+    # The flags of `vllm serve`: vllm.serve (the defaults), and each chat model's `vllm:` over it.
+    serve_props: J = {
+        "maxModelLen": {
+            "anyOf": [
+                {"type": "integer", "minimum": 16},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?[kKmMgG]?$"},
+            ]
+        },
+        "dtype": {"enum": ["auto", "bfloat16", "float16", "half", "float", "float32"]},
+        "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "tensorParallelSize": {"type": ["integer", "null"], "minimum": 1},
+        "toolCalling": obj({"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]),
+        "reasoningParser": string(
+            "--reasoning-parser ('' = none).", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+        ),
+        # --limit-mm-per-prompt: a count per modality, bounded (vLLM's default is 999 each).
+        "limitMmPerPrompt": {
+            "type": "object",
+            "propertyNames": {"enum": ["image", "video", "audio"]},
+            "additionalProperties": integer(0, 64),
+        },
+        "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
+    }
+    gpu_props: J = {
+        "count": integer(1, 16),
+        "resourceName": string(pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$"),
+        "memory": {"anyOf": [QUANTITY, {"type": "null"}, {"const": ""}]},
+    }
+    vllm_shared: J = {
+        "image": ref("chartImagePinned"),
+        "replicas": integer(0),
+        "resources": ref("chartResources"),
+        "gpu": obj(gpu_props, required=["count", "resourceName"]),
+        "serve": obj(
+            serve_props,
+            required=["maxModelLen", "dtype", "gpuMemoryUtilization", "toolCalling", "reasoningParser"],
+        ),
+        "autoscaling": ref("chartAutoscaling"),
+        "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
+        "waitForModel": BOOL,
+        "shmSizeLimit": QUANTITY_OR_NULL,
+        "tmpSizeLimit": QUANTITY_OR_NULL,
+        **probes(),
+        "terminationGracePeriodSeconds": integer(0),
+        "service": ref("chartService"),
+        "pdb": ref("chartPdb"),
+        "networkPolicy": ref("chartNetworkPolicyExtra"),
+        **scheduling(),
+    }
     components["vllm"] = obj(
+        vllm_shared,
+        required=[
+            "image",
+            "resources",
+            "startupProbe",
+            "livenessProbe",
+            "readinessProbe",
+            "replicas",
+            "gpu",
+            "serve",
+        ],
+    )
+
+    # One chat model of `models`: served here (source or modelPath) or elsewhere (external).
+    download_source = obj(
+        DOWNLOAD_SPEC,
+        required=["source", "repo"],
+        description="What the model's download Job fetches (the format of an entry of modelDownload.models).",
+    )
+    capability = {"enum": ["text", "vision", "audio", "video", "tools", "reasoning"]}
+    overridable = {
+        k: vllm_shared[k]
+        for k in (
+            "replicas",
+            "resources",
+            "autoscaling",
+            "pdb",
+            "startupProbe",
+            "livenessProbe",
+            "readinessProbe",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "topologySpreadConstraints",
+            "priorityClassName",
+            "runtimeClassName",
+            "podAnnotations",
+            "podLabels",
+            "env",
+            "extraEnvVars",
+            "extraVolumes",
+            "extraVolumeMounts",
+        )
+    }
+    chat_model = obj(
         {
-            "enabled": BOOL,
-            "image": ref("chartImagePinned"),
-            "replicas": integer(0),
-            "resources": ref("chartResources"),
-            "gpu": obj(
-                {"count": integer(1, 16), "resourceName": string(pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$")},
-                required=["count", "resourceName"],
+            # Lower case, digits, "." and "-": it also names the model's objects ("." as "-").
+            "name": string(
+                "What clients ask for (the request's model); names the model's objects.",
+                pattern=r"^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$",
             ),
-            "model": obj(
-                {
-                    "name": string(
-                        "Entry of modelDownload.models to serve.",
-                        pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
-                    ),
-                    "path": string("Absolute path to serve instead.", pattern=r"^$|^/"),
-                }
-            ),
-            "servedModelName": string(minLength=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/\-]*$"),
-            "maxModelLen": {
-                "anyOf": [
-                    {"type": "integer", "minimum": 16},
-                    {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?[kKmMgG]?$"},
-                ]
+            "default": BOOL,
+            "capabilities": {
+                "type": "array",
+                "minItems": 1,
+                "uniqueItems": True,
+                "contains": {"const": "text"},
+                "items": capability,
             },
-            "dtype": {"enum": ["auto", "bfloat16", "float16", "half", "float", "float32"]},
-            "gpuMemoryUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-            "tensorParallelSize": {"type": ["integer", "null"], "minimum": 1},
-            "toolCalling": obj(
-                {"enabled": BOOL, "parser": string(minLength=1)}, required=["enabled", "parser"]
-            ),
-            "reasoningParser": string(
-                "--reasoning-parser ('' = none).", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_\-]*$"
-            ),
-            "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
-            "apiKey": obj({"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY}),
-            "waitForModel": BOOL,
-            "shmSizeLimit": QUANTITY_OR_NULL,
-            "tmpSizeLimit": QUANTITY_OR_NULL,
-            **probes(),
-            "terminationGracePeriodSeconds": integer(0),
-            "service": ref("chartService"),
-            "pdb": ref("chartPdb"),
+            "servedModelName": string(pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._:/\-]{0,127}$"),
+            "thinkingOff": {"type": ["object", "null"]},
+            "reasoningBudget": integer(0, 65536),
+            "maxTokensParam": {"enum": ["max_tokens", "max_completion_tokens"]},
+            "source": download_source,
+            "modelPath": string("Absolute path to serve instead of a download.", pattern=r"^/"),
+            "vllm": obj(serve_props),
+            "gpu": obj(gpu_props),
+            **overridable,
             "external": obj(
                 {
-                    "baseUrl": URL_OR_EMPTY,
-                    "model": {"type": "string"},
+                    "baseUrl": string(pattern=r"^https?://[^\s]+$"),
+                    "model": string(minLength=1, maxLength=256),
                     "existingSecret": SECRET_NAME,
                     "existingSecretKey": SECRET_KEY,
                     "networkPolicyPeers": OBJECT_LIST,
-                }
+                },
+                required=["baseUrl", "model"],
             ),
-            "networkPolicy": ref("chartNetworkPolicyExtra"),
-            **scheduling(),
         },
-        required=[
-            *COMMON_REQUIRED,
-            "replicas",
-            "gpu",
-            "model",
-            "servedModelName",
-            "maxModelLen",
-            "dtype",
-            "gpuMemoryUtilization",
-            "toolCalling",
-            "external",
-        ],
+        required=["name", "capabilities"],
     )
+    components["models"] = {"type": "array", "maxItems": 16, "items": chat_model}
 
     model_entry = obj(
         {
             "name": string(
-                "Directory under the models volume; vllm.model.name and embedder.model.name refer to it.",
+                "Directory under the models volume; embedder.model.name refers to it.",
                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
             ),
-            "source": {"enum": ["huggingface", "modelscope"]},
-            "repo": string(
-                "owner/name on the hub.",
-                pattern=r"^([A-Za-z0-9][A-Za-z0-9._\-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._\-]{0,95}$",
-            ),
-            "revision": string("Branch, tag or commit.", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._/\-]{0,254}$"),
-            "allowPatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
-            "ignorePatterns": {"type": "array", "maxItems": 64, "items": string(minLength=1, maxLength=256)},
-            "endpoint": URL_OR_EMPTY,
+            **DOWNLOAD_SPEC,
         },
         required=["name", "source", "repo"],
     )
@@ -726,6 +795,7 @@ def values_schema(kb: J) -> J:
                     "labels": STRING_MAP,
                     "errorRatioThreshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "embedderQueueSaturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "modelWaitingRequests": integer(1),
                     "indexStaleHours": integer(1),
                     "additionalRules": OBJECT_LIST,
                 },
@@ -858,18 +928,6 @@ def values_schema(kb: J) -> J:
             },
         },
         {
-            "if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
-            "then": needs(
-                ["vllm", "external", "baseUrl"], "vllm is off: the gateway needs vllm.external.baseUrl"
-            ),
-        },
-        {
-            "if": {"allOf": [enabled("gateway", True), enabled("vllm", False)]},
-            "then": needs(
-                ["vllm", "external", "model"], "vllm is off: the gateway needs vllm.external.model"
-            ),
-        },
-        {
             "if": {"allOf": [enabled("gateway", True), enabled("redis", False)]},
             "then": needs(
                 ["redis", "external", "existingSecret"],
@@ -959,6 +1017,7 @@ def values_schema(kb: J) -> J:
             "retriever",
             "ui",
             "indexer",
+            "models",
             "vllm",
             "modelDownload",
             "redis",

@@ -232,7 +232,11 @@ The shared volumes (models, index, uploads) a component's pods mount, as a JSON 
 {{- if eq .component "indexer" }}{{ $out = list "index" }}{{ end -}}
 {{- if eq .component "indexer-worker" }}{{ $out = list "index" "uploads" }}{{ end -}}
 {{- if eq .component "model-download" }}{{ $out = list "models" }}{{ end -}}
-{{- if and (eq .component "vllm") (not $V.vllm.model.path) }}{{ $out = list "models" }}{{ end -}}
+{{- if hasPrefix "vllm-" .component -}}
+{{- range (include "omnirag.internalModels" .ctx | fromJson).models -}}
+{{- if and (eq .component $.component) .onVolume }}{{ $out = list "models" }}{{ end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .component "embedder") $V.embedder.model.name }}{{ $out = list "models" }}{{ end -}}
 {{- toJson $out -}}
 {{- end -}}
@@ -553,28 +557,6 @@ key (ui.auth.session.existingSecret empty). "old" as above, so an upgrade keeps 
 {{- end -}}
 {{- end -}}
 
-{{/* Base URL of the LLM the gateway calls (with /v1). */}}
-{{- define "omnirag.llmBaseUrl" -}}
-{{- if .Values.vllm.enabled -}}
-{{- printf "http://%s:%d/v1" (include "omnirag.componentName" (dict "ctx" . "component" "vllm")) (int .Values.vllm.service.port) -}}
-{{- else -}}
-{{- .Values.vllm.external.baseUrl -}}
-{{- end -}}
-{{- end -}}
-
-{{/* TCP port of the external LLM, from its URL (explicit port, else 443 for https, 80 for http). */}}
-{{- define "omnirag.llmExternalPort" -}}
-{{- $u := urlParse .Values.vllm.external.baseUrl -}}
-{{- $hostPort := splitList ":" $u.host -}}
-{{- if gt (len $hostPort) 1 -}}
-{{- last $hostPort -}}
-{{- else if eq $u.scheme "http" -}}
-80
-{{- else -}}
-443
-{{- end -}}
-{{- end -}}
-
 {{/* Where the models volume is mounted. */}}
 {{- define "omnirag.modelsDir" -}}/models{{- end -}}
 
@@ -694,7 +676,11 @@ It runs the serving image itself (it has a shell), so no extra image is pulled.
 
 {{/* Whether a component uses the models volume: "true" or "". */}}
 {{- define "omnirag.modelsVolumeUsed" -}}
-{{- if or .Values.modelDownload.enabled (and .Values.vllm.enabled (not .Values.vllm.model.path)) (and .Values.embedder.enabled .Values.embedder.model.name) -}}true{{- end -}}
+{{- $onVolume := false -}}
+{{- range (include "omnirag.internalModels" . | fromJson).models -}}
+{{- if .onVolume }}{{ $onVolume = true }}{{ end -}}
+{{- end -}}
+{{- if or .Values.modelDownload.enabled $onVolume (and .Values.embedder.enabled .Values.embedder.model.name) -}}true{{- end -}}
 {{- end -}}
 
 {{/* Whether the index volume is used: "true" or "". */}}
@@ -997,7 +983,9 @@ template:
       {{- with include "omnirag.indexer.volumes" (merge (dict "tmpSize" $v.tmpSizeLimit) .) | trim }}{{ . | nindent 6 }}{{- end }}
 {{- end -}}
 
-{{/* The Job's spec; its hash names the Job. dict "ctx" $ "component" "model-download" "values" .Values.modelDownload "annotations" {...} */}}
+{{/* A download Job's spec; its hash names the Job. dict "ctx" $ "component" "model-download" "values"
+.Values.modelDownload "annotations" {...}, and "specKey" (its key of the ConfigMap, default models.yaml)
+and "labels" {...} for a chat model's own Job. */}}
 {{- define "omnirag.modelDownload.jobSpec" -}}
 {{- $ := .ctx -}}
 {{- $v := .values -}}
@@ -1027,7 +1015,7 @@ spec:
             - name: MODELSCOPE_CACHE
               value: /tmp/.cache/modelscope
             - name: MODEL_DOWNLOAD_SPEC
-              value: /etc/omnirag/model-download/models.yaml
+              value: /etc/omnirag/model-download/{{ .specKey | default "models.yaml" }}
             - name: MODEL_DOWNLOAD_ROOT
               value: {{ include "omnirag.modelsDir" $ }}
             {{- with $v.hfEndpoint }}
@@ -1074,9 +1062,10 @@ spec:
       volumes:
         {{- with include "omnirag.tmpVolume" (dict "size" $v.tmpSizeLimit) | trim }}{{ . | nindent 8 }}{{- end }}
         {{- with include "omnirag.sharedVolume" (dict "ctx" $ "volume" "models") | trim }}{{ . | nindent 8 }}{{- end }}
+        # The shared ConfigMap: MODEL_DOWNLOAD_SPEC names this Job's key in it.
         - name: spec
           configMap:
-            name: {{ include "omnirag.componentName" $c }}
+            name: {{ include "omnirag.componentName" (dict "ctx" $ "component" "model-download") }}
         {{- if $v.hfToken.existingSecret }}
         # Tokens are files, not environment variables: they stay out of `kubectl describe` and /proc/*/environ.
         - name: hf-token
@@ -1099,4 +1088,131 @@ spec:
         {{- with $v.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+{{- end -}}
+
+{{/*
+The chat models (`models`), each with its effective settings, as JSON {"models": [...]}; one item:
+  name, slug (the name with "." as "-", for object names), component ("vllm-<slug>"), default,
+  capabilities, internal (served by vLLM in the release), servedModelName (what vLLM serves and the
+  gateway sends upstream), baseUrl, key ({"name","secret","key"} of the key's file in the gateway, or
+  {}), external (the entry's external map), values (internal: the `vllm:` section with the entry's
+  own keys over it; `gpu` and `serve` merged key by key), modelPath, download (whether a Job fetches it).
+*/}}
+{{- define "omnirag.models" -}}
+{{- $ := . -}}
+{{- $V := .Values -}}
+{{- $out := list -}}
+{{- $override := list "replicas" "resources" "autoscaling" "pdb" "startupProbe" "livenessProbe" "readinessProbe" "nodeSelector" "tolerations" "affinity" "topologySpreadConstraints" "priorityClassName" "runtimeClassName" "podAnnotations" "podLabels" "env" "extraEnvVars" "extraVolumes" "extraVolumeMounts" -}}
+{{- range $entry := $V.models -}}
+{{- $slug := $entry.name | replace "." "-" -}}
+{{- $m := dict "name" $entry.name "slug" $slug "component" (printf "vllm-%s" $slug) "default" (default false $entry.default) "capabilities" $entry.capabilities -}}
+{{- $_ := set $m "thinkingOff" (index $entry "thinkingOff") -}}
+{{- $_ := set $m "maxTokensParam" ($entry.maxTokensParam | default "max_tokens") -}}
+{{- if hasKey $entry "reasoningBudget" }}{{ $_ := set $m "reasoningBudget" $entry.reasoningBudget }}{{ end -}}
+{{- if $entry.external -}}
+{{- $x := $entry.external -}}
+{{- $_ := set $m "internal" false -}}
+{{- $_ := set $m "external" $x -}}
+{{- $_ := set $m "baseUrl" $x.baseUrl -}}
+{{- $_ := set $m "servedModelName" ($x.model | default $entry.name) -}}
+{{- $_ := set $m "download" false -}}
+{{- if $x.existingSecret -}}
+{{- $_ := set $m "key" (dict "name" (printf "llm-%s" $slug) "secret" $x.existingSecret "key" ($x.existingSecretKey | default "api-key")) -}}
+{{- else -}}
+{{- $_ := set $m "key" (dict) -}}
+{{- end -}}
+{{- else -}}
+{{- $v := deepCopy (omit $V.vllm "serve") -}}
+{{- range $k := $override -}}
+{{- if hasKey $entry $k }}{{ $_ := set $v $k (deepCopy (index $entry $k)) }}{{ end -}}
+{{- end -}}
+{{- $_ := set $v "gpu" (mergeOverwrite (deepCopy $V.vllm.gpu) (deepCopy (default (dict) $entry.gpu))) -}}
+{{- $_ := set $v "serve" (mergeOverwrite (deepCopy $V.vllm.serve) (deepCopy (default (dict) $entry.vllm))) -}}
+{{- $_ := set $m "values" $v -}}
+{{- $_ := set $m "internal" true -}}
+{{- $_ := set $m "servedModelName" ($entry.servedModelName | default $entry.name) -}}
+{{- $_ := set $m "modelPath" ($entry.modelPath | default (include "omnirag.modelDir" (dict "ctx" $ "name" $entry.name))) -}}
+{{- $_ := set $m "download" (and $V.modelDownload.enabled (not $entry.modelPath) (not (empty $entry.source))) -}}
+{{- $_ := set $m "source" (default (dict) $entry.source) -}}
+{{- $_ := set $m "onVolume" (not $entry.modelPath) -}}
+{{- $_ := set $m "baseUrl" (printf "http://%s:%d/v1" (include "omnirag.componentName" (dict "ctx" $ "component" (printf "vllm-%s" $slug))) (int $V.vllm.service.port)) -}}
+{{- if $V.vllm.apiKey.existingSecret -}}
+{{- $_ := set $m "key" (dict "name" "vllm-api-key" "secret" $V.vllm.apiKey.existingSecret "key" $V.vllm.apiKey.existingSecretKey) -}}
+{{- else -}}
+{{- $_ := set $m "key" (dict) -}}
+{{- end -}}
+{{- end -}}
+{{- $out = append $out $m -}}
+{{- end -}}
+{{- toJson (dict "models" $out) -}}
+{{- end -}}
+
+{{/* The models served by vLLM in the release (a list of the items of omnirag.models). */}}
+{{- define "omnirag.internalModels" -}}
+{{- $in := list -}}
+{{- range (include "omnirag.models" . | fromJson).models -}}
+{{- if .internal }}{{ $in = append $in . }}{{ end -}}
+{{- end -}}
+{{- toJson (dict "models" $in) -}}
+{{- end -}}
+
+{{/*
+The gateway's models file (GATEWAY_MODELS_FILE): the registry's entries (omnirag.gateway.registry),
+from the same values as the vLLM Deployments: each internal model at its Service.
+*/}}
+{{- define "omnirag.gatewayModels" -}}
+{{- $list := list -}}
+{{- range (include "omnirag.models" . | fromJson).models -}}
+{{- $e := dict "name" .name "base_url" .baseUrl "upstream_model" .servedModelName "capabilities" .capabilities "max_tokens_param" .maxTokensParam "thinking_off" .thinkingOff -}}
+{{- if hasKey . "reasoningBudget" }}{{ $_ := set $e "reasoning_budget" (int .reasoningBudget) }}{{ end -}}
+{{- with .key }}{{ $_ := set $e "api_key_file" (include "omnirag.secretFilePath" .) }}{{ end -}}
+{{- $list = append $list $e -}}
+{{- end -}}
+{{- toYaml $list -}}
+{{- end -}}
+
+{{/* The distinct key files the gateway mounts for the models (a JSON list of {"name","secret","key"}). */}}
+{{- define "omnirag.gatewayModelKeys" -}}
+{{- $keys := list -}}
+{{- $seen := list -}}
+{{- range (include "omnirag.models" . | fromJson).models -}}
+{{- if and .key (not (has .key.name $seen)) -}}
+{{- $keys = append $keys .key -}}
+{{- $seen = append $seen .key.name -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $keys -}}
+{{- end -}}
+
+{{/* The download spec of one chat model (YAML, a `models:` list of one): dict "ctx" $ "model" <item of omnirag.models>. */}}
+{{- define "omnirag.modelDownload.modelSpec" -}}
+{{- $s := .model.source -}}
+{{- $m := dict "name" .model.name "source" ($s.source | default "huggingface") "repo" $s.repo "dir" .model.name -}}
+{{- if $s.revision }}{{- $_ := set $m "revision" $s.revision }}{{- end -}}
+{{- if $s.endpoint }}{{- $_ := set $m "endpoint" $s.endpoint }}{{- end -}}
+{{- if $s.allowPatterns }}{{- $_ := set $m "allowPatterns" $s.allowPatterns }}{{- end -}}
+{{- if $s.ignorePatterns }}{{- $_ := set $m "ignorePatterns" $s.ignorePatterns }}{{- end -}}
+{{- toYaml (dict "models" (list $m)) -}}
+{{- end -}}
+
+{{/* GATEWAY_DEFAULT_MODEL: gateway.defaultModel, else the entry with `default: true` ("" when neither). */}}
+{{- define "omnirag.defaultModel" -}}
+{{- $name := .Values.gateway.defaultModel -}}
+{{- if not $name -}}
+{{- range .Values.models }}{{ if .default }}{{ $name = .name }}{{ end }}{{ end -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/* TCP port of a URL (explicit port, else 443 for https, 80 for http). */}}
+{{- define "omnirag.urlPort" -}}
+{{- $u := urlParse . -}}
+{{- $hostPort := splitList ":" $u.host -}}
+{{- if gt (len $hostPort) 1 -}}
+{{- last $hostPort -}}
+{{- else if eq $u.scheme "http" -}}
+80
+{{- else -}}
+443
+{{- end -}}
 {{- end -}}
