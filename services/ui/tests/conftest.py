@@ -1,9 +1,11 @@
 """Fixtures: the whole stack for real — Redis, the embedder, the example knowledge base indexed by
 the indexer, the retriever, the indexer's ingest worker, the local llama.cpp LLM, the gateway — and
-UIs served over HTTP in front of it. One stack per test session; a UI is cheap to add."""
+UIs served over HTTP in front of it. One stack per test session; a UI is cheap to add. A second
+gateway serves two models: the local one and a reasoning model replayed by the scripted upstream."""
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +22,7 @@ import pytest
 # The stack's fixtures, shared with the gateway's tests.
 from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
 from gateway_stack import GatewayFactory
+from scripted_llm import ReasoningField, ScriptedLLM, scripted_llm
 
 from omnirag.core.testing import serve_in_thread
 from omnirag.indexer.testing import WorkerThread
@@ -31,6 +34,15 @@ AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 # Answers are kept short: the tests check the streaming, the sources and the grounding, and a
 # 135M model's prose is no better for being longer.
 MAX_TOKENS = 24
+
+# The two models of the second gateway (``two_models``).
+LOCAL = "smollm2-135m-instruct"  # the llama.cpp model, the default (and the first gateway's only one)
+REASONER = "deepseek-r1"
+REASONING = (
+    "The user wants the gateway's port. The getting-started guide lists the services with their "
+    "ports; the gateway is the one on 8000, so that is the answer, with its source."
+)
+REASONED_ANSWER = "The gateway listens on port 8000 [1]."
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -118,3 +130,30 @@ def oidc_issuer() -> Iterator[str]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def two_models(
+    gateway_factory: GatewayFactory, ui_factory: UiFactory, llm_url: str
+) -> Iterator[tuple[str, str, ScriptedLLM]]:
+    """(UI, gateway, upstream): a gateway serving two models, as a release with the chart's list
+    does: the real llama.cpp one (the default) and a reasoning model, which cannot run here and is
+    replayed by the scripted upstream as vLLM with ``--reasoning-parser`` streams it (the field
+    ``reasoning``, as the chart's vLLM writes it; a few characters a delta); ``upstream.requests``
+    is what the gateway asked it."""
+    script = ReasoningField(reasoning=REASONING, answer=REASONED_ANSWER, chunk_chars=3)
+    with scripted_llm(script, models=("ds-qwen3-8b",)) as upstream:
+        models = [
+            {"name": LOCAL, "base_url": llm_url, "capabilities": ["text", "tools"]},
+            {
+                "name": REASONER,
+                "base_url": str(upstream),
+                "upstream_model": "ds-qwen3-8b",
+                "api_key": "scripted-key",
+                "capabilities": ["text", "reasoning"],
+                "thinking_off": None,
+                "reasoning_budget": 256,
+            },
+        ]
+        with gateway_factory(models=json.dumps(models)) as gateway, ui_factory(gateway_url=gateway) as ui:
+            yield ui, gateway, upstream

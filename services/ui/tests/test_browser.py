@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
+from scripted_llm import ScriptedLLM
 
 from omnirag.ui.login import user_id
 
-from .conftest import AUTH, UiFactory
+from .conftest import AUTH, LOCAL, REASONED_ANSWER, REASONER, REASONING, UiFactory
 
 CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
 # Debian's chromium: never let a test tool download its own browser (CI has no route to one).
@@ -353,4 +355,116 @@ def test_list_and_remove_ones_own_upload(
     listed = httpx.get(f"{gateway_url}/v1/collections/ui-mine/documents", params=params, headers=dora).json()
     assert listed["data"] == []
     page.screenshot(path=artifacts / "12-removed.png", full_page=True)
+    page.context.close()
+
+
+# ---- models and reasoning ------------------------------------------------------------------------
+
+# The thinking section of the newest answer as it changes: its text, and the answer's visible text.
+WATCH_THINKING = """() => {
+  window.__omnirag_thinking = [];
+  const chat = document.querySelector('#chatbot');
+  new MutationObserver(() => {
+    const bots = chat.querySelectorAll('[data-testid="bot"]');
+    const last = bots[bots.length - 1];
+    const section = last && last.querySelector('.omnirag-thinking-text');
+    if (!section) return;
+    const seen = window.__omnirag_thinking;
+    const state = {thinking: section.textContent, shown: last.innerText};
+    const prev = seen[seen.length - 1];
+    if (!prev || prev.thinking !== state.thinking || prev.shown !== state.shown) seen.push(state);
+  }).observe(chat, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def choose_model(page: Page, name: str) -> None:
+    page.click("#model input")
+    # The option whose label starts with the name ("Automatic (…)" names the default model too).
+    starts = re.compile(r"^[\s✓]*" + re.escape(name))
+    option = page.locator('[data-testid="dropdown-option"]').filter(has_text=starts)
+    option.wait_for()
+    option.click()
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{name}')")
+
+
+def chosen_model(page: Page) -> str:
+    return page.input_value("#model input")
+
+
+def test_choose_the_reasoning_model_and_see_its_thinking_collapsed_above_the_answer(
+    browser: Browser, two_models: tuple[str, str, ScriptedLLM], artifacts: Path
+) -> None:
+    ui, gateway_url, upstream = two_models
+    page = open_page(browser, ui)
+    # "Automatic" chosen, then the models the key may use; the reasoning model marked as one.
+    page.wait_for_function("document.querySelector('#model input').value.startsWith('Automatic')")
+    page.click("#model input")
+    options = page.locator('[data-testid="dropdown-option"]')
+    options.first.wait_for()
+    assert [o.strip(" ✓\n") for o in options.all_inner_texts()] == [
+        f"Automatic ({LOCAL}, or a model that takes the attachments)",
+        LOCAL,
+        f"{REASONER} (thinks)",
+    ]
+    page.screenshot(path=artifacts / "13-models.png", animations="disabled")
+    options.filter(has_text=REASONER).click()
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{REASONER}')")
+
+    page.evaluate(WATCH_THINKING)
+    ask(page, "Which port does the gateway listen on?")
+    first = current_conversation(page)
+    answer = last_answer(page)
+    thinking = answer.locator("details.omnirag-thinking")
+    # Collapsed, above the answer, with the model's reasoning inside and not in the answer's text.
+    assert thinking.count() == 1
+    assert thinking.evaluate("e => e.open") is False
+    assert thinking.locator("summary").inner_text() == "Thinking"
+    inside = thinking.locator(".omnirag-thinking-text").text_content() or ""
+    assert " ".join(inside.split()) == REASONING
+    shown = answer.inner_text()
+    assert "The gateway listens on port 8000" in shown and "getting-started guide lists" not in shown
+    assert shown.index("Thinking") < shown.index("The gateway listens on port 8000")
+    assert answer.locator(".omnirag-model").inner_text() == f"Answered by: {REASONER}"
+    # Streamed as it came: the section grew before the answer's text arrived.
+    states = page.evaluate("window.__omnirag_thinking")
+    early = [s for s in states if "port 8000" not in s["shown"]]
+    assert early and all(REASONING.startswith(s["thinking"].strip()) for s in early), states
+    page.screenshot(path=artifacts / "14-thinking-collapsed.png")
+    thinking.locator("summary").click()
+    page.wait_for_function("document.querySelector('#chatbot details.omnirag-thinking').open")
+    page.screenshot(path=artifacts / "15-thinking-open.png")
+
+    # The gateway asked the upstream for its own name of the model; the stored answer has no
+    # thinking in it (the history a follow-up sends back).
+    assert upstream.chat_requests[-1]["model"] == "ds-qwen3-8b"
+    stored = httpx.get(f"{gateway_url}/v1/sessions/{first}", headers=AUTH).json()["messages"]
+    assert stored[-1]["content"] == REASONED_ANSWER
+
+    # A second conversation starts with the model in the chooser; it is switched to the local one.
+    page.click("#new-chat")
+    page.wait_for_function(f"document.querySelector('#conversations input:checked').value !== '{first}'")
+    assert chosen_model(page).startswith(REASONER)
+    choose_model(page, LOCAL)
+    ask(page, "Which port does the retriever use?")
+    second = current_conversation(page)
+    answer = last_answer(page)
+    assert answer.locator(".omnirag-model").inner_text() == f"Answered by: {LOCAL}"
+    assert answer.locator("details.omnirag-thinking").count() == 0
+
+    # Switching conversations brings each one's model back.
+    page.locator("#conversations label", has_text="Which port does the gateway listen on?").click()
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{REASONER}')")
+    assert "Answered by: " + REASONER in page.inner_text("#chatbot")
+    page.screenshot(path=artifacts / "16-model-restored.png")
+    page.locator("#conversations label", has_text="Which port does the retriever use?").click()
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{LOCAL}')")
+    assert current_conversation(page) == second
+
+    # …and so does a reload, for the conversation that was open.
+    page.locator("#conversations label", has_text="Which port does the gateway listen on?").click()
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{REASONER}')")
+    page.reload()
+    page.wait_for_selector("#conversations input:checked", timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{REASONER}')")
+    assert current_conversation(page) == first
     page.context.close()

@@ -157,7 +157,7 @@ def test_the_gateway_stores_the_logged_in_users_chat_under_that_user(local_ui: s
         headers={"Cookie": cookie},
     )
     try:
-        _, _, _, _, store = g.predict(EMPTY, api_name="/load")
+        _, _, _, _, _, store = g.predict(EMPTY, api_name="/load")
         question = {"text": "Which port does the gateway listen on?", "files": []}
         *_rest, store = g.submit(question, "docs", store, api_name="/ask").result()
     finally:
@@ -245,22 +245,22 @@ def test_a_user_cannot_read_another_users_conversation(oidc_ui: str, oidc_issuer
     bob, _ = oidc_login(oidc_ui, oidc_issuer, "bob", {"groups": ["staff"]})
     g = page_client(alice)
     try:
-        _, _, _, _, store = g.predict(EMPTY, api_name="/load")
+        _, _, _, _, _, store = g.predict(EMPTY, api_name="/load")
         question = {"text": "Which port does the gateway listen on?", "files": []}
         *_rest, store = g.submit(question, "docs", store, api_name="/ask").result()
-        _, _, chat, _, _ = g.predict(store, api_name="/load")
+        _, _, _, chat, _, _ = g.predict(store, api_name="/load")
         assert len(chat) == 2  # alice sees her conversation again
     finally:
         g.close()
     g = page_client(bob)
     try:
         # Bob on the browser alice used: her list (its titles are her questions) is not shown.
-        _, conversations, chat, _, mine = g.predict(store, api_name="/load")
+        _, _, conversations, chat, _, mine = g.predict(store, api_name="/load")
         assert chat == [] and len(conversations["choices"]) == 1 and mine["owner"] == bob_id
         assert store["current"] not in json.dumps(conversations)
         # Even a list forged to be his, holding her conversation's id, reads nothing: the gateway
         # keeps her session under her name.
-        _, _, chat, notice, _ = g.predict(store | {"owner": bob_id}, api_name="/load")
+        _, _, _, chat, notice, _ = g.predict(store | {"owner": bob_id}, api_name="/load")
         assert chat == [] and notice == ""
     finally:
         g.close()

@@ -13,12 +13,15 @@ from typing import Any
 
 import httpx
 from gradio_client import Client, handle_file
+from scripted_llm import ScriptedLLM
 
 from omnirag.core.testing import metric_value
 
-from .conftest import AUTH
+from .conftest import AUTH, LOCAL, REASONED_ANSWER, REASONER
 
 EMPTY = {"current": None, "conversations": [], "meta": {}}
+# The chooser's first entry: the gateway's "choose for me" name, labelled with its default.
+AUTO = ["Automatic (smollm2-135m-instruct, or a model that takes the attachments)", "omnirag"]
 DOWN = "http://127.0.0.1:9"
 
 
@@ -51,8 +54,11 @@ def ask(c: Client, store: Any, text: str, collection: str | None = "docs") -> tu
 
 def test_a_question_gets_a_streamed_answer_with_sources(ui_url: str, gateway_url: str) -> None:
     with client(ui_url) as c:
-        collections, conversations, chat, notice, store = c.predict(EMPTY, api_name="/load")
+        collections, models, conversations, chat, notice, store = c.predict(EMPTY, api_name="/load")
         assert collections["value"] == "docs" and ["docs", "docs"] in collections["choices"]
+        # The chat models the key may use (the embedder's model is not one) after "automatic",
+        # which a new conversation starts with.
+        assert models["choices"] == [AUTO, [LOCAL, LOCAL]] and models["value"] == "omnirag"
         assert chat == [] and notice == ""
         session_id = store["current"]
         assert session_id.startswith("ui-") and conversations["value"] == session_id
@@ -65,6 +71,8 @@ def test_a_question_gets_a_streamed_answer_with_sources(ui_url: str, gateway_url
         assert len(set(growing)) >= 3, partial
         final = answers(chat)[-1]
         assert "omnirag-sources" in final and "[1]" in final
+        # The model the gateway chose, beside the sources: its name, not "omnirag".
+        assert f"Answered by: <code>{LOCAL}</code>" in final
         assert "getting-started.md" in final and "Getting started with omnirag" in final
         assert "score" in final and "port 8000" in final  # the snippet of the right source
         assert notice == ""
@@ -85,7 +93,8 @@ def test_a_question_gets_a_streamed_answer_with_sources(ui_url: str, gateway_url
 
         # A reload: the conversation comes back from the gateway, with what the browser kept
         # about each answer (its sources, the rewritten question).
-        _, _, chat, _, _ = c.predict(store, api_name="/load")
+        _, models, _, chat, _, _ = c.predict(store, api_name="/load")
+        assert models["value"] == "omnirag"
         assert len(chat) == 4
         first, second = answers(chat)
         assert "omnirag-sources" in first and "getting-started.md" in first
@@ -94,6 +103,62 @@ def test_a_question_gets_a_streamed_answer_with_sources(ui_url: str, gateway_url
     metrics = httpx.get(ui_url + "/metrics").text
     assert metric_value(metrics, "omnirag_ui_answers_total", 'outcome="ok"') >= 2
     assert metric_value(metrics, "omnirag_ui_time_to_first_token_seconds_count") >= 2
+
+
+def test_the_chosen_model_answers_and_its_thinking_streams_apart_from_the_answer(
+    two_models: tuple[str, str, ScriptedLLM],
+) -> None:
+    ui, gateway, upstream = two_models
+    with client(ui) as c:
+        _, models, _, _, notice, store = c.predict(EMPTY, api_name="/load")
+        assert models["choices"] == [AUTO, [LOCAL, LOCAL], [f"{REASONER} (thinks)", REASONER]]
+        assert models["value"] == "omnirag" and notice == ""
+        # The choice is kept with the open conversation.
+        store = c.predict(REASONER, store, api_name="/choose_model")
+        session_id = store["current"]
+        assert store["conversations"][0]["model"] == REASONER
+
+        job = c.submit(
+            {"text": "Which port does the gateway listen on?", "files": []},
+            "docs",
+            store,
+            REASONER,
+            api_name="/ask",
+        )
+        updates = list(job)
+        chat, _, notice, _, store = job.result()
+    # The thinking streamed in, growing, in its collapsed section, before any of the answer's text.
+    partial = [answers(u[0])[-1] for u in updates if answers(u[0])]
+    first_text = next(i for i, p in enumerate(partial) if "</details>\n\n" in p)
+    thinking = [p for p in partial[:first_text] if "omnirag-thinking" in p]
+    assert len(set(thinking)) >= 3, partial
+    assert all(
+        p.startswith('<details class="omnirag-thinking"><summary>Thinking…</summary>') for p in thinking
+    )
+    assert all("Thinking…" not in p for p in partial[first_text:])
+    final = answers(chat)[-1]
+    section, text, block = final.split("\n\n")
+    assert section.startswith('<details class="omnirag-thinking"><summary>Thinking</summary>')
+    assert "getting-started guide lists" in section and "port 8000" not in section
+    assert text == REASONED_ANSWER
+    assert f"Answered by: <code>{REASONER}</code>" in block and "omnirag-sources" in block
+    assert notice == ""
+    # The gateway asked the reasoning model by its upstream name; it stored the answer alone.
+    assert upstream.chat_requests[-1]["model"] == "ds-qwen3-8b"
+    stored = httpx.get(f"{gateway}/v1/sessions/{session_id}", headers=AUTH).json()["messages"]
+    assert [m["content"] for m in stored] == ["Which port does the gateway listen on?", REASONED_ANSWER]
+    assert store["conversations"][0]["model"] == REASONER
+    assert next(iter(store["meta"][session_id].values()))["model"] == REASONER
+
+    # A reload brings the conversation's model back; the thinking is not kept, the model line is.
+    with client(ui) as c:
+        _, models, _, chat, _, _ = c.predict(store, api_name="/load")
+        # "Automatic" again: the conversation keeps no model of its own, the gateway chooses.
+        back = c.predict("omnirag", store, api_name="/choose_model")
+    assert models["value"] == REASONER
+    reloaded = answers(chat)[-1]
+    assert "omnirag-thinking" not in reloaded and f"Answered by: <code>{REASONER}</code>" in reloaded
+    assert store["conversations"][0]["model"] == REASONER and back["conversations"][0]["model"] is None
 
 
 def test_chinese_browsers_get_chinese_text(ui_url: str) -> None:
@@ -154,7 +219,7 @@ KEYS = json.dumps(
 def test_refusals_are_sentences_and_the_page_stays_usable(gateway_factory, ui_factory) -> None:  # type: ignore[no-untyped-def]
     with gateway_factory(api_keys=KEYS) as gateway:
         with ui_factory(gateway_url=gateway, api_key="not-a-valid-key-0123456789") as ui, client(ui) as c:
-            _, _, _, notice, store = c.predict(EMPTY, api_name="/load")
+            _, _, _, _, notice, store = c.predict(EMPTY, api_name="/load")
             assert "refused the UI's API key (401)" in notice and "UI_API_KEY" in notice
             _, (chat, box, notice, *_rest) = ask(c, store, "Which port does the gateway listen on?")
             assert "(401)" in answers(chat)[-1] and "(401)" in notice
@@ -162,7 +227,7 @@ def test_refusals_are_sentences_and_the_page_stays_usable(gateway_factory, ui_fa
             assert "Traceback" not in json.dumps(chat)
 
         with ui_factory(gateway_url=gateway, api_key=OTHER_KEY) as ui, client(ui) as c:
-            collections, _, _, notice, store = c.predict(EMPTY, api_name="/load")
+            collections, _, _, _, notice, store = c.predict(EMPTY, api_name="/load")
             assert collections["choices"] == [] and "may not read any knowledge base" in notice
             _, (chat, _, notice, *_rest) = ask(c, store, "Which port does the gateway listen on?")
             assert "Not allowed (403)" in notice and "collection" in notice
@@ -197,7 +262,7 @@ def test_gateway_failures_are_sentences(gateway_factory, ui_factory) -> None:  #
         ui_factory(gateway_url=gateway) as ui,
         client(ui) as c,
     ):
-        _, _, _, notice, store = c.predict(EMPTY, api_name="/load")
+        _, _, _, _, notice, store = c.predict(EMPTY, api_name="/load")
         assert "(502)" in notice  # the collections cannot be listed either
         _, (chat, _, notice, *_rest) = ask(c, store, "Which port does the gateway listen on?")
         final = answers(chat)[-1]
@@ -208,6 +273,6 @@ def test_gateway_failures_are_sentences(gateway_factory, ui_factory) -> None:  #
     with ui_factory(gateway_url=DOWN, ready_path="/healthz") as ui, client(ui) as c:
         ready = httpx.get(ui + "/readyz")
         assert ready.status_code == 503 and not ready.json()["checks"]["gateway"]["ok"]
-        notice = c.predict(EMPTY, api_name="/load")[3]
+        notice = c.predict(EMPTY, api_name="/load")[4]
         assert "cannot be reached" in notice and DOWN in notice
         assert httpx.get(ui + "/").status_code == 200

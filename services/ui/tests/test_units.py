@@ -10,8 +10,8 @@ import pytest
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import MAX_ANSWERS_KEPT, Store
-from omnirag.ui.gateway import GatewayError
-from omnirag.ui.render import answer_key, error_text, sources_html
+from omnirag.ui.gateway import ChatModel, GatewayError, chat_models
+from omnirag.ui.render import answer_content, answer_key, error_text, model_label, sources_html
 from omnirag.ui.texts import LABELS, TEXTS, i18n_tables, lang_of, t
 
 from .conftest import REPO
@@ -161,3 +161,103 @@ def test_env_example_documents_every_ui_setting() -> None:
 def test_texts_format() -> None:
     assert t("en", "err_429", message="m", seconds=3).endswith("Please wait 3 s and try again.")
     assert "3" in t("zh", "err_429", message="m", seconds=3)
+
+
+# ---- models and reasoning -------------------------------------------------------------------------
+
+
+def test_the_chat_models_are_read_from_the_gateways_list() -> None:
+    body = {
+        "object": "list",
+        "data": [
+            {
+                "id": "deepseek-r1",
+                "object": "model",
+                "omnirag": {"capabilities": ["text", "reasoning", "tools"]},
+            },
+            {
+                "id": "qwen-omni",
+                "object": "model",
+                "omnirag": {"capabilities": ["text", "vision", "audio", "video"], "default": True},
+            },
+            {
+                "id": "bge-m3",
+                "object": "model",
+                "omnirag": {"capabilities": ["embeddings"], "default": False},
+            },
+            {"id": "bad name with spaces", "omnirag": {"capabilities": ["text"]}},
+            {"id": "deepseek-r1", "omnirag": {"capabilities": ["text"]}},  # listed twice: the first wins
+            "junk",
+            {"object": "model"},
+        ],
+    }
+    models = chat_models(body)
+    assert [m.name for m in models] == ["deepseek-r1", "qwen-omni"]
+    assert [m.default for m in models] == [False, True]
+    assert models[0].capabilities == ("text", "tools", "reasoning")
+    # A gateway without the omnirag object: its chat model as text, its embedder left out.
+    old = {"data": [{"id": "llm", "owned_by": "omnirag"}, {"id": "emb", "owned_by": "omnirag-embedder"}]}
+    assert chat_models(old) == [ChatModel("llm")]
+    assert chat_models({"data": [{"id": f"m{i}"} for i in range(500)]})[-1].name == "m63"
+    for junk in (None, [], {"data": "x"}, {"data": [None]}):
+        assert chat_models(junk) == []
+
+
+def test_the_dropdown_marks_what_a_model_takes_beyond_text() -> None:
+    omni = ChatModel("qwen-omni", ("text", "vision", "audio", "video"))
+    assert model_label("en", omni) == "qwen-omni (images, audio, video)"
+    assert model_label("zh", omni) == "qwen-omni（图片、音频、视频）"
+    assert model_label("en", ChatModel("seer", ("text", "vision", "audio"))) == "seer (images, audio)"
+    assert model_label("en", ChatModel("deepseek-r1", ("text", "reasoning"))) == "deepseek-r1 (thinks)"
+    assert model_label("en", ChatModel("llama", ("text", "tools"))) == "llama"
+
+
+def test_thinking_is_a_collapsed_section_above_the_answer_and_the_model_is_named() -> None:
+    reasoning = "First line <script>alert(1)</script>\n\n**not bold** $x$\nthird"
+    meta = {"citations": [{"n": 1, "title": "T", "source": "a.md", "score": 0.5}], "model": "deepseek-r1"}
+    shown = answer_content("en", "Port 8000 [1].", meta, reasoning=reasoning)
+    thinking, answer, block = shown.split("\n\n")
+    # One line of HTML, so the Markdown renderer keeps it whole; collapsed (no "open").
+    assert thinking.startswith('<details class="omnirag-thinking"><summary>Thinking</summary>')
+    assert '<details class="omnirag-thinking" open' not in thinking
+    assert "First line" in thinking and "<br>" in thinking and "third" in thinking
+    assert "<script" not in thinking and "**" not in thinking and "$x$" not in thinking
+    assert answer == "Port 8000 [1]."
+    assert 'class="omnirag-model"' in block and "Answered by: <code>deepseek-r1</code>" in block
+    assert block.index("omnirag-model") < block.index("omnirag-sources")
+    # While the thinking streams (no answer yet) its summary says so; no thinking, no section.
+    streaming = answer_content("en", "", None, reasoning="hmm", streaming=True)
+    assert streaming.startswith('<details class="omnirag-thinking"><summary>Thinking…</summary>')
+    assert answer_content("en", "Port 8000.", None, reasoning="  ") == "Port 8000."
+    assert "思考过程" in answer_content("zh", "a", None, reasoning="b")
+    # The model line alone makes the block (an answer without sources still says who answered).
+    assert "Answered by" in sources_html("en", [], model="llama-local")
+    assert "回答模型" in sources_html("zh", [], model="llama-local")
+    # Long thinking is cut, still one line.
+    long = answer_content("en", "", None, reasoning="word\n" * 20_000)
+    assert len(long) < 200_000 and "\n" not in long
+
+
+def test_each_conversation_keeps_its_model_in_the_browser() -> None:
+    store = Store()
+    a = store.start("docs", 10, "deepseek-r1")
+    b = store.start("docs", 10)
+    store.choose(b.id, "qwen-omni")
+    store.remember(a.id, answer_key("x"), {"citations": [], "model": "deepseek-r1"})
+    again = Store.parse(store.dump(), 10)
+    assert again.get(a.id).model == "deepseek-r1"  # type: ignore[union-attr]
+    assert again.get(b.id).model == "qwen-omni"  # type: ignore[union-attr]
+    assert again.meta[a.id][answer_key("x")]["model"] == "deepseek-r1"
+    store.choose(b.id, "not a model name!")
+    assert store.get(b.id).model is None  # type: ignore[union-attr]
+    raw = store.dump()
+    raw["conversations"][0]["model"] = "x" * 500
+    raw["meta"][a.id][answer_key("x")]["model"] = ["junk"]
+    parsed = Store.parse(raw, 10)
+    assert parsed.conversations[0].model is None and parsed.meta[a.id][answer_key("x")]["model"] is None
+
+
+def test_a_model_the_gateway_does_not_offer_is_a_sentence() -> None:
+    error = GatewayError(404, "model_not_found", "the model 'gone' does not exist")
+    assert "Choose another model" in error_text("en", error, "http://127.0.0.1:8000")
+    assert "请选择其他模型" in error_text("zh", error, "http://127.0.0.1:8000")

@@ -1,5 +1,5 @@
-"""The conversations a browser keeps: their ids (gateway session ids), titles, knowledge bases, and
-the sources of their answers.
+"""The conversations a browser keeps: their ids (gateway session ids), titles, knowledge bases, the
+model each one talks to, and the sources (and answering model) of their answers.
 
 The messages themselves live in the gateway (``GET /v1/sessions/{id}``); the browser keeps only
 what the gateway does not: which conversations it has, and each answer's citations (by the
@@ -15,6 +15,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from omnirag.ui.gateway import model_name
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 COLLECTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -40,13 +42,15 @@ class Conversation:
     title: str = ""
     collection: str | None = None
     updated: float = 0.0
+    # The model chosen for this conversation; None: the gateway chooses.
+    model: str | None = None
 
 
 @dataclass
 class Store:
     current: str | None = None
     conversations: list[Conversation] = field(default_factory=list)
-    # conversation id -> answer key -> {"id", "citations", "rewritten", "degraded"}
+    # conversation id -> answer key -> {"id", "citations", "rewritten", "degraded", "model"}
     meta: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # The logged-in user the list belongs to: on a shared browser the next user must not see the
     # titles (their first questions) of the last one's conversations.
@@ -75,6 +79,7 @@ class Store:
                     title=title_of(str(item.get("title") or "")),
                     collection=coll if isinstance(coll, str) and COLLECTION.match(coll) else None,
                     updated=float(updated) if isinstance(updated, int | float) else 0.0,
+                    model=model_name(item.get("model")),
                 )
             )
             if len(store.conversations) >= max_conversations:
@@ -100,7 +105,13 @@ class Store:
         return {
             "current": self.current,
             "conversations": [
-                {"id": c.id, "title": c.title, "collection": c.collection, "updated": c.updated}
+                {
+                    "id": c.id,
+                    "title": c.title,
+                    "collection": c.collection,
+                    "updated": c.updated,
+                    "model": c.model,
+                }
                 for c in self.conversations
             ],
             "meta": self.meta,
@@ -112,8 +123,8 @@ class Store:
     def get(self, cid: str | None) -> Conversation | None:
         return next((c for c in self.conversations if c.id == cid), None)
 
-    def start(self, collection: str | None, max_conversations: int) -> Conversation:
-        conv = Conversation(id=new_id(), collection=collection, updated=time.time())
+    def start(self, collection: str | None, max_conversations: int, model: str | None = None) -> Conversation:
+        conv = Conversation(id=new_id(), collection=collection, updated=time.time(), model=model)
         self.conversations.insert(0, conv)
         self.current = conv.id
         self._bound(max_conversations)
@@ -125,6 +136,12 @@ class Store:
             conv = self.conversations[0] if self.conversations else self.start(collection, max_conversations)
             self.current = conv.id
         return conv
+
+    def choose(self, cid: str | None, model: str | None) -> None:
+        """Keep ``model`` as the conversation's choice (None: the gateway chooses)."""
+        conv = self.get(cid)
+        if conv is not None:
+            conv.model = model_name(model)
 
     def touch(self, cid: str, *, question: str, collection: str | None) -> None:
         conv = self.get(cid)
@@ -187,6 +204,7 @@ def _clean_meta(raw: Any) -> dict[str, Any] | None:
         "citations": citations,
         "rewritten": str(rewritten)[:1000] if isinstance(rewritten, str) else None,
         "degraded": [str(d)[:40] for d in degraded[:8]] if isinstance(degraded, list) else [],
+        "model": model_name(raw.get("model")),
     }
 
 

@@ -1,7 +1,7 @@
 """The gateway as the UI sees it: its public API and nothing else.
 
 Chat goes through the official ``openai`` client (streaming), exactly as any team's code would;
-collections, sessions, uploads, ingest jobs and feedback are plain HTTP. Every failure comes out
+models, collections, sessions, uploads, ingest jobs and feedback are plain HTTP. Every failure comes out
 as one ``GatewayError`` with the HTTP status, the gateway's stable ``code`` and message, and the
 ``Retry-After`` wait, so the page can say what happened instead of showing a traceback.
 """
@@ -9,6 +9,7 @@ as one ``GatewayError`` with the HTTP status, the gateway's stable ``code`` and 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -81,12 +82,73 @@ def _from_openai(exc: Exception) -> GatewayError:
     return GatewayError(None, "client_error", f"{type(exc).__name__}: {exc}")
 
 
+# The gateway's model names (omnirag.gateway.registry); anything else it lists is not offered.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+# The name that lets the gateway choose (omnirag.gateway.registry.AUTO_MODEL): its default model,
+# or one that takes the message's attachments (an omni model for an image).
+AUTO_MODEL = "omnirag"
+MAX_MODELS = 64  # a dropdown's worth; a gateway listing more is cut, not trusted to be small
+CAPABILITIES = ("text", "vision", "audio", "video", "tools", "reasoning")
+
+
+def model_name(value: Any) -> str | None:
+    """``value`` when it is a model name the gateway could list, else None: names come back from
+    the browser, which may send anything."""
+    return value if isinstance(value, str) and MODEL_NAME.match(value) else None
+
+
+@dataclass(frozen=True)
+class ChatModel:
+    """One model the key may chat with, as ``GET /v1/models`` lists it."""
+
+    name: str
+    capabilities: tuple[str, ...] = ("text",)
+    default: bool = False
+
+
+def chat_models(body: Any) -> list[ChatModel]:
+    """The chat models of a ``GET /v1/models`` answer, in its order: the embedder's entry (capability
+    ``embeddings``) and malformed entries left out. A gateway without the ``omnirag`` object (older
+    ones) lists its chat model as plain text, and its embedder as owned by ``omnirag-embedder``."""
+    found: list[ChatModel] = []
+    items = body.get("data") if isinstance(body, dict) else None
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        name = item["id"]
+        if not model_name(name) or any(m.name == name for m in found):
+            continue
+        extra = item.get("omnirag")
+        if isinstance(extra, dict):
+            caps = extra.get("capabilities")
+            caps = [str(c) for c in caps] if isinstance(caps, list) else ["text"]
+            if "embeddings" in caps:
+                continue
+            found.append(
+                ChatModel(
+                    name=name,
+                    capabilities=tuple(c for c in CAPABILITIES if c in caps),
+                    default=extra.get("default") is True,
+                )
+            )
+        elif item.get("owned_by") != "omnirag-embedder":
+            found.append(ChatModel(name=name))
+        if len(found) >= MAX_MODELS:
+            break
+    return found
+
+
 @dataclass
 class Answer:
-    """What a streamed answer has produced so far; ``done`` once the ``omnirag`` object arrived."""
+    """What a streamed answer has produced so far; ``done`` once the ``omnirag`` object arrived.
+
+    ``reasoning`` is the model's thinking (``delta.reasoning_content``), kept apart from ``text``:
+    it is shown, never part of the answer the gateway stores or the key its sources are kept by."""
 
     id: str | None = None
     text: str = ""
+    reasoning: str = ""
+    model: str | None = None  # what answered, as the chunks name it
     citations: list[dict[str, Any]] = field(default_factory=list)
     rewritten_query: str | None = None
     degraded: list[str] = field(default_factory=list)
@@ -177,12 +239,14 @@ class GatewayClient:
         *,
         session_id: str,
         collection: str | None,
+        model: str | None = None,
         user: str | None = None,
     ) -> AsyncIterator[Answer]:
-        """Stream one turn of a conversation whose history the gateway keeps under ``session_id``.
+        """Stream one turn of a conversation whose history the gateway keeps under ``session_id``,
+        answered by ``model`` (None: the gateway chooses).
 
-        Yields the growing ``Answer`` after every piece of text and once more when the ``omnirag``
-        object (citations, rewritten question, degraded parts) has arrived."""
+        Yields the growing ``Answer`` after every piece of reasoning or text and once more when the
+        ``omnirag`` object (citations, rewritten question, degraded parts) has arrived."""
         assert self._openai is not None, "GatewayClient.open() was not called"
         extra: dict[str, Any] = {"session_id": session_id}
         if collection:
@@ -192,7 +256,7 @@ class GatewayClient:
         answer = Answer(session_id=session_id)
         try:
             stream = await self._openai.chat.completions.create(
-                model="omnirag",
+                model=model or AUTO_MODEL,
                 messages=[cast("ChatCompletionUserMessageParam", {"role": "user", "content": content})],
                 stream=True,
                 max_tokens=self.settings.max_tokens,
@@ -201,9 +265,23 @@ class GatewayClient:
             )
             async for chunk in stream:
                 answer.id = answer.id or chunk.id
+                if chunk.model:
+                    answer.model = chunk.model
                 for choice in chunk.choices:
-                    if choice.delta and choice.delta.content:
+                    if not choice.delta:
+                        continue
+                    # Not a field of the SDK's delta: the gateway's extra field (``reasoning_content``,
+                    # as vLLM up to 0.12 and DeepSeek's API name it; newer vLLM says ``reasoning``).
+                    delta_extra = choice.delta.model_extra or {}
+                    thought = delta_extra.get("reasoning_content") or delta_extra.get("reasoning")
+                    grew = False
+                    if isinstance(thought, str) and thought:
+                        answer.reasoning += thought
+                        grew = True
+                    if choice.delta.content:
                         answer.text += choice.delta.content
+                        grew = True
+                    if grew:
                         yield answer
                 meta = (chunk.model_extra or {}).get("omnirag")
                 if isinstance(meta, dict):
@@ -220,6 +298,10 @@ class GatewayClient:
             yield answer
 
     # --- the rest of the API ---
+
+    async def models(self, user: str | None = None) -> list[ChatModel]:
+        """The chat models this key may use, the gateway's default among them."""
+        return chat_models(await self._call("GET", "/v1/models", user=user))
 
     async def collections(self, user: str | None = None) -> dict[str, str | None]:
         """The collections this key may read, each with the index version being served."""

@@ -1,8 +1,10 @@
 """The page: a Gradio Blocks chat over the gateway.
 
-Left, the knowledge base, the conversations (new, switch, delete) and document uploads; right, the
-chat, whose answers stream in with their sources under them, and a multimodal box for text, images
-(sent as image parts) and documents (uploaded into the knowledge base, then asked about).
+Left, the knowledge base, the model, the conversations (new, switch, delete) and document uploads;
+right, the chat, whose answers stream in (a reasoning model's thinking in a collapsed section above
+the answer) with the model that answered and their sources under them, and a multimodal box for
+text, images (sent as image parts) and documents (uploaded into the knowledge base, then asked
+about). Each conversation keeps its own model.
 
 Every handler is async and talks to the gateway through ``GatewayClient``; every gateway failure is
 caught and shown as a sentence in the user's language, so the page stays usable.
@@ -23,7 +25,7 @@ import gradio as gr
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import COLLECTION, Store, compact, title_of
-from omnirag.ui.gateway import Answer, GatewayClient, GatewayError
+from omnirag.ui.gateway import AUTO_MODEL, Answer, GatewayClient, GatewayError, model_name
 from omnirag.ui.login import display_name
 from omnirag.ui.metrics import UiMetrics
 from omnirag.ui.render import (
@@ -32,6 +34,7 @@ from omnirag.ui.render import (
     error_content,
     error_text,
     escape,
+    model_label,
     sources_html,
 )
 from omnirag.ui.texts import I18N_PREFIX, i18n_tables, lang_of, t
@@ -55,6 +58,10 @@ CSS = """
 .omnirag-degraded { background: #fff4e5; color: #7a4b00; border: 1px solid #f0c36d; }
 .omnirag-error { background: #fdecea; color: #8a1c12; border: 1px solid #f5b7b1; }
 #notice:empty { display: none; }
+.omnirag-thinking { border-left: 3px solid var(--border-color-primary); padding-left: 8px; margin: 0 0 8px; }
+.omnirag-thinking summary { cursor: pointer; color: var(--body-text-color-subdued); font-style: italic; }
+.omnirag-thinking-text { color: var(--body-text-color-subdued); font-size: 0.92em; margin-top: 4px; }
+.omnirag-model { color: var(--body-text-color-subdued); margin-bottom: 6px; }
 """
 
 
@@ -90,6 +97,20 @@ def _document_label(doc: dict[str, Any]) -> str:
 
 
 DOCS_EMPTY: dict[str, Any] = {"collection": None, "items": [], "next": None, "total": 0}
+
+
+def _chosen(value: Any) -> str | None:
+    """The model chooser's value as a conversation keeps it: a model's name, or None for "the
+    gateway chooses" (``AUTO_MODEL``, or anything that is no model name)."""
+    return None if value == AUTO_MODEL else model_name(value)
+
+
+def _model_update(offered: list[str] | None, wanted: str | None) -> Any:
+    """The chooser set to a conversation's model when it is still offered, else to "the gateway
+    chooses"; left alone when no model could be listed."""
+    if not offered:
+        return gr.skip()
+    return gr.Dropdown(value=wanted if wanted in offered else AUTO_MODEL)
 
 
 def _chatbot(rows: list[Row]) -> list[dict[str, Any]]:
@@ -177,6 +198,26 @@ class Page:
         )
         return gr.Dropdown(choices=names, value=value), ""
 
+    async def _models(self, lang: str, wanted: str | None, user: str | None) -> tuple[Any, list[str], str]:
+        """The model chooser and the names it offers: first "automatic", then the chat models the
+        key may use, marked with what they take beyond text; ``wanted`` selected when offered.
+
+        Automatic (a conversation without a choice) lets the gateway choose per message: its
+        default, or a model that takes the message's attachments, so an image reaches a model
+        that sees it. Without the list the page still chats, the gateway choosing."""
+        try:
+            models = await self.client.models(user)
+        except Exception as exc:
+            return gr.Dropdown(choices=[], value=None), [], _notice(self._fail(lang, exc, "models"))
+        if not models:
+            return gr.Dropdown(choices=[], value=None), [], ""
+        # The gateway's default, or (a key that may not use it) the first model the key may use.
+        default = next((m.name for m in models if m.default), models[0].name)
+        choices = [(t(lang, "model_auto", default=default), AUTO_MODEL)]
+        choices += [(model_label(lang, m), m.name) for m in models]
+        offered = [m.name for m in models]
+        return gr.Dropdown(choices=choices, value=wanted if wanted in offered else AUTO_MODEL), offered, ""
+
     async def _history(self, lang: str, store: Store, user: str | None) -> tuple[list[Row], str]:
         if store.current is None:
             return [], ""
@@ -195,64 +236,101 @@ class Page:
             # Another user's list (a shared browser): start afresh, theirs stays in the gateway.
             store = Store(owner=_user(request))
         conv = store.ensure_current(None, self.s.max_conversations)
-        dropdown, problem = await self._collections(lang, conv.collection, user=_user(request))
-        rows, history_problem = await self._history(lang, store, _user(request))
+        (
+            (dropdown, problem),
+            (rows, history_problem),
+            (models, offered, models_problem),
+        ) = await asyncio.gather(
+            self._collections(lang, conv.collection, user=_user(request)),
+            self._history(lang, store, _user(request)),
+            self._models(lang, conv.model, _user(request)),
+        )
         return (
             dropdown,
+            models,
             self._conversations(store, lang),
             _chatbot(rows),
             rows,
-            problem or history_problem,
+            problem or history_problem or models_problem,
             store.dump(),
+            offered,
         )
 
+    async def choose_model(self, model: str | None, raw: Any) -> dict[str, Any]:
+        """The model picked for the open conversation, kept with it in the browser."""
+        store = self._store(raw)
+        store.choose(store.current, _chosen(model))
+        return store.dump()
+
     async def new_conversation(
-        self, raw: Any, collection: str | None, request: gr.Request
+        self, raw: Any, collection: str | None, model: str | None, request: gr.Request
     ) -> tuple[Any, ...]:
         lang = _lang(request)
         store = self._store(raw)
         current = store.get(store.current)
+        # A new conversation starts with the model in the chooser, as it starts with its knowledge base.
         if current is not None and not current.title:
             # The open conversation is still empty: reuse it rather than pile up empty ones.
             current.collection = collection or current.collection
+            store.choose(current.id, _chosen(model))
         else:
-            store.start(collection, self.s.max_conversations)
+            store.start(collection, self.s.max_conversations, _chosen(model))
         self.m.conversations.labels("new").inc()
         return self._conversations(store, lang), [], [], "", store.dump()
 
-    async def switch(self, cid: str | None, raw: Any, request: gr.Request) -> tuple[Any, ...]:
+    async def switch(
+        self, cid: str | None, raw: Any, offered: list[str] | None, request: gr.Request
+    ) -> tuple[Any, ...]:
         lang = _lang(request)
         store = self._store(raw)
         conv = store.get(cid)
         if conv is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), store.dump(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), store.dump(), gr.skip(), gr.skip()
         store.current = conv.id
         rows, problem = await self._history(lang, store, _user(request))
         self.m.conversations.labels("switch").inc()
         collection = gr.Dropdown(value=conv.collection) if conv.collection else gr.skip()
-        return _chatbot(rows), rows, problem, collection, store.dump(), self._conversations(store, lang)
+        return (
+            _chatbot(rows),
+            rows,
+            problem,
+            collection,
+            store.dump(),
+            self._conversations(store, lang),
+            _model_update(offered, conv.model),
+        )
 
-    async def delete(self, raw: Any, collection: str | None, request: gr.Request) -> tuple[Any, ...]:
+    async def delete(
+        self,
+        raw: Any,
+        collection: str | None,
+        model: str | None,
+        offered: list[str] | None,
+        request: gr.Request,
+    ) -> tuple[Any, ...]:
         lang = _lang(request)
         store = self._store(raw)
+        skip = gr.skip()
         if store.current is None:
-            return gr.skip(), gr.skip(), gr.skip(), "", store.dump()
+            return skip, skip, skip, "", store.dump(), skip
         try:
             await self.client.delete_session(store.current, _user(request))
         except Exception as exc:
             # The conversation stays listed: its history is still in the gateway.
-            return gr.skip(), gr.skip(), gr.skip(), _notice(self._fail(lang, exc, "delete")), store.dump()
+            return skip, skip, skip, _notice(self._fail(lang, exc, "delete")), store.dump(), skip
         store.remove(store.current)
         self.m.conversations.labels("delete").inc()
         if store.current is None:
-            store.start(collection, self.s.max_conversations)
+            store.start(collection, self.s.max_conversations, _chosen(model))
         rows, problem = await self._history(lang, store, _user(request))
+        conv = store.get(store.current)
         return (
             self._conversations(store, lang),
             _chatbot(rows),
             rows,
             problem or t(lang, "deleted"),
             store.dump(),
+            _model_update(offered, conv.model if conv else None),
         )
 
     # --- files ---
@@ -381,8 +459,12 @@ class Page:
         raw: Any,
         rows: list[Row] | None,
         request: gr.Request,
+        # Last, with a default: a script (gradio_client) that names no model need not pass one.
+        model: str | None = None,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """One turn: show the question, ingest attached documents, stream the answer and its sources.
+        """One turn: show the question, ingest attached documents, stream the answer (the model's
+        thinking apart, above it) and its sources, from the model in the chooser (None: the
+        conversation's own choice).
 
         Outputs: chatbot, textbox, notice, conversations, stored conversations, rows."""
         lang = _lang(request)
@@ -402,6 +484,9 @@ class Page:
             collection = None
         conv = store.ensure_current(collection, self.s.max_conversations)
         collection = collection or conv.collection or self.s.default_collection
+        if model:
+            # The chooser's value; without one (no list, or a script) the conversation's own stays.
+            store.choose(conv.id, _chosen(model))
         images = [p for p in paths if Path(p).suffix.lower() in self.images]
         documents = [p for p in paths if p not in images]
         shown: list[Any] = [text] if text.strip() else []
@@ -432,19 +517,33 @@ class Page:
             started = time.perf_counter()
             first = True
             answer = Answer()
+            # The thinking's section closes after it, so each update re-sends it whole: until the
+            # answer begins, the page is updated as the thinking grows by an eighth (at least 32
+            # characters), a few dozen updates for a long think rather than one per token.
+            thinking_shown = -1
             try:
                 async for answer in self.client.chat(
-                    content, session_id=conv.id, collection=collection, user=_user(request)
+                    content, session_id=conv.id, collection=collection, model=conv.model, user=_user(request)
                 ):
-                    if first and answer.text:
+                    if first and (answer.text or answer.reasoning):
+                        # The first token the user sees, thinking included.
                         self.m.ttft.observe(time.perf_counter() - started)
                         first = False
                     if not answer.done:
-                        rows[-1] = rows[-1] | {"content": answer.text}
+                        if answer.reasoning and not answer.text:
+                            grown = len(answer.reasoning) - thinking_shown
+                            if thinking_shown >= 0 and grown < max(32, thinking_shown // 8):
+                                continue
+                            thinking_shown = len(answer.reasoning)
+                        shown_now = answer_content(
+                            lang, answer.text, None, reasoning=answer.reasoning, streaming=True
+                        )
+                        rows[-1] = rows[-1] | {"content": shown_now}
                         yield _chatbot(rows), skip, skip, skip, skip, rows
             except Exception as exc:
                 notice_html = error_content(self._fail(lang, exc, "chat"))
-                partial = answer.text + "\n\n" if answer.text else ""
+                partial = answer_content(lang, answer.text, None, reasoning=answer.reasoning)
+                partial = partial + "\n\n" if partial else ""
                 rows[-1] = {"role": "assistant", "content": partial + notice_html, "rateable": False}
                 self.m.answers.labels("error").inc()
             else:
@@ -454,14 +553,16 @@ class Page:
                         "citations": answer.citations,
                         "rewritten": answer.rewritten_query,
                         "degraded": answer.degraded,
+                        "model": answer.model,
                     }
                 )
+                # By the answer's text alone: that is what the gateway stores, never the thinking.
                 key = answer_key(answer.text)
                 store.remember(conv.id, key, meta)
                 kept = True
                 rows[-1] = {
                     "role": "assistant",
-                    "content": answer_content(lang, answer.text, meta),
+                    "content": answer_content(lang, answer.text, meta, reasoning=answer.reasoning),
                     "rateable": True,
                     "key": key,
                     "id": answer.id,
@@ -697,6 +798,8 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
                     interactive=True,
                     elem_id="collection",
                 )
+                model = gr.Dropdown(label=label("model"), choices=[], interactive=True, elem_id="model")
+                offered = gr.State([])  # the model names the chooser lists
                 new_button = gr.Button(label("new_chat"), variant="primary", elem_id="new-chat")
                 conversations = gr.Radio(label=label("conversations"), choices=[], elem_id="conversations")
                 delete_button = gr.Button(
@@ -751,12 +854,15 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
         demo.load(
             page.load,
             inputs=[store],
-            outputs=[collection, conversations, chatbot, rows, notice, store],
+            outputs=[collection, model, conversations, chatbot, rows, notice, store, offered],
             api_name="load",
         )
+        # Only a choice the user makes is kept: load and switch set the value without it.
+        model.input(page.choose_model, inputs=[model, store], outputs=[store], api_name="choose_model")
         box.submit(
             page.ask,
-            inputs=[box, collection, store, rows],
+            # The model last: a script that names none keeps the conversation's.
+            inputs=[box, collection, store, rows, model],
             outputs=[chatbot, box, notice, conversations, store, rows],
             api_name="ask",
             concurrency_limit=settings.concurrency,
@@ -764,20 +870,20 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
         )
         new_button.click(
             page.new_conversation,
-            inputs=[store, collection],
+            inputs=[store, collection, model],
             outputs=[conversations, chatbot, rows, notice, store],
             api_name="new_conversation",
         )
         conversations.input(
             page.switch,
-            inputs=[conversations, store],
-            outputs=[chatbot, rows, notice, collection, store, conversations],
+            inputs=[conversations, store, offered],
+            outputs=[chatbot, rows, notice, collection, store, conversations, model],
             api_name="switch_conversation",
         )
         delete_button.click(
             page.delete,
-            inputs=[store, collection],
-            outputs=[conversations, chatbot, rows, notice, store],
+            inputs=[store, collection, model, offered],
+            outputs=[conversations, chatbot, rows, notice, store, model],
             api_name="delete_conversation",
         )
         upload_done = upload_button.click(
@@ -814,7 +920,7 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
         # stays listed, its history still in the gateway).
         chatbot.clear(
             page.new_conversation,
-            inputs=[store, collection],
+            inputs=[store, collection, model],
             outputs=[conversations, chatbot, rows, notice, store],
             api_visibility="private",
         )

@@ -1,8 +1,10 @@
-"""What the page shows around an answer: its sources, the rewritten question, degraded parts, and
-errors as sentences.
+"""What the page shows around an answer: the model's thinking above it; under it the model that
+answered, its sources, the rewritten question and degraded parts; errors as sentences; the models
+offered.
 
-Everything that comes from documents (titles, snippets, sources) is escaped before it reaches the
-chat's Markdown renderer, so a document cannot inject markup, links or LaTeX into the page.
+Everything that comes from documents (titles, snippets, sources) or from the model's thinking is
+escaped before it reaches the chat's Markdown renderer, so neither can inject markup, links or
+LaTeX into the page.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import html
 from typing import Any
 from urllib.parse import urlparse
 
-from omnirag.ui.gateway import GatewayError
+from omnirag.ui.gateway import ChatModel, GatewayError
 from omnirag.ui.texts import t
 
 # Characters Markdown or the chat's LaTeX renderer would act on, written as entities instead.
@@ -24,6 +26,47 @@ def escape(text: Any, limit: int | None = None) -> str:
     if limit is not None and len(s) > limit:
         s = s[: limit - 1].rstrip() + "…"
     return s.translate(_MARKDOWN)
+
+
+def escape_lines(text: str, limit: int) -> str:
+    """Like ``escape``, but line breaks are kept as ``<br>``: the result stays one line of HTML, so
+    the Markdown renderer never leaves the HTML block it opens (a blank line would)."""
+    s = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "<br>".join(escape(line) for line in s.splitlines())
+
+
+# Thinking shown per answer: a reasoning model may think for thousands of tokens; the page keeps
+# the start of it, the gateway's token limit bounds it too.
+MAX_REASONING_CHARS = 40_000
+
+# How the dropdown marks what a model takes beyond text (order of the marks).
+_MARKS = (
+    ("vision", "cap_vision"),
+    ("audio", "cap_audio"),
+    ("video", "cap_video"),
+    ("reasoning", "cap_reasoning"),
+)
+
+
+def model_label(lang: str, model: ChatModel) -> str:
+    """A model as the dropdown offers it: its name, and what it takes beyond text (images, audio,
+    video) or that it thinks before answering, e.g. ``qwen-omni (images, audio, video)``."""
+    marks = [t(lang, key) for cap, key in _MARKS if cap in model.capabilities]
+    return model.name + (t(lang, "cap_list", marks=t(lang, "cap_sep").join(marks)) if marks else "")
+
+
+def thinking_html(lang: str, reasoning: str, *, streaming: bool = False) -> str:
+    """The model's reasoning as a collapsed section to open on demand, above the answer."""
+    if not reasoning.strip():
+        return ""
+    label = t(lang, "reasoning_streaming" if streaming else "reasoning")
+    return (
+        '<details class="omnirag-thinking"><summary>'
+        + label
+        + '</summary><div class="omnirag-thinking-text">'
+        + escape_lines(reasoning, MAX_REASONING_CHARS)
+        + "</div></details>"
+    )
 
 
 def _link(source: str) -> str | None:
@@ -45,8 +88,10 @@ def sources_html(
     *,
     rewritten_query: str | None = None,
     degraded: list[str] | None = None,
+    model: str | None = None,
 ) -> str:
-    """The block under an answer: degraded notice, rewritten question, numbered sources."""
+    """The block under an answer: degraded notice, the model that answered, rewritten question,
+    numbered sources."""
     parts: list[str] = []
     degraded = degraded or []
     if degraded:
@@ -62,6 +107,14 @@ def sources_html(
             + "</strong>: "
             + "; ".join(reasons)
             + "</div>"
+        )
+    if model:
+        parts.append(
+            '<div class="omnirag-model">'
+            + t(lang, "answered_by")
+            + ": <code>"
+            + escape(model, 128)
+            + "</code></div>"
         )
     if rewritten_query:
         parts.append(
@@ -107,17 +160,24 @@ def sources_html(
 _DEGRADED_KEYS = {"degraded_retriever", "degraded_history"}
 
 
-def answer_content(lang: str, text: str, meta: dict[str, Any] | None) -> str:
-    """An answer as the chat shows it: the model's text, then its sources block."""
-    if not meta:
-        return text
-    block = sources_html(
-        lang,
-        list(meta.get("citations") or []),
-        rewritten_query=meta.get("rewritten"),
-        degraded=list(meta.get("degraded") or []),
+def answer_content(
+    lang: str, text: str, meta: dict[str, Any] | None, *, reasoning: str = "", streaming: bool = False
+) -> str:
+    """An answer as the chat shows it: the model's thinking (collapsed), its text, then the block
+    with the model that answered and the sources. ``streaming``: the thinking is still coming."""
+    thinking = thinking_html(lang, reasoning, streaming=streaming and not text)
+    block = (
+        sources_html(
+            lang,
+            list(meta.get("citations") or []),
+            rewritten_query=meta.get("rewritten"),
+            degraded=list(meta.get("degraded") or []),
+            model=meta.get("model"),
+        )
+        if meta
+        else ""
     )
-    return f"{text}\n\n{block}" if block else text
+    return "\n\n".join(x for x in (thinking, text, block) if x)
 
 
 def error_text(lang: str, exc: BaseException, gateway_url: str) -> str:
@@ -133,6 +193,8 @@ def error_text(lang: str, exc: BaseException, gateway_url: str) -> str:
         return t(lang, "err_401", message=message)
     if exc.status == 403:
         return t(lang, "err_403", message=message)
+    if exc.code == "model_not_found":
+        return t(lang, "err_model", message=message)
     if exc.status == 429:
         if exc.retry_after:
             return t(lang, "err_429", message=message, seconds=exc.retry_after)
