@@ -31,9 +31,25 @@ PASSWORD_VAR = "UI_LOCAL_PASSWORD"  # noqa: S105 - the variable's name, not a pa
 SESSION_VAR = "UI_SESSION_SECRET"
 UI_URL = "http://127.0.0.1:7860"
 LOCAL_MODEL = "smollm2-135m-instruct"
-# The llama.cpp server of the Procfile: text and tools (its chat template handles tool calls).
+# The llama.cpp server of the Procfile: text and tools (its chat template handles tool calls). Its
+# window is the server's n_ctx (LLM_CTX, 4096). SmolLM2-135M at temperature 0 often loops until its
+# cap: answers get 128 tokens (384 for how / why / list questions) instead of the gateway's 256, and
+# a repeat penalty over the server's default 1.1 (measured here: it ends a run-on English answer
+# after ~90 tokens instead of 400; a Chinese loop longer than its 64-token window still runs to the
+# cap, which is what the cap is for).
 LOCAL_MODELS = [
-    {"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}
+    {
+        "name": LOCAL_MODEL,
+        "base_url": "http://127.0.0.1:6006/v1",
+        "capabilities": ["text", "tools"],
+        "context_tokens": 4096,
+        "answer_tokens": 128,
+        "sampling": {"repeat_penalty": 1.3},
+    }
+]
+# What earlier versions wrote: replaced by LOCAL_MODELS when .env still holds it unchanged.
+OLD_LOCAL_MODELS = [
+    [{"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}]
 ]
 
 SERVICES = [
@@ -53,6 +69,24 @@ def read_key(var: str = KEY_VAR) -> str | None:
         if name.strip() == var and value.strip():
             return value.strip().strip('"')
     return None
+
+
+def _upgrade(var: str, old: list[str], value: str, *, quote: bool = False) -> None:
+    """Replace ``var``'s line in ``.env`` by ``value`` when it still holds one of the ``old``
+    defaults as written (JSON compared parsed); a value the user changed is left alone."""
+    current = read_key(var)
+    if current is None:
+        return
+    try:
+        parsed = json.loads(current.strip("'"))
+    except ValueError:
+        return
+    if not any(parsed == json.loads(o) for o in old):
+        return
+    written = f"'{value}'" if quote else value
+    lines = ENV_FILE.read_text(encoding="utf-8").splitlines()
+    out = [f"{var}={written}" if line.partition("=")[0].strip() == var else line for line in lines]
+    ENV_FILE.write_text("\n".join(out) + "\n", encoding="utf-8")
 
 
 def _ensure(var: str, value: str, comment: str, *, quote: bool = False) -> str:
@@ -80,6 +114,9 @@ def ensure_env() -> str:
         "Password of the UI's local single-user login (make run prints a login link with it).",
     )
     _ensure(SESSION_VAR, secrets.token_urlsafe(32), "Key that signs the UI's login cookie.")
+    # The entry of an earlier make run gains the bounds above.
+    old = [json.dumps(m) for m in OLD_LOCAL_MODELS]
+    _upgrade("GATEWAY_MODELS", old, json.dumps(LOCAL_MODELS), quote=True)
     _ensure(
         "GATEWAY_MODELS",
         json.dumps(LOCAL_MODELS),
@@ -87,6 +124,9 @@ def ensure_env() -> str:
         quote=True,
     )
     _ensure("GATEWAY_DEFAULT_MODEL", LOCAL_MODEL, "Model answering requests that name none.")
+    # SmolLM2-135M states things its sources do not say: its answers are checked and, when they fail,
+    # replaced by the sources' best sentence (GATEWAY_ANSWER_MODE in config/.env.example).
+    _ensure("GATEWAY_ANSWER_MODE", "auto", "RAG answers: the model's if checked, else a quote.")
     return key
 
 

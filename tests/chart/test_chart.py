@@ -1408,6 +1408,8 @@ def test_the_gateways_models_file_builds_the_real_registry(
         assert not omni.reasoning and all(omni.takes(p) for p in ("image_url", "input_audio", "video_url"))
         assert r1.base_url == f"http://{RELEASE}-vllm-{R1}:6006/v1" and r1.served == R1
         assert omni.base_url == f"http://{RELEASE}-vllm-qwen2-5-omni-3b:6006/v1" and omni.served == OMNI
+        # The window each prompt is budgeted in: its vLLM's --max-model-len.
+        assert r1.context_tokens == 8192 and omni.context_tokens == 16384
     # External entries: keys from their Secrets' files, thinking_off passed through as given.
     values = tmp_path / "external.yaml"
     values.write_text(
@@ -1419,6 +1421,9 @@ def test_the_gateways_models_file_builds_the_real_registry(
                         "capabilities": ["text", "reasoning"],
                         "thinkingOff": {"enable_thinking": False},
                         "reasoningBudget": 512,
+                        "answerTokens": 200,
+                        "contextTokens": 32768,
+                        "sampling": {"repetition_penalty": 1.1},
                         "external": {
                             "baseUrl": "https://llm.example.com/v1",
                             "model": "Qwen/Qwen3-8B",
@@ -1445,6 +1450,11 @@ def test_the_gateways_models_file_builds_the_real_registry(
         qwen = registry.get("qwen3-8b")
         assert qwen.api_key.get_secret_value() == "qwen-key-1" and qwen.served == "Qwen/Qwen3-8B"
         assert qwen.thinking_off == {"enable_thinking": False} and qwen.reasoning_budget == 512
+        # The answer's bounds: as given; the small model without them leaves them to the gateway.
+        assert qwen.answer_tokens == 200 and qwen.context_tokens == 32768
+        assert qwen.sampling == {"repetition_penalty": 1.1}
+        small = registry.get("small")
+        assert small.answer_tokens is None and small.context_tokens is None and small.sampling is None
         assert registry.default.name == "small" and registry.rewrite.name == "small"
         assert registry.get("small").api_key_file is None
 

@@ -1109,6 +1109,9 @@ The chat models (`models`), each with its effective settings, as JSON {"models":
 {{- $_ := set $m "thinkingOff" (index $entry "thinkingOff") -}}
 {{- $_ := set $m "maxTokensParam" ($entry.maxTokensParam | default "max_tokens") -}}
 {{- if hasKey $entry "reasoningBudget" }}{{ $_ := set $m "reasoningBudget" $entry.reasoningBudget }}{{ end -}}
+{{- if hasKey $entry "answerTokens" }}{{ $_ := set $m "answerTokens" $entry.answerTokens }}{{ end -}}
+{{- if hasKey $entry "contextTokens" }}{{ $_ := set $m "contextTokens" $entry.contextTokens }}{{ end -}}
+{{- with $entry.sampling }}{{ $_ := set $m "sampling" . }}{{ end -}}
 {{- if $entry.external -}}
 {{- $x := $entry.external -}}
 {{- $_ := set $m "internal" false -}}
@@ -1129,6 +1132,9 @@ The chat models (`models`), each with its effective settings, as JSON {"models":
 {{- $_ := set $v "gpu" (mergeOverwrite (deepCopy $V.vllm.gpu) (deepCopy (default (dict) $entry.gpu))) -}}
 {{- $_ := set $v "serve" (mergeOverwrite (deepCopy $V.vllm.serve) (deepCopy (default (dict) $entry.vllm))) -}}
 {{- $_ := set $m "values" $v -}}
+{{- /* The window the gateway budgets prompts in: vLLM's --max-model-len when given as a number. */ -}}
+{{- $len := $v.serve.maxModelLen -}}
+{{- if and (not (hasKey $m "contextTokens")) (or (kindIs "float64" $len) (kindIs "int64" $len) (kindIs "int" $len)) }}{{ $_ := set $m "contextTokens" $len }}{{ end -}}
 {{- $_ := set $m "internal" true -}}
 {{- $_ := set $m "servedModelName" ($entry.servedModelName | default $entry.name) -}}
 {{- $_ := set $m "modelPath" ($entry.modelPath | default (include "omnirag.modelDir" (dict "ctx" $ "name" $entry.name))) -}}
@@ -1165,6 +1171,9 @@ from the same values as the vLLM Deployments: each internal model at its Service
 {{- range (include "omnirag.models" . | fromJson).models -}}
 {{- $e := dict "name" .name "base_url" .baseUrl "upstream_model" .servedModelName "capabilities" .capabilities "max_tokens_param" .maxTokensParam "thinking_off" .thinkingOff -}}
 {{- if hasKey . "reasoningBudget" }}{{ $_ := set $e "reasoning_budget" (int .reasoningBudget) }}{{ end -}}
+{{- if hasKey . "answerTokens" }}{{ $_ := set $e "answer_tokens" (int .answerTokens) }}{{ end -}}
+{{- if hasKey . "contextTokens" }}{{ $_ := set $e "context_tokens" (int .contextTokens) }}{{ end -}}
+{{- with .sampling }}{{ $_ := set $e "sampling" . }}{{ end -}}
 {{- with .key }}{{ $_ := set $e "api_key_file" (include "omnirag.secretFilePath" .) }}{{ end -}}
 {{- $list = append $list $e -}}
 {{- end -}}

@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -24,6 +22,7 @@ import pytest
 import redis
 from gateway_stack import GatewayFactory
 from langchain_openai import ChatOpenAI
+from recording_proxy import RecordingProxy
 from scripted_llm import (
     InlineThink,
     Plain,
@@ -161,50 +160,6 @@ class Upstream:
 
 
 Up = tuple[ScriptedLLM, Upstream]
-
-
-class RecordingProxy:
-    """The retriever behind a forwarding HTTP proxy that keeps each search body it passed on."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.searches: list[dict[str, Any]] = []
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-            def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.endswith("/search"):
-                    proxy.searches.append(json.loads(body))
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
-                }
-                r = httpx.request(method, proxy.target + self.path, content=body, headers=headers, timeout=30)
-                self.send_response(r.status_code)
-                self.send_header("Content-Type", r.headers.get("content-type", "application/json"))
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            def do_GET(self) -> None:
-                self._forward("GET")
-
-            def do_POST(self) -> None:
-                self._forward("POST")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +402,10 @@ def test_follow_up_after_a_reasoning_answer_searches_the_rewritten_question(
         "deepseek-r1",
         stream=False,
         extra={"session_id": session},
-        messages=[{"role": "user", "content": "How do I change it?"}],
+        messages=[{"role": "user", "content": "Which port does it listen on?"}],
     )
-    assert body["omnirag"]["rewritten_query"] == REWRITTEN
+    # A rewrite that keeps the follow-up's words and names what "it" is: searched as written.
+    assert body["omnirag"]["rewritten_query"] == REWRITTEN and body["omnirag"]["rewrite"] == "model"
     assert [s["query"] for s in proxy.searches[searched:]] == [REWRITTEN]
     rewrite_call, answer_call = url.chat_requests[before:]
     assert "Standalone question:" in json.dumps(rewrite_call["messages"])
@@ -469,7 +425,7 @@ def test_a_model_that_can_turn_thinking_off_rewrites_without_it(
     history = [
         {"role": "user", "content": "Which port does the retriever listen on?"},
         {"role": "assistant", "content": "It is 8002 [1]."},
-        {"role": "user", "content": "How do I change it?"},
+        {"role": "user", "content": "Which port does it listen on?"},
     ]
     with gateway_factory(models=_models(url), retriever_url=proxy.url, rewrite_model="qwen3") as base:
         ask(base, "deepseek-r1", stream=True, messages=history)

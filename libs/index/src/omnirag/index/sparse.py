@@ -1,4 +1,5 @@
-"""BM25 over words, with CJK runs segmented by jieba (rjieba), stored with the version.
+"""BM25 over words (:func:`omnirag.core.text.tokenize`: CJK runs segmented by jieba), stored with the
+version.
 
 bm25s saves its matrices as ``.npy`` and its vocabulary as JSON; it is loaded with
 ``allow_pickle=False``. The BM25 row of each document is recorded in ``sparse/ids.npy``.
@@ -6,42 +7,16 @@ bm25s saves its matrices as ``.npy`` and its vocabulary as JSON; it is loaded wi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import bm25s
 import numpy as np
-import rjieba
 
-TOKENIZER_NAME = "rjieba+words-v1"
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]+")
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
-_STOP = frozenset(bm25s.tokenization.STOPWORDS_EN)
+# The tokenizer is shared with the gateway's answer checks; re-exported for the index's users.
+from omnirag.core.text import TOKENIZER_NAME, cjk_share, tokenize
 
-
-def tokenize(text: str) -> list[str]:
-    """jieba words for CJK runs, lower-cased words for the rest; English stopwords dropped."""
-    tokens: list[str] = []
-    pos = 0
-    for match in _CJK.finditer(text):
-        tokens.extend(_words(text[pos : match.start()]))
-        tokens.extend(t for t in rjieba.cut(match.group()) if t.strip())
-        pos = match.end()
-    tokens.extend(_words(text[pos:]))
-    return tokens
-
-
-def _words(text: str) -> list[str]:
-    return [w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOP]
-
-
-def cjk_share(text: str) -> float:
-    """Share of the letters of ``text`` that are CJK: how Chinese (or Japanese, Korean) a query is."""
-    letters = sum(1 for ch in text if ch.isalnum())
-    if not letters:
-        return 0.0
-    return sum(len(m.group()) for m in _CJK.finditer(text)) / letters
+__all__ = ["TOKENIZER_NAME", "SparseIndex", "cjk_share", "tokenize"]
 
 
 class SparseIndex:

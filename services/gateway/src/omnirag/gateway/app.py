@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,6 +27,7 @@ from omnirag.gateway.memory import History
 from omnirag.gateway.metrics import GatewayMetrics
 from omnirag.gateway.multimodal import OCR
 from omnirag.gateway.registry import ModelRegistry, ModelSpec
+from omnirag.gateway.tokens import TokenCounter
 
 log = logging.getLogger("omnirag.gateway")
 
@@ -49,12 +50,20 @@ class Gateway:
     passthroughs: dict[str, PassThrough]
     ocr: OCR
     chat: Any = None
+    # Each model's token counter (its server's tokenizer), made on first use.
+    counters: dict[str, TokenCounter] = field(default_factory=dict)
 
     def chat_model_for(self, spec: ModelSpec) -> ChatOpenAI:
         return self.chat_models[spec.name]
 
     def passthrough_for(self, spec: ModelSpec) -> PassThrough:
         return self.passthroughs[spec.name]
+
+    def counter_for(self, spec: ModelSpec) -> TokenCounter:
+        counter = self.counters.get(spec.name)
+        if counter is None:
+            counter = self.counters[spec.name] = TokenCounter(spec, self.llm_http)
+        return counter
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

@@ -24,16 +24,24 @@ from langchain_core.messages import AIMessageChunk
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
+from omnirag.core.text import cjk_share
+from omnirag.gateway import grounding
 from omnirag.gateway.auth import ApiKey
-from omnirag.gateway.llm import LLMError, token_limit
+from omnirag.gateway.extract import Quote, extract, no_passage, quoted_answer
+from omnirag.gateway.llm import LLMError
 from omnirag.gateway.memory import check_session_id
 from omnirag.gateway.multimodal import content_parts, prepare
 from omnirag.gateway.rag import (
+    Source,
+    answer_cap,
+    answer_limits,
     answer_max_tokens,
-    answer_messages,
+    budgeted_messages,
+    check_rewrite,
     cited,
     clean_rewrite,
     empty_answer,
+    fallback_rewrite,
     history_messages,
     message_text,
     needs_rewrite,
@@ -53,10 +61,12 @@ from omnirag.gateway.reasoning import (
     strip_history,
 )
 from omnirag.gateway.registry import ModelSpec
+from omnirag.gateway.repetition import LoopGuard
 
 log = logging.getLogger("omnirag.gateway.chat")
 
-OMNIRAG_FIELDS = ("collection", "session_id", "top_k", "filter", "rag")
+OMNIRAG_FIELDS = ("collection", "session_id", "top_k", "filter", "rag", "answer_mode")
+AnswerMode = Literal["generate", "extract", "auto"]
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
@@ -83,6 +93,12 @@ class ChatRequest(BaseModel):
         description="Answer from the collection (default) or pass through to the LLM. "
         "Requests with tools pass through.",
     )
+    answer_mode: AnswerMode | None = Field(
+        None,
+        description="How a RAG answer is made: generate (the model, checked), extract (the sources' best "
+        "sentence, no LLM call) or auto (the model, replaced by the extract when it fails the check). "
+        "Default: the gateway's answer_mode setting.",
+    )
 
 
 @dataclass
@@ -98,6 +114,14 @@ class Outcome:
     collection: str | None = None
     # The registry entry's name: what every response and chunk says answered (not in ``omnirag``).
     model: str = ""
+    # The answer's provenance and check (RAG answers; a pass-through leaves them None).
+    answer_mode: str | None = None
+    answered_by: Literal["model", "extract"] | None = None  # None: the gateway's own note
+    grounded: bool | None = None  # None: not checked (extract mode, nothing retrieved, no sources)
+    grounding_reason: str | None = None
+    fallback: bool | None = None
+    quote: dict[str, Any] | None = None
+    rewrite: Literal["model", "fallback"] | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -107,6 +131,13 @@ class Outcome:
             "session_id": self.session_id,
             "degraded": self.degraded,
             "collection": self.collection,
+            "answer_mode": self.answer_mode,
+            "answered_by": self.answered_by,
+            "grounded": self.grounded,
+            "grounding_reason": self.grounding_reason,
+            "fallback": self.fallback,
+            "quote": self.quote,
+            "rewrite": self.rewrite,
         }
 
 
@@ -252,6 +283,83 @@ class ChatHandler:
 
     def _envelope(self, cid: str, created: int, model: str) -> dict[str, Any]:
         return {"id": cid, "created": created, "model": model}
+
+    # ---------- answer quality: the grounding check and the extractive answer ----------
+
+    async def _embedder_covers(self, question: str) -> bool:
+        """Whether the embedder's model covers the question's language (its /v1/info ``languages``;
+        a model card that names none counts as English only). Read once; not cached while the
+        embedder is down, and a down embedder covers nothing: extraction goes on without it."""
+        languages: set[str] | None = getattr(self, "_languages", None)
+        if languages is None:
+            try:
+                resp = await self.gw.http.get(
+                    self.s.embedder_url.rstrip("/") + "/v1/info", timeout=self.s.upstream_timeout
+                )
+                resp.raise_for_status()
+                languages = {str(x).lower() for x in resp.json().get("languages") or ["en"]}
+            except Exception as exc:
+                log.info("no embedder info; extracting without it", extra={"error": type(exc).__name__})
+                return False
+            self._languages = languages
+        return ("zh" if cjk_share(question) >= 0.5 else "en") in languages
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        """Vectors of ``texts`` from the embedder, through the gateway's client (its circuit breaker)."""
+        resp = await self.gw.http.post(
+            self.s.embedder_url.rstrip("/") + "/v1/embeddings",
+            json={"input": texts},
+            timeout=self.s.upstream_timeout,
+        )
+        resp.raise_for_status()
+        data = sorted(resp.json()["data"], key=lambda d: d["index"])
+        return [list(map(float, d["embedding"])) for d in data]
+
+    async def _extract(self, question: str, sources: list[Source], outcome: Outcome) -> Quote | None:
+        embed = self._embed if await self._embedder_covers(question) else None
+        quote = await extract(question, sources, embed)
+        if quote is not None and quote.embedder_error is not None:
+            self._degrade(outcome, "embedder", quote.embedder_error)
+        return quote
+
+    def _quoted(self, outcome: Outcome, quote: Quote, question: str, *, fallback: bool) -> str:
+        outcome.answered_by = "extract"
+        outcome.quote = {"citation": quote.citation, "text": quote.text}
+        outcome.cited = [quote.citation]
+        outcome.fallback = fallback
+        return quoted_answer(quote, question, fallback=fallback)
+
+    async def _settle(
+        self,
+        outcome: Outcome,
+        mode: str,
+        question: str,
+        answer: str,
+        sources: list[Source] | None,
+        retrieved: list[Source] | None = None,
+    ) -> str:
+        """Check the model's ``answer`` (``outcome.cited`` already set) against the ``sources`` its
+        prompt gave it and report the verdict; in auto mode an answer that fails is replaced by the
+        extractive one, quoted from the same sources as ``retrieved`` (their text as the retriever
+        gave it, lines and headings kept). Returns the text to show. Without sources (retrieval
+        down) there is nothing to check against: grounded stays None."""
+        outcome.answered_by = "model"
+        outcome.fallback = False
+        if not sources:
+            return answer
+        verdict = grounding.check(answer, question, sources, outcome.cited)
+        outcome.grounded, outcome.grounding_reason = verdict.grounded, verdict.reason
+        if verdict.grounded or mode != "auto":
+            return answer
+        given = {s.number for s in sources}
+        quote = await self._extract(question, [s for s in retrieved or sources if s.number in given], outcome)
+        if quote is None:
+            return answer
+        return self._quoted(outcome, quote, question, fallback=True)
+
+    def _counted(self, outcome: Outcome) -> None:
+        grounded = "unchecked" if outcome.grounded is None else str(outcome.grounded).lower()
+        self.m.answers.labels(outcome.answer_mode or "", outcome.answered_by or "none", grounded).inc()
 
     # ---------- entry ----------
 
@@ -512,8 +620,16 @@ class ChatHandler:
                     f"the LLM failed while rewriting the question: {type(exc).__name__}: {exc}"
                 ) from exc
             query = clean_rewrite(raw, question)
-            outcome.rewritten_query = query
             self.m.rewrites.labels("changed" if query != question else "same").inc()
+            # A rewrite that lost the follow-up's words, names nothing it refers to, or answers
+            # instead of asking is not searched: the earlier question's terms joined to it are.
+            failed = check_rewrite(query, question, history)
+            outcome.rewrite = "fallback" if failed else "model"
+            self.m.rewrites_checked.labels(outcome.rewrite).inc()
+            if failed:
+                log.info("the model's rewrite failed its check", extra={"reason": failed})
+                query = fallback_rewrite(question, history)
+            outcome.rewritten_query = query
         else:
             self.m.rewrites.labels("skipped").inc()
 
@@ -548,27 +664,54 @@ class ChatHandler:
 
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        mode: AnswerMode = req.answer_mode or self.s.answer_mode
+        outcome.answer_mode = mode
+        outcome.fallback = False
         if sources == []:
             self.m.empty_contexts.inc()
             answer = nothing_found(collection, question)
+            self._counted(outcome)
             await self._remember(key, req, question, answer, outcome)
             if req.stream:
                 return self._canned_stream(cid, created, answer, outcome)
             return self._completion(cid, created, answer, "stop", outcome, 0, 0)
+        if mode == "extract":
+            # No LLM call: the sources' best sentence, or, with the search down, a note saying so.
+            quote = await self._extract(question, sources, outcome) if sources else None
+            answer = self._quoted(outcome, quote, question, fallback=False) if quote else no_passage(question)
+            self._counted(outcome)
+            await self._remember(key, req, question, answer, outcome)
+            if req.stream:
+                return self._canned_stream(cid, created, answer, outcome)
+            return self._completion(cid, created, answer, "stop", outcome, 0, 0)
+        retrieved = sources  # as the retriever gave them (lines kept): what an extract quotes
 
         system_extra = "\n".join(
             message_text(m) for m in req.messages[:-1] if m.get("role") in ("system", "developer")
         )
-        messages = answer_messages(
+        # The answer's cap fits the question; the sources fit what it and the rest of the prompt
+        # leave of the model's window, in its own tokens (those left out are not cited either).
+        prompt = await budgeted_messages(
             question_message,
             [m for m in history if m.get("role") in ("user", "assistant")],
             sources,
             turns=self.s.history_prompt_turns,
             max_chars=self.s.context_max_chars,
             system_extra=system_extra,
+            counter=self.gw.counter_for(spec),
+            spec=spec,
+            default_window=self.s.context_tokens,
+            answer_tokens=answer_max_tokens(
+                spec,
+                answer_cap(
+                    spec, question, self._max_tokens(req), self.s.answer_tokens, self.s.answer_open_factor
+                ),
+            ),
         )
+        messages, sources = prompt.messages, prompt.sources
+        outcome.citations = outcome.citations[: len(sources)] if sources is not None else outcome.citations
         llm = self.gw.chat_model_for(spec).bind(
-            **token_limit(spec, answer_max_tokens(spec, self._max_tokens(req))),
+            **answer_limits(spec, prompt.answer_tokens),
             temperature=self.s.llm_temperature if req.temperature is None else req.temperature,
         )
         lc_messages = to_langchain(messages)
@@ -584,14 +727,18 @@ class ChatHandler:
                 result.additional_kwargs.get("reasoning_content"),
                 reasoning_model=spec.reasoning,
             )
-            answer = self._all_thinking(outcome, question, piece.answer, bool(piece.reasoning))
             usage = getattr(result, "usage_metadata", None) or {}
             finish = (result.response_metadata or {}).get("finish_reason") or "stop"
             # The upstream's output count has the thinking in it; without one, both are estimated.
             completion_tokens = int(usage.get("output_tokens") or _estimate(piece))
             await self._count(key, int(usage.get("input_tokens", 0)), completion_tokens)
             outcome.cited = cited(piece.answer, len(outcome.citations))
-            await self._remember(key, req, question, piece.answer, outcome)
+            answer = await self._settle(outcome, mode, question, piece.answer, sources, retrieved)
+            if outcome.answered_by == "model":
+                answer = self._all_thinking(outcome, question, piece.answer, bool(piece.reasoning))
+            self._counted(outcome)
+            # What the client is shown is what the session keeps (an extract in place of a bad answer).
+            await self._remember(key, req, question, answer, outcome)
             return self._completion(
                 cid,
                 created,
@@ -612,7 +759,20 @@ class ChatHandler:
             self.m.llm_errors.labels("before_stream").inc()
             raise LLMError(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
         self.m.ttft.labels("rag").observe(time.perf_counter() - started)
-        return self._rag_stream(key, req, cid, created, first, stream, outcome, question, spec)
+        return self._rag_stream(
+            key,
+            req,
+            cid,
+            created,
+            first,
+            stream,
+            outcome,
+            question,
+            spec,
+            sources=sources,
+            retrieved=retrieved,
+            mode=mode,
+        )
 
     def _retrieval_down(self, outcome: Outcome, exc: BaseException) -> None:
         if self.s.retrieval_fail_closed:
@@ -684,6 +844,10 @@ class ChatHandler:
         outcome: Outcome,
         question: str,
         spec: ModelSpec,
+        *,
+        sources: list[Source] | None = None,
+        retrieved: list[Source] | None = None,
+        mode: str = "generate",
     ) -> AsyncGenerator[bytes, None]:
         parts: list[str] = []  # the answer's deltas: what the session keeps
         generated = 0  # deltas of thinking or answer, about a token each: the count without usage
@@ -691,16 +855,24 @@ class ChatHandler:
         finish: Literal["stop", "length"] | str = "stop"
         model = outcome.model
         splitter = ReasoningSplitter(reasoning_model=spec.reasoning)
+        # auto holds the answer back until it is checked (the client gets keep-alive comments, and
+        # the thinking, which is never the answer, live): it sees one answer, never two spliced.
+        held = mode == "auto" and bool(sources)
+        guard = LoopGuard()
+        looped = False
         yield self._chunk(cid, created, {"role": "assistant", "content": ""}, model=model)
 
         def send(piece: Piece) -> list[bytes]:
             # Thinking and answer in chunks of their own, thinking first.
+            nonlocal looped
             out = []
             if piece.reasoning:
                 out.append(self._chunk(cid, created, {"reasoning_content": piece.reasoning}, model=model))
-            if piece.answer:
+            if piece.answer and not looped:
+                looped = guard.feed(piece.answer)
                 parts.append(piece.answer)
-                out.append(self._chunk(cid, created, {"content": piece.answer}, model=model))
+                if not held:
+                    out.append(self._chunk(cid, created, {"content": piece.answer}, model=model))
             return out
 
         def take(chunk: AIMessageChunk) -> list[bytes]:
@@ -719,11 +891,24 @@ class ChatHandler:
         try:
             for out in take(first):
                 yield out
-            async for piece in rest:
-                for out in take(piece):
+            if not looped:
+                async for piece in rest:
+                    for out in take(piece):
+                        yield out
+                    if looped:
+                        break
+            if looped:
+                # The answer loops: stop reading the LLM (closing the stream hangs up on it) and
+                # end the answer here, as if it had stopped.
+                self.m.llm_loops.inc()
+                finish = "stop"
+                aclose = getattr(rest, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+            else:
+                for out in send(splitter.finish()):
                     yield out
-            for out in send(splitter.finish()):
-                yield out
         except Exception as exc:
             self.m.llm_errors.labels("mid_stream").inc()
             log.warning("the LLM stream broke", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -733,15 +918,20 @@ class ChatHandler:
             yield DONE
             return
         answer = "".join(parts)
-        shown = self._all_thinking(outcome, question, answer, splitter.reasoning_chars > 0)
-        if shown != answer:
+        if looped and held and guard.keep is not None:
+            answer = answer[: guard.keep]  # nothing was shown yet: keep the loop's block once
+        outcome.cited = cited(answer, len(outcome.citations))
+        shown = await self._settle(outcome, mode, question, answer, sources, retrieved)
+        if outcome.answered_by == "model":
+            shown = self._all_thinking(outcome, question, answer, splitter.reasoning_chars > 0)
+        if (held or shown != answer) and shown:
             yield self._chunk(cid, created, {"content": shown}, model=model)
         # Stored before the stream ends (see _relay).
         await self._count(
             key, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens") or generated)
         )
-        outcome.cited = cited(answer, len(outcome.citations))
-        await self._remember(key, req, question, answer, outcome)
+        self._counted(outcome)
+        await self._remember(key, req, question, shown, outcome)
         yield self._chunk(cid, created, {}, finish, model=model)
         yield self._tail(cid, created, outcome)
         yield DONE

@@ -142,11 +142,47 @@ class GatewaySettings(RedisServiceSettings):
         description="When the retriever is down: false answers without context and marks it degraded; "
         "true answers 503.",
     )
+    answer_mode: Literal["generate", "extract", "auto"] = Field(
+        "generate",
+        description="How a RAG answer is made when the request sets no answer_mode. generate: the model "
+        "answers (streamed live) and a grounding check reports whether it follows from its sources. "
+        "extract: no LLM call, the sources' best sentence with its citation (instant, always true to "
+        "its source, never more than a quote). auto: the model answers, and an answer that fails the "
+        "check is replaced by the extractive one, saying so; a streamed answer is held until checked "
+        "(keep-alive comments meanwhile), so its first word comes when the model's last does. auto "
+        "suits a small local model; a strong one loses little with generate.",
+    )
     rewrite_max_tokens: int = Field(64, ge=8, le=512, description="Tokens the rewrite step may generate.")
     context_max_chars: int = Field(
         6000,
         ge=500,
-        description="Characters of retrieved text put in the prompt; keeps small models' context.",
+        description="Characters of retrieved text put in the prompt at most: an outer bound on the prompt's "
+        "size (and the model's time to read it) whatever its window; within it the sources are budgeted "
+        "in the model's tokens (context_tokens).",
+    )
+    context_tokens: int = Field(
+        4096,
+        ge=256,
+        le=10_000_000,
+        description="A model's context window in tokens when its entry gives none (context_tokens) and its "
+        "server reports none (vLLM's /tokenize does). The sources get what is left of it after the "
+        "answer's cap and the rest of the prompt. Larger than the real window: prompts the server refuses.",
+    )
+    answer_tokens: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="Cap of an answer to a question asking for a fact, for models whose entry sets no "
+        "answer_tokens (a client's max_tokens and max_tokens_cap cap it further; a reasoning model gets "
+        "its reasoning_budget on top). Lower: quicker answers and shorter loops of a rambling model; too "
+        "low and answers are cut off.",
+    )
+    answer_open_factor: float = Field(
+        3.0,
+        ge=1,
+        le=16,
+        description="An answer to a question asking for an explanation, steps, a list or a comparison (how "
+        "do I…, why…, 如何…, 为什么…) gets this many times the answer_tokens.",
     )
 
     # --- memory ---

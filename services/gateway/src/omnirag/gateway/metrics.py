@@ -28,6 +28,20 @@ class GatewayMetrics:
         self.empty_contexts = m.counter(
             "empty_contexts_total", "RAG answers for which nothing relevant was found."
         )
+        self.answers = m.counter(
+            "answers_total",
+            "RAG answers, by answer mode (generate, extract, auto), what produced the text (model, extract, "
+            "none: the gateway's own note) and the grounding verdict (true, false, unchecked).",
+            ["mode", "answered_by", "grounded"],
+        )
+        self.rewrites_checked = m.counter(
+            "rewrites_checked_total",
+            "History-aware rewrites that were checked, by the one searched (model, fallback).",
+            ["result"],
+        )
+        self.llm_loops = m.counter(
+            "llm_loops_total", "Streamed answers cut because the model started repeating itself."
+        )
         self.degraded = m.counter("degraded_total", "Answers given with a part down, by part.", ["part"])
         self.rate_limited = m.counter(
             "rate_limited_total", "Requests refused by a rate limit, by limit (rpm, tpm).", ["limit"]

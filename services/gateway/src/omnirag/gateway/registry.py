@@ -42,6 +42,22 @@ MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 # The name that lets the gateway choose (see the module doc).
 AUTO_MODEL = "omnirag"
 MAX_MODELS = 64
+# Body fields the gateway itself sets on an answer call: a model's ``sampling`` may not replace them.
+SAMPLING_RESERVED = frozenset(
+    (
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "temperature",
+        "tools",
+        "tool_choice",
+        "chat_template_kwargs",
+    )
+)
 # A models file or an API key file is small; a mount of the wrong thing must not be read whole.
 MAX_FILE_BYTES = 256 * 1024
 
@@ -78,6 +94,29 @@ class ModelSpec(BaseModel):
         description="Extra tokens a call gets when thinking cannot be turned off, so an answer still "
         "follows the reasoning.",
     )
+    answer_tokens: int | None = Field(
+        None,
+        ge=16,
+        le=65536,
+        description="Cap of an answer to a question asking for a fact (explanations, steps and lists get "
+        "GATEWAY_ANSWER_OPEN_FACTOR times it); null: GATEWAY_ANSWER_TOKENS. A small model that rambles "
+        "wants it low.",
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=256,
+        le=10_000_000,
+        description="The model's context window in tokens (vLLM's --max-model-len, llama.cpp's n_ctx): the "
+        "prompt's sources get what the answer's cap and the rest of the prompt leave of it. Null: what "
+        "the server reports (vLLM's /tokenize), else GATEWAY_CONTEXT_TOKENS.",
+    )
+    sampling: dict[str, Any] | None = Field(
+        None,
+        max_length=32,
+        description="Extra body of every answer call, in the server's own words: llama.cpp's "
+        "repeat_penalty, vLLM's repetition_penalty, top_p... (the rewrite does not get it: it must "
+        "repeat the conversation's words).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -89,6 +128,11 @@ class ModelSpec(BaseModel):
             )
         if len(set(self.capabilities)) != len(self.capabilities):
             raise ValueError(f"model {self.name!r}: capabilities are listed twice")
+        reserved = sorted(set(self.sampling or ()) & SAMPLING_RESERVED)
+        if reserved:
+            raise ValueError(
+                f"model {self.name!r}: sampling may not set {', '.join(reserved)} (the gateway does)"
+            )
         return self
 
     @property
