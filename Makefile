@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer bench-gateway eval clean
+.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer bench-gateway eval eval-answers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -156,6 +156,9 @@ bench-gateway: setup ## gateway overhead over a direct LLM call, the RAG stage b
 
 eval: setup ## retrieval quality on CMRC 2018 (dense, sparse, hybrid) → bench/results/retrieval_cmrc.json
 	$(PY) bench/eval_retrieval.py
+
+eval-answers: setup $(LLM_STAMP) ## answers through the local stack per answer mode (EN, CMRC 2018, follow-ups) → bench/results/answers.json
+	$(PY) bench/eval_answers.py $(EVAL_ANSWERS_ARGS)
 
 bench: bench-embedder bench-retriever bench-indexer bench-gateway eval ## every benchmark (slow; not part of make test)
 
