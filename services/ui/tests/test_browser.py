@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -16,9 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_stack import GatewayFactory
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
-from scripted_llm import ScriptedLLM
+from scripted_llm import Plain, ScriptedLLM, scripted_llm
 
 from omnirag.ui.login import user_id
 
@@ -468,3 +470,124 @@ def test_choose_the_reasoning_model_and_see_its_thinking_collapsed_above_the_ans
     page.wait_for_function(f"document.querySelector('#model input').value.startsWith('{REASONER}')")
     assert current_conversation(page) == first
     page.context.close()
+
+
+# ---- answers quoted from their sources -----------------------------------------------------------
+
+# An extractive answer as the gateway writes it (omnirag.gateway.extract.quoted_answer).
+QUOTED = re.compile(r"^(?P<quote>.+) \[(?P<n>\d+)\]$", re.S)
+WRONG = "The gateway listens on port 8001 [1]."
+
+
+def same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def source_entry(answer: Any, n: int) -> Any:
+    """Source [n] of the sources list (the page's sanitizer drops data-* attributes: by its label)."""
+    label = answer.page.locator(".omnirag-n", has_text=re.compile(rf"^\[{n}\]$"))
+    return answer.locator(".omnirag-source").filter(has=label)
+
+
+def check_quoted(page: Page, quote: str, n: int, badge: str) -> None:
+    """The newest answer has ``badge``, and ``quote`` marked once, in source [n]'s snippet."""
+    answer = last_answer(page)
+    shown = answer.locator(".omnirag-badge")
+    assert shown.count() == 1 and " ".join(shown.inner_text().split()) == badge
+    marks = answer.locator("mark.omnirag-quote")
+    assert marks.count() == 1
+    assert source_entry(answer, n).locator(".omnirag-snippet mark.omnirag-quote").count() == 1
+    assert same_text(marks.inner_text(), quote)
+    # Highlighted for real: the page's style gives the mark its own background.
+    assert marks.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 243, 163)"
+
+
+@pytest.fixture(scope="module")
+def extract_ui(ui_factory: UiFactory) -> Iterator[str]:
+    """A UI that asks the gateway for extractive answers (UI_ANSWER_MODE=extract): no LLM call."""
+    with ui_factory(answer_mode="extract") as base:
+        yield base
+
+
+def test_an_extractive_answer_is_marked_and_its_sentence_highlighted_in_its_source(
+    browser: Browser, extract_ui: str, gateway_url: str, artifacts: Path
+) -> None:
+    page = open_page(browser, extract_ui)
+    ask(page, "Which port does the gateway listen on?")
+    # What the gateway answered (and keeps): the quoted sentence and the number of its source.
+    session = current_conversation(page)
+    stored = httpx.get(f"{gateway_url}/v1/sessions/{session}", headers=AUTH).json()["messages"]
+    found = QUOTED.match(stored[-1]["content"])
+    assert found is not None, stored[-1]
+    quote, n = found["quote"], int(found["n"])
+    assert "8000" in quote
+    check_quoted(page, quote, n, f"❝ Quoted from source [{n}]")
+    # The quote is the answer's text; the source it came from is the one named.
+    answer = last_answer(page)
+    assert quote.split()[0] in answer.inner_text()
+    assert "getting-started.md" in source_entry(answer, n).inner_text()
+    # No model answered: none is named.
+    assert answer.locator(".omnirag-model").count() == 0
+    page.screenshot(path=artifacts / "17-extractive-answer.png")
+
+    # After a reload the badge and the mark come back with the sources, from the browser's store.
+    page.reload()
+    page.wait_for_selector("#chatbot mark.omnirag-quote", timeout=30_000)
+    check_quoted(page, quote, n, f"❝ Quoted from source [{n}]")
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def wrong_model(gateway_factory: GatewayFactory) -> Iterator[tuple[str, ScriptedLLM]]:
+    """(gateway, upstream): a gateway whose one model answers every question with a wrong port, as
+    the embedded 135M model did (the issue's screenshots): the exact bad answer, scripted."""
+    with scripted_llm(Plain(WRONG, chunk_chars=4), models=("wrong-port",)) as upstream:
+        models = json.dumps([{"name": "wrong-port", "base_url": str(upstream), "capabilities": ["text"]}])
+        with gateway_factory(models=models) as gateway:
+            yield gateway, upstream
+
+
+def test_a_wrong_answer_is_replaced_by_a_quote_in_auto_and_flagged_in_generate(
+    browser: Browser, ui_factory: UiFactory, wrong_model: tuple[str, ScriptedLLM], artifacts: Path
+) -> None:
+    gateway, upstream = wrong_model
+    question = "Which port does the gateway listen on?"
+    reason = "number 8001 is not in the cited sources"
+    with ui_factory(gateway_url=gateway, answer_mode="auto") as ui:
+        page = open_page(browser, ui)
+        ask(page, question)
+        asked = len(upstream.chat_requests)
+        assert asked >= 1  # the model did answer: its answer failed the check
+        session = current_conversation(page)
+        stored = httpx.get(f"{gateway}/v1/sessions/{session}", headers=AUTH).json()["messages"][-1]["content"]
+        found = re.match(
+            r"^The model's answer did not match its sources; the closest passage, from \[(\d+)\]: “(.+)”$",
+            stored,
+            re.S,
+        )
+        assert found is not None, stored
+        n, quote = int(found[1]), found[2]
+        check_quoted(
+            page,
+            quote,
+            n,
+            f"⚠ The model's answer did not match its sources — quoted from [{n}] instead ({reason})",
+        )
+        # The model's wrong answer is not shown (the embedder's port 8001 is, in a source).
+        assert "The gateway listens on port 8001" not in last_answer(page).inner_text()
+        page.screenshot(path=artifacts / "18-fallback-answer.png")
+        page.context.close()
+
+    # generate: the model's answer is shown as it is, flagged as not confirmed by its sources.
+    with ui_factory(gateway_url=gateway, answer_mode="generate") as ui:
+        page = open_page(browser, ui)
+        ask(page, question)
+        answer = last_answer(page)
+        assert "The gateway listens on port 8001" in answer.inner_text()
+        badge = answer.locator(".omnirag-badge.omnirag-ungrounded")
+        assert (
+            badge.count() == 1 and badge.inner_text().strip() == f"⚠ Not confirmed by its sources: {reason}"
+        )
+        assert answer.locator("mark").count() == 0
+        page.screenshot(path=artifacts / "19-not-confirmed-answer.png")
+        page.context.close()

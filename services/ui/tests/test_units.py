@@ -10,8 +10,16 @@ import pytest
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import MAX_ANSWERS_KEPT, Store
-from omnirag.ui.gateway import ChatModel, GatewayError, chat_models
-from omnirag.ui.render import answer_content, answer_key, error_text, model_label, sources_html
+from omnirag.ui.gateway import ChatModel, GatewayError, chat_models, provenance
+from omnirag.ui.render import (
+    answer_content,
+    answer_key,
+    error_text,
+    find_quote,
+    model_label,
+    provenance_html,
+    sources_html,
+)
 from omnirag.ui.texts import LABELS, TEXTS, i18n_tables, lang_of, t
 
 from .conftest import REPO
@@ -261,3 +269,188 @@ def test_a_model_the_gateway_does_not_offer_is_a_sentence() -> None:
     error = GatewayError(404, "model_not_found", "the model 'gone' does not exist")
     assert "Choose another model" in error_text("en", error, "http://127.0.0.1:8000")
     assert "请选择其他模型" in error_text("zh", error, "http://127.0.0.1:8000")
+
+
+# ---- extractive answers: the badge, the quoted sentence marked in its source ---------------------
+
+GUIDE = {
+    "n": 1,
+    "title": "Getting started",
+    "source": "getting-started.md",
+    "score": 0.81,
+    # As the gateway's snippet has it: the chunk's text, lines and Markdown kept.
+    "snippet": "# Getting started\n\nRun `make run`. The gateway listens\non port 8000; the UI on 7860.",
+}
+GUIDE_ZH = {
+    "n": 2,
+    "title": "快速开始",
+    "source": "kuaisu.md",
+    "score": 0.62,
+    # A hard-wrapped Chinese paragraph: the extract joins its lines without a space.
+    "snippet": "# 快速开始\n\n网关默认监听\n端口 8000。检索服务使用 8002。",
+}
+
+
+def entry(html: str, n: int) -> str:
+    """The sources list's entry of citation ``n``."""
+    start = html.rindex("<li", 0, html.index(f'data-n="{n}"'))
+    return html[start : html.index("</li>", start)]
+
+
+def test_an_extractive_answer_is_badged_and_its_sentence_marked_in_its_source() -> None:
+    quote = "The gateway listens on port 8000; the UI on 7860."
+    meta = {
+        "citations": [GUIDE, GUIDE_ZH],
+        "answer_mode": "extract",
+        "answered_by": "extract",
+        "grounded": None,
+        "fallback": False,
+        "quote": {"citation": 1, "text": quote},
+    }
+    shown = answer_content("en", f"{quote} [1]", meta)
+    badge, text, block = shown.split("\n\n")
+    assert badge == '<div class="omnirag-badge omnirag-extracted" role="note">❝ Quoted from source [1]</div>'
+    assert text == f"{quote} [1]"
+    # Marked where it stands in source [1], across the snippet's line break; source [2] unmarked.
+    assert f'<mark class="omnirag-quote">{quote}</mark>' in entry(block, 1)
+    assert "omnirag-quoted-source" in entry(block, 1) and "Run &#96;make run&#96;. <mark" in entry(block, 1)
+    assert "<mark" not in entry(block, 2) and block.count("<mark") == 1
+    # No model wrote it, so none is named (the stream names the gateway's model all the same).
+    assert "omnirag-model" not in answer_content("en", quote, meta | {"model": "smollm2"})
+    fallback = meta | {"model": "smollm2", "fallback": True}
+    assert "Answered by: <code>smollm2</code>" in answer_content("en", quote, fallback)
+
+    # In Chinese: the badge in Chinese, the quote found in a snippet whose lines it joined.
+    zh = meta | {"quote": {"citation": 2, "text": "网关默认监听端口 8000。"}}
+    shown = answer_content("zh", "网关默认监听端口 8000。 [2]", zh)
+    badge, _, block = shown.split("\n\n")
+    assert "引自来源 [2]" in badge and "Quoted" not in badge
+    assert '&#35; 快速开始 <mark class="omnirag-quote">网关默认监听 端口 8000。</mark>检索' in entry(block, 2)
+    assert "<mark" not in entry(block, 1)
+    assert find_quote(GUIDE_ZH["snippet"], "检索服务使用 8002。") is not None
+    assert find_quote(GUIDE_ZH["snippet"], "检索服务使用 8003。") is None
+
+
+def test_a_quote_not_in_the_snippet_is_shown_marked_in_its_sources_entry() -> None:
+    # The snippet is the start of the source; the sentence quoted may come later in it.
+    quote = "Stop everything with Ctrl-C."
+    meta = {"citations": [GUIDE], "answered_by": "extract", "quote": {"citation": 1, "text": quote}}
+    block = answer_content("en", f"{quote} [1]", meta).split("\n\n")[-1]
+    one = entry(block, 1)
+    assert "The gateway listens on port 8000; the UI on 7860.<br>" in one
+    assert f'<span class="omnirag-quoted">Quoted: <mark class="omnirag-quote">{quote}</mark></span>' in one
+    block = answer_content("zh", f"{quote} [1]", meta | {"citations": [GUIDE]}).split("\n\n")[-1]
+    assert '<span class="omnirag-quoted">引用: <mark class="omnirag-quote">' in block
+
+
+def test_a_quote_is_escaped_like_everything_from_a_document() -> None:
+    hostile = "Run <script>alert(1)</script> **now** [x](javascript:alert(1)) $x$ <img src=x onerror=f()>."
+    source = {"n": 1, "title": "T", "source": "t.md", "score": 0.5, "snippet": f"Intro.\n{hostile} After."}
+    for snippet in (source["snippet"], "Unrelated start of the source."):
+        meta = {
+            "citations": [source | {"snippet": snippet}],
+            "answered_by": "extract",
+            "quote": {"citation": 1, "text": hostile},
+        }
+        shown = answer_content("en", "", meta)
+        assert shown.count("<mark") == 1
+        marked = shown[shown.index("<mark") : shown.index("</mark>")]
+        assert "<script" not in shown and "<img" not in shown and "**" not in shown and "$x$" not in shown
+        assert "[x]" not in shown and "&#60;script&#62;alert(1)&#60;/script&#62;" in marked
+    # Found in the snippet: the text around the mark keeps its spaces.
+    shown = answer_content("en", "", meta | {"citations": [source]})
+    assert "Intro. <mark" in shown and "</mark> After." in shown
+
+
+def test_a_fallback_and_an_unconfirmed_answer_say_so() -> None:
+    fallback = {
+        "citations": [GUIDE],
+        "answer_mode": "auto",
+        "answered_by": "extract",
+        "grounded": False,
+        "grounding_reason": "number 8001 is not in the cited sources <b>",
+        "fallback": True,
+        "quote": {"citation": 1, "text": "The gateway listens on port 8000; the UI on 7860."},
+    }
+    badge = provenance_html("en", fallback)
+    assert "The model's answer did not match its sources — quoted from [1] instead" in badge
+    assert "omnirag-fallback" in badge and "(number 8001 is not in the cited sources &#60;b&#62;)" in badge
+    assert "模型的回答与其来源不符 —— 改为引用来源 [1] 的原文" in provenance_html("zh", fallback)
+    assert "<mark" in answer_content("en", "The model's answer did not match…", fallback)
+
+    # generate mode: the model's answer stays, marked as not confirmed, with the reason.
+    generated = {
+        "citations": [GUIDE],
+        "answer_mode": "generate",
+        "answered_by": "model",
+        "grounded": False,
+        "grounding_reason": "number 8001 is not in the cited sources",
+        "fallback": False,
+        "quote": None,
+    }
+    badge = provenance_html("en", generated)
+    assert badge == (
+        '<div class="omnirag-badge omnirag-ungrounded" role="note">⚠ Not confirmed by its sources: '
+        "number 8001 is not in the cited sources</div>"
+    )
+    assert "未能在来源中得到证实：number 8001" in provenance_html("zh", generated)
+    assert "<mark" not in answer_content("en", "Port 8001 [1].", generated)
+    # Nothing to say: a model's answer that passed, or was not checked, or an old stored answer.
+    quiet = (generated | {"grounded": True}, generated | {"grounded": None}, {"citations": [GUIDE]}, None)
+    for meta in quiet:
+        assert provenance_html("en", meta) == ""
+    # An extractive answer without its quote (the search was down): no badge, nothing marked.
+    assert provenance_html("en", {"answered_by": "extract", "quote": None}) == ""
+
+
+def test_the_answers_provenance_is_read_checked_and_kept_in_the_browser() -> None:
+    meta = {
+        "answer_mode": "auto",
+        "answered_by": "extract",
+        "grounded": False,
+        "grounding_reason": "repetition",
+        "fallback": True,
+        "quote": {"citation": 2, "text": "q" * 5000},
+    }
+    read = provenance(meta)
+    assert read["answered_by"] == "extract" and read["fallback"] is True and read["grounded"] is False
+    assert read["quote"]["citation"] == 2 and len(read["quote"]["text"]) == 700  # type: ignore[index]
+    junk = {
+        "answer_mode": "shout",
+        "answered_by": "<script>",
+        "grounded": "yes",
+        "grounding_reason": 7,
+        "fallback": "true",
+        "quote": {"citation": True, "text": "x"},
+    }
+    assert provenance(junk) == {
+        "answer_mode": None,
+        "answered_by": None,
+        "grounded": None,
+        "grounding_reason": None,
+        "fallback": False,
+        "quote": None,
+    }
+    bad_quotes = (
+        {"citation": "1", "text": "x"},
+        {"citation": 0, "text": "x"},
+        {"citation": 1, "text": " "},
+        [],
+    )
+    for bad in bad_quotes:
+        assert provenance({"quote": bad})["quote"] is None
+
+    # Kept with the answer's citations, so a reload shows the badge and the mark again.
+    store = Store()
+    conv = store.start("docs", 10)
+    key = answer_key("The gateway listens on port 8000; the UI on 7860. [1]")
+    store.remember(conv.id, key, {"citations": [GUIDE]} | meta | {"quote": {"citation": 1, "text": "x"}})
+    raw = store.dump()
+    raw["meta"][conv.id]["junk" + key] = {"quote": {"citation": 1, "text": "y"}}
+    again = Store.parse(raw, 10).meta[conv.id]
+    assert set(again) == {key}
+    kept = again[key]
+    assert kept["answered_by"] == "extract" and kept["fallback"] is True
+    assert kept["quote"] == {"citation": 1, "text": "x"} and kept["grounding_reason"] == "repetition"
+    raw["meta"][conv.id][key] |= junk
+    assert Store.parse(raw, 10).meta[conv.id][key]["quote"] is None

@@ -49,6 +49,12 @@ class UiSettings(ServiceSettings):
     default_collection: str = Field(
         "docs", description="Knowledge base selected at first when the key may read it."
     )
+    answer_mode: Literal["generate", "extract", "auto"] | None = Field(
+        None,
+        description="How answers are made, sent as answer_mode: generate (the model), extract (no LLM: "
+        "the sources' best sentence, quoted), auto (the model, replaced by the quote when it fails the "
+        "grounding check). Unset: the gateway's default (GATEWAY_ANSWER_MODE).",
+    )
 
     # --- what a browser may send ---
     max_upload_bytes: int = Field(

@@ -2,8 +2,9 @@
 model each one talks to, and the sources (and answering model) of their answers.
 
 The messages themselves live in the gateway (``GET /v1/sessions/{id}``); the browser keeps only
-what the gateway does not: which conversations it has, and each answer's citations (by the
-answer's text, see ``render.answer_key``) so they show again after a reload. The value comes back
+what the gateway does not: which conversations it has, and each answer's citations and
+provenance (quoted or not, grounded or not; by the answer's text, see ``render.answer_key``) so
+they show again after a reload. The value comes back
 from the browser on every event, so it is treated as untrusted input: parsed, bounded, and
 rebuilt whole.
 """
@@ -16,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from omnirag.ui.gateway import model_name
+from omnirag.ui.gateway import model_name, provenance
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 COLLECTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -50,7 +51,8 @@ class Conversation:
 class Store:
     current: str | None = None
     conversations: list[Conversation] = field(default_factory=list)
-    # conversation id -> answer key -> {"id", "citations", "rewritten", "degraded", "model"}
+    # conversation id -> answer key -> {"id", "citations", "rewritten", "degraded", "model",
+    # "answer_mode", "answered_by", "grounded", "grounding_reason", "fallback", "quote"}
     meta: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # The logged-in user the list belongs to: on a shared browser the next user must not see the
     # titles (their first questions) of the last one's conversations.
@@ -205,6 +207,8 @@ def _clean_meta(raw: Any) -> dict[str, Any] | None:
         "rewritten": str(rewritten)[:1000] if isinstance(rewritten, str) else None,
         "degraded": [str(d)[:40] for d in degraded[:8]] if isinstance(degraded, list) else [],
         "model": model_name(raw.get("model")),
+        # What produced the answer (a quote marks its sentence in the source), checked again.
+        **provenance(raw),
     }
 
 

@@ -138,12 +138,55 @@ def chat_models(body: Any) -> list[ChatModel]:
     return found
 
 
+# Longest quote kept: the gateway's extract is at most 600 characters (omnirag.gateway.extract).
+MAX_QUOTE_CHARS = 700
+MAX_REASON_CHARS = 200
+ANSWER_MODES = ("generate", "extract", "auto")
+
+
+def quote_of(value: Any) -> dict[str, Any] | None:
+    """The ``omnirag.quote`` of an answer, ``{"citation": n, "text": ...}``, when it is one (n a
+    1-based citation number, the text bounded); else None. It comes from the gateway, or back from
+    the browser's storage, which may hold anything."""
+    if not isinstance(value, dict):
+        return None
+    n, text = value.get("citation"), value.get("text")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1000:
+        return None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return {"citation": n, "text": text[:MAX_QUOTE_CHARS]}
+
+
+def provenance(meta: dict[str, Any]) -> dict[str, Any]:
+    """What produced an answer and whether it held up, from an ``omnirag`` object (or a stored copy),
+    each field checked: ``answer_mode``, ``answered_by`` ("model" / "extract" / None),
+    ``grounded`` (True / False / None: not checked), ``grounding_reason``, ``fallback`` (the model's
+    answer was replaced by the extract), ``quote``."""
+    mode, by, grounded, reason = (
+        meta.get("answer_mode"),
+        meta.get("answered_by"),
+        meta.get("grounded"),
+        meta.get("grounding_reason"),
+    )
+    return {
+        "answer_mode": mode if mode in ANSWER_MODES else None,
+        "answered_by": by if by in ("model", "extract") else None,
+        "grounded": grounded if isinstance(grounded, bool) else None,
+        "grounding_reason": reason[:MAX_REASON_CHARS] if isinstance(reason, str) and reason else None,
+        "fallback": meta.get("fallback") is True,
+        "quote": quote_of(meta.get("quote")),
+    }
+
+
 @dataclass
 class Answer:
     """What a streamed answer has produced so far; ``done`` once the ``omnirag`` object arrived.
 
     ``reasoning`` is the model's thinking (``delta.reasoning_content``), kept apart from ``text``:
-    it is shown, never part of the answer the gateway stores or the key its sources are kept by."""
+    it is shown, never part of the answer the gateway stores or the key its sources are kept by.
+    ``answered_by`` … ``quote`` say what produced the text (the model, or a sentence quoted from a
+    source) and whether the gateway's grounding check passed (see ``provenance``)."""
 
     id: str | None = None
     text: str = ""
@@ -153,6 +196,12 @@ class Answer:
     rewritten_query: str | None = None
     degraded: list[str] = field(default_factory=list)
     session_id: str | None = None
+    answer_mode: str | None = None
+    answered_by: str | None = None
+    grounded: bool | None = None
+    grounding_reason: str | None = None
+    fallback: bool = False
+    quote: dict[str, Any] | None = None
     done: bool = False
 
 
@@ -246,13 +295,17 @@ class GatewayClient:
         answered by ``model`` (None: the gateway chooses).
 
         Yields the growing ``Answer`` after every piece of reasoning or text and once more when the
-        ``omnirag`` object (citations, rewritten question, degraded parts) has arrived."""
+        ``omnirag`` object (citations, rewritten question, degraded parts, what produced the answer
+        and whether it is grounded) has arrived. ``UI_ANSWER_MODE``, when set, asks for an answer
+        mode (else the gateway's default applies)."""
         assert self._openai is not None, "GatewayClient.open() was not called"
         extra: dict[str, Any] = {"session_id": session_id}
         if collection:
             extra["collection"] = collection
         if self.settings.top_k:
             extra["top_k"] = self.settings.top_k
+        if self.settings.answer_mode:
+            extra["answer_mode"] = self.settings.answer_mode
         answer = Answer(session_id=session_id)
         try:
             stream = await self._openai.chat.completions.create(
@@ -289,6 +342,8 @@ class GatewayClient:
                     answer.rewritten_query = meta.get("rewritten_query")
                     answer.degraded = list(meta.get("degraded") or [])
                     answer.session_id = meta.get("session_id") or session_id
+                    for name, value in provenance(meta).items():
+                        setattr(answer, name, value)
                     answer.done = True
                     yield answer
         except openai.OpenAIError as exc:

@@ -2,7 +2,8 @@
 
 Left, the knowledge base, the model, the conversations (new, switch, delete) and document uploads;
 right, the chat, whose answers stream in (a reasoning model's thinking in a collapsed section above
-the answer) with the model that answered and their sources under them, and a multimodal box for
+the answer; a badge on an answer quoted from a source or not confirmed by them) with the model that
+answered and their sources under them (a quoted sentence marked in its source), and a multimodal box for
 text, images (sent as image parts) and documents (uploaded into the knowledge base, then asked
 about). Each conversation keeps its own model.
 
@@ -62,6 +63,11 @@ CSS = """
 .omnirag-thinking summary { cursor: pointer; color: var(--body-text-color-subdued); font-style: italic; }
 .omnirag-thinking-text { color: var(--body-text-color-subdued); font-size: 0.92em; margin-top: 4px; }
 .omnirag-model { color: var(--body-text-color-subdued); margin-bottom: 6px; }
+.omnirag-badge { display: inline-block; padding: 3px 10px; border-radius: 12px; margin-bottom: 6px; }
+.omnirag-extracted { background: #e8f1fb; color: #1f4e79; border: 1px solid #a9c8ea; }
+.omnirag-fallback, .omnirag-ungrounded { background: #fff4e5; color: #7a4b00; border: 1px solid #f0c36d; }
+.omnirag-reason { opacity: 0.8; }
+mark.omnirag-quote { background: #fff3a3; color: inherit; padding: 0 2px; border-radius: 2px; }
 """
 
 
@@ -554,6 +560,14 @@ class Page:
                         "rewritten": answer.rewritten_query,
                         "degraded": answer.degraded,
                         "model": answer.model,
+                        # Quoted or generated, grounded or not: kept, like the citations, so the
+                        # badge and the marked sentence show again after a reload.
+                        "answer_mode": answer.answer_mode,
+                        "answered_by": answer.answered_by,
+                        "grounded": answer.grounded,
+                        "grounding_reason": answer.grounding_reason,
+                        "fallback": answer.fallback,
+                        "quote": answer.quote,
                     }
                 )
                 # By the answer's text alone: that is what the gateway stores, never the thinking.

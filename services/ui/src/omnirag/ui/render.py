@@ -1,6 +1,7 @@
-"""What the page shows around an answer: the model's thinking above it; under it the model that
-answered, its sources, the rewritten question and degraded parts; errors as sentences; the models
-offered.
+"""What the page shows around an answer: the model's thinking above it, and a badge when the answer
+is a sentence quoted from a source (or the model's answer failed its grounding check); under it the
+model that answered, its sources (the quoted sentence marked in its source), the rewritten question
+and degraded parts; errors as sentences; the models offered.
 
 Everything that comes from documents (titles, snippets, sources) or from the model's thinking is
 escaped before it reaches the chat's Markdown renderer, so neither can inject markup, links or
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from typing import Any
 from urllib.parse import urlparse
 
-from omnirag.ui.gateway import ChatModel, GatewayError
+from omnirag.ui.gateway import MAX_QUOTE_CHARS, ChatModel, GatewayError, quote_of
 from omnirag.ui.texts import t
 
 # Characters Markdown or the chat's LaTeX renderer would act on, written as entities instead.
@@ -69,6 +71,112 @@ def thinking_html(lang: str, reasoning: str, *, streaming: bool = False) -> str:
     )
 
 
+MAX_SNIPPET_CHARS = 400
+# Between two of these a line break is no space (Chinese): the extract joins such lines without one.
+_CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
+
+
+def _normalised(text: str) -> tuple[str, list[int]]:
+    """``text`` with every run of whitespace one space (none between two Chinese characters), and
+    for each character of the result its index in ``text``: a quote and its source's snippet differ
+    in nothing else (the extract joins a paragraph's lines)."""
+    out: list[str] = []
+    where: list[int] = []
+    i = 0
+    while i < len(text):
+        if not text[i].isspace():
+            out.append(text[i])
+            where.append(i)
+            i += 1
+            continue
+        j = i
+        while j < len(text) and text[j].isspace():
+            j += 1
+        if out and j < len(text) and not (_CJK.match(out[-1]) and _CJK.match(text[j])):
+            out.append(" ")
+            where.append(i)
+        i = j
+    return "".join(out), where
+
+
+def find_quote(snippet: str, quote: str) -> tuple[int, int] | None:
+    """Where ``quote`` stands in ``snippet`` (start and end indices in the snippet), whitespace
+    aside; None when it is not all there (the snippet is the start of the source's text only)."""
+    body, where = _normalised(snippet)
+    wanted, _ = _normalised(quote.strip().removesuffix("…"))  # a long quote is cut with "…"
+    at = body.find(wanted) if wanted else -1
+    if at < 0:
+        return None
+    return where[at], where[at + len(wanted) - 1] + 1
+
+
+def _escape_piece(text: str) -> str:
+    """``escape``, keeping a space at either edge: the pieces around a mark are joined again."""
+    inner = escape(text)
+    if not inner:
+        return " " if text[:1].isspace() else ""
+    return (" " if text[:1].isspace() else "") + inner + (" " if text[-1:].isspace() else "")
+
+
+def snippet_html(lang: str, snippet: Any, quote: str | None = None) -> str:
+    """A source's snippet, escaped; with ``quote`` (the sentence an extractive answer took from this
+    source) marked in it, or, when the snippet does not hold all of it, shown marked after it."""
+    text = str(snippet or "")
+    if not quote:
+        return escape(text, MAX_SNIPPET_CHARS)
+    text = text[:MAX_SNIPPET_CHARS]
+    span = find_quote(text, quote)
+    if span is not None:
+        start, end = span
+        return (
+            _escape_piece(text[:start])
+            + '<mark class="omnirag-quote">'
+            + escape(text[start:end])
+            + "</mark>"
+            + _escape_piece(text[end:])
+        ).strip()
+    shown = escape(text, MAX_SNIPPET_CHARS)
+    return (
+        (shown + "<br>" if shown else "")
+        + '<span class="omnirag-quoted">'
+        + t(lang, "quoted_here")
+        + ': <mark class="omnirag-quote">'
+        + escape(quote, MAX_QUOTE_CHARS)
+        + "</mark></span>"
+    )
+
+
+def provenance_html(lang: str, meta: dict[str, Any] | None) -> str:
+    """The badge above an answer: quoted from source [n]; the model's answer replaced by a quote
+    (auto mode's fallback, with the check's reason); or a model's answer that its sources did not
+    confirm (generate mode, with the reason). Nothing for a model's answer that passed, or was not
+    checked."""
+    meta = meta or {}
+    quote = quote_of(meta.get("quote"))
+    reason = meta.get("grounding_reason")
+    reason = reason if isinstance(reason, str) and reason.strip() else None
+    if meta.get("answered_by") == "extract" and quote is not None:
+        if meta.get("fallback") is True:
+            return (
+                '<div class="omnirag-badge omnirag-fallback" role="note">⚠ '
+                + t(lang, "quoted_fallback", n=quote["citation"])
+                + (f' <span class="omnirag-reason">({escape(reason, 200)})</span>' if reason else "")
+                + "</div>"
+            )
+        return (
+            '<div class="omnirag-badge omnirag-extracted" role="note">❝ '
+            + t(lang, "quoted", n=quote["citation"])
+            + "</div>"
+        )
+    if meta.get("answered_by") == "model" and meta.get("grounded") is False:
+        return (
+            '<div class="omnirag-badge omnirag-ungrounded" role="note">⚠ '
+            + t(lang, "not_grounded", reason=escape(reason or "–", 200))
+            + "</div>"
+        )
+    return ""
+
+
 def _link(source: str) -> str | None:
     parsed = urlparse(source)
     if parsed.scheme in ("http", "https") and parsed.netloc:
@@ -89,9 +197,12 @@ def sources_html(
     rewritten_query: str | None = None,
     degraded: list[str] | None = None,
     model: str | None = None,
+    quote: dict[str, Any] | None = None,
 ) -> str:
     """The block under an answer: degraded notice, the model that answered, rewritten question,
-    numbered sources."""
+    numbered sources; ``quote`` (an extractive answer's ``{"citation", "text"}``) is marked in its
+    source's entry."""
+    quote = quote_of(quote)
     parts: list[str] = []
     degraded = degraded or []
     if degraded:
@@ -139,11 +250,14 @@ def sources_html(
             )
             score = c.get("score")
             score_text = f"{float(score):.2f}" if isinstance(score, int | float) else "–"
+            quoted = quote is not None and quote["citation"] == n
+            snippet = snippet_html(lang, c.get("snippet"), quote["text"] if quote and quoted else None)
             items.append(
-                f'<li class="omnirag-source" data-n="{n}"><span class="omnirag-n">[{n}]</span> {head}'
+                f'<li class="omnirag-source{" omnirag-quoted-source" if quoted else ""}" data-n="{n}">'
+                + f'<span class="omnirag-n">[{n}]</span> {head}'
                 + (f" · <code>{escape(source, 200)}</code>" if source and not url else "")
                 + f' · <span class="omnirag-score">{t(lang, "score")} {score_text}</span>'
-                + f'<br><span class="omnirag-snippet">{escape(c.get("snippet"), 400)}</span></li>'
+                + f'<br><span class="omnirag-snippet">{snippet}</span></li>'
             )
         parts.append(
             '<details class="omnirag-sources" open><summary>'
@@ -163,21 +277,26 @@ _DEGRADED_KEYS = {"degraded_retriever", "degraded_history"}
 def answer_content(
     lang: str, text: str, meta: dict[str, Any] | None, *, reasoning: str = "", streaming: bool = False
 ) -> str:
-    """An answer as the chat shows it: the model's thinking (collapsed), its text, then the block
-    with the model that answered and the sources. ``streaming``: the thinking is still coming."""
+    """An answer as the chat shows it: the model's thinking (collapsed), the badge of a quoted (or
+    unconfirmed) answer, its text, then the block with the model that answered and the sources, the
+    quoted sentence marked in its source. ``streaming``: the thinking is still coming."""
     thinking = thinking_html(lang, reasoning, streaming=streaming and not text)
+    badge = provenance_html(lang, meta)
+    extractive = meta is not None and meta.get("answered_by") == "extract"
     block = (
         sources_html(
             lang,
             list(meta.get("citations") or []),
             rewritten_query=meta.get("rewritten"),
             degraded=list(meta.get("degraded") or []),
-            model=meta.get("model"),
+            # An extractive answer names no model: none wrote it (a fallback's names the one replaced).
+            model=None if extractive and meta.get("fallback") is not True else meta.get("model"),
+            quote=meta.get("quote") if extractive else None,
         )
         if meta
         else ""
     )
-    return "\n\n".join(x for x in (thinking, text, block) if x)
+    return "\n\n".join(x for x in (thinking, badge, text, block) if x)
 
 
 def error_text(lang: str, exc: BaseException, gateway_url: str) -> str:

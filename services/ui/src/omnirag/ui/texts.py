@@ -58,6 +58,16 @@ TEXTS: dict[str, tuple[str, str]] = {
     "reasoning": ("Thinking", "思考过程"),
     "reasoning_streaming": ("Thinking…", "思考中……"),
     "answered_by": ("Answered by", "回答模型"),
+    "quoted": ("Quoted from source [{n}]", "引自来源 [{n}]"),
+    "quoted_fallback": (
+        "The model's answer did not match its sources — quoted from [{n}] instead",
+        "模型的回答与其来源不符 —— 改为引用来源 [{n}] 的原文",
+    ),
+    "not_grounded": (
+        "Not confirmed by its sources: {reason}",
+        "未能在来源中得到证实：{reason}",
+    ),
+    "quoted_here": ("Quoted", "引用"),
     "cap_vision": ("images", "图片"),
     "cap_audio": ("audio", "音频"),
     "cap_video": ("video", "视频"),
