@@ -279,6 +279,24 @@ def test_extract_mode_quotes_a_source_without_the_llm(
     assert o["cited"] == [o["quote"]["citation"]]
 
 
+def test_an_extract_mode_follow_up_calls_no_llm_at_all(
+    gw: str, upstream: tuple[ScriptedLLM, Answers]
+) -> None:
+    """A follow-up needs a rewrite; in extract mode the deterministic one is searched, so not even
+    the rewrite calls a model: the answer is instant."""
+    calls = len(upstream[0].chat_requests)
+    history = [
+        {"role": "user", "content": "Which port does the gateway listen on?"},
+        {"role": "assistant", "content": "Port 8000 [1]."},
+        {"role": "user", "content": "How do I change it?"},
+    ]
+    body = chat(gw, messages=history, answer_mode="extract")
+    o = body["omnirag"]
+    assert len(upstream[0].chat_requests) == calls
+    assert o["rewrite"] == "fallback" and o["answered_by"] == "extract"
+    assert "gateway" in o["rewritten_query"].lower() and "change" in o["rewritten_query"].lower()
+
+
 def test_auto_replaces_a_wrong_answer(gw: str, upstream: tuple[ScriptedLLM, Answers]) -> None:
     upstream[1].script = Plain(WRONG)
     session = f"s-{uuid.uuid4().hex[:12]}"

@@ -603,8 +603,15 @@ class ChatHandler:
         if not question.strip():
             raise InvalidInput("the question is empty", code="empty_question")
 
+        mode: AnswerMode = req.answer_mode or self.s.answer_mode
         query = question
-        if needs_rewrite(question, history):
+        if needs_rewrite(question, history) and mode == "extract":
+            # extract calls no LLM at all, the rewrite's neither: the deterministic rewrite is searched.
+            query = fallback_rewrite(question, history)
+            outcome.rewrite = "fallback"
+            outcome.rewritten_query = query
+            self.m.rewrites_checked.labels("fallback").inc()
+        elif needs_rewrite(question, history):
             # The rewrite's own model (GATEWAY_REWRITE_MODEL): often a small, fast one, whichever answers.
             rewriter = self.gw.registry.rewrite
             # A reasoning rewriter thinks first: off where it can be, else with room for it.
@@ -664,7 +671,6 @@ class ChatHandler:
 
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
-        mode: AnswerMode = req.answer_mode or self.s.answer_mode
         outcome.answer_mode = mode
         outcome.fallback = False
         if sources == []:
