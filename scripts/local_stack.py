@@ -45,11 +45,15 @@ LOCAL_MODELS = [
         "context_tokens": 4096,
         "answer_tokens": 128,
         "sampling": {"repeat_penalty": 1.3},
+        # Its Chinese answers never pass the grounding check (measured by make eval-answers): in auto
+        # mode a Chinese question gets the extractive answer at once instead of a minute of generation.
+        "languages": ["en"],
     }
 ]
 # What earlier versions wrote: replaced by LOCAL_MODELS when .env still holds it unchanged.
 OLD_LOCAL_MODELS = [
-    [{"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}]
+    [{"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}],
+    [{k: v for k, v in LOCAL_MODELS[0].items() if k != "languages"}],
 ]
 
 SERVICES = [

@@ -1424,6 +1424,7 @@ def test_the_gateways_models_file_builds_the_real_registry(
                         "answerTokens": 200,
                         "contextTokens": 32768,
                         "sampling": {"repetition_penalty": 1.1},
+                        "languages": ["en", "zh"],
                         "external": {
                             "baseUrl": "https://llm.example.com/v1",
                             "model": "Qwen/Qwen3-8B",
@@ -1452,9 +1453,10 @@ def test_the_gateways_models_file_builds_the_real_registry(
         assert qwen.thinking_off == {"enable_thinking": False} and qwen.reasoning_budget == 512
         # The answer's bounds: as given; the small model without them leaves them to the gateway.
         assert qwen.answer_tokens == 200 and qwen.context_tokens == 32768
-        assert qwen.sampling == {"repetition_penalty": 1.1}
+        assert qwen.sampling == {"repetition_penalty": 1.1} and qwen.languages == ("en", "zh")
         small = registry.get("small")
         assert small.answer_tokens is None and small.context_tokens is None and small.sampling is None
+        assert small.languages is None
         assert registry.default.name == "small" and registry.rewrite.name == "small"
         assert registry.get("small").api_key_file is None
 

@@ -572,6 +572,7 @@ def values_schema(kb: J) -> J:
             "answerTokens": integer(16, 65536),
             "contextTokens": integer(256, 10_000_000),
             "sampling": {"type": "object", "maxProperties": 32},
+            "languages": {"type": "array", "maxItems": 64, "items": string(pattern=r"^[a-z]{2}$")},
             "maxTokensParam": {"enum": ["max_tokens", "max_completion_tokens"]},
             "source": download_source,
             "modelPath": string("Absolute path to serve instead of a download.", pattern=r"^/"),

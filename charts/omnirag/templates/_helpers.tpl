@@ -1112,6 +1112,7 @@ The chat models (`models`), each with its effective settings, as JSON {"models":
 {{- if hasKey $entry "answerTokens" }}{{ $_ := set $m "answerTokens" $entry.answerTokens }}{{ end -}}
 {{- if hasKey $entry "contextTokens" }}{{ $_ := set $m "contextTokens" $entry.contextTokens }}{{ end -}}
 {{- with $entry.sampling }}{{ $_ := set $m "sampling" . }}{{ end -}}
+{{- with $entry.languages }}{{ $_ := set $m "languages" . }}{{ end -}}
 {{- if $entry.external -}}
 {{- $x := $entry.external -}}
 {{- $_ := set $m "internal" false -}}
@@ -1174,6 +1175,7 @@ from the same values as the vLLM Deployments: each internal model at its Service
 {{- if hasKey . "answerTokens" }}{{ $_ := set $e "answer_tokens" (int .answerTokens) }}{{ end -}}
 {{- if hasKey . "contextTokens" }}{{ $_ := set $e "context_tokens" (int .contextTokens) }}{{ end -}}
 {{- with .sampling }}{{ $_ := set $e "sampling" . }}{{ end -}}
+{{- with .languages }}{{ $_ := set $e "languages" . }}{{ end -}}
 {{- with .key }}{{ $_ := set $e "api_key_file" (include "omnirag.secretFilePath" .) }}{{ end -}}
 {{- $list = append $list $e -}}
 {{- end -}}

@@ -279,6 +279,34 @@ def test_extract_mode_quotes_a_source_without_the_llm(
     assert o["cited"] == [o["quote"]["citation"]]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_auto_quotes_at_once_for_a_language_the_model_does_not_answer(
+    gateway_factory: GatewayFactory, upstream: tuple[ScriptedLLM, Answers], stream: bool
+) -> None:
+    """A model listed with languages ["en"]: in auto, a Chinese question gets the extract without a
+    generation (no upstream call), marked as a fallback with the reason; an English one is generated."""
+    models = json.dumps(
+        [{"name": "plain", "base_url": upstream[0], "capabilities": ["text"], "languages": ["en"]}]
+    )
+    upstream[1].script = Plain(RIGHT)
+    with gateway_factory(models=models) as base:
+        calls = len(upstream[0].chat_requests)
+        question = "对话历史保存在哪里？"
+        if stream:
+            deltas, _, o = chat_stream(base, question, answer_mode="auto")
+            content = "".join(deltas)
+        else:
+            body = chat(base, question, answer_mode="auto")
+            content, o = body["choices"][0]["message"]["content"], body["omnirag"]
+        assert len(upstream[0].chat_requests) == calls  # nothing generated
+        assert o["answered_by"] == "extract" and o["fallback"] is True and o["grounded"] is None
+        assert o["grounding_reason"] == "plain does not answer zh questions (it answers in en)"
+        assert content.startswith("当前模型不擅长用中文回答") and "Redis" in o["quote"]["text"]
+        body = chat(base, answer_mode="auto")  # English: the model answers
+        assert len(upstream[0].chat_requests) == calls + 1
+        assert body["omnirag"]["answered_by"] == "model" and body["omnirag"]["grounded"] is True
+
+
 def test_an_extract_mode_follow_up_calls_no_llm_at_all(
     gw: str, upstream: tuple[ScriptedLLM, Answers]
 ) -> None:

@@ -390,6 +390,7 @@ def test_a_models_file_wins_and_reads_each_key_from_its_file(tmp_path: Path) -> 
         ({"models": '[{"name": "a b", "base_url": "http://x/v1"}]'}, "model entry 1: name"),
         ({"models": '[{"name": "a", "base_url": "ftp://x"}]'}, "must be an http"),
         ({"models": '[{"name": "omnirag", "base_url": "http://x/v1"}]'}, "reserved"),
+        ({"models": '[{"name": "a", "base_url": "http://x/v1", "languages": ["english"]}]'}, "languages"),
         ({"models": '[{"name": "a", "base_url": "http://x/v1", "capabilities": ["smell"]}]'}, "capabilities"),
         (
             {"models": '[{"name": "a", "base_url": "http://x/v1"}]', "default_model": "b"},

@@ -52,3 +52,9 @@ def cjk_share(text: str) -> float:
     if not letters:
         return 0.0
     return sum(len(m.group()) for m in CJK.finditer(text)) / letters
+
+
+def language(text: str) -> str:
+    """ "zh" when most of the letters of ``text`` are CJK, else "en": the two languages the project
+    tells apart (the BM25 tokenizer's and the answer checks' split)."""
+    return "zh" if cjk_share(text) >= 0.5 else "en"

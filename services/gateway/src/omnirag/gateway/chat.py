@@ -24,7 +24,7 @@ from langchain_core.messages import AIMessageChunk
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
-from omnirag.core.text import cjk_share
+from omnirag.core.text import language
 from omnirag.gateway import grounding
 from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.extract import Quote, extract, no_passage, quoted_answer
@@ -302,7 +302,7 @@ class ChatHandler:
                 log.info("no embedder info; extracting without it", extra={"error": type(exc).__name__})
                 return False
             self._languages = languages
-        return ("zh" if cjk_share(question) >= 0.5 else "en") in languages
+        return language(question) in languages
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
         """Vectors of ``texts`` from the embedder, through the gateway's client (its circuit breaker)."""
@@ -322,12 +322,14 @@ class ChatHandler:
             self._degrade(outcome, "embedder", quote.embedder_error)
         return quote
 
-    def _quoted(self, outcome: Outcome, quote: Quote, question: str, *, fallback: bool) -> str:
+    def _quoted(
+        self, outcome: Outcome, quote: Quote, question: str, *, fallback: bool, unanswered: bool = False
+    ) -> str:
         outcome.answered_by = "extract"
         outcome.quote = {"citation": quote.citation, "text": quote.text}
         outcome.cited = [quote.citation]
         outcome.fallback = fallback
-        return quoted_answer(quote, question, fallback=fallback)
+        return quoted_answer(quote, question, fallback=fallback, unanswered=unanswered)
 
     async def _settle(
         self,
@@ -681,10 +683,22 @@ class ChatHandler:
             if req.stream:
                 return self._canned_stream(cid, created, answer, outcome)
             return self._completion(cid, created, answer, "stop", outcome, 0, 0)
-        if mode == "extract":
+        # auto with a model that does not answer in the question's language (a small English model
+        # asked in Chinese): its answer would fail the check, so the extract comes at once.
+        unanswered = mode == "auto" and bool(sources) and not spec.answers_in(language(question))
+        if mode == "extract" or unanswered:
             # No LLM call: the sources' best sentence, or, with the search down, a note saying so.
             quote = await self._extract(question, sources, outcome) if sources else None
-            answer = self._quoted(outcome, quote, question, fallback=False) if quote else no_passage(question)
+            answer = (
+                self._quoted(outcome, quote, question, fallback=unanswered, unanswered=unanswered)
+                if quote
+                else no_passage(question)
+            )
+            if unanswered:
+                outcome.grounding_reason = (
+                    f"{spec.name} does not answer {language(question)} questions (it answers in "
+                    f"{', '.join(spec.languages or ())})"
+                )
             self._counted(outcome)
             await self._remember(key, req, question, answer, outcome)
             if req.stream:

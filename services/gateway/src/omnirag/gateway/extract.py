@@ -212,12 +212,20 @@ async def extract(question: str, sources: Sequence[Numbered], embed: Embed | Non
     return Quote(citation=sources[chosen.source].number, text=text, embedder_error=error)
 
 
-def quoted_answer(quote: Quote, question: str, *, fallback: bool) -> str:
+def quoted_answer(quote: Quote, question: str, *, fallback: bool, unanswered: bool = False) -> str:
     """The text the client gets: the passage and its citation; for a fallback, saying that the
-    model's answer was replaced (in the question's language)."""
+    model's answer was replaced or, ``unanswered``, that the model does not answer in the
+    question's language (in that language)."""
     chinese = cjk_share(question) >= 0.5
     if not fallback:
         return f"{quote.text} [{quote.citation}]"
+    if unanswered and chinese:
+        return f"当前模型不擅长用中文回答；最接近的原文，出自 [{quote.citation}]：“{quote.text}”"
+    if unanswered:
+        return (
+            "The model does not answer in this language; the closest passage, "
+            f"from [{quote.citation}]: “{quote.text}”"
+        )
     if chinese:
         return f"模型的回答与其来源不符；最接近的原文，出自 [{quote.citation}]：“{quote.text}”"
     return (

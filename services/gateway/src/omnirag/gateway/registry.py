@@ -20,10 +20,18 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from omnirag.core.errors import BadRequest, NotFound
 from omnirag.core.files import TooLarge, read_capped
@@ -118,6 +126,14 @@ class ModelSpec(BaseModel):
         "repeat the conversation's words).",
     )
 
+    languages: tuple[Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")], ...] | None = Field(
+        None,
+        max_length=64,
+        description="Languages the model answers well, as ISO 639-1 codes ('en', 'zh'); null: any. In "
+        "auto mode a question in another language gets the extractive answer at once, without a "
+        "generation that would fail its check (a small English model asked in Chinese).",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if not self.base_url.startswith(("http://", "https://")):
@@ -134,6 +150,10 @@ class ModelSpec(BaseModel):
                 f"model {self.name!r}: sampling may not set {', '.join(reserved)} (the gateway does)"
             )
         return self
+
+    def answers_in(self, lang: str) -> bool:
+        """Whether the model answers questions in ``lang`` well (``languages`` null: any)."""
+        return self.languages is None or lang in self.languages
 
     @property
     def served(self) -> str:
