@@ -14,7 +14,7 @@ Sets (bench/data/, each gold answer a list of acceptable strings):
 
 - ``en``: 30 English questions over the example knowledge base (answers_en.json).
 - ``cmrc``: a seeded sample (``--sample``, 60) of the CMRC 2018 trial questions; gold = the dataset's
-  answers. The file is the one ``make eval`` reads (../shared/data/cmrc2018/cmrc2018_trial.json).
+  answers. The file is the one ``make eval`` reads (``DEFAULT_CMRC`` of bench/eval_retrieval.py).
 - ``followups_en`` / ``followups_zh``: 15 + 15 two-turn conversations (conversations.json) in one
   gateway session each; the follow-up's reply is scored, and its search: the query the gateway really
   sent (``omnirag.rewritten_query``, else the question) and the hand-written standalone question are
