@@ -206,6 +206,16 @@ def bench_helpers() -> Any:
     return helpers
 
 
+def local_models() -> list[dict[str, Any]]:
+    """The chat models make run gives the gateway (scripts/local_stack.py's LOCAL_MODELS): the
+    eval measures that configuration, not the gateway's bare defaults."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import local_stack  # scripts/local_stack.py
+
+    models: list[dict[str, Any]] = local_stack.LOCAL_MODELS
+    return models
+
+
 def index_cmrc(
     helpers: Any,
     paragraphs: dict[str, dict[str, Any]],
@@ -302,10 +312,9 @@ def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]])
             "GATEWAY_REDIS_URL": redis.url,
             "GATEWAY_EMBEDDER_URL": embedder_url,
             "GATEWAY_RETRIEVER_URL": retriever.url(""),
-            # scripts/local_stack.py's model list, at this LLM's address.
-            "GATEWAY_MODELS": json.dumps(
-                [{"name": model, "base_url": llm, "capabilities": ["text", "tools"]}]
-            ),
+            # make run's model list (scripts/local_stack.py: its cap, repeat penalty, window and
+            # languages), at this LLM's address.
+            "GATEWAY_MODELS": json.dumps([m | {"base_url": llm} for m in local_models()]),
             "GATEWAY_DEFAULT_MODEL": model,
             "GATEWAY_DEV_KEY": EVAL_KEY,
             "GATEWAY_DEFAULT_RPM": "0",
