@@ -245,26 +245,8 @@ def index_cmrc(
             }
         )
     )
-    env = helpers.base_env() | {
-        "INDEXER_INDEX_ROOT": str(index_root),
-        "INDEXER_EMBEDDER_URL": embedder_url,
-        "INDEXER_REDIS_URL": "",
-    }
-    started = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "omnirag.indexer", "run", "--config", str(spec), "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if out.returncode != 0:
-        raise helpers.BenchError(
-            f"indexing the CMRC passages failed ({out.returncode}):\n{out.stderr[-3000:]}"
-        )
-    summaries = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    return {"seconds": round(time.perf_counter() - started, 1), "summaries": summaries}
+    indexed: dict[str, Any] = helpers.index_docs(index_root, embedder_url, timeout, spec=spec)
+    return indexed | {"seconds": round(indexed["seconds"], 1)}
 
 
 @dataclass

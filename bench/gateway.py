@@ -395,8 +395,9 @@ def start(
     return server
 
 
-def index_docs(index_root: Path, embedder_url: str, timeout: float) -> dict[str, Any]:
-    """The example knowledge base, indexed as `make run` does, by the indexer's own CLI."""
+def index_docs(index_root: Path, embedder_url: str, timeout: float, spec: Path = KB_SPEC) -> dict[str, Any]:
+    """The knowledge bases of ``spec`` (the example one by default), indexed as `make run` does,
+    by the indexer's own CLI."""
     env = base_env() | {
         "INDEXER_INDEX_ROOT": str(index_root),
         "INDEXER_EMBEDDER_URL": embedder_url,
@@ -404,7 +405,7 @@ def index_docs(index_root: Path, embedder_url: str, timeout: float) -> dict[str,
     }
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "omnirag.indexer", "run", "--config", str(KB_SPEC), "--json"],
+        [sys.executable, "-m", "omnirag.indexer", "run", "--config", str(spec), "--json"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -211,6 +211,8 @@ class ChatHandler:
         self.gw = gw
         self.s = gw.settings
         self.m = gw.metrics
+        # The embedder's languages (its /v1/info), read on first need; None until it answered.
+        self._languages: set[str] | None = None
 
     # ---------- shared steps ----------
 
@@ -290,7 +292,7 @@ class ChatHandler:
         """Whether the embedder's model covers the question's language (its /v1/info ``languages``;
         a model card that names none counts as English only). Read once; not cached while the
         embedder is down, and a down embedder covers nothing: extraction goes on without it."""
-        languages: set[str] | None = getattr(self, "_languages", None)
+        languages = self._languages
         if languages is None:
             try:
                 resp = await self.gw.http.get(

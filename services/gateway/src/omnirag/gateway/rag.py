@@ -610,6 +610,7 @@ async def budgeted_messages(
         + MARGIN_TOKENS
         + NON_TEXT_PART_TOKENS * non_text
     )
+    # Read after counting: vLLM's tokenize answer is what tells the counter the model's window.
     window = spec.context_tokens or counter.window or default_window
     cap = max(1, min(answer_tokens, window - fixed))
     budget = max(0, window - fixed - cap)
