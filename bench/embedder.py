@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
 DEFAULT_OUT = REPO / "bench/results/embedder.json"
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384

@@ -69,7 +69,7 @@ DATA = REPO / "bench/data"
 EN_FILE = DATA / "answers_en.json"
 CONVERSATIONS_FILE = DATA / "conversations.json"
 # The file `make eval` (bench/eval_retrieval.py) reads.
-DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
 DEFAULT_OUT = REPO / "bench/results/answers.json"
 MODES = ("generate", "extract", "auto")
 DOCS = "docs"

@@ -46,7 +46,7 @@ from omnirag.index.manifest import EmbeddingInfo, IndexConfig
 from omnirag.index.store import VersionWriter, open_current
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
 DEFAULT_OUT = REPO / "bench/results/retrieval_cmrc.json"
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIMENSION = 384

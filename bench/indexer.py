@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
 DEFAULT_OUT = REPO / "bench/results/indexer.json"
 KB = "cmrc"
 CHUNK_SIZE, CHUNK_OVERLAP = 800, 100

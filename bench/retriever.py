@@ -1155,7 +1155,7 @@ def jsonable(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------
 
 CJK_KEY = "cjk_hybrid_vs_sparse"
-DEFAULT_CMRC = REPO.parent / "shared/data/cmrc2018/cmrc2018_trial.json"
+DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
 
 
 def load_cmrc(path: Path) -> tuple[list[tuple[str, str]], list[str]]:

@@ -10,6 +10,7 @@ decides "contains the gold answer".
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -85,9 +86,13 @@ def test_english_follow_up_gold_answers_occur_in_the_knowledge_base(c: dict) -> 
     assert all(ev.normalise(g) in text for g in c["gold"]), c["id"]
 
 
+def test_the_cmrc_trial_split_ships_unchanged_in_the_repository() -> None:
+    digest = hashlib.sha256(ev.DEFAULT_CMRC.read_bytes()).hexdigest()
+    assert digest == "f3fae95b57da8e03afb2b57467dd221417060ef4d82db13bf22fc88589f3a6f3"
+    assert "CC BY-SA 4.0" in (ev.DEFAULT_CMRC.parent / "README.md").read_text()
+
+
 def test_chinese_follow_up_gold_answers_occur_in_their_cmrc_paragraph() -> None:
-    if not ev.DEFAULT_CMRC.is_file():
-        pytest.skip(f"{ev.DEFAULT_CMRC} (the CMRC 2018 trial split `make eval` reads) is not on this machine")
     paragraphs = ev.cmrc_paragraphs(ev.DEFAULT_CMRC)
     for c in (c for c in CONVERSATIONS if c["lang"] == "zh"):
         text = ev.normalise(paragraphs[c["passage"]]["context"])
