@@ -19,10 +19,12 @@ import logging
 import mimetypes
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.components import Component
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import COLLECTION, Store, compact, title_of
@@ -43,6 +45,9 @@ from omnirag.ui.texts import I18N_PREFIX, i18n_tables, lang_of, t
 log = logging.getLogger("omnirag.ui")
 
 Row = dict[str, Any]  # one chat message as shown, with what rating it needs
+# What a handler changes, by component: Gradio places each value at its component's place in the
+# event's outputs and leaves the outputs a handler does not name as they are.
+Updates = dict[Component, Any]
 
 CSS = """
 #sidebar { gap: 10px; }
@@ -160,13 +165,38 @@ def _notice(text: str) -> str:
     return error_content(text) if text else ""
 
 
-class Page:
-    """The handlers, bound to one app's settings, gateway client and metrics."""
+@dataclass(frozen=True)
+class View:
+    """The components the handlers update, so that an update names what it sets (``Updates``) and
+    does not depend on its place in an ``outputs=`` list."""
 
-    def __init__(self, settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> None:
+    collection: gr.Dropdown
+    model: gr.Dropdown
+    offered: gr.State  # the model names the chooser lists
+    conversations: gr.Radio
+    chatbot: gr.Chatbot
+    rows: gr.State  # the chat as shown, with what each message needs to be rated
+    notice: gr.Markdown
+    store: gr.BrowserState  # the conversations, kept in the browser
+    box: gr.MultimodalTextbox
+    files: gr.File
+    upload_status: gr.Markdown
+    account: gr.Markdown
+    logout: gr.Button
+    documents: gr.CheckboxGroup
+    documents_info: gr.Markdown
+    more_documents: gr.Button
+    documents_state: gr.State  # the listed page(s) of the user's documents
+
+
+class Page:
+    """The handlers, bound to one app's settings, gateway client, metrics and components."""
+
+    def __init__(self, settings: UiSettings, client: GatewayClient, metrics: UiMetrics, view: View) -> None:
         self.s = settings
         self.client = client
         self.m = metrics
+        self.v = view
         self.images = {t.lower() for t in settings.image_types}
         self.documents = {t.lower() for t in settings.upload_types}
 
@@ -184,6 +214,10 @@ class Page:
 
     def _conversations(self, store: Store, lang: str) -> Any:
         return gr.Radio(choices=store.choices(t(lang, "untitled")), value=store.current)
+
+    def _chat(self, rows: list[Row]) -> Updates:
+        """The chat shown, and the rows kept with it to rate its answers."""
+        return {self.v.chatbot: _chatbot(rows), self.v.rows: rows}
 
     async def _collections(
         self, lang: str, wanted: str | None, *, keep: bool = False, user: str | None = None
@@ -235,7 +269,7 @@ class Page:
 
     # --- page load, conversations ---
 
-    async def load(self, raw: Any, request: gr.Request) -> tuple[Any, ...]:
+    async def load(self, raw: Any, request: gr.Request) -> Updates:
         lang = _lang(request)
         store = self._store(raw)
         if store.owner != _user(request):
@@ -251,26 +285,26 @@ class Page:
             self._history(lang, store, _user(request)),
             self._models(lang, conv.model, _user(request)),
         )
-        return (
-            dropdown,
-            models,
-            self._conversations(store, lang),
-            _chatbot(rows),
-            rows,
-            problem or history_problem or models_problem,
-            store.dump(),
-            offered,
-        )
+        v = self.v
+        return {
+            v.collection: dropdown,
+            v.model: models,
+            v.conversations: self._conversations(store, lang),
+            **self._chat(rows),
+            v.notice: problem or history_problem or models_problem,
+            v.store: store.dump(),
+            v.offered: offered,
+        }
 
-    async def choose_model(self, model: str | None, raw: Any) -> dict[str, Any]:
+    async def choose_model(self, model: str | None, raw: Any) -> Updates:
         """The model picked for the open conversation, kept with it in the browser."""
         store = self._store(raw)
         store.choose(store.current, _chosen(model))
-        return store.dump()
+        return {self.v.store: store.dump()}
 
     async def new_conversation(
         self, raw: Any, collection: str | None, model: str | None, request: gr.Request
-    ) -> tuple[Any, ...]:
+    ) -> Updates:
         lang = _lang(request)
         store = self._store(raw)
         current = store.get(store.current)
@@ -282,29 +316,34 @@ class Page:
         else:
             store.start(collection, self.s.max_conversations, _chosen(model))
         self.m.conversations.labels("new").inc()
-        return self._conversations(store, lang), [], [], "", store.dump()
+        v = self.v
+        return {
+            v.conversations: self._conversations(store, lang),
+            **self._chat([]),
+            v.notice: "",
+            v.store: store.dump(),
+        }
 
     async def switch(
         self, cid: str | None, raw: Any, offered: list[str] | None, request: gr.Request
-    ) -> tuple[Any, ...]:
+    ) -> Updates:
         lang = _lang(request)
         store = self._store(raw)
+        v = self.v
         conv = store.get(cid)
         if conv is None:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), store.dump(), gr.skip(), gr.skip()
+            return {v.store: store.dump()}
         store.current = conv.id
         rows, problem = await self._history(lang, store, _user(request))
         self.m.conversations.labels("switch").inc()
-        collection = gr.Dropdown(value=conv.collection) if conv.collection else gr.skip()
-        return (
-            _chatbot(rows),
-            rows,
-            problem,
-            collection,
-            store.dump(),
-            self._conversations(store, lang),
-            _model_update(offered, conv.model),
-        )
+        return {
+            **self._chat(rows),
+            v.notice: problem,
+            v.collection: gr.Dropdown(value=conv.collection) if conv.collection else gr.skip(),
+            v.store: store.dump(),
+            v.conversations: self._conversations(store, lang),
+            v.model: _model_update(offered, conv.model),
+        }
 
     async def delete(
         self,
@@ -313,31 +352,30 @@ class Page:
         model: str | None,
         offered: list[str] | None,
         request: gr.Request,
-    ) -> tuple[Any, ...]:
+    ) -> Updates:
         lang = _lang(request)
         store = self._store(raw)
-        skip = gr.skip()
+        v = self.v
         if store.current is None:
-            return skip, skip, skip, "", store.dump(), skip
+            return {v.notice: "", v.store: store.dump()}
         try:
             await self.client.delete_session(store.current, _user(request))
         except Exception as exc:
             # The conversation stays listed: its history is still in the gateway.
-            return skip, skip, skip, _notice(self._fail(lang, exc, "delete")), store.dump(), skip
+            return {v.notice: _notice(self._fail(lang, exc, "delete")), v.store: store.dump()}
         store.remove(store.current)
         self.m.conversations.labels("delete").inc()
         if store.current is None:
             store.start(collection, self.s.max_conversations, _chosen(model))
         rows, problem = await self._history(lang, store, _user(request))
         conv = store.get(store.current)
-        return (
-            self._conversations(store, lang),
-            _chatbot(rows),
-            rows,
-            problem or t(lang, "deleted"),
-            store.dump(),
-            _model_update(offered, conv.model if conv else None),
-        )
+        return {
+            v.conversations: self._conversations(store, lang),
+            **self._chat(rows),
+            v.notice: problem or t(lang, "deleted"),
+            v.store: store.dump(),
+            v.model: _model_update(offered, conv.model if conv else None),
+        }
 
     # --- files ---
 
@@ -433,28 +471,29 @@ class Page:
 
     async def upload(
         self, files: list[str] | None, collection: str | None, request: gr.Request
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncIterator[Updates]:
         """The upload panel: every file into the chosen knowledge base, each watched until done."""
         lang = _lang(request)
+        status = self.v.upload_status
         paths = [str(f) for f in files or []]
         if not paths:
-            yield _notice(t(lang, "upload_nothing")), gr.skip(), gr.skip()
+            yield {status: _notice(t(lang, "upload_nothing"))}
             return
         if not collection or not collection.strip():
-            yield _notice(t(lang, "upload_need_collection")), gr.skip(), gr.skip()
+            yield {status: _notice(t(lang, "upload_need_collection"))}
             return
         collection = collection.strip()
         problem = self._check_files(lang, paths, self.documents | self.images)
         if problem:
-            yield _notice(problem), gr.skip(), gr.skip()
+            yield {status: _notice(problem)}
             return
         lines = [""] * len(paths)
         for i, path in enumerate(paths):
             async for line, _done in self._ingest(lang, collection, path, _user(request)):
                 lines[i] = line
-                yield "\n\n".join(x for x in lines if x), gr.skip(), gr.skip()
+                yield {status: "\n\n".join(x for x in lines if x)}
         dropdown, _ = await self._collections(lang, collection, keep=True, user=_user(request))
-        yield "\n\n".join(lines), dropdown, None
+        yield {status: "\n\n".join(lines), self.v.collection: dropdown, self.v.files: None}
 
     # --- chat ---
 
@@ -467,24 +506,22 @@ class Page:
         request: gr.Request,
         # Last, with a default: a script (gradio_client) that names no model need not pass one.
         model: str | None = None,
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncIterator[Updates]:
         """One turn: show the question, ingest attached documents, stream the answer (the model's
         thinking apart, above it) and its sources, from the model in the chooser (None: the
-        conversation's own choice).
-
-        Outputs: chatbot, textbox, notice, conversations, stored conversations, rows."""
+        conversation's own choice)."""
         lang = _lang(request)
         store = self._store(raw)
+        v = self.v
         rows = list(rows or [])
         text = str((message or {}).get("text") or "")
         paths = [str(p) for p in (message or {}).get("files") or []]
-        skip = gr.skip()
         if not text.strip() and not paths:
-            yield skip, skip, _notice(t(lang, "empty_question")), skip, skip, skip
+            yield {v.notice: _notice(t(lang, "empty_question"))}
             return
         problem = self._check_files(lang, paths, self.images | self.documents)
         if problem:
-            yield skip, skip, _notice(problem), skip, skip, skip
+            yield {v.notice: _notice(problem)}
             return
         if collection and not COLLECTION.match(collection):
             collection = None
@@ -498,8 +535,7 @@ class Page:
         shown: list[Any] = [text] if text.strip() else []
         shown += [{"path": p} for p in paths]
         rows.append({"role": "user", "content": shown[0] if len(shown) == 1 else shown, "rateable": False})
-        busy = gr.MultimodalTextbox(value=None, interactive=False)
-        yield _chatbot(rows), busy, "", skip, skip, rows
+        yield {**self._chat(rows), v.box: gr.MultimodalTextbox(value=None, interactive=False), v.notice: ""}
 
         notice_html = ""
         kept = bool(documents)
@@ -510,7 +546,7 @@ class Page:
                 async for line, _done in self._ingest(lang, collection, path, _user(request)):
                     lines[i] = line
                     rows[-1] = rows[-1] | {"content": "\n\n".join(x for x in lines if x)}
-                    yield _chatbot(rows), skip, skip, skip, skip, rows
+                    yield self._chat(rows)
 
         if text.strip() or images:
             content: str | list[dict[str, Any]] = text
@@ -519,7 +555,7 @@ class Page:
                     await self._image_part(p) for p in images
                 ]
             rows.append({"role": "assistant", "content": t(lang, "thinking"), "rateable": False})
-            yield _chatbot(rows), skip, skip, skip, skip, rows
+            yield self._chat(rows)
             started = time.perf_counter()
             first = True
             answer = Answer()
@@ -545,7 +581,7 @@ class Page:
                             lang, answer.text, None, reasoning=answer.reasoning, streaming=True
                         )
                         rows[-1] = rows[-1] | {"content": shown_now}
-                        yield _chatbot(rows), skip, skip, skip, skip, rows
+                        yield self._chat(rows)
             except Exception as exc:
                 notice_html = error_content(self._fail(lang, exc, "chat"))
                 partial = answer_content(lang, answer.text, None, reasoning=answer.reasoning)
@@ -593,27 +629,28 @@ class Page:
                 question=title_of(text or ", ".join(Path(p).name for p in paths)),
                 collection=collection,
             )
-        idle = gr.MultimodalTextbox(value=None, interactive=True)
-        yield (
-            _chatbot(rows),
-            idle,
-            notice_html,
-            self._conversations(store, lang),
-            store.dump(),
-            rows,
-        )
+        yield {
+            **self._chat(rows),
+            v.box: gr.MultimodalTextbox(value=None, interactive=True),
+            v.notice: notice_html,
+            v.conversations: self._conversations(store, lang),
+            v.store: store.dump(),
+        }
 
     # --- the user's documents ---
 
-    async def account(self, request: gr.Request) -> tuple[str, Any]:
+    async def account(self, request: gr.Request) -> Updates:
         """Who is logged in, and the way out; nothing when the UI has no login."""
         user = _user(request)
         if user is None:
-            return "", gr.Button(visible=False)
+            return {self.v.account: "", self.v.logout: gr.Button(visible=False)}
         name = escape(display_name(user), 100)
-        return t(_lang(request), "signed_in_as", name=name), gr.Button(visible=True)
+        return {
+            self.v.account: t(_lang(request), "signed_in_as", name=name),
+            self.v.logout: gr.Button(visible=True),
+        }
 
-    def _documents_view(self, lang: str, state: dict[str, Any], note: str = "") -> tuple[Any, ...]:
+    def _documents_view(self, lang: str, state: dict[str, Any], note: str = "") -> Updates:
         items = state["items"]
         choices = [(_document_label(d), str(d["id"])) for d in items]
         if not items:
@@ -621,8 +658,12 @@ class Page:
         else:
             info = t(lang, "docs_count", shown=len(items), total=state.get("total") or len(items))
         info = "\n\n".join(x for x in (note, info) if x)
-        more = gr.Button(visible=bool(state.get("next")))
-        return gr.CheckboxGroup(choices=choices, value=[]), info, more, state
+        return {
+            self.v.documents: gr.CheckboxGroup(choices=choices, value=[]),
+            self.v.documents_info: info,
+            self.v.more_documents: gr.Button(visible=bool(state.get("next"))),
+            self.v.documents_state: state,
+        }
 
     async def _documents_page(
         self, lang: str, collection: str | None, state: dict[str, Any], user: str | None
@@ -649,7 +690,7 @@ class Page:
             "total": total if isinstance(total, int) else None,
         }, ""
 
-    async def list_documents(self, collection: str | None, request: gr.Request) -> tuple[Any, ...]:
+    async def list_documents(self, collection: str | None, request: gr.Request) -> Updates:
         """The first page of what this user uploaded into the selected knowledge base."""
         lang = _lang(request)
         state, problem = await self._documents_page(lang, collection, dict(DOCS_EMPTY), _user(request))
@@ -657,7 +698,7 @@ class Page:
 
     async def more_documents(
         self, collection: str | None, state: dict[str, Any] | None, request: gr.Request
-    ) -> tuple[Any, ...]:
+    ) -> Updates:
         lang = _lang(request)
         state = state or dict(DOCS_EMPTY)
         if state.get("collection") != collection or not state.get("next"):
@@ -728,15 +769,15 @@ class Page:
         collection: str | None,
         state: dict[str, Any] | None,
         request: gr.Request,
-    ) -> AsyncIterator[tuple[Any, ...]]:
+    ) -> AsyncIterator[Updates]:
         """Remove the ticked documents one by one, watching each job, then list again."""
         lang = _lang(request)
         user = _user(request)
         state = state or dict(DOCS_EMPTY)
         chosen = [str(x) for x in selected or []][: self.s.documents_page_size]
-        skip = gr.skip()
+        info = self.v.documents_info
         if not chosen or not collection:
-            yield skip, t(lang, "docs_pick"), skip, skip
+            yield {info: t(lang, "docs_pick")}
             return
         names = {
             str(d["id"]): str(d.get("source") or d.get("title") or d["id"]) for d in state.get("items") or []
@@ -745,13 +786,17 @@ class Page:
         for i, doc_id in enumerate(chosen):
             async for line in self._remove(lang, collection, doc_id, names.get(doc_id, doc_id), user):
                 lines[i] = line
-                yield skip, "\n\n".join(x for x in lines if x), skip, skip
+                yield {info: "\n\n".join(x for x in lines if x)}
         fresh, problem = await self._documents_page(lang, collection, dict(DOCS_EMPTY), user)
         yield self._documents_view(lang, fresh, "\n\n".join(x for x in [*lines, problem] if x))
 
     # --- feedback ---
 
-    async def rate(self, data: gr.LikeData, raw: Any, rows: list[Row] | None, request: gr.Request) -> str:
+    async def rate(self, data: gr.LikeData, raw: Any, rows: list[Row] | None, request: gr.Request) -> Updates:
+        return {self.v.notice: await self._rating(data, raw, rows, request)}
+
+    async def _rating(self, data: gr.LikeData, raw: Any, rows: list[Row] | None, request: gr.Request) -> str:
+        """Sends the rating to the gateway; returns what the notice then says."""
         lang = _lang(request)
         store = self._store(raw)
         index = data.index if isinstance(data.index, int) else data.index[0]
@@ -787,7 +832,6 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
     def label(key: str) -> Any:
         return i18n(I18N_PREFIX + key)
 
-    page = Page(settings, client, metrics)
     accepted = sorted({*settings.image_types, *settings.upload_types})
     with gr.Blocks(title=settings.title, fill_height=True, analytics_enabled=False) as demo:
         store = gr.BrowserState(
@@ -813,7 +857,7 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
                     elem_id="collection",
                 )
                 model = gr.Dropdown(label=label("model"), choices=[], interactive=True, elem_id="model")
-                offered = gr.State([])  # the model names the chooser lists
+                offered = gr.State([])
                 new_button = gr.Button(label("new_chat"), variant="primary", elem_id="new-chat")
                 conversations = gr.Radio(label=label("conversations"), choices=[], elem_id="conversations")
                 delete_button = gr.Button(
@@ -864,7 +908,33 @@ def build(settings: UiSettings, client: GatewayClient, metrics: UiMetrics) -> tu
                     autofocus=True,
                     elem_id="chat-input",
                 )
+        page = Page(
+            settings,
+            client,
+            metrics,
+            View(
+                collection=collection,
+                model=model,
+                offered=offered,
+                conversations=conversations,
+                chatbot=chatbot,
+                rows=rows,
+                notice=notice,
+                store=store,
+                box=box,
+                files=files,
+                upload_status=upload_status,
+                account=account,
+                logout=logout_button,
+                documents=my_documents,
+                documents_info=documents_info,
+                more_documents=more_button,
+                documents_state=documents_state,
+            ),
+        )
 
+        # Each outputs= list is the order in which a script (gradio_client) receives the values;
+        # the handlers name what they update, so that order binds nothing in them.
         demo.load(
             page.load,
             inputs=[store],
