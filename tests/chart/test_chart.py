@@ -2156,7 +2156,7 @@ def test_a_stock_install_generates_the_gateway_keys_and_the_uis_key(
     assert key.name == "ui" and key.act_for_users and key.may_read("any-collection") and not key.admin
     assert ui_key not in data["api-keys.yaml"], "the keys file holds the UI key in plain text"
     # Kept across upgrades: the helper reads the Secret back before generating one.
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    helpers = "".join(p.read_text() for p in sorted((CHART / "templates").glob("_*.tpl")))
     assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', helpers)
 
     (gw,) = of_component(docs, "gateway", {"Deployment"})
