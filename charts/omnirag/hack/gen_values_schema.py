@@ -1,4 +1,4 @@
-"""Write charts/omnirag/values.schema.json.
+"""Write charts/omnirag/values.schema.json, or check that the committed file is what it would write.
 
 The chart's values schema is generated so that its `knowledgeBases` part stays byte-for-byte the
 indexer's own schema (jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.schema.json): its
@@ -6,17 +6,26 @@ indexer's own schema (jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.sc
 changing either that schema or the chart's values:
 
     python charts/omnirag/hack/gen_values_schema.py
+
+`--check` writes nothing: it exits 1 with a diff when the committed file differs from what this
+would write (tests/chart runs it, so `make test` fails on a schema that drifted).
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 CHART = Path(__file__).resolve().parent.parent
 REPO = CHART.parent.parent
 KB_SCHEMA = REPO / "jobs/indexer/src/omnirag/indexer/schema/knowledge-bases.schema.json"
+SCHEMA = CHART / "values.schema.json"
+# A drift report stops after this many diff lines: its head shows what drifted, regenerating fixes all.
+MAX_DIFF_LINES = 400
 
 J = dict[str, Any]
 
@@ -91,6 +100,17 @@ INT_OR_PERCENT: J = {
         {"type": "null"},
     ]
 }
+# One rule for the tag of the chart's images and of the helm test's: '' means the appVersion.
+IMAGE_TAG: J = {
+    "type": "string",
+    "description": "Image tag ('' = the chart's appVersion). Never latest.",
+    "pattern": r"^$|^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$",
+    "not": {"pattern": r"^[Ll][Aa][Tt][Ee][Ss][Tt]$"},
+}
+# A host name of an Ingress rule or an HTTPRoute (a wildcard first label allowed).
+HOSTNAME = string(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# A chat model's name (also in object names): lower case, digits, "." and "-".
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$"
 
 
 def chart_defs() -> J:
@@ -108,12 +128,7 @@ def chart_defs() -> J:
                 "repository": string(
                     "Image repository.", minLength=1, pattern=r"^[a-z0-9]+([._\-/][a-z0-9]+)*$"
                 ),
-                "tag": {
-                    "type": "string",
-                    "description": "Image tag ('' = the chart's appVersion). Never latest.",
-                    "pattern": r"^$|^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$",
-                    "not": {"pattern": r"^[Ll][Aa][Tt][Ee][Ss][Tt]$"},
-                },
+                "tag": IMAGE_TAG,
                 "digest": string("Image digest.", pattern=r"^$|^sha256:[a-f0-9]{64}$"),
                 "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
             },
@@ -295,14 +310,17 @@ def probes() -> J:
 COMMON_REQUIRED = ["enabled", "image", "resources", "startupProbe", "livenessProbe", "readinessProbe"]
 
 
-def http_service(extra: J, service: J | None = None, autoscaling: bool = True) -> J:
+def http_service(
+    extra: J, service: J | None = None, autoscaling: bool = True, external_url: bool = True
+) -> J:
+    """An omnirag HTTP service's values: `extra` are its own keys, `service` replaces chartService."""
     props: J = {
         "enabled": BOOL,
         "image": ref("chartImage"),
         "replicas": integer(0),
         "resources": ref("chartResources"),
         **probes(),
-        "externalUrl": URL_OR_EMPTY,
+        **({"externalUrl": URL_OR_EMPTY} if external_url else {}),
         "terminationGracePeriodSeconds": integer(0),
         "tmpSizeLimit": QUANTITY_OR_NULL,
         "service": service or ref("chartService"),
@@ -356,59 +374,71 @@ def ui_auth() -> J:
     )
 
 
-def values_schema(kb: J) -> J:
-    components = {
-        "gateway": http_service(
-            {
-                "auth": obj(
-                    {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
-                    required=["enabled", "existingSecretKey"],
-                ),
-                # GATEWAY_SSE_KEEPALIVE_SECONDS: 0 = off; at most an hour, as the setting.
-                "sseKeepAliveSeconds": {"type": "number", "minimum": 0, "maximum": 3600},
-                "defaultModel": string(pattern=r"^$|^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$"),
-                "rewriteModel": string(pattern=r"^$|^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$"),
-            }
-        ),
-        "embedder": http_service(
-            {
-                "model": obj(
-                    {
-                        "name": string(
-                            "Entry of modelDownload.models ('' = the packaged model).",
-                            pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
-                        ),
-                        "servedName": {"type": "string"},
-                    }
-                ),
-                "maxQueueInputs": integer(1),
-            }
-        ),
-        "retriever": http_service({"faissGpu": BOOL}),
-        "ui": http_service(
-            {
-                "apiKey": obj(
-                    {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
-                    required=["existingSecretKey"],
-                ),
-                "auth": ui_auth(),
-            },
-            service=obj(
-                {
-                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-                    "port": integer(1, 65535),
-                    "annotations": STRING_MAP,
-                    "sessionAffinity": BOOL,
-                },
-                required=["type", "port"],
-            ),
-            autoscaling=False,
-        ),
-    }
-    # externalUrl of the UI means nothing (nothing calls the UI).
-    del components["ui"]["properties"]["externalUrl"]
+# The components, one top-level values key each (in the schema's order).
 
-    components["indexer"] = obj(
+
+def gateway() -> J:
+    return http_service(
+        {
+            "auth": obj(
+                {"enabled": BOOL, "existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
+                required=["enabled", "existingSecretKey"],
+            ),
+            # GATEWAY_SSE_KEEPALIVE_SECONDS: 0 = off; at most an hour, as the setting.
+            "sseKeepAliveSeconds": {"type": "number", "minimum": 0, "maximum": 3600},
+            "defaultModel": string(pattern="^$|" + MODEL_NAME_PATTERN),
+            "rewriteModel": string(pattern="^$|" + MODEL_NAME_PATTERN),
+        }
+    )
+
+
+def embedder() -> J:
+    return http_service(
+        {
+            "model": obj(
+                {
+                    "name": string(
+                        "Entry of modelDownload.models ('' = the packaged model).",
+                        pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$",
+                    ),
+                    "servedName": {"type": "string"},
+                }
+            ),
+            "maxQueueInputs": integer(1),
+        }
+    )
+
+
+def retriever() -> J:
+    return http_service({"faissGpu": BOOL})
+
+
+def ui() -> J:
+    return http_service(
+        {
+            "apiKey": obj(
+                {"existingSecret": SECRET_NAME, "existingSecretKey": SECRET_KEY},
+                required=["existingSecretKey"],
+            ),
+            "auth": ui_auth(),
+        },
+        service=obj(
+            {
+                "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                "port": integer(1, 65535),
+                "annotations": STRING_MAP,
+                "sessionAffinity": BOOL,
+            },
+            required=["type", "port"],
+        ),
+        autoscaling=False,
+        external_url=False,  # nothing calls the UI
+    )
+
+
+def indexer(kb: J) -> J:
+    """The indexer's values; its default schedule obeys the indexer schema's `schedule`."""
+    return obj(
         {
             "enabled": BOOL,
             "image": ref("chartImage"),
@@ -457,8 +487,10 @@ def values_schema(kb: J) -> J:
         required=["enabled", "image", "resources", "worker"],
     )
 
-    # The flags of `vllm serve`: vllm.serve (the defaults), and each chat model's `vllm:` over it.
-    serve_props: J = {
+
+def vllm_serve() -> J:
+    """The flags of `vllm serve`: vllm.serve (the defaults), and each chat model's `vllm:` over it."""
+    return {
         "maxModelLen": {
             "anyOf": [
                 {"type": "integer", "minimum": 16},
@@ -480,18 +512,25 @@ def values_schema(kb: J) -> J:
         },
         "extraArgs": {"type": "array", "items": {"type": ["string", "number", "boolean"]}},
     }
-    gpu_props: J = {
+
+
+def vllm_gpu() -> J:
+    return {
         "count": integer(1, 16),
         "resourceName": string(pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-]+$"),
         "memory": {"anyOf": [QUANTITY, {"type": "null"}, {"const": ""}]},
     }
-    vllm_shared: J = {
+
+
+def vllm_shared() -> J:
+    """The keys of `vllm:` that are every served model's defaults."""
+    return {
         "image": ref("chartImagePinned"),
         "replicas": integer(0),
         "resources": ref("chartResources"),
-        "gpu": obj(gpu_props, required=["count", "resourceName"]),
+        "gpu": obj(vllm_gpu(), required=["count", "resourceName"]),
         "serve": obj(
-            serve_props,
+            vllm_serve(),
             required=["maxModelLen", "dtype", "gpuMemoryUtilization", "toolCalling", "reasoningParser"],
         ),
         "autoscaling": ref("chartAutoscaling"),
@@ -506,8 +545,11 @@ def values_schema(kb: J) -> J:
         "networkPolicy": ref("chartNetworkPolicyExtra"),
         **scheduling(),
     }
-    components["vllm"] = obj(
-        vllm_shared,
+
+
+def vllm() -> J:
+    return obj(
+        vllm_shared(),
         required=[
             "image",
             "resources",
@@ -520,7 +562,10 @@ def values_schema(kb: J) -> J:
         ],
     )
 
-    # One chat model of `models`: served here (source or modelPath) or elsewhere (external).
+
+def models() -> J:
+    """`models`: each chat model is served here (source or modelPath) or elsewhere (external)."""
+    shared = vllm_shared()
     download_source = obj(
         DOWNLOAD_SPEC,
         required=["source", "repo"],
@@ -528,7 +573,7 @@ def values_schema(kb: J) -> J:
     )
     capability = {"enum": ["text", "vision", "audio", "video", "tools", "reasoning"]}
     overridable = {
-        k: vllm_shared[k]
+        k: shared[k]
         for k in (
             "replicas",
             "resources",
@@ -556,7 +601,7 @@ def values_schema(kb: J) -> J:
             # Lower case, digits, "." and "-": it also names the model's objects ("." as "-").
             "name": string(
                 "What clients ask for (the request's model); names the model's objects.",
-                pattern=r"^[a-z0-9]([a-z0-9.\-]{0,38}[a-z0-9])?$",
+                pattern=MODEL_NAME_PATTERN,
             ),
             "default": BOOL,
             "capabilities": {
@@ -576,8 +621,8 @@ def values_schema(kb: J) -> J:
             "maxTokensParam": {"enum": ["max_tokens", "max_completion_tokens"]},
             "source": download_source,
             "modelPath": string("Absolute path to serve instead of a download.", pattern=r"^/"),
-            "vllm": obj(serve_props),
-            "gpu": obj(gpu_props),
+            "vllm": obj(vllm_serve()),
+            "gpu": obj(vllm_gpu()),
             **overridable,
             "external": obj(
                 {
@@ -592,8 +637,10 @@ def values_schema(kb: J) -> J:
         },
         required=["name", "capabilities"],
     )
-    components["models"] = {"type": "array", "maxItems": 16, "items": chat_model}
+    return {"type": "array", "maxItems": 16, "items": chat_model}
 
+
+def model_download() -> J:
     model_entry = obj(
         {
             "name": string(
@@ -604,7 +651,7 @@ def values_schema(kb: J) -> J:
         },
         required=["name", "source", "repo"],
     )
-    components["modelDownload"] = obj(
+    return obj(
         {
             "enabled": BOOL,
             "image": ref("chartImage"),
@@ -623,7 +670,9 @@ def values_schema(kb: J) -> J:
         required=["enabled", "image", "models", "resources"],
     )
 
-    components["redis"] = obj(
+
+def redis() -> J:
+    return obj(
         {
             "enabled": BOOL,
             "image": ref("chartImagePinned"),
@@ -688,17 +737,18 @@ def values_schema(kb: J) -> J:
         required=[*COMMON_REQUIRED, "replicas", "external"],
     )
 
-    ingress_host = string(pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+def ingress() -> J:
     ingress_tls = obj({"enabled": BOOL, "secretName": SECRET_NAME}, required=["enabled"])
     ingress_route = {
         "enabled": BOOL,
-        "hosts": {"type": "array", "minItems": 1, "items": ingress_host},
+        "hosts": {"type": "array", "minItems": 1, "items": HOSTNAME},
         "path": string(pattern=r"^/"),
         "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
         "annotations": STRING_MAP,
         "tls": ingress_tls,
     }
-    ingress = obj(
+    return obj(
         {
             "enabled": BOOL,
             "className": {"type": "string"},
@@ -719,14 +769,16 @@ def values_schema(kb: J) -> J:
         required=["enabled"],
     )
 
-    # Gateway API: hostnames without a port; a path prefix starts with /.
+
+def http_route() -> J:
+    """Gateway API: hostnames without a port; a path prefix starts with /."""
     http_route_part = {
         "enabled": BOOL,
-        "hostnames": {"type": "array", "items": ingress_host},
+        "hostnames": {"type": "array", "items": HOSTNAME},
         "path": string(pattern=r"^/"),
         "annotations": STRING_MAP,
     }
-    http_route = obj(
+    return obj(
         {
             "enabled": BOOL,
             "parentRefs": {
@@ -745,9 +797,11 @@ def values_schema(kb: J) -> J:
         required=["enabled"],
     )
 
+
+def network_policy() -> J:
     cidr = string(pattern=r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
     peer_selector = {"namespaceSelector": ref("chartSelector"), "podSelector": ref("chartSelector")}
-    network_policy = obj(
+    return obj(
         {
             "enabled": BOOL,
             "ingressController": obj(peer_selector, required=["namespaceSelector"]),
@@ -780,7 +834,9 @@ def values_schema(kb: J) -> J:
         required=["enabled"],
     )
 
-    metrics = obj(
+
+def metrics() -> J:
+    return obj(
         {
             "serviceMonitor": obj(
                 {
@@ -817,14 +873,17 @@ def values_schema(kb: J) -> J:
         }
     )
 
-    tests = obj(
+
+def helm_tests() -> J:
+    """`tests`: the helm test pod."""
+    return obj(
         {
             "enabled": BOOL,
             "image": obj(
                 {
                     "registry": {"type": "string"},
                     "repository": string(pattern=r"^$|^[a-z0-9]+([._\-/][a-z0-9]+)*$"),
-                    "tag": chart_defs()["chartImage"]["properties"]["tag"],
+                    "tag": IMAGE_TAG,
                     "digest": string(pattern=r"^$|^sha256:[a-f0-9]{64}$"),
                     "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
                 }
@@ -837,7 +896,10 @@ def values_schema(kb: J) -> J:
         required=["enabled"],
     )
 
-    top: J = {
+
+def release_wide() -> J:
+    """The keys before the components: names, labels, global, service account, security, storage, token."""
+    return {
         "nameOverride": string(pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=40),
         "fullnameOverride": string(pattern=r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=40),
         "commonLabels": STRING_MAP,
@@ -896,32 +958,28 @@ def values_schema(kb: J) -> J:
             required=["existingSecret", "existingSecretKey"],
             description="The shared token the embedder and the retriever require of their callers.",
         ),
-        **components,
-        # Identical to the indexer's schema (see the module docstring).
-        "knowledgeBases": kb["properties"]["knowledgeBases"],
-        "ingress": ingress,
-        "httpRoute": http_route,
-        "networkPolicy": network_policy,
-        "metrics": metrics,
-        "tests": tests,
-        # Manifests as maps or YAML strings, rendered through tpl.
-        "extraObjects": {"type": "array", "items": {"type": ["object", "string"]}},
     }
 
-    def enabled(c: str, value: bool) -> J:
-        return {
-            "properties": {c: {"properties": {"enabled": {"const": value}}, "required": ["enabled"]}},
-            "required": [c],
-        }
 
-    def needs(path: list[str], message: str) -> J:
-        inner: J = {"type": "string", "minLength": 1, "description": message}
-        for key in reversed(path):
-            inner = {"properties": {key: inner}, "required": [key]}
-        return inner
+def enabled(c: str, value: bool) -> J:
+    """A condition: component `c` is there with `enabled: value`."""
+    return {
+        "properties": {c: {"properties": {"enabled": {"const": value}}, "required": ["enabled"]}},
+        "required": [c],
+    }
 
-    # Cross-field rules: a part that is off must be replaced by an external one when something uses it.
-    rules = [
+
+def needs(path: list[str], message: str) -> J:
+    """A requirement: the string at `path` is set; `message` says what to give."""
+    inner: J = {"type": "string", "minLength": 1, "description": message}
+    for key in reversed(path):
+        inner = {"properties": {key: inner}, "required": [key]}
+    return inner
+
+
+def cross_field_rules() -> list[J]:
+    """A part that is off must be replaced by an external one when something uses it."""
+    return [
         {
             "if": enabled("httpRoute", True),
             "then": {
@@ -995,6 +1053,30 @@ def values_schema(kb: J) -> J:
         },
     ]
 
+
+def values_schema(kb: J) -> J:
+    top: J = {
+        **release_wide(),
+        "gateway": gateway(),
+        "embedder": embedder(),
+        "retriever": retriever(),
+        "ui": ui(),
+        "indexer": indexer(kb),
+        "vllm": vllm(),
+        "models": models(),
+        "modelDownload": model_download(),
+        "redis": redis(),
+        # Identical to the indexer's schema (see the module docstring).
+        "knowledgeBases": kb["properties"]["knowledgeBases"],
+        "ingress": ingress(),
+        "httpRoute": http_route(),
+        "networkPolicy": network_policy(),
+        "metrics": metrics(),
+        "tests": helm_tests(),
+        # Manifests as maps or YAML strings, rendered through tpl.
+        "extraObjects": {"type": "array", "items": {"type": ["object", "string"]}},
+    }
+
     defs = chart_defs()
     for name, definition in kb["$defs"].items():
         assert name not in defs, name
@@ -1032,19 +1114,79 @@ def values_schema(kb: J) -> J:
             "tests",
         ],
         "properties": top,
-        "allOf": rules,
+        "allOf": cross_field_rules(),
         "$defs": defs,
     }
 
 
-def main() -> None:
-    kb = json.loads(KB_SCHEMA.read_text(encoding="utf-8"))
-    schema = values_schema(kb)
-    (CHART / "values.schema.json").write_text(
-        json.dumps(schema, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+def render(kb: J) -> str:
+    """The schema file's text."""
+    return json.dumps(values_schema(kb), indent=2, ensure_ascii=False) + "\n"
+
+
+def drift(path: Path, text: str) -> str:
+    """A unified diff from the file at `path` to `text` ('' when they are equal)."""
+    current = path.read_text(encoding="utf-8")
+    if current == text:
+        return ""
+    diff = difflib.unified_diff(
+        current.splitlines(keepends=True),
+        text.splitlines(keepends=True),
+        fromfile=f"{display(path)} (on disk)",
+        tofile=f"{display(path)} (generated)",
     )
-    print(f"wrote {CHART / 'values.schema.json'}")
+    lines = list(diff)
+    if len(lines) > MAX_DIFF_LINES:
+        lines = [*lines[:MAX_DIFF_LINES], f"... {len(lines) - MAX_DIFF_LINES} more diff lines\n"]
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+
+
+def display(path: Path) -> str:
+    """`path` relative to the repository when it is inside it (how the commands here are run)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def check(path: Path, text: str) -> int:
+    """0 when the file at `path` is `text`; else 1, with the diff on stdout and the fix on stderr."""
+    if not path.is_file():
+        problem = "is missing"
+    else:
+        diff = drift(path, text)
+        if not diff:
+            print(f"{display(path)} is up to date")
+            return 0
+        sys.stdout.write(diff)
+        problem = "is not what the generator writes"
+    command = f"python {display(Path(__file__))}"
+    if path.resolve() != SCHEMA:
+        command += f" --output {display(path)}"
+    print(f"{display(path)} {problem}; regenerate it: {command}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write (or --check) charts/omnirag/values.schema.json.")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 with a diff when the file differs from what would be written",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=SCHEMA, help=f"the schema file (default: {display(SCHEMA)})"
+    )
+    args = parser.parse_args(argv)
+    kb = json.loads(KB_SCHEMA.read_text(encoding="utf-8"))
+    text = render(kb)
+    path: Path = args.output
+    if args.check:
+        return check(path, text)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
