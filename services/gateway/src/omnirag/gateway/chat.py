@@ -23,6 +23,7 @@ import orjson
 from langchain_core.messages import AIMessageChunk
 from pydantic import BaseModel, ConfigDict, Field
 
+from omnirag.core.clients.embedder import EmbedderClient
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
 from omnirag.core.text import language
 from omnirag.gateway import grounding
@@ -213,6 +214,10 @@ class ChatHandler:
         self.m = gw.metrics
         # The embedder's languages (its /v1/info), read on first need; None until it answered.
         self._languages: set[str] | None = None
+        # Through the gateway's own HTTP client: its circuit breaker and service token.
+        self.embedder = EmbedderClient(
+            self.s.embedder_url, timeout=self.s.upstream_timeout, async_client=gw.http
+        )
 
     # ---------- shared steps ----------
 
@@ -295,27 +300,19 @@ class ChatHandler:
         languages = self._languages
         if languages is None:
             try:
-                resp = await self.gw.http.get(
-                    self.s.embedder_url.rstrip("/") + "/v1/info", timeout=self.s.upstream_timeout
+                info = await self.embedder.info()
+            except OmniragError as exc:
+                log.info(
+                    "no embedder info; extracting without it", extra={"error": f"{type(exc).__name__}: {exc}"}
                 )
-                resp.raise_for_status()
-                languages = {str(x).lower() for x in resp.json().get("languages") or ["en"]}
-            except Exception as exc:
-                log.info("no embedder info; extracting without it", extra={"error": type(exc).__name__})
                 return False
-            self._languages = languages
+            languages = self._languages = {x.lower() for x in info.languages or ["en"]}
         return language(question) in languages
 
     async def _embed(self, texts: list[str]) -> list[list[float]]:
-        """Vectors of ``texts`` from the embedder, through the gateway's client (its circuit breaker)."""
-        resp = await self.gw.http.post(
-            self.s.embedder_url.rstrip("/") + "/v1/embeddings",
-            json={"input": texts},
-            timeout=self.s.upstream_timeout,
-        )
-        resp.raise_for_status()
-        data = sorted(resp.json()["data"], key=lambda d: d["index"])
-        return [list(map(float, d["embedding"])) for d in data]
+        """Vectors of ``texts`` from the embedder."""
+        out = await self.embedder.embeddings(texts)
+        return [d.embedding for d in out.data if not isinstance(d.embedding, str)]
 
     async def _extract(self, question: str, sources: list[Source], outcome: Outcome) -> Quote | None:
         embed = self._embed if await self._embedder_covers(question) else None

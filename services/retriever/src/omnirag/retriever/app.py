@@ -39,7 +39,7 @@ def create_app(settings: RetrieverSettings | None = None) -> FastAPI:
             info = await embedder.fetch_info()
             if info != before:
                 registry.recheck_compatibility()
-            return True, f"{info['model']} ({info['dimension']}d)"
+            return True, f"{info.model} ({info.dimension}d)"
 
         # The detail names collections and states; paths and load errors go in the info (log only).
         async def index_probe() -> Check:

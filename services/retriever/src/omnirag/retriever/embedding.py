@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import numpy as np
 
-from omnirag.core.http import ServiceClient
+from omnirag.core.clients.embedder import EmbedderClient, prompt_for
+from omnirag.core.schemas.embeddings import EmbedderInfo
 
 log = logging.getLogger("omnirag.retriever.embedding")
 
@@ -16,27 +16,22 @@ log = logging.getLogger("omnirag.retriever.embedding")
 class QueryEmbedder:
     def __init__(self, base_url: str, timeout: float, *, headers: dict[str, str] | None = None) -> None:
         # headers: the service token (ServiceSettings.service_headers), which the embedder may require.
-        self.client = ServiceClient(
-            base_url, name="embedder", timeout=timeout, retries=2, backoff=0.1, headers=headers
-        )
-        self.info: dict[str, Any] | None = None
+        self.client = EmbedderClient(base_url, timeout=timeout, retries=2, backoff=0.1, headers=headers)
+        # What the embedder serves, kept: collections are judged against it, and a query's prompt
+        # depends on it. The readiness probe refreshes it (the embedder may change model).
+        self.info: EmbedderInfo | None = None
         self._lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def fetch_info(self) -> dict[str, Any]:
+    async def fetch_info(self) -> EmbedderInfo:
         async with self._lock:
-            self.info = await self.client.get_json("/v1/info", retry=False)
+            self.info = await self.client.info(retry=False)
             return self.info
 
     async def embed(self, text: str, normalize: bool) -> np.ndarray:
-        if self.info is None:
-            await self.fetch_info()
-        assert self.info is not None
-        body: dict[str, Any] = {"inputs": [text], "normalize": normalize}
-        # Models trained with a query prompt (e5, bge, …) need it; the embedder knows its prompts.
-        if "query" in (self.info.get("prompts") or {}):
-            body["prompt_name"] = "query"
-        out = await self.client.post_json("/v1/embed", body)
-        return np.asarray(out["embeddings"][0], dtype=np.float32)
+        info = self.info or await self.fetch_info()
+        out = await self.client.embed([text], normalize=normalize, prompt_name=prompt_for(info, "query"))
+        assert out.embeddings is not None  # the client checks there is one vector per input
+        return np.asarray(out.embeddings[0], dtype=np.float32)

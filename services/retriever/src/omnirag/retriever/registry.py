@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from omnirag.core.errors import Conflict, NotFound
 from omnirag.core.metrics import ServiceMetrics
+from omnirag.core.schemas.embeddings import EmbedderInfo
 from omnirag.index import Collection, dense, list_collections, read_current
 from omnirag.index.store import version_path
 from omnirag.retriever.config import RetrieverSettings
@@ -70,15 +71,15 @@ class Entry:
         return self.collection
 
 
-def compatibility(collection: Collection, info: dict[str, Any] | None) -> str | None:
+def compatibility(collection: Collection, info: EmbedderInfo | None) -> str | None:
     """Why ``collection`` cannot be searched with this embedder, or None if it can."""
     if info is None:
         return None
     emb = collection.manifest.embedding
-    if emb.model != info.get("model") or emb.dimension != info.get("dimension"):
+    if emb.model != info.model or emb.dimension != info.dimension:
         return (
             f"built with {emb.model} ({emb.dimension}d) but the embedder serves "
-            f"{info.get('model')} ({info.get('dimension')}d); re-index it with this embedder"
+            f"{info.model} ({info.dimension}d); re-index it with this embedder"
         )
     return None
 

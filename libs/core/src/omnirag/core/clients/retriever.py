@@ -22,8 +22,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 from pydantic import ConfigDict, Field, PrivateAttr
 
+from omnirag.core.clients import request_id_headers as _headers
 from omnirag.core.errors import Conflict, InvalidInput, NotFound, UpstreamError
-from omnirag.core.logging import REQUEST_ID_HEADER, request_id_var
 from omnirag.core.schemas.retrieval import SearchMode
 
 
@@ -46,11 +46,6 @@ def _body(
     if score_threshold is not None:
         body["score_threshold"] = score_threshold
     return body
-
-
-def _headers() -> dict[str, str]:
-    rid = request_id_var.get()
-    return {REQUEST_ID_HEADER: rid} if rid else {}
 
 
 def _check(response: httpx.Response, collection: str) -> dict[str, Any]:

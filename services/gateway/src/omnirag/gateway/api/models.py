@@ -32,10 +32,10 @@ async def models(key: Key, gw: Gateway) -> JSONResponse:
         for m in gw.registry.allowed(key)
     ]
     try:
-        info = (await gw.http.get(gw.settings.embedder_url.rstrip("/") + "/v1/info", timeout=2.0)).json()
+        info = await gw.chat.embedder.info(request_timeout=2.0)
         data.append(
             {
-                "id": info["model"],
+                "id": info.model,
                 "object": "model",
                 "created": _STARTED,
                 "owned_by": "omnirag-embedder",
@@ -49,6 +49,8 @@ async def models(key: Key, gw: Gateway) -> JSONResponse:
 
 @router.post("/embeddings", summary="OpenAI embeddings, computed by the embedder service")
 async def embeddings(request: Request, key: Key, gw: Gateway) -> Response:
+    # Bytes in, bytes out, not through the typed client: the client's fields (base64, dimensions, ones
+    # OpenAI adds later) reach the embedder as sent, and 32 vectors are not parsed and re-encoded.
     body = await request.body()
     try:
         upstream = await gw.http.post(
