@@ -269,6 +269,9 @@ def test_refusals_leave_nothing_behind(client, r, uploads):
 
     bad_collection = client.post("/v1/collections/Bad%20Name/documents", headers=AUTH, json={"text": "x"})
     assert bad_collection.status_code == 422 and code(bad_collection) == "invalid_collection"
+    # A final newline once slipped past the gateway's own check ("$" before "\n"), not the worker's.
+    newline = client.post("/v1/collections/docs%0A/documents", headers=AUTH, json={"text": "x"})
+    assert newline.status_code == 422 and code(newline) == "invalid_collection"
 
     assert stored_files(uploads) == []
     assert stream_entries(r) == []

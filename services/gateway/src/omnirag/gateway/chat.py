@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from omnirag.core.clients.embedder import EmbedderClient
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
+from omnirag.core.names import CollectionName
 from omnirag.core.text import language
 from omnirag.gateway import grounding
 from omnirag.gateway.auth import ApiKey
@@ -85,7 +86,7 @@ class ChatRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     # omnirag (extra_body in the OpenAI SDK)
-    collection: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    collection: CollectionName | None = None
     session_id: str | None = None
     top_k: int | None = Field(None, ge=1)
     filter: dict[str, Any] | None = None

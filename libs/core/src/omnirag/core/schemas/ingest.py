@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from omnirag.core.names import CollectionName
+
 INGEST_STREAM = "omnirag:ingest"
 DEAD_LETTER_STREAM = "omnirag:ingest:dead"
 CONSUMER_GROUP = "indexers"
@@ -23,7 +25,7 @@ def job_key(job_id: str) -> str:
 
 class IngestRequest(BaseModel):
     job_id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")
-    collection: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    collection: CollectionName
     kind: Literal["file", "text", "delete"]
     source: str = Field(
         min_length=1,

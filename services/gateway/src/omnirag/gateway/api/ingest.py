@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from omnirag.core.errors import InvalidInput, NotFound, NotReady, Overloaded, PayloadTooLarge
+from omnirag.core.names import check_collection_name
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
 from omnirag.gateway.deps import Gateway, Key
@@ -50,7 +51,6 @@ def _constraint(field: str, attr: str) -> Any:
     raise LookupError(f"IngestRequest.{field} has no {attr}")
 
 
-COLLECTION = re.compile(_constraint("collection", "pattern"))
 JOB_ID = re.compile(_constraint("job_id", "pattern"))
 MAX_TEXT_CHARS: int = _constraint("text", "max_length")
 MAX_SOURCE_CHARS: int = _constraint("source", "max_length")
@@ -63,16 +63,6 @@ FORM_OVERHEAD_BYTES = 256 * 1024
 MAX_FILENAME_CHARS = 200
 DIR_MODE = 0o750
 FILE_MODE = 0o640
-
-
-def check_collection_name(name: str) -> str:
-    if not COLLECTION.match(name):
-        raise InvalidInput(
-            "collection names are 1-63 characters of lowercase letters, digits, '_' and '-', "
-            "starting with a letter or digit",
-            code="invalid_collection",
-        )
-    return name
 
 
 def check_job_id(job_id: str) -> str:
