@@ -1,17 +1,19 @@
 """The web crawler behind ``type: web`` sources: safe, polite, bounded, incremental.
 
-Safety (SSRF). Every host is resolved once per crawl (``socket.getaddrinfo`` in a thread) and refused
-when *any* of its addresses is loopback, private, link-local, multicast, reserved, unspecified, not
-globally routable or a cloud-metadata address, unless the host (or that address) is listed in
-``allowHosts``. The checked addresses are *pinned*: the httpx client runs on core's
-:class:`~omnirag.core.netguard.PinnedTransport`, whose network backend never resolves anything itself:
-it asks the :class:`AddressGuard` for the host's checked addresses (resolving and checking them the
-first time) and opens the TCP socket to one of those IPs. The URL keeps its host name, so the
-``Host`` header, TLS SNI and certificate verification all use the name while the socket goes to the
-checked IP: a DNS answer that changes between check and connect (rebinding) cannot be used. No
-proxy is used (``trust_env=False``); unix sockets are refused. Redirects are followed by hand (at
-most 5) and every hop is checked again (scheme, credentials, addresses, robots.txt, scope) before it
-is requested; refused URLs are reported as ``SourceProblem(kind="refused")`` and never fetched.
+Safety (SSRF). Every request goes through core's :meth:`~omnirag.core.netguard.GuardedClient.fetch`
+(the one guarded fetch loop, shared with the gateway's image URLs): every host is resolved once per
+crawl and refused when *any* of its addresses is loopback, private, link-local, multicast, reserved,
+unspecified, not globally routable or a cloud-metadata address, unless the host (or that address) is
+listed in ``allowHosts``; the checked addresses are pinned for the connection (the ``Host`` header,
+TLS SNI and certificate checks keep the name); no proxy; redirects are followed by hand (at most 5)
+and every hop is checked again (scheme, credentials, addresses, then robots.txt and scope here)
+before it is requested; refused URLs are reported as ``SourceProblem(kind="refused")`` and never
+fetched. Bodies are capped while they stream (compressed ones within the cap too), and each fetch
+has one deadline (``timeout``), which the wait for a host's turn does not count against.
+
+Text. Pages are decoded and read by :mod:`omnirag.extract` (charset from the header, the ``<meta>``
+tag, a BOM, else UTF-8 or GB18030; main text and title of HTML; Markdown titles), as local files
+are: the same page gives the same text from disk and from the web.
 
 Politeness. robots.txt is fetched once per origin through the same fetcher (unreachable or 5xx →
 allow everything, 401/403 → disallow everything, other 4xx → allow); ``Crawl-delay`` (whole seconds,
@@ -28,36 +30,37 @@ the next run; a previous entry without ``"links"`` is not used for pages whose l
 from __future__ import annotations
 
 import asyncio
-import codecs
+import contextlib
+import dataclasses
 import gzip
 import html
 import io
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin
 from urllib.robotparser import RobotFileParser
 
 import httpx
-import trafilatura
 
-# The SSRF guard lives in core (the gateway fetches image URLs through it too); the names stay
-# importable from here for the indexer's code and tests.
 from omnirag.core.netguard import (
-    METADATA_ADDRESSES,  # noqa: F401 - re-exported
     AddressGuard,
-    IPAddress,  # noqa: F401 - re-exported
-    PinnedTransport,
+    BodyTooLarge,
+    Fetched,
+    FetchError,
+    FetchTimeout,
+    GuardedClient,
+    HopCheck,
     RefusedURL,
     ResolveError,
     Resolver,
-    address_refusal,  # noqa: F401 - re-exported
     system_resolver,
     url_refusal,
 )
+from omnirag.extract import decode_text, html_document, markdown_document, mime_of, normalize_text
+from omnirag.extract.text import HTML_TYPES
 from omnirag.indexer.types import SourceDocument, SourceProblem
 
 logger = logging.getLogger(__name__)
@@ -72,10 +75,8 @@ MAX_SPEC_CONCURRENCY = 64
 ROBOTS_MAX_BYTES = 512 * 1024
 MAX_SITEMAP_FILES = 50
 MAX_SITEMAP_NESTING = 3
-MAX_LINKS_PER_PAGE = 5000
 RETRY_PAUSE = 0.2
 
-HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Links to these are never worth a request: nothing here turns into text.
@@ -236,111 +237,17 @@ def _origin(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
-def _mime(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
+# --------------------------------------------------------------------------------------------- text
 
 
-# --------------------------------------------------------------------------------------------- HTML
-
-
-class _PageParser(HTMLParser):
-    """Links (a/area href), <base href>, <title>, meta robots and a plain-text fallback."""
-
-    _SKIP_TEXT = frozenset({"script", "style", "noscript", "template", "nav", "header", "footer", "svg"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.links: list[str] = []
-        self.base: str | None = None
-        self.robots: set[str] = set()
-        self._title: list[str] = []
-        self._in_title = False
-        self._skip = 0
-        self._text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        attr = {k.lower(): (v or "") for k, v in attrs}
-        if tag in ("a", "area") and attr.get("href") and len(self.links) < MAX_LINKS_PER_PAGE:
-            self.links.append(attr["href"])
-        elif tag == "base" and self.base is None and attr.get("href"):
-            self.base = attr["href"]
-        elif tag == "meta" and attr.get("name", "").lower() in ("robots", "omnirag-indexer"):
-            self.robots.update(t.strip().lower() for t in attr.get("content", "").split(","))
-        elif tag == "title":
-            self._in_title = True
-        if tag in self._SKIP_TEXT:
-            self._skip += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        if tag in self._SKIP_TEXT and self._skip:
-            self._skip -= 1
-        if tag in ("p", "div", "li", "br", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"):
-            self._text.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self._title.append(data)
-        elif not self._skip:
-            self._text.append(data)
-
-    @property
-    def title(self) -> str:
-        return " ".join("".join(self._title).split())
-
-    @property
-    def text(self) -> str:
-        lines = (" ".join(line.split()) for line in "".join(self._text).splitlines())
-        return "\n".join(line for line in lines if line)
-
-
-def _decode(body: bytes, content_type: str | None, sniff_html: bool) -> str:
-    if body.startswith(codecs.BOM_UTF8):
-        return body[3:].decode("utf-8", errors="replace")
-    charset = None
-    match = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.IGNORECASE)
-    if match:
-        charset = match.group(1)
-    elif sniff_html:
-        found = re.search(rb"<meta[^>]+charset=[\"']?([\w.:-]+)", body[:4096], re.IGNORECASE)
-        if found:
-            charset = found.group(1).decode("ascii")
-    try:
-        return body.decode(charset or "utf-8", errors="replace")
-    except LookupError:
-        return body.decode("utf-8", errors="replace")
-
-
-def _extract_html(markup: str, url: str) -> tuple[str, str, _PageParser]:
-    """(title, main text, parser) of an HTML page; runs in a worker thread."""
-    parser = _PageParser()
-    try:
-        parser.feed(markup)
-        parser.close()
-    except Exception:  # html.parser is lenient; never let one odd page stop the crawl
-        logger.debug("html.parser failed on %s", url, exc_info=True)
-    text = trafilatura.extract(
-        markup, url=url, output_format="markdown", include_tables=True, favor_recall=True
-    )
-    if not text or not text.strip():
-        text = parser.text
-    title = ""
-    try:
-        metadata = trafilatura.extract_metadata(markup, default_url=url)
-        title = (metadata.title if metadata is not None else None) or ""
-    except Exception:
-        logger.debug("trafilatura metadata failed on %s", url, exc_info=True)
-    return (title or parser.title or url).strip(), text.strip(), parser
-
-
-def _text_title(text: str, url: str, markdown: bool) -> str:
-    if markdown:
-        for line in text.splitlines():
-            if line.startswith("# "):
-                return line[2:].strip()
-    name = httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1]
-    return name or url
+def _page_text(body: bytes, content_type: str | None, url: str) -> tuple[str, str]:
+    """(title, text) of a text/plain or Markdown page, read as a local file of that type is."""
+    text = normalize_text(decode_text(body, content_type))
+    title: str | None = None
+    if mime_of(content_type) != "text/plain":
+        markdown = markdown_document(text)
+        title, text = markdown.title, markdown.text
+    return title or httpx.URL(url).path.rstrip("/").rsplit("/", 1)[-1] or url, text
 
 
 _LOC = re.compile(r"<(?:\w+:)?loc>\s*(.*?)\s*</(?:\w+:)?loc>", re.IGNORECASE | re.DOTALL)
@@ -362,17 +269,8 @@ class _Problem(Exception):
         self.reason = reason
 
 
-class _Retryable(Exception):
-    pass
-
-
-@dataclass
-class _Hop:
-    url: str
-    status: int
-    headers: httpx.Headers
-    content_type: str
-    body: bytes = b""
+class _Skip(Exception):
+    """The page is left to another queue entry, or the page budget is spent."""
 
 
 @dataclass
@@ -415,11 +313,9 @@ class _Crawler:
         self.host_delay: dict[str, float] = {}
         self.robots: dict[str, RobotFileParser] = {}
         self.robots_locks: dict[str, asyncio.Lock] = {}
-        self.client = httpx.AsyncClient(
-            transport=PinnedTransport(self.guard, max_connections=config.concurrency * 2),
-            trust_env=False,
-            follow_redirects=False,
-            timeout=httpx.Timeout(config.timeout),
+        self.client = GuardedClient(
+            self.guard,
+            max_connections=config.concurrency * 2,
             headers={
                 "User-Agent": config.user_agent,
                 "Accept": "text/html,application/xhtml+xml,text/markdown;q=0.9,text/plain;q=0.8,*/*;q=0.1",
@@ -509,34 +405,67 @@ class _Crawler:
 
     # ---- fetching
 
-    async def check_url(self, url: str) -> None:
-        reason = url_refusal(url)
-        if reason:
-            raise _Problem("refused", f"{url}: {reason}")
-        host, port = _host_port(url)
+    async def fetch(
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        accept: Callable[[str], bool] | None = None,
+        truncate: bool = False,
+        check_hop: HopCheck | None = None,
+    ) -> Fetched:
+        """One guarded fetch (redirects, checks, cap, deadline, retries: see the module doc); its
+        failures as _Problem."""
         try:
-            await self.guard.addresses(host, port)
+            return await self.client.fetch(
+                url,
+                max_bytes=max_bytes,
+                timeout=self.config.timeout,
+                max_redirects=self.config.max_redirects,
+                accept=accept,
+                truncate=truncate,
+                check_hop=check_hop,
+                pace=self.pace,
+                retries=max(0, self.config.retries),
+                retry_pause=RETRY_PAUSE,
+            )
         except RefusedURL as exc:
-            raise _Problem("refused", f"{url}: {exc.reason}") from exc
+            where = exc.url or url
+            redirected = "redirect refused: " if where != url else ""
+            raise _Problem("refused", f"{redirected}{where}: {exc.reason}") from exc
+        except BodyTooLarge as exc:
+            raise _Problem("too_large", f"{exc.url or url}: {exc.reason}") from exc
+        except FetchTimeout as exc:
+            raise _Problem("error", f"{exc.url or url}: timed out after {self.config.timeout:g} s") from exc
         except ResolveError as exc:
-            raise _Problem("error", str(exc)) from exc
+            raise _Problem("error", exc.reason) from exc
+        except FetchError as exc:
+            raise _Problem("error", f"{exc.url or url}: {exc.reason}") from exc
 
-    async def follow(self, item: _Item) -> _Hop | None:
-        """Request a page following redirects; every hop is checked (scheme, credentials, addresses,
-        scope, robots.txt) before it is requested. Returns None when the page is left to another
-        queue entry or the page budget is spent; raises _Problem.
+    @contextlib.asynccontextmanager
+    async def pace(self, url: str) -> AsyncIterator[None]:
+        """Around every request: a slot of ``concurrency``, then the host's turn (so the spacing
+        is the real one)."""
+        async with self.semaphore:
+            await self.wait_turn(_host_port(url)[0])
+            yield
+
+    async def follow(self, item: _Item) -> Fetched | None:
+        """Request a page following redirects; besides the guard's checks every hop is checked for
+        scope and robots.txt before it is requested, and asked conditionally when the last run saw
+        it. Returns None when the page is left to another queue entry or the page budget is spent;
+        raises _Problem.
         """
-        url = item.url
-        for hops in range(self.config.max_redirects + 1):
-            try:
-                await self.check_url(url)
-            except _Problem as exc:
-                if hops:
-                    exc.reason = f"redirect refused: {exc.reason}"
-                raise
-            if hops:
+        sent: dict[str, str] = {}
+
+        async def check_hop(raw: str, hop: int) -> dict[str, str]:
+            nonlocal sent
+            url = normalize_url(raw)
+            if url is None:
+                raise _Problem("refused", f"redirect refused: {raw}: not an http(s) URL")
+            if hop:
                 if url in self.done or url in self.seen:
-                    return None  # another queue entry fetches it
+                    raise _Skip  # another queue entry fetches it
                 if not self.in_scope(url):
                     if item.depth == 0 and self.in_scope(url, check_host=False):
                         self.hosts.add(_host_port(url)[0])  # a start URL moving to www. and the like
@@ -548,29 +477,27 @@ class _Crawler:
                 raise _Problem("refused", f"{url}: disallowed by robots.txt")
             if not item.fetched:
                 if self.started >= self.config.max_pages:
-                    return None
+                    raise _Skip
                 self.started += 1
                 item.fetched = True
-            headers = self.conditional_headers(url, item.depth)
-            hop = await self.request(url, headers, accept=_is_page_type, max_bytes=self.config.max_bytes)
-            if hop.status in (301, 302, 303, 307, 308):
-                location = hop.headers.get("location")
-                target = normalize_url(location, base=url) if location else None
-                if target is None:
-                    kind = "refused" if location and url_refusal(urljoin(url, location)) else "error"
-                    raise _Problem(kind, f"{url}: bad redirect location {location!r}")
-                url = target
-                continue
-            if hop.status == 304 and not headers:
-                raise _Problem("error", f"{url}: 304 Not Modified to an unconditional request")
-            return hop
-        raise _Problem("error", f"more than {self.config.max_redirects} redirects")
+            sent = self.conditional_headers(url, item.depth)
+            return sent
+
+        try:
+            page = await self.fetch(
+                item.url, max_bytes=self.config.max_bytes, accept=_is_page_type, check_hop=check_hop
+            )
+        except _Skip:
+            return None
+        if page.status == 304 and not sent:
+            raise _Problem("error", f"{page.url}: 304 Not Modified to an unconditional request")
+        return dataclasses.replace(page, url=normalize_url(page.url) or page.url)
 
     def conditional_headers(self, url: str, depth: int) -> dict[str, str]:
         entry = self.previous.get(url)
         if not entry:
             return {}
-        needs_links = depth < self.config.max_depth and _mime(entry.get("content_type")) not in TEXT_TYPES
+        needs_links = depth < self.config.max_depth and mime_of(entry.get("content_type")) not in TEXT_TYPES
         if needs_links and "links" not in entry:
             return {}
         headers = {}
@@ -588,68 +515,6 @@ class _Crawler:
             if wait > 0:
                 await asyncio.sleep(wait)
             self.host_next[host] = loop.time() + self.host_delay.get(host, self.config.delay)
-
-    async def request(
-        self,
-        url: str,
-        headers: dict[str, str],
-        *,
-        accept: Callable[[str], bool],
-        max_bytes: int,
-        truncate: bool = False,
-    ) -> _Hop:
-        host, _ = _host_port(url)
-        attempts = 1 + max(0, self.config.retries)
-        for attempt in range(attempts):
-            try:
-                async with self.semaphore:
-                    await self.wait_turn(host)  # inside the slot, so the spacing is the real one
-                    async with asyncio.timeout(self.config.timeout):
-                        return await self.request_once(url, headers, accept, max_bytes, truncate)
-            except _Retryable as exc:
-                if attempt + 1 >= attempts:
-                    raise _Problem("error", f"{url}: {exc}") from exc
-                logger.debug("crawl: retrying %s after %s", url, exc)
-                await asyncio.sleep(RETRY_PAUSE)
-            except TimeoutError as exc:
-                raise _Problem("error", f"{url}: timed out after {self.config.timeout:g} s") from exc
-            except RefusedURL as exc:  # the pinned backend's last word
-                raise _Problem("refused", f"{url}: {exc.reason}") from exc
-            except ResolveError as exc:
-                raise _Problem("error", str(exc)) from exc
-            except httpx.HTTPError as exc:
-                raise _Problem("error", f"{url}: {type(exc).__name__}: {exc}") from exc
-        raise AssertionError("unreachable")
-
-    async def request_once(
-        self, url: str, headers: dict[str, str], accept: Callable[[str], bool], max_bytes: int, truncate: bool
-    ) -> _Hop:
-        try:
-            async with self.client.stream("GET", url, headers=headers) as response:
-                status = response.status_code
-                if status >= 500 or status == 429:
-                    raise _Retryable(f"HTTP {status}")
-                content_type = _mime(response.headers.get("content-type"))
-                hop = _Hop(url, status, response.headers, content_type)
-                if status != 200 or not accept(content_type):
-                    return hop
-                length = response.headers.get("content-length", "")
-                if not truncate and length.isdigit() and int(length) > max_bytes:
-                    raise _Problem("too_large", f"{url}: {length} bytes, more than the {max_bytes} allowed")
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > max_bytes:
-                        if truncate:
-                            chunks.append(chunk[: max_bytes - (total - len(chunk))])
-                            break
-                        raise _Problem("too_large", f"{url}: more than the {max_bytes} bytes allowed")
-                    chunks.append(chunk)
-                hop.body = b"".join(chunks)
-                return hop
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retryable(f"cannot connect: {exc}") from exc
 
     # ---- robots.txt and sitemaps
 
@@ -673,7 +538,7 @@ class _Crawler:
         elif hop is None or hop.status != 200:
             parser.parse([])  # missing or unreachable: everything allowed
         else:
-            parser.parse(_decode(hop.body, None, sniff_html=False).splitlines())
+            parser.parse(decode_text(hop.body, hop.headers.get("content-type")).splitlines())
             delay = parser.crawl_delay(self.config.user_agent)
             if delay:
                 host, _ = _host_port(origin)
@@ -682,30 +547,18 @@ class _Crawler:
         parser.modified()  # can_fetch() answers False until the parser counts as read
         return parser
 
-    async def follow_plain(self, url: str, *, max_bytes: int, truncate: bool = False) -> _Hop:
+    async def follow_plain(self, url: str, *, max_bytes: int, truncate: bool = False) -> Fetched:
         """GET with checked redirects, no robots/scope (robots.txt, sitemaps)."""
-        for _ in range(self.config.max_redirects + 1):
-            await self.check_url(url)
-            hop = await self.request(url, {}, accept=lambda _: True, max_bytes=max_bytes, truncate=truncate)
-            location = hop.headers.get("location") if hop.status in (301, 302, 303, 307, 308) else None
-            if location is None:
-                return hop
-            target = normalize_url(location, base=url)
-            if target is None:
-                raise _Problem("error", f"{url}: bad redirect location {location!r}")
-            url = target
-        raise _Problem("error", f"more than {self.config.max_redirects} redirects")
+        return await self.fetch(url, max_bytes=max_bytes, truncate=truncate)
 
     async def sitemap_urls(self, seeds: list[str]) -> list[str]:
         """Page URLs listed by /sitemap.xml (and robots.txt Sitemap: lines) of the start hosts."""
         pending: list[tuple[str, int]] = []
         for origin in dict.fromkeys(_origin(u) for u in seeds):
             pending.append((origin + "/sitemap.xml", 0))
-            try:
-                await self.check_url(origin)
-                robots = await self.robots_for(origin + "/")
-            except _Problem:
+            if url_refusal(origin):
                 continue
+            robots = await self.robots_for(origin + "/")
             for extra in robots.site_maps() or []:
                 normalised = normalize_url(extra)
                 if normalised is not None:
@@ -733,7 +586,7 @@ class _Crawler:
                     continue
                 if len(body) > self.config.max_bytes:
                     continue
-            is_index, locs = parse_sitemap(_decode(body, hop.headers.get("content-type"), sniff_html=False))
+            is_index, locs = parse_sitemap(decode_text(body, hop.headers.get("content-type")))
             for loc in locs:
                 normalised = normalize_url(loc)
                 if normalised is None:
@@ -747,10 +600,10 @@ class _Crawler:
 
     # ---- results
 
-    def validators(self, hop: _Hop) -> dict[str, Any]:
+    def validators(self, hop: Fetched) -> dict[str, Any]:
         return {"etag": hop.headers.get("etag"), "last_modified": hop.headers.get("last-modified")}
 
-    def unchanged(self, item: _Item, hop: _Hop) -> None:
+    def unchanged(self, item: _Item, hop: Fetched) -> None:
         if hop.url in self.done:
             return
         self.done.add(hop.url)
@@ -764,7 +617,7 @@ class _Crawler:
                 if link is not None:
                     self.enqueue(link, item.depth + 1)
 
-    async def document(self, item: _Item, hop: _Hop) -> None:
+    async def document(self, item: _Item, hop: Fetched) -> None:
         if hop.status != 200:
             raise _Problem("error", f"{hop.url}: HTTP {hop.status}")
         if not _is_page_type(hop.content_type):
@@ -775,20 +628,21 @@ class _Crawler:
         robots_header = hop.headers.get("x-robots-tag", "").lower()
         links: list[str] = []
         if hop.content_type in HTML_TYPES:
-            markup = _decode(hop.body, hop.headers.get("content-type"), sniff_html=True)
-            title, text, parser = await asyncio.to_thread(_extract_html, markup, hop.url)
-            directives = parser.robots | {t.strip() for t in robots_header.split(",")}
+            markup = decode_text(hop.body, hop.headers.get("content-type"))
+            page = await asyncio.to_thread(html_document, markup, hop.url)
+            title, text = page.title or hop.url, page.text
+            meta = ",".join(page.meta.get(name, "") for name in ("robots", "omnirag-indexer"))
+            directives = {t.strip().lower() for t in f"{meta},{robots_header}".split(",")}
             if "nofollow" not in directives and "none" not in directives:
-                base = normalize_url(parser.base, base=hop.url) if parser.base else None
-                for href in parser.links:
+                base = normalize_url(page.base, base=hop.url) if page.base else None
+                for href in page.links:
                     link = normalize_url(href, base=base or hop.url)
                     if link is not None and link not in links:
                         links.append(link)
             if "noindex" in directives or "none" in directives:
                 return
         else:
-            text = _decode(hop.body, hop.headers.get("content-type"), sniff_html=False).strip()
-            title = _text_title(text, hop.url, markdown=hop.content_type != "text/plain")
+            title, text = _page_text(hop.body, hop.headers.get("content-type"), hop.url)
         validators = self.validators(hop)
         if any(validators.values()):
             validators["content_type"] = hop.content_type

@@ -16,21 +16,37 @@ ZIP container (DOCX) is checked from its directory before anything is unpacked (
 sizes, compression ratio) and then unpacked with a running count of the bytes really produced, so a
 directory that lies is caught too; an image's pixel count is checked from its header before a pixel
 is decoded; a PDF is read up to a number of pages; extracted text stops at a number of characters.
+
+Decoding, HTML, Markdown and OCR are :mod:`omnirag.extract`'s, as the crawler's and the gateway's
+are: a file, the same page crawled and the same picture in a chat give the same text. Images (and
+scanned PDF pages) are read by the :class:`~omnirag.extract.OCR` the caller passes (``ocr=``): one
+per run or worker, so that its engine loads once; without one, a load that needs OCR makes its own
+and closes it afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
 import struct
-import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from omnirag.extract import (
+    OCR,
+    ImageError,
+    OCRFailed,
+    TooManyPixels,
+    decode_text,
+    html_document,
+    markdown_document,
+    normalize_text,
+)
 
 if TYPE_CHECKING:
     from omnirag.indexer.config import IndexerSettings
@@ -41,9 +57,6 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 #: Most pages of a PDF without a text layer that are read by OCR (each page costs about a second).
 MAX_OCR_PAGES = 20
-#: RapidOCR shrinks a larger image to this side before detection anyway; shrinking it while
-#: decoding keeps the RGB copies small (a 36 MP image is 108 MB per copy).
-OCR_MAX_SIDE = 2000
 #: A ZIP central directory larger than this is refused before zipfile builds an object per entry
 #: (about 40,000 entries; a DOCX has a few dozen).
 ZIP_MAX_DIRECTORY_BYTES = 4 * 1024 * 1024
@@ -124,200 +137,21 @@ class LoadedFile:
 # --------------------------------------------------------------------------------------------- text
 
 
-_BLANK_RUNS = re.compile(r"\n{3,}")
-_TRAILING_WS = re.compile(r"[ \t\u3000]+$", re.MULTILINE)
-# Control characters other than tab and newline (NUL upsets databases, form feeds come from PDFs).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
-def normalize_text(text: str) -> str:
-    """Unify newlines, strip trailing spaces, collapse runs of blank lines; keep paragraph breaks."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
-    text = _CONTROL.sub("", text)
-    text = _TRAILING_WS.sub("", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
-    return text.strip("\n")
-
-
-def decode_text(data: bytes, preferred: str | None = None) -> str:
-    """Decode bytes as UTF-8 (with or without BOM), UTF-16 with a BOM, GB18030, then Latin-1."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            pass
-    candidates = [preferred] if preferred else []
-    candidates += ["utf-8-sig", "gb18030"]
-    for encoding in candidates:
-        try:
-            return data.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
-            continue
-    return data.decode("latin-1")
-
-
-def _load_plain(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
+def _load_plain(data: bytes, stem: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
     return LoadedFile(title=stem, text=normalize_text(decode_text(data)), content_type="text/plain")
 
 
-_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
-_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
-_ATX_H1 = re.compile(r"^\s{0,3}#[ \t]+(.+?)[ \t]*#*[ \t]*$")
-_SETEXT_H1 = re.compile(r"^\s{0,3}=+[ \t]*$")
-
-
-def _markdown_title(text: str) -> str | None:
-    """The first level-1 heading (ATX ``# x`` or setext ``x\\n===``), ignoring fenced code."""
-    in_fence = False
-    previous = ""
-    for line in text.split("\n"):
-        if _FENCE.match(line):
-            in_fence = not in_fence
-            previous = ""
-            continue
-        if in_fence:
-            continue
-        match = _ATX_H1.match(line)
-        if match:
-            return match.group(1).strip()
-        if _SETEXT_H1.match(line) and previous.strip():
-            return previous.strip()
-        previous = line
-    return None
-
-
-def _load_markdown(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
-    text = normalize_text(decode_text(data))
-    title: str | None = None
-    front = _FRONT_MATTER.match(text)
-    if front:
-        # YAML front matter: take its title, drop it from the text (metadata, not content).
-        try:
-            import yaml
-
-            meta = yaml.safe_load(front.group(1))
-        except Exception:
-            meta = None
-        if isinstance(meta, dict):
-            value = meta.get("title")
-            if isinstance(value, str | int | float) and str(value).strip():
-                title = str(value).strip()
-            text = text[front.end() :].lstrip("\n")
-    title = title or _markdown_title(text) or stem
-    return LoadedFile(title=title, text=text, content_type="text/markdown")
+def _load_markdown(data: bytes, stem: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
+    markdown = markdown_document(normalize_text(decode_text(data)))
+    return LoadedFile(title=markdown.title or stem, text=markdown.text, content_type="text/markdown")
 
 
 # --------------------------------------------------------------------------------------------- HTML
 
 
-_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_\-]+)""", re.IGNORECASE)
-
-_SKIP_TAGS = {"script", "style", "noscript", "template", "svg", "nav", "header", "footer", "aside", "form"}
-_BLOCK_TAGS = {
-    "p", "div", "section", "article", "main", "br", "li", "ul", "ol", "table", "tr", "td", "th",
-    "blockquote", "pre", "hr", "dl", "dt", "dd", "figure", "figcaption",
-    "h1", "h2", "h3", "h4", "h5", "h6",
-}  # fmt: skip
-_VOID_TAGS = {"br", "hr", "img", "meta", "link", "input", "area", "base", "col", "embed", "source", "wbr"}
-
-
-class _HtmlScanner(HTMLParser):
-    """Collects ``<title>``, the first ``<h1>`` and a tag-stripped text (the fallback body)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.title_parts: list[str] = []
-        self.h1_parts: list[str] = []
-        self.h1_done = False
-        self.parts: list[str] = []
-        self._in_title = False
-        self._in_h1 = False
-        self._skip_depth = 0
-        self._heading_level = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _VOID_TAGS:
-            if tag == "br":
-                self.parts.append("\n")
-            return
-        if tag in _SKIP_TAGS:
-            self._skip_depth += 1
-            return
-        if tag == "title":
-            self._in_title = True
-        elif tag == "h1" and not self.h1_done:
-            self._in_h1 = True
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n\n" if tag not in {"td", "th"} else " ")
-        if len(tag) == 2 and tag[0] == "h" and tag[1] in "123456" and not self._skip_depth:
-            self._heading_level = int(tag[1])
-            self.parts.append("#" * self._heading_level + " ")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIP_TAGS:
-            self._skip_depth = max(0, self._skip_depth - 1)
-            return
-        if tag == "title":
-            self._in_title = False
-        elif tag == "h1" and self._in_h1:
-            self._in_h1 = False
-            self.h1_done = bool("".join(self.h1_parts).strip())
-        if tag in _BLOCK_TAGS:
-            self.parts.append("\n\n" if tag not in {"td", "th"} else " ")
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title_parts.append(data)
-            return
-        if self._skip_depth:
-            return
-        if self._in_h1:
-            self.h1_parts.append(data)
-        self.parts.append(data)
-
-    @property
-    def title(self) -> str | None:
-        for parts in (self.title_parts, self.h1_parts):
-            value = " ".join("".join(parts).split())
-            if value:
-                return value
-        return None
-
-    @property
-    def text(self) -> str:
-        raw = "".join(self.parts)
-        lines = [" ".join(line.split()) for line in raw.split("\n")]
-        return normalize_text("\n".join(lines))
-
-
-def _decode_html(data: bytes) -> str:
-    match = _CHARSET.search(data[:4096])
-    preferred = match.group(1).decode("ascii", "replace").lower() if match else None
-    return decode_text(data, preferred)
-
-
-def _load_html(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
-    html = _decode_html(data)
-    scanner = _HtmlScanner()
-    try:
-        scanner.feed(html)
-        scanner.close()
-    except Exception as exc:  # HTMLParser is lenient; this is a safety net
-        log.debug("html scan failed: %s", exc)
-
-    text: str | None = None
-    try:
-        import trafilatura
-
-        text = trafilatura.extract(
-            html, include_tables=True, favor_recall=True, output_format="markdown", include_comments=False
-        )
-    except Exception as exc:
-        log.debug("trafilatura failed on %s: %s", stem, exc)
-    body = normalize_text(text) if text else ""
-    if not body.strip():
-        body = scanner.text
-    return LoadedFile(title=scanner.title or stem, text=body, content_type="text/html")
+def _load_html(data: bytes, stem: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
+    page = html_document(decode_text(data, "text/html"))
+    return LoadedFile(title=page.title or stem, text=page.text, content_type="text/html")
 
 
 # ---------------------------------------------------------------------------------------------- PDF
@@ -326,7 +160,7 @@ def _load_html(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
 _BAD_PDF_TITLES = {"untitled", "untitled document", "untitled-1", "title", "document"}
 
 
-def _load_pdf(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
+def _load_pdf(data: bytes, stem: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
     # pypdf bounds each stream it inflates (75 MB, its Configuration); pages and text are ours.
     from pypdf import PdfReader
 
@@ -382,7 +216,7 @@ def _load_pdf(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
         return LoadedFile(title=title, text="\n\n".join(texts), content_type="application/pdf")
 
     # No text layer (a scan): read the page images by OCR, for a bounded number of pages.
-    ocr_text = _ocr_pdf_pages(pages, stem, limits) if pages else ""
+    ocr_text = _ocr_pdf_pages(pages, stem, limits, ocr) if pages else ""
     if not ocr_text:
         raise LoadError("PDF has no text layer (scanned?) and OCR found no text")
     return LoadedFile(title=title, text=ocr_text, content_type="application/pdf")
@@ -400,7 +234,7 @@ def _xobject_pixels(page: Any, image_id: str | list[str]) -> int:
     return int(obj.get("/Width", 0)) * int(obj.get("/Height", 0))
 
 
-def _ocr_pdf_pages(pages: list[Any], stem: str, limits: LoadLimits) -> str:
+def _ocr_pdf_pages(pages: list[Any], stem: str, limits: LoadLimits, ocr: OCR) -> str:
     page_texts: list[str] = []
     for number, page in enumerate(pages[:MAX_OCR_PAGES], start=1):
         lines: list[str] = []
@@ -416,7 +250,7 @@ def _ocr_pdf_pages(pages: list[Any], stem: str, limits: LoadLimits) -> str:
                 if pixels > limits.max_image_pixels:
                     log.warning("PDF %s: page %d: skipped an image of %d pixels", stem, number, pixels)
                     continue
-                text = ocr_image(page.images[image_id].image, limits)
+                text = ocr.read_image(page.images[image_id].image, max_pixels=limits.max_image_pixels)
             except Exception as exc:
                 log.warning("PDF %s: OCR failed on page %d: %s", stem, number, exc)
                 continue
@@ -536,7 +370,7 @@ def _unpack_docx(data: bytes, limits: LoadLimits) -> bytes:
     return out.getvalue()
 
 
-def _load_docx(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
+def _load_docx(data: bytes, stem: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
     import docx
     from docx.table import Table
     from docx.text.paragraph import Paragraph
@@ -593,120 +427,15 @@ def _load_docx(data: bytes, stem: str, limits: LoadLimits) -> LoadedFile:
 # ---------------------------------------------------------------------------------------------- OCR
 
 
-_ocr_engine: Any = None
-_ocr_init_lock = threading.Lock()
-_ocr_run_lock = threading.Lock()
-
-
-def _get_ocr_engine() -> Any:
-    """The RapidOCR engine, built once on first use (loading its models takes about half a second)."""
-    global _ocr_engine
-    if _ocr_engine is None:
-        with _ocr_init_lock:
-            if _ocr_engine is None:
-                from rapidocr_onnxruntime import RapidOCR
-
-                _ocr_engine = RapidOCR()
-    return _ocr_engine
-
-
-def _reading_order(result: list[Any]) -> str:
-    """Join OCR boxes into lines: top to bottom, then left to right within a line."""
-    boxes: list[tuple[float, float, float, str]] = []  # (top, bottom, left, text)
-    for box, text, _score in result:
-        text = str(text).strip()
-        if not text:
-            continue
-        ys = [float(point[1]) for point in box]
-        xs = [float(point[0]) for point in box]
-        boxes.append((min(ys), max(ys), min(xs), text))
-    boxes.sort(key=lambda b: ((b[0] + b[1]) / 2, b[2]))
-
-    lines: list[list[tuple[float, float, float, str]]] = []
-    for item in boxes:
-        centre = (item[0] + item[1]) / 2
-        if lines:
-            last = lines[-1]
-            top = sum(b[0] for b in last) / len(last)
-            bottom = sum(b[1] for b in last) / len(last)
-            # Same line when this box's vertical centre falls inside the line's band.
-            if top <= centre <= bottom:
-                last.append(item)
-                continue
-        lines.append([item])
-    return "\n".join(" ".join(b[3] for b in sorted(line, key=lambda b: b[2])) for line in lines)
-
-
-def open_image(source: Any, limits: LoadLimits) -> Any:
-    """A Pillow image of ``source`` (bytes, a path or a file) decoded within the pixel budget:
-    the size is checked from the header before a pixel is decoded, and the image is shrunk to
-    ``OCR_MAX_SIDE`` while decoding where the format allows it (JPEG)."""
-    from PIL import Image
-
+def _load_image(data: bytes, stem: str, content_type: str, limits: LoadLimits, ocr: OCR) -> LoadedFile:
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    except Image.DecompressionBombError as exc:
-        raise OverBudget(f"image: {exc}") from exc
-    except Exception as exc:
+        text = ocr.read_bytes(data, max_pixels=limits.max_image_pixels)
+    except TooManyPixels as exc:
+        raise OverBudget(str(exc)) from exc
+    except ImageError as exc:
         raise LoadError(f"cannot read image: {exc}") from exc
-    width, height = image.size
-    if width * height > limits.max_image_pixels:
-        image.close()
-        raise OverBudget(
-            f"image is {width}x{height} pixels; at most {limits.max_image_pixels:,} pixels are read"
-        )
-    try:
-        if image.format == "JPEG":
-            image.draft("RGB", (OCR_MAX_SIDE, OCR_MAX_SIDE))
-        image.load()
-    except Image.DecompressionBombError as exc:
-        raise OverBudget(f"image: {exc}") from exc
-    except Exception as exc:
-        raise LoadError(f"cannot read image: {exc}") from exc
-    return image
-
-
-def ocr_image(image: Any, limits: LoadLimits | None = None) -> str:
-    """OCR a Pillow image (or a path / bytes, opened within ``limits``) and return its text in
-    reading order ("" if none)."""
-    from PIL import Image, ImageOps
-
-    limits = limits or LoadLimits()
-    if not isinstance(image, Image.Image):
-        image = open_image(image, limits)
-    width, height = image.size
-    if width * height > limits.max_image_pixels:
-        raise OverBudget(f"image is {width}x{height} pixels; at most {limits.max_image_pixels:,} are read")
-    if max(width, height) > OCR_MAX_SIDE:
-        image = image.copy()  # thumbnail() works in place; the caller's image stays as it was
-        image.thumbnail((OCR_MAX_SIDE, OCR_MAX_SIDE))
-    image = ImageOps.exif_transpose(image) or image
-    if image.mode != "RGB":
-        # Palette, CMYK, 16-bit and alpha images confuse RapidOCR's own conversion: hand it RGB,
-        # with transparency flattened onto white.
-        if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGB", rgba.size, "white")
-            background.paste(rgba, mask=rgba.getchannel("A"))
-            image = background
-        else:
-            image = image.convert("RGB")
-    engine = _get_ocr_engine()
-    with _ocr_run_lock:
-        result, _elapsed = engine(image)
-    if not result:
-        return ""
-    return _reading_order(result)
-
-
-def _load_image(data: bytes, stem: str, content_type: str, limits: LoadLimits) -> LoadedFile:
-    image = open_image(data, limits)
-    try:
-        text = ocr_image(image, limits)
-    except LoadError:
-        raise
-    except Exception as exc:
-        raise LoadError(f"OCR failed: {exc}") from exc
+    except OCRFailed as exc:
+        raise LoadError(str(exc)) from exc
     text = normalize_text(text)
     if not text:
         raise LoadError("no text found in image")
@@ -716,7 +445,7 @@ def _load_image(data: bytes, stem: str, content_type: str, limits: LoadLimits) -
 # ------------------------------------------------------------------------------------------- entry
 
 
-_LOADERS: dict[str, Callable[[bytes, str, LoadLimits], LoadedFile]] = {
+_LOADERS: dict[str, Callable[[bytes, str, LoadLimits, OCR], LoadedFile]] = {
     ".md": _load_markdown,
     ".markdown": _load_markdown,
     ".txt": _load_plain,
@@ -724,9 +453,9 @@ _LOADERS: dict[str, Callable[[bytes, str, LoadLimits], LoadedFile]] = {
     ".htm": _load_html,
     ".pdf": _load_pdf,
     ".docx": _load_docx,
-    ".png": lambda data, stem, limits: _load_image(data, stem, "image/png", limits),
-    ".jpg": lambda data, stem, limits: _load_image(data, stem, "image/jpeg", limits),
-    ".jpeg": lambda data, stem, limits: _load_image(data, stem, "image/jpeg", limits),
+    ".png": lambda data, stem, limits, ocr: _load_image(data, stem, "image/png", limits, ocr),
+    ".jpg": lambda data, stem, limits, ocr: _load_image(data, stem, "image/jpeg", limits, ocr),
+    ".jpeg": lambda data, stem, limits, ocr: _load_image(data, stem, "image/jpeg", limits, ocr),
 }
 
 #: File suffixes (lower case, with the dot) that :func:`load_file` can read.
@@ -745,10 +474,16 @@ def _limits(max_bytes: int | None, limits: LoadLimits | None) -> LoadLimits:
 
 
 def load_bytes(
-    data: bytes, filename: str, *, max_bytes: int | None = None, limits: LoadLimits | None = None
+    data: bytes,
+    filename: str,
+    *,
+    max_bytes: int | None = None,
+    limits: LoadLimits | None = None,
+    ocr: OCR | None = None,
 ) -> LoadedFile:
     """Load a document held in memory (an upload, say); ``filename`` picks the loader by suffix.
-    ``max_bytes``, when given, overrides ``limits.max_bytes``."""
+    ``max_bytes``, when given, overrides ``limits.max_bytes``; ``ocr`` reads images (see the
+    module doc)."""
     limits = _limits(max_bytes, limits)
     name = Path(filename)
     loader = _LOADERS.get(name.suffix.lower())
@@ -757,7 +492,10 @@ def load_bytes(
     if len(data) > limits.max_bytes:
         raise TooLarge(f"{filename} is {len(data)} bytes, over the limit of {limits.max_bytes}")
     try:
-        loaded = loader(data, name.stem, limits)
+        with contextlib.ExitStack() as owned:
+            if ocr is None:  # this document's own: its engine loads only if an image is read
+                ocr = owned.enter_context(OCR(max_pixels=limits.max_image_pixels))
+            loaded = loader(data, name.stem, limits, ocr)
     except MemoryError as exc:
         # What the checks above did not foresee still ends as a refusal, not a dead process.
         raise OverBudget(f"{filename}: out of memory while reading it") from exc
@@ -766,7 +504,9 @@ def load_bytes(
     return loaded
 
 
-def load_file(path: Path, *, max_bytes: int | None = None, limits: LoadLimits | None = None) -> LoadedFile:
+def load_file(
+    path: Path, *, max_bytes: int | None = None, limits: LoadLimits | None = None, ocr: OCR | None = None
+) -> LoadedFile:
     """Read a local file into title + text; raises UnsupportedFile, TooLarge, OverBudget or LoadError."""
     limits = _limits(max_bytes, limits)
     path = Path(path)
@@ -783,4 +523,4 @@ def load_file(path: Path, *, max_bytes: int | None = None, limits: LoadLimits | 
         error = LoadError(f"cannot read {path.name}: {exc.strerror or exc}")
         error.permanent = False  # the disk or volume underneath, not the document
         raise error from exc
-    return load_bytes(data, path.name, limits=limits)
+    return load_bytes(data, path.name, limits=limits, ocr=ocr)
