@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.testclient import TestClient
 
-from omnirag.core.app import create_service_app
-from omnirag.core.errors import TooDeeplyNested
+from omnirag.core.app import ReadinessReport, create_service_app
+from omnirag.core.errors import NotFound, NotReady, Overloaded, TooDeeplyNested, Unauthorized, raises
 from omnirag.core.logging import JSONFormatter, configure_logging, request_id_var
 from omnirag.core.routing import MAX_JSON_DEPTH, OrjsonRoute, loads_json
 from omnirag.core.settings import ServiceSettings
@@ -58,6 +59,7 @@ async def test_readyz_reports_each_check_and_is_503_until_all_are_ok(client):
     r = await client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["checks"]["model"] == {"ok": False, "detail": "loading"}
+    ReadinessReport.model_validate(r.json())  # what the OpenAPI document says it is
     assert r.json()["checks"]["embedder"] == {"ok": True, "detail": "reachable"}
 
     readiness.set("model", True)
@@ -206,8 +208,9 @@ def test_loads_json_bounds_depth_and_keeps_orjsons_errors():
 
 
 def test_the_openapi_schema_documents_the_house_errors_and_metrics_as_text():
-    """Every operation declares the error body it really sends (422 and any other status), not
-    FastAPI's own 422 shape; /metrics is text (checked against the real services by tests/api)."""
+    """Every operation declares the error body it really sends (its statuses from the error table,
+    and any other status as ``default``), not FastAPI's own 422 shape; /metrics is text (checked
+    against the real services by tests/api)."""
     schema = make_app().openapi()
     assert schema["components"]["schemas"]["Error"]["required"] == ["error"]
     error = {"$ref": "#/components/schemas/Error"}
@@ -215,10 +218,68 @@ def test_the_openapi_schema_documents_the_house_errors_and_metrics_as_text():
         for method, operation in item.items():
             responses = operation["responses"]
             assert responses["default"]["content"]["application/json"]["schema"] == error, (method, path)
-            if "422" in responses:
-                assert responses["422"]["content"]["application/json"]["schema"] == error
-    assert "422" in schema["paths"]["/echo"]["post"]["responses"]
+            assert responses["500"]["content"]["application/json"]["schema"] == error, (method, path)
+    # By what the route takes: a body can fail to parse (400), be too large (413) or invalid (422).
+    echo = schema["paths"]["/echo"]["post"]["responses"]
+    assert {"400", "413", "422", "500"} <= set(echo)
+    for status in ("400", "413", "422"):
+        assert echo[status]["content"]["application/json"]["schema"] == error
+    assert "invalid_input" in echo["422"]["description"]
+    assert "payload_too_large" in echo["413"]["description"]
+    # Nothing to validate, nothing to parse: only what every route can answer.
+    assert set(schema["paths"]["/healthz"]["get"]["responses"]) == {"200", "500", "default"}
+    # /readyz's 503 is its report, documented as such, not an error body.
+    ready = schema["paths"]["/readyz"]["get"]["responses"]
+    assert ready["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ReadinessReport"
+    }
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+
+
+@raises(Unauthorized, Overloaded)
+async def caller(authorization: Annotated[str | None, Header()] = None) -> str:
+    return authorization or ""
+
+
+def test_declared_errors_come_from_the_table_on_every_route_that_runs_them():
+    """``raises`` on a dependency documents its errors on each route that uses it, on a handler
+    on its own route; the status and the body come from the error table, 429 with Retry-After."""
+    app = create_service_app("shell", ServiceSettings())
+    # Included with a prefix and a dependency of its own, as the services' routers are.
+    router = APIRouter(prefix="/things", dependencies=[Depends(caller)])
+
+    @router.get("/{name}")
+    @raises(NotFound, NotReady)
+    async def thing(name: str) -> dict:
+        return {}
+
+    app.include_router(router, prefix="/v1")
+
+    @app.get("/v1/open", responses={404: {"description": "its own words"}})
+    @raises(NotFound)
+    async def open_() -> dict:
+        return {}
+
+    paths = TestClient(app).get("/openapi.json").json()["paths"]
+    responses = paths["/v1/things/{name}"]["get"]["responses"]
+    assert {"401", "404", "422", "429", "500", "503"} <= set(responses)
+    for status in ("401", "404", "429", "503"):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+    assert "not_ready" in responses["503"]["description"]
+    assert "Retry-After" in responses["429"]["headers"]
+    assert "400" not in responses and "413" not in responses  # no body
+    assert paths["/v1/open"]["get"]["responses"]["404"]["description"] == "its own words"  # kept
+    assert "422" not in paths["/v1/open"]["get"]["responses"]
+
+
+def test_the_service_token_s_401_is_on_every_route_but_the_open_ones():
+    paths = token_app(TOKEN).openapi()["paths"]  # /openapi.json itself needs the token
+    assert "invalid_service_token" in paths["/v1/work"]["post"]["responses"]["401"]["description"]
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert "401" not in paths[path]["get"]["responses"], path
+    assert "401" not in token_app(None).openapi()["paths"]["/v1/work"]["post"]["responses"]
 
 
 @pytest.fixture

@@ -486,3 +486,25 @@ def test_a_full_ingest_queue_refuses_with_retry_after_and_keeps_what_waits(redis
         r.xdel(INGEST_STREAM, first_id)
         again = client.post("/v1/collections/docs/documents", headers=AUTH, json={"text": "now it fits"})
         assert again.status_code == 202, again.text
+
+
+def test_the_openapi_document_lists_each_route_s_errors(client) -> None:
+    """From the shared error table: every route's generic errors, and the ones the upload, the job
+    status and the embedder and retriever passes declare, all with the error body."""
+    paths = client.get("/openapi.json").json()["paths"]
+    error = {"$ref": "#/components/schemas/Error"}
+
+    def responses(path: str, method: str, *statuses: str) -> dict:
+        found = paths[path][method]["responses"]
+        assert set(statuses) <= set(found), (path, method, sorted(found))
+        for status in statuses:
+            assert found[status]["content"]["application/json"]["schema"] == error, (path, status)
+        return found
+
+    upload = responses("/v1/collections/{name}/documents", "post", "403", "413", "422", "429", "500", "503")
+    assert "invalid_collection" in upload["422"]["description"]
+    assert "Retry-After" in upload["429"]["headers"]
+    responses("/v1/ingest/{job_id}", "get", "403", "404", "422", "500", "503")
+    # The embedder's errors passed on (its 404, 413, 429 and 503) and its absence (502).
+    responses("/v1/embeddings", "post", "404", "413", "429", "500", "502", "503")
+    responses("/v1/collections", "get", "500", "502")

@@ -10,14 +10,20 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from omnirag.core.errors import RequestBodyError, error_body, install_error_handlers
+from omnirag.core.errors import (
+    RequestBodyError,
+    Unauthorized,
+    document_errors,
+    error_body,
+    install_error_handlers,
+)
 from omnirag.core.health import Readiness
 from omnirag.core.logging import REQUEST_ID_HEADER, accept_request_id, request_id_var
 from omnirag.core.metrics import ServiceMetrics
@@ -154,6 +160,11 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class InvalidServiceToken(Unauthorized):
+    code = "invalid_service_token"
+    summary = "The shared service token is missing or wrong (Authorization: Bearer <service token>)"
+
+
 class ServiceTokenMiddleware:
     """The shared service token (``<PREFIX>SERVICE_TOKEN``) as ``Authorization: Bearer``, required on
     every route but the probes and metrics, which the kubelet and Prometheus call without it.
@@ -185,7 +196,7 @@ class ServiceTokenMiddleware:
             await self.app(scope, receive, send)
             return
         message = "this service needs the shared service token: Authorization: Bearer <service token>"
-        body = dumps(error_body("invalid_service_token", message))
+        body = dumps(error_body(InvalidServiceToken.code, message))
         await send(
             {
                 "type": "http.response.start",
@@ -211,6 +222,18 @@ class BodyTooLarge(RequestBodyError):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
+class CheckReport(BaseModel):
+    ok: bool
+    detail: str
+
+
+class ReadinessReport(BaseModel):
+    """What ``/readyz`` answers, ready (200) or not (503)."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, CheckReport]
+
+
 def health_router(metrics: ServiceMetrics, readiness: Readiness) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -218,7 +241,13 @@ def health_router(metrics: ServiceMetrics, readiness: Readiness) -> APIRouter:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="503 until every part the service needs is usable")
+    # The models only document the answers: its 503 is the same report, not an error body.
+    @router.get(
+        "/readyz",
+        summary="503 until every part the service needs is usable",
+        response_model=ReadinessReport,
+        responses={503: {"model": ReadinessReport, "description": "Not ready: the checks say which part"}},
+    )
     async def readyz() -> Response:
         ready, body = await readiness.report()
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -258,15 +287,21 @@ def create_service_app(
     app.state.metrics = metrics
     app.state.readiness = readiness
     install_error_handlers(app)
+    token = settings.service_token if require_service_token else None
+    document_errors(
+        app,
+        every_route=(InvalidServiceToken,) if token is not None else (),
+        except_paths=ServiceTokenMiddleware.OPEN_PATHS,
+    )
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
         return JSONResponse(error_body(exc.code, str(exc.detail)), status_code=413)
 
     app.include_router(health_router(metrics, readiness))
-    if require_service_token and settings.service_token is not None:
+    if token is not None:
         # Added before the observability middleware, so inside it: refusals are counted and logged.
-        app.add_middleware(ServiceTokenMiddleware, token=settings.service_token)
+        app.add_middleware(ServiceTokenMiddleware, token=token)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, settings=settings)
     app.add_middleware(SecurityHeadersMiddleware)  # added last, so outside the body limit: on its 413s too
     return app

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from omnirag.core.errors import NotReady
+from omnirag.core.errors import NotReady, raises
 from omnirag.embedder.service import EmbedService
 
 
+@raises(NotReady)
 async def get_service(request: Request) -> EmbedService:
     # async: FastAPI would run a plain function in its thread pool, a thread hop per request.
     service: EmbedService | None = getattr(request.app.state, "service", None)

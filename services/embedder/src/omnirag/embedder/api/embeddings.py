@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from sentence_transformers import quantize_embeddings
 from starlette.responses import Response
 
+from omnirag.core.errors import NotFound, Overloaded, PayloadTooLarge, raises
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import OrjsonRoute
 from omnirag.core.schemas.embeddings import EmbeddingsRequest, EmbeddingsResponse
@@ -42,6 +43,7 @@ Service = Annotated[EmbedService, Depends(get_service)]
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, summary="OpenAI-compatible embeddings")
+@raises(Overloaded, PayloadTooLarge, NotFound)
 async def embeddings(body: EmbeddingsRequest, request: Request, service: Service) -> JSONResponse:
     service.check_model(body.model)
     service.check_dimension(body.dimensions, "dimensions")
@@ -74,6 +76,7 @@ async def embeddings(body: EmbeddingsRequest, request: Request, service: Service
     response_model_exclude_none=True,
     summary="SentenceTransformer.encode over HTTP: precision, truncate_dim, prompts, tokens",
 )
+@raises(Overloaded, PayloadTooLarge)
 async def embed(body: EmbedRequestWithRanges, request: Request, service: Service) -> JSONResponse:
     service.check_dimension(body.truncate_dim, "truncate_dim")
     prompt = service.resolve_prompt(body.prompt, body.prompt_name)

@@ -32,8 +32,16 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from omnirag.core.errors import InvalidInput, NotFound, NotReady, Overloaded, PayloadTooLarge
-from omnirag.core.names import check_collection_name
+from omnirag.core.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    raises,
+)
+from omnirag.core.names import InvalidCollectionName, check_collection_name
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
 from omnirag.gateway.deps import Gateway, Key
@@ -468,6 +476,7 @@ async def _upload_text(request: Request, collection: str, job_id: str) -> Ingest
     status_code=202,
     summary="Queue a document for indexing: a multipart 'file' upload or JSON {text, source, title}",
 )
+@raises(InvalidCollectionName, Forbidden, PayloadTooLarge, Overloaded, NotReady)  # NotReady: Redis, disk
 async def upload_document(name: str, request: Request, key: Key, gw: Gateway) -> JSONResponse:
     check_collection_name(name)
     key.check_collection(name)
@@ -512,6 +521,7 @@ def _number(value: str | None, kind: type) -> Any:
 
 
 @router.get("/v1/ingest/{job_id}", summary="An ingest job's status: queued, running, done, failed or dead")
+@raises(NotFound, Forbidden, NotReady)
 async def get_job(job_id: str, key: Key, gw: Gateway) -> JSONResponse:
     check_job_id(job_id)
     try:

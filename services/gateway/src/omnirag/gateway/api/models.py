@@ -9,7 +9,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from omnirag.core.errors import OmniragError, UpstreamError, error_body
+from omnirag.core.errors import (
+    NotFound,
+    NotReady,
+    OmniragError,
+    Overloaded,
+    PayloadTooLarge,
+    UpstreamError,
+    error_body,
+    raises,
+)
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.deps import Gateway, Key
 
@@ -48,6 +57,7 @@ async def models(key: Key, gw: Gateway) -> JSONResponse:
 
 
 @router.post("/embeddings", summary="OpenAI embeddings, computed by the embedder service")
+@raises(UpstreamError, NotReady, Overloaded, PayloadTooLarge, NotFound)  # the embedder's, passed on
 async def embeddings(request: Request, key: Key, gw: Gateway) -> Response:
     # Bytes in, bytes out, not through the typed client: the client's fields (base64, dimensions, ones
     # OpenAI adds later) reach the embedder as sent, and 32 vectors are not parsed and re-encoded.
@@ -112,6 +122,7 @@ async def retriever_collections(gw: Any) -> list[dict[str, Any]]:
 
 
 @router.get("/collections", summary="Collections this key may read")
+@raises(UpstreamError)
 async def collections(key: Key, gw: Gateway) -> JSONResponse:
     items = [
         {f: c.get(f) for f in PUBLIC_COLLECTION_FIELDS}

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from omnirag.core.errors import InvalidInput, NotFound
+from omnirag.core.errors import Conflict, InvalidInput, NotFound, NotReady, raises
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import OrjsonRoute
 from omnirag.core.schemas.retrieval import (
@@ -52,6 +52,7 @@ async def list_all(registry: RegistryDep) -> JSONResponse:
 
 
 @router.get("/{name}", response_model=CollectionDetail)
+@raises(NotFound)
 async def describe(name: str, registry: RegistryDep) -> JSONResponse:
     entry = registry.get(name)
     body = _summary(entry)
@@ -60,6 +61,7 @@ async def describe(name: str, registry: RegistryDep) -> JSONResponse:
 
 
 @router.post("/{name}/search", response_model=SearchResponse)
+@raises(NotFound, Conflict, NotReady)  # NotReady: a dense search without the embedder
 async def search(name: str, body: SearchRequest, searcher: SearcherDep) -> JSONResponse:
     return JSONResponse(await searcher.search(name, body))
 
@@ -68,6 +70,7 @@ DOCUMENT_ID = re.compile(r"^[0-9a-f]{16}$")
 
 
 @router.get("/{name}/documents", response_model=DocumentList)
+@raises(NotFound, Conflict)
 async def list_documents(
     name: str,
     registry: RegistryDep,
@@ -95,6 +98,7 @@ async def list_documents(
 
 
 @router.get("/{name}/documents/{doc_id}", response_model=DocumentSummary)
+@raises(NotFound, Conflict)
 async def get_document(name: str, doc_id: str, registry: RegistryDep, searcher: SearcherDep) -> JSONResponse:
     collection = registry.get(name).usable()
     found = None
