@@ -1,7 +1,7 @@
 """Build the container image of every service and job (``make images``).
 
 Each package directory under services/ and jobs/ that has a ``Dockerfile`` is one image, built
-from the repository root (the Dockerfiles copy libs/core and libs/index from there) and named
+from the repository root (the Dockerfiles copy the libs/ packages they install from there) and named
 exactly as the Helm chart's defaults name it (``charts/omnirag``: ``image.registry``,
 ``image.repository`` = ``omnirag/<name>``, tag = the chart's appVersion):
 

@@ -16,6 +16,7 @@ from langchain_openai import ChatOpenAI
 
 from omnirag.core.app import create_service_app
 from omnirag.core.health import Check
+from omnirag.extract import OCR
 from omnirag.gateway.api import admin, chat, documents, feedback, ingest, models, sessions
 from omnirag.gateway.api.admin import without_credentials
 from omnirag.gateway.auth import KeyStore, RateLimiter
@@ -25,7 +26,6 @@ from omnirag.gateway.deps import install_unavailable_handlers, upstream_mounts
 from omnirag.gateway.llm import PassThrough, create_chat_model, create_passthrough_session
 from omnirag.gateway.memory import History
 from omnirag.gateway.metrics import GatewayMetrics
-from omnirag.gateway.multimodal import OCR
 from omnirag.gateway.registry import ModelRegistry, ModelSpec
 from omnirag.gateway.tokens import TokenCounter
 

@@ -32,7 +32,7 @@ from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.extract import Quote, extract, no_passage, quoted_answer
 from omnirag.gateway.llm import LLMError
 from omnirag.gateway.memory import check_session_id
-from omnirag.gateway.multimodal import content_parts, prepare
+from omnirag.gateway.messages import content_parts, prepare
 from omnirag.gateway.rag import (
     Source,
     answer_cap,

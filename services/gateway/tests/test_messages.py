@@ -1,5 +1,6 @@
-"""Multimodal input with the real OCR model (RapidOCR from its package), real images made with Pillow
-and a real HTTP server on 127.0.0.1 for image URLs."""
+"""Chat messages with images, audio and video: prepare() with the real OCR model (RapidOCR from its
+package), real images made with Pillow and a real HTTP server on 127.0.0.1 for image and video URLs
+(omnirag.gateway.messages, .images and .image_fetch together)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from omnirag.core.errors import (
     PayloadTooLarge,
     status_for,
 )
+from omnirag.extract import OCR
 from omnirag.gateway.config import GatewaySettings
-from omnirag.gateway.multimodal import OCR, ImageFetcher, _lines, decode_rgb, image_mime, prepare
+from omnirag.gateway.image_fetch import ImageFetcher
+from omnirag.gateway.images import image_mime, ocr_text
+from omnirag.gateway.messages import prepare
 from omnirag.gateway.registry import ModelSpec
 
 FONT_PATHS = (
@@ -164,12 +168,14 @@ LOCAL = {"image_fetch_allow_hosts": ["127.0.0.1"]}
 
 
 # --------------------------------------------------------------------------------------------- OCR
+# The engine itself (decoding, line grouping, the pixel cap) is omnirag.extract's, tested there;
+# here: what the gateway answers with it.
 
 
 async def test_ocr_reads_a_png(ocr, png):
     await ocr.load()
     started = time.perf_counter()
-    text = await ocr.read(png)
+    text = await ocr_text(ocr, png)
     elapsed = time.perf_counter() - started
     print(f"\nOCR of a 900x105 PNG: {elapsed:.2f} s -> {text!r}")
     assert norm(text) == norm(SENTENCE)  # one line: boxes on the same line are joined with spaces
@@ -179,63 +185,41 @@ async def test_ocr_reads_a_png(ocr, png):
 async def test_ocr_reads_lines_top_to_bottom_from_transparent_png_and_jpeg(ocr):
     lines = ["Retriever port 8002", "Embedder port 8001"]
     transparent = text_image(lines, mode="RGBA")  # black text on a transparent background
-    text = await ocr.read(transparent)
+    text = await ocr_text(ocr, transparent)
     assert [norm(line) for line in text.splitlines()] == [norm(line) for line in lines]
     jpeg = text_image(["Redis keeps history"], fmt="JPEG")
-    assert norm(await ocr.read(jpeg)) == "redis keeps history"
+    assert norm(await ocr_text(ocr, jpeg)) == "redis keeps history"
 
 
 async def test_ocr_refuses_non_images_and_bombs(ocr):
     with pytest.raises(InvalidInput, match="not an image") as caught:
-        await ocr.read(b"%PDF-1.7 definitely not an image")
+        await ocr_text(ocr, b"%PDF-1.7 definitely not an image")
     assert caught.value.code == "invalid_image" and status_for(caught.value) == 422
     bmp = io.BytesIO()
     Image.new("RGB", (10, 10)).save(bmp, "BMP")
     with pytest.raises(InvalidInput, match="BMP image; send PNG, JPEG, WebP or GIF"):
-        await ocr.read(bmp.getvalue())
+        await ocr_text(ocr, bmp.getvalue())
     # 8000 x 8000 white pixels: a few KB of PNG, 192 MB once decoded
     bomb = io.BytesIO()
     Image.new("1", (8000, 8000), 1).save(bomb, "PNG")
     assert len(bomb.getvalue()) < 30_000
     with pytest.raises(PayloadTooLarge, match="8000x8000 pixels") as caught:
-        await ocr.read(bomb.getvalue())
+        await ocr_text(ocr, bomb.getvalue())
     assert status_for(caught.value) == 413
     with pytest.raises(InvalidInput, match="cannot be decoded"):
-        await ocr.read(text_image(["cut short"])[:300])
+        await ocr_text(ocr, text_image(["cut short"])[:300])
     assert ocr.pending == 0
 
 
 async def test_ocr_queue_is_bounded(ocr, png):
     ocr.max_pending = 1
     try:
-        results = await asyncio.gather(ocr.read(png), ocr.read(png), return_exceptions=True)
+        results = await asyncio.gather(ocr_text(ocr, png), ocr_text(ocr, png), return_exceptions=True)
     finally:
         ocr.max_pending = 16
     assert norm(results[0]) == norm(SENTENCE)
     assert isinstance(results[1], Overloaded) and status_for(results[1]) == 429
     assert ocr.pending == 0
-
-
-def test_line_grouping():
-    def box(x: float, y: float, w: float = 50, h: float = 20) -> list[list[float]]:
-        return [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
-
-    result = [
-        (box(300, 52), "second", 0.9),
-        (box(10, 50), "first", 0.9),
-        (box(10, 10), "title", 0.9),
-        (box(10, 90, h=18), "last", 0.9),
-        (box(200, 92), " ", 0.9),
-    ]
-    assert _lines(result) == "title\nfirst second\nlast"
-
-
-def test_decode_shrinks_large_images_and_flattens_alpha():
-    big = io.BytesIO()
-    Image.new("RGBA", (4000, 1000), (0, 0, 0, 0)).save(big, "PNG")
-    pixels = decode_rgb(big.getvalue())
-    assert pixels.shape == (500, 2000, 3)
-    assert pixels.min() == 255  # transparent became white, not black
 
 
 # ----------------------------------------------------------------------------------- text model
