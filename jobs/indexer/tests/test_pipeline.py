@@ -126,13 +126,37 @@ async def test_every_file_type_becomes_searchable_and_reruns_are_incremental(tmp
 
 
 async def test_a_file_that_fails_to_load_keeps_its_old_chunks(tmp_path, settings):
+    from fpdf import FPDF
+
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.md").write_text("# A\n\nalpha text\n")
-    (docs / "b.pdf").write_bytes(b"%PDF-1.4 valid enough? no")
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=12)
+    pdf.multi_cell(0, 10, "Receipts for the marmotfund must be filed within thirty days.")
+    pdf.output(str(docs / "b.pdf"))
     kb = spec_for(docs)
     first = await run_kb(kb, settings)
-    assert first.added == 1 and any(p["source"] == "b.pdf" for p in first.problems)
+    assert first.added == 2 and not first.problems
+    before = open_current(settings.index_root, "kb")
+    assert before is not None
+    pdf_chunks = before.docs.document_chunks(["b.pdf"])
+    assert (
+        pdf_chunks and "marmotfund" in before.search(query="marmotfund receipts", k=1, mode="sparse")[0].text
+    )
+
+    (docs / "b.pdf").write_bytes(b"%PDF-1.4 valid enough? no")
+    (docs / "a.md").write_text("# A\n\nalpha text, edited\n")
+    second = await run_kb(kb, settings)
+    assert any(p["source"] == "b.pdf" and p["kind"] == "error" for p in second.problems), second.problems
+    assert second.published and (second.changed, second.deleted) == (1, 0)
+    after = open_current(settings.index_root, "kb")
+    assert after is not None and after.version != before.version
+    # The broken file's document and its chunks are served as before.
+    assert after.docs.document_chunks(["b.pdf"]) == pdf_chunks
+    hit = after.search(query="marmotfund receipts", k=1, mode="sparse")[0]
+    assert hit.metadata["source"] == "b.pdf" and "marmotfund" in hit.text
 
 
 async def test_two_concurrent_runs_one_fails_clearly_nothing_is_corrupted(tmp_path, settings):
@@ -181,16 +205,38 @@ def test_a_run_killed_midway_leaves_the_served_version_intact(tmp_path, settings
     for i in range(150):
         (docs / f"d{i}.md").write_text(f"# Doc {i}\n\n" + f"paragraph {i} about topic {i % 7}. " * 60)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(2.0)
+    # Killed once the new version is being built (its temporary directory exists) and long before
+    # it can be published: 150 documents take seconds to embed.
+    building = settings.index_root / "kb" / ".tmp"
+    deadline = time.monotonic() + 120
+    while not (building.is_dir() and any(building.iterdir())) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it started building a version"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
     served = open_current(settings.index_root, "kb", verify=True)
-    assert served is not None and served.version in {before, read_current(settings.index_root, "kb")}
+    assert served is not None and served.version == before and served.count == 1
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     final = open_current(settings.index_root, "kb", verify=True)
     assert final is not None and final.version != before
     assert final.search(query="paragraph 149 topic", k=1, mode="sparse")[0].metadata["source"] == "d149.md"
+    status = subprocess.run(
+        [sys.executable, "-m", "omnirag.indexer", "status", "--json", "--config", str(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    [row] = json.loads(status.stdout)
+    assert (row["name"], row["declared"], row["version"], row["documents"]) == (
+        "kb",
+        True,
+        final.version,
+        final.count,
+    )
 
 
 SITE_PAGES = {

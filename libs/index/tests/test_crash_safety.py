@@ -334,12 +334,22 @@ def test_writer_killed_at_random_instants(tmp_path: Path, ctx: Any) -> None:
     # The kills really landed inside the write, not only before or after it.
     assert outcomes["old-killed"] >= 3, outcomes
     assert outcomes["stray-tmp"] >= 3, outcomes
-    assert sum(outcomes.values()) - outcomes["stray-tmp"] == RANDOM_TRIALS
+    # …and not all of them before it could publish: some trials end with the new version served.
+    assert outcomes["new-killed"] + outcomes["new-finished"] >= 3, outcomes
 
 
-def test_the_writer_script_matches_the_test_vectors() -> None:
-    """The vectors the writers compute are the ones the checks search with."""
-    a, b = unit_vector("x|y"), unit_vector("x|y")
-    np.testing.assert_array_equal(a, b)
-    assert a.shape == (DIM,)
-    assert abs(float(np.linalg.norm(a)) - 1.0) < 1e-6
+def test_the_writers_store_the_vectors_the_checks_search_with(tmp_path: Path, ctx: Any) -> None:
+    """The writer processes compute their vectors with their own copy of ``unit_vector``: what they
+    store must be what the checks above search with, or a dense check could pass by accident."""
+    plan = {"upsert": [("doc-1", "one"), ("doc-2", "two w7")], "delete": []}
+    Trial(ctx, tmp_path, NAME, plan).run_to_end()
+    coll = open_current(tmp_path, NAME, verify=True)
+    assert coll is not None
+    try:
+        ids, vecs = coll.docs.vectors_for([int_id(i) for i, _ in plan["upsert"]])
+        by_id = dict(zip(ids.tolist(), vecs, strict=True))
+        for doc_id, text in plan["upsert"]:
+            np.testing.assert_array_equal(by_id[int_id(doc_id)], unit_vector(doc_id + "|" + text))
+            assert by_id[int_id(doc_id)].shape == (DIM,)
+    finally:
+        coll.close()

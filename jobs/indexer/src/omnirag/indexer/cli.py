@@ -13,8 +13,8 @@ from typing import Any
 
 from omnirag.core.errors import OmniragError, UpstreamError
 from omnirag.core.logging import configure_logging
-from omnirag.index import list_collections, read_current
-from omnirag.index.store import check_name, version_path
+from omnirag.index import list_collections, read_manifest
+from omnirag.index.store import check_name
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import RunSummary, delete_collection, delete_documents, run_kb
 from omnirag.indexer.spec import KnowledgeBase, load
@@ -134,15 +134,15 @@ def cmd_status(args: argparse.Namespace, settings: IndexerSettings) -> int:
         declared = {kb.name: kb for kb in load(spec_path)}
     rows = []
     for name in sorted(names | set(declared)):
-        version = read_current(root, name) if name in names else None
-        row: dict[str, Any] = {"name": name, "declared": name in declared, "version": version}
-        if version:
-            manifest = json.loads((version_path(root, name, version) / "manifest.json").read_text())
+        manifest = read_manifest(root, name) if name in names else None
+        row: dict[str, Any] = {"name": name, "declared": name in declared, "version": None}
+        if manifest is not None:
             row |= {
-                "documents": manifest["counts"]["documents"],
-                "created_at": manifest["created_at"],
-                "model": manifest["embedding"]["model"],
-                "index": manifest["index_built"],
+                "version": manifest.version,
+                "documents": manifest.counts["documents"],
+                "created_at": manifest.created_at,
+                "model": manifest.embedding.model,
+                "index": manifest.index_built,
             }
         rows.append(row)
     if args.json:

@@ -29,13 +29,22 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omnirag.index import Document, EmbeddingInfo, IndexConfig, VersionWriter, prune_versions, read_current
+from omnirag.index import (
+    Document,
+    EmbeddingInfo,
+    IndexConfig,
+    VersionWriter,
+    prune_versions,
+    read_current,
+    read_manifest,
+)
 from omnirag.index.docstore import ORIGIN_FIELDS, ORIGIN_KB, ORIGIN_UPLOAD, doc_id_of, document_id, origin_of
-from omnirag.index.store import check_name, read_extra, version_path
+from omnirag.index.store import check_name, read_extra
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.embed import EmbedClient
 from omnirag.indexer.lock import collection_lock
@@ -168,31 +177,35 @@ async def gather_documents(
 STAMP_KEYS = ("origin", "origin_source", "origin_key", "origin_principal", "doc_id")
 
 
-def _existing(writer: VersionWriter, kind: str) -> tuple[dict[str, dict[str, Any]], set[str]]:
-    """(document id → {"source", "doc_hash", "chunks": {id: content_hash}, "validators", "stamp"} of
-    the documents of origin ``kind``, ids of the other documents) in the version being extended."""
-    own: dict[str, dict[str, Any]] = {}
+@dataclass
+class StoredDocument:
+    """One document of the collection as the run found it: enough to tell what changed."""
+
+    source: str
+    doc_hash: str | None
+    stamp: dict[str, Any]
+    chunks: dict[str, str] = field(default_factory=dict)  # chunk id → content hash
+
+
+def _existing(writer: VersionWriter, kind: str) -> tuple[dict[str, StoredDocument], set[str]]:
+    """(document id → what is stored of it, for the documents of origin ``kind``; ids of the other
+    documents) in the version being extended."""
+    own: dict[str, StoredDocument] = {}
     other: set[str] = set()
-    for cid, meta_json, chash in writer.docs.conn.execute("SELECT id, metadata, content_hash FROM docs"):
-        meta = json.loads(meta_json)
+    for row in writer.chunks():
+        meta = row.metadata
         doc_id = doc_id_of(meta)
         if origin_of(meta) != kind:
             other.add(doc_id)
             continue
-        entry = own.setdefault(
-            doc_id,
-            {
-                "source": meta.get("source", ""),
-                "doc_hash": meta.get("doc_hash"),
-                "chunks": {},
-                "validators": {},
-                "stamp": {k: meta.get(k) for k in STAMP_KEYS},
-            },
-        )
-        entry["chunks"][cid] = chash
-        for key in ("etag", "last_modified"):
-            if meta.get(key):
-                entry["validators"][key] = meta[key]
+        entry = own.get(doc_id)
+        if entry is None:
+            entry = own[doc_id] = StoredDocument(
+                source=meta.get("source", ""),
+                doc_hash=meta.get("doc_hash"),
+                stamp={k: meta.get(k) for k in STAMP_KEYS},
+            )
+        entry.chunks[row.id] = row.content_hash
     return own, other
 
 
@@ -209,16 +222,6 @@ def _previous_validators(settings: IndexerSettings, kb: KnowledgeBase) -> dict[s
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
-
-
-def _current_manifest(settings: IndexerSettings, name: str) -> dict[str, Any] | None:
-    current = read_current(settings.index_root, name)
-    if current is None:
-        return None
-    manifest: dict[str, Any] = json.loads(
-        (version_path(settings.index_root, name, current) / "manifest.json").read_text()
-    )
-    return manifest
 
 
 @contextlib.asynccontextmanager
@@ -284,11 +287,10 @@ async def run_kb(
         summary.refused = [p.source for p in problems if p.kind == "refused"]
         summary.problems = [{"source": p.source, "kind": p.kind, "reason": p.reason} for p in problems]
         base: str | None = "current"
-        manifest = _current_manifest(settings, kb.name)
+        manifest = read_manifest(settings.index_root, kb.name)
         if manifest is not None and (
-            (manifest["embedding"]["model"], manifest["embedding"]["dimension"])
-            != (embedding.model, embedding.dimension)
-            or manifest["index"]["type"] != kb.index_type
+            (manifest.embedding.model, manifest.embedding.dimension) != (embedding.model, embedding.dimension)
+            or manifest.index.type != kb.index_type
         ):
             log.warning(
                 "embedding model or index type changed: rebuilding the collection from scratch",
@@ -313,61 +315,86 @@ async def run_kb(
     return summary
 
 
-async def _apply(
-    kb: KnowledgeBase,
-    writer: VersionWriter,
-    embedder: EmbedClient,
-    docs: dict[str, SourceDocument],
-    keep: set[str],
-    problems: list[SourceProblem],
-    summary: RunSummary,
-    tick: Progress,
-    origin: Origin,
-    delete_missing: bool = True,
-) -> bool:
-    existing, others = await asyncio.to_thread(_existing, writer, origin.kind)
-    splitter = Splitter(kb.chunk_size, kb.chunk_overlap)
-    failed_sources = {p.source for p in problems if p.kind in ("error", "too_large")}
-    to_embed: list[tuple[str, str, dict[str, Any], str]] = []  # (id, text, metadata, content hash)
-    stale: list[str] = []
+@dataclass(frozen=True)
+class PendingChunk:
+    id: str
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+
+
+@dataclass
+class Plan:
+    """What one write changes in a collection, decided from the sources and the stored hashes
+    before anything is embedded or written."""
+
+    embed: list[PendingChunk] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # chunk ids
     # Chunks whose text and vector stay but whose metadata is brought up to date: the unchanged
     # chunks of a changed document, and unchanged documents whose origin is not recorded yet.
-    retag: list[tuple[list[str], dict[str, Any]]] = []
+    retag: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    conflicts: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.embed or self.delete or self.retag)
+
+
+CONFLICT_REASON = (
+    "an upload into this collection has the same source and is kept; delete it through the API "
+    "(DELETE /v1/collections/{name}/documents/{id}) for the knowledge base's copy to be indexed"
+)
+
+
+def plan_changes(
+    kb: KnowledgeBase,
+    existing: dict[str, StoredDocument],
+    others: set[str],
+    docs: dict[str, SourceDocument],
+    *,
+    origin: Origin,
+    keep: AbstractSet[str] = frozenset(),
+    failed_sources: AbstractSet[str] = frozenset(),
+    delete_missing: bool = True,
+    now: float | None = None,
+    tick: Progress | None = None,
+) -> Plan:
+    """The plan that brings ``origin``'s documents in the collection to ``docs``. ``keep``: sources
+    unchanged since the last run that were not read again (a 304); ``failed_sources``: sources that
+    failed to load this time and keep their old chunks."""
+    plan = Plan()
+    splitter = Splitter(kb.chunk_size, kb.chunk_overlap)
+    tick = tick or (lambda stage, n, total: None)
+    now = round(time.time(), 3) if now is None else now
     wanted: set[str] = set()
-    now = round(time.time(), 3)
     tick("documents", 0, len(docs))
     for source, doc in sorted(docs.items()):
         doc_id = origin.doc_id(source)
         tick("documents", 1, None)
         if doc_id in others:
             # An upload from before origins were recorded holds this document's id: keep it.
-            summary.problems.append(
-                {
-                    "source": source,
-                    "kind": "conflict",
-                    "reason": "an upload into this collection has the same source and is kept; "
-                    "delete it through the API (DELETE /v1/collections/{name}/documents/{id}) for "
-                    "the knowledge base's copy to be indexed",
-                }
-            )
+            plan.conflicts.append({"source": source, "kind": "conflict", "reason": CONFLICT_REASON})
             continue
         wanted.add(doc_id)
         stamp = origin.stamp(doc_id, doc)
         doc_hash = sha256(doc.title, doc.text, str(kb.chunk_size), str(kb.chunk_overlap))
         old = existing.get(doc_id)
-        if old is not None and old["doc_hash"] == doc_hash:
-            summary.unchanged += 1
-            if any(old["stamp"].get(k) != v for k, v in stamp.items()):
-                retag.append((list(old["chunks"]), stamp))
+        if old is not None and old.doc_hash == doc_hash:
+            plan.unchanged += 1
+            if any(old.stamp.get(k) != v for k, v in stamp.items()):
+                plan.retag.append((list(old.chunks), stamp))
             continue
         if old is None:
-            summary.added += 1
+            plan.added += 1
         else:
-            summary.changed += 1
-        chunks = splitter.split(doc.text, markdown=is_markdown(doc))
+            plan.changed += 1
         new_ids = set()
         kept: list[str] = []
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(splitter.split(doc.text, markdown=is_markdown(doc))):
             cid = chunk_id(kb.name, doc_id, i)
             new_ids.add(cid)
             meta = {
@@ -387,42 +414,75 @@ async def _apply(
             # embed again either).
             chash = sha256(chunk.text, json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str))
             meta |= stamp | {"indexed_at": now, "doc_hash": doc_hash}
-            if old is not None and old["chunks"].get(cid) == chash:
+            if old is not None and old.chunks.get(cid) == chash:
                 kept.append(cid)
                 continue
-            to_embed.append((cid, chunk.text, meta, chash))
+            plan.embed.append(PendingChunk(cid, chunk.text, meta, chash))
         if kept:
-            retag.append((kept, stamp | {"indexed_at": now, "doc_hash": doc_hash}))
+            plan.retag.append((kept, stamp | {"indexed_at": now, "doc_hash": doc_hash}))
         if old is not None:
-            stale.extend(cid for cid in old["chunks"] if cid not in new_ids)
-    gone = (
-        [
+            plan.delete.extend(cid for cid in old.chunks if cid not in new_ids)
+    if delete_missing:
+        gone = [
             d
             for d, entry in existing.items()
-            if d not in wanted and entry["source"] not in keep and entry["source"] not in failed_sources
+            if d not in wanted and entry.source not in keep and entry.source not in failed_sources
         ]
-        if delete_missing
-        else []
-    )
-    for doc_id in gone:
-        stale.extend(existing[doc_id]["chunks"])
-    summary.deleted = len(gone)
-    tick("chunks", 0, len(to_embed))
-    if to_embed:
+        for doc_id in gone:
+            plan.delete.extend(existing[doc_id].chunks)
+        plan.deleted = len(gone)
+    return plan
+
+
+async def apply_plan(writer: VersionWriter, embedder: EmbedClient, plan: Plan, tick: Progress) -> None:
+    """Embed the plan's new chunks and write every change into the version being built."""
+    tick("chunks", 0, len(plan.embed))
+    if plan.embed:
         vectors = await embedder.embed(
-            [t for _, t, _, _ in to_embed], on_done=lambda n: tick("chunks", n, None)
+            [c.text for c in plan.embed], on_done=lambda n: tick("chunks", n, None)
         )
         batch = [
-            Document(id=cid, text=text, metadata=meta, vector=vec, content_hash=chash)
-            for (cid, text, meta, chash), vec in zip(to_embed, vectors, strict=True)
+            Document(id=c.id, text=c.text, metadata=c.metadata, vector=vec, content_hash=c.content_hash)
+            for c, vec in zip(plan.embed, vectors, strict=True)
         ]
         await asyncio.to_thread(writer.upsert, batch)
-    if stale:
-        await asyncio.to_thread(writer.delete, stale)
-    for ids, fields in retag:
-        await asyncio.to_thread(writer.docs.set_metadata_fields, ids, fields)
-    summary.chunks_embedded = len(to_embed)
-    return bool(to_embed or stale or retag)
+    if plan.delete:
+        await asyncio.to_thread(writer.delete, plan.delete)
+    for ids, fields in plan.retag:
+        await asyncio.to_thread(writer.retag, ids, fields)
+
+
+async def _apply(
+    kb: KnowledgeBase,
+    writer: VersionWriter,
+    embedder: EmbedClient,
+    docs: dict[str, SourceDocument],
+    keep: set[str],
+    problems: list[SourceProblem],
+    summary: RunSummary,
+    tick: Progress,
+    origin: Origin,
+    delete_missing: bool = True,
+) -> bool:
+    """Plan the write of ``docs`` into ``writer``, apply it, and count it in ``summary``."""
+    existing, others = await asyncio.to_thread(_existing, writer, origin.kind)
+    plan = plan_changes(
+        kb,
+        existing,
+        others,
+        docs,
+        origin=origin,
+        keep=keep,
+        failed_sources={p.source for p in problems if p.kind in ("error", "too_large")},
+        delete_missing=delete_missing,
+        tick=tick,
+    )
+    summary.problems.extend(plan.conflicts)
+    summary.added, summary.changed, summary.unchanged = plan.added, plan.changed, plan.unchanged
+    summary.deleted = plan.deleted
+    await apply_plan(writer, embedder, plan, tick)
+    summary.chunks_embedded = len(plan.embed)
+    return not plan.empty
 
 
 async def ingest(
@@ -448,8 +508,8 @@ async def ingest(
         embedder,
         embedding,
     ):
-        manifest = _current_manifest(settings, collection)
-        config = IndexConfig.model_validate(manifest["index"]) if manifest else IndexConfig()
+        manifest = read_manifest(settings.index_root, collection)
+        config = manifest.index if manifest else IndexConfig()
         with VersionWriter(
             settings.index_root, collection, embedding, config, gpu=settings.faiss_gpu
         ) as writer:
@@ -491,16 +551,14 @@ async def delete_documents(
         ttl=settings.lock_ttl_seconds,
         wait=max(settings.lock_wait_seconds, 30.0),
     ):
-        manifest = _current_manifest(settings, collection)
+        manifest = read_manifest(settings.index_root, collection)
         if manifest is None or not names:
-            summary.version = manifest["version"] if manifest else None
+            summary.version = manifest.version if manifest else None
             return summary
-        embedding = EmbeddingInfo.model_validate(manifest["embedding"])
-        config = IndexConfig.model_validate(manifest["index"])
         with VersionWriter(
-            settings.index_root, collection, embedding, config, gpu=settings.faiss_gpu
+            settings.index_root, collection, manifest.embedding, manifest.index, gpu=settings.faiss_gpu
         ) as writer:
-            found = await asyncio.to_thread(writer.docs.document_chunks, names, origin=origin)
+            found = await asyncio.to_thread(writer.document_chunks, names, origin=origin)
             stale = [cid for ids in found.values() for cid in ids]
             if stale:
                 await asyncio.to_thread(writer.delete, stale)

@@ -7,19 +7,22 @@ No pickle anywhere: FAISS's own binary format, SQLite, JSON and ``.npy`` without
 """
 
 from omnirag.index.collection import Collection, CorruptVersion, Hit, ModeUnavailable
-from omnirag.index.docstore import Document
+from omnirag.index.docstore import ChunkRow, Document
 from omnirag.index.filters import FilterError
 from omnirag.index.manifest import EmbeddingInfo, IndexConfig, Manifest
 from omnirag.index.store import (
     VersionWriter,
     list_collections,
+    load_manifest,
     open_current,
     prune_versions,
     publish,
     read_current,
+    read_manifest,
 )
 
 __all__ = [
+    "ChunkRow",
     "Collection",
     "CorruptVersion",
     "Document",
@@ -31,8 +34,10 @@ __all__ = [
     "ModeUnavailable",
     "VersionWriter",
     "list_collections",
+    "load_manifest",
     "open_current",
     "prune_versions",
     "publish",
     "read_current",
+    "read_manifest",
 ]

@@ -169,6 +169,15 @@ class DocumentPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class ChunkRow:
+    """One stored chunk as a writer sees it when deciding what to embed again: no text, no vector."""
+
+    id: str
+    metadata: dict[str, Any]
+    content_hash: str
+
+
 @dataclass
 class Document:
     id: str
@@ -390,6 +399,13 @@ class DocStore:
         else:
             rows = self.conn.execute("SELECT id, content_hash FROM docs WHERE source = ?", (source,))
         return dict(rows.fetchall())
+
+    def iter_chunks(self, batch: int = 8192) -> Iterator[ChunkRow]:
+        """Every chunk's id, metadata and content hash, a batch of rows at a time."""
+        cur = self.conn.execute("SELECT id, metadata, content_hash FROM docs")
+        while rows := cur.fetchmany(batch):
+            for cid, meta_json, chash in rows:
+                yield ChunkRow(cid, json.loads(meta_json), chash)
 
     def iter_vectors(self, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(int ids, vectors) in int_id order, a batch at a time."""

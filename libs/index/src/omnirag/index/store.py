@@ -6,7 +6,6 @@ most a stray temporary directory, which :func:`prune_versions` removes later.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -14,13 +13,14 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from omnirag.index import dense
 from omnirag.index.collection import Collection
-from omnirag.index.docstore import DocStore, Document
+from omnirag.index.docstore import ChunkRow, DocStore, Document
 from omnirag.index.manifest import EmbeddingInfo, IndexConfig, Manifest, hash_tree
 from omnirag.index.sparse import TOKENIZER_NAME, SparseIndex
 
@@ -77,6 +77,16 @@ def read_current(root: Path, name: str) -> str | None:
     return version
 
 
+def load_manifest(root: Path, name: str, version: str) -> Manifest:
+    return Manifest.model_validate_json((version_path(root, name, version) / "manifest.json").read_bytes())
+
+
+def read_manifest(root: Path, name: str) -> Manifest | None:
+    """The manifest of the version being served, or None when the collection has none yet."""
+    version = read_current(root, name)
+    return None if version is None else load_manifest(root, name, version)
+
+
 def version_path(root: Path, name: str, version: str) -> Path:
     return root / name / "versions" / version
 
@@ -115,9 +125,9 @@ class VersionWriter:
         self.version = new_version_id()
         self.parent = read_current(self.root, name) if base == "current" else base
         parent_dir = version_path(self.root, name, self.parent) if self.parent else None
-        if parent_dir is not None:
+        if self.parent is not None:
             # Checked before anything is written, so a refused writer leaves nothing behind.
-            parent_manifest = Manifest.model_validate(json.loads((parent_dir / "manifest.json").read_text()))
+            parent_manifest = load_manifest(self.root, name, self.parent)
             if (parent_manifest.embedding.model, parent_manifest.embedding.dimension) != (
                 embedding.model,
                 embedding.dimension,
@@ -169,6 +179,20 @@ class VersionWriter:
 
     def delete(self, ids: Sequence[str]) -> int:
         return self.docs.delete(ids)
+
+    def retag(self, ids: Sequence[str], fields: dict[str, Any]) -> None:
+        """Bring chunks' metadata up to date without embedding them again (text and vector stay)."""
+        self.docs.set_metadata_fields(ids, fields)
+
+    def chunks(self) -> Iterator[ChunkRow]:
+        """Every chunk of the version being built (id, metadata, content hash)."""
+        return self.docs.iter_chunks()
+
+    def document_chunks(
+        self, ids_or_sources: Sequence[str], *, origin: str | None = None
+    ) -> dict[str, list[str]]:
+        """Document id → chunk ids of the documents named by id or source (see DocStore)."""
+        return self.docs.document_chunks(ids_or_sources, origin=origin)
 
     def hashes(self, source: str | None = None) -> dict[str, str]:
         return self.docs.hashes(source)
