@@ -47,7 +47,9 @@ class Ticket:
     """One admitted request: its place held in the queue while it tokenizes, and its deadline to start.
 
     ``release`` gives the reserved places back (idempotent); :meth:`BatchQueue.submit` does it when
-    the texts enter the queue, the caller when it fails before that."""
+    the texts enter the queue, the caller when it fails before that. ``queue_seconds`` (admission to
+    its first pass) and ``inference_seconds`` (the passes that computed its texts) are what the
+    request waited and what it was computed in, for its answer's timing headers."""
 
     def __init__(self, queue: BatchQueue, inputs: int, deadline: float) -> None:
         self._queue: BatchQueue | None = queue
@@ -55,6 +57,8 @@ class Ticket:
         self.admitted = time.perf_counter()
         self.deadline = deadline  # on the event loop's clock
         self.started = False
+        self.queue_seconds = 0.0
+        self.inference_seconds = 0.0
         self.futures: list[asyncio.Future[Any]] = []
         self.timer: asyncio.TimerHandle | None = None
 
@@ -330,7 +334,8 @@ class BatchQueue:
                 ticket.started = True
                 if ticket.timer is not None:
                     ticket.timer.cancel()
-                self._on_start(now - ticket.admitted)
+                ticket.queue_seconds = now - ticket.admitted
+                self._on_start(ticket.queue_seconds)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -364,6 +369,9 @@ class BatchQueue:
                     continue
                 ended = time.perf_counter()
                 elapsed = ended - started
+                # A pass counts once for each request with a text in it, however many it has there.
+                for ticket in {it.ticket for it in live if it.ticket is not None}:
+                    ticket.inference_seconds += elapsed
                 for it, result in zip(live, results, strict=True):
                     if not it.future.done():
                         it.future.set_result(result)

@@ -38,10 +38,16 @@ class EmbedderMetrics:
         self.failures = m.counter("failures_total", "Requests or texts that failed, by reason.", ["reason"])
         self.input_tokens = m.counter("input_tokens_total", "Tokens embedded (after truncation).")
         self.texts = m.counter("texts_total", "Texts embedded.")
+        # Per request, beside the per-pass inference_seconds and the shell's request_seconds (its
+        # total): what a slow answer waited for, and what it was computed in.
         self.queue_wait = m.histogram(
             "queue_wait_seconds",
             "Seconds from a request's admission until its first text starts a pass.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.request_inference = m.histogram(
+            "request_inference_seconds",
+            "Seconds of forward passes that computed a request's texts (each pass once per request).",
         )
         self.pass_overhead = m.gauge(
             "pass_overhead_tokens",
@@ -59,6 +65,8 @@ class EmbedderMetrics:
 class Encoded:
     results: list[Any]  # one float32 vector (or TokenOutput) per text
     tokens: int
+    queue_seconds: float = 0.0  # from admission until its first text started a pass
+    inference_seconds: float = 0.0  # in the passes that computed its texts
 
 
 class EmbedService:
@@ -215,7 +223,8 @@ class EmbedService:
         results = await _wait_unless_gone(request, futures)
         total = sum(counts)
         self.metrics.input_tokens.inc(total)
-        return Encoded(results, total)
+        self.metrics.request_inference.observe(ticket.inference_seconds)
+        return Encoded(results, total, ticket.queue_seconds, ticket.inference_seconds)
 
 
 def calibrate(model: EmbeddingModel, batch_size: int) -> Calibration:

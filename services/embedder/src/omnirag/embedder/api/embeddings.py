@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -18,22 +19,52 @@ from omnirag.core.schemas.embeddings import EmbeddingsRequest, EmbeddingsRespons
 from omnirag.embedder.calibration import quantize
 from omnirag.embedder.deps import get_service
 from omnirag.embedder.schemas import EmbedRequestWithRanges, EmbedResponseWithRanges
-from omnirag.embedder.service import EmbedService, postprocess
+from omnirag.embedder.service import EmbedService, Encoded, postprocess
+
+# Where a request's time went, in milliseconds, on every answer: the queue (admission until its first
+# text started a pass), the forward passes that computed its texts, and the whole (the body read to
+# the answer ready). The rest of the whole is reading, tokenizing, waiting between passes, encoding.
+QUEUE_TIME = "X-Queue-Time-Ms"
+INFERENCE_TIME = "X-Inference-Time-Ms"
+TOTAL_TIME = "X-Total-Time-Ms"
+_MS = {"schema": {"type": "number", "minimum": 0}}
+TIMING: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            QUEUE_TIME: {"description": "Milliseconds the request waited in the batching queue.", **_MS},
+            INFERENCE_TIME: {"description": "Milliseconds of forward passes that computed its texts.", **_MS},
+            TOTAL_TIME: {"description": "Milliseconds from reading the request to the answer ready.", **_MS},
+        }
+    }
+}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def _timed(response: Response, encoded: Encoded) -> Response:
+    response.headers[QUEUE_TIME] = _ms(encoded.queue_seconds)
+    response.headers[INFERENCE_TIME] = _ms(encoded.inference_seconds)
+    return response
 
 
 class AdmissionRoute(OrjsonRoute):
     """Checks the queue before FastAPI reads, parses and validates the body (after the middleware, so
     authentication and metrics still see every request): a request that could not be admitted with a
-    single text is answered 429 without paying for its body."""
+    single text is answered 429 without paying for its body. Its answer says how long it all took."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def admitted_first(request: Request) -> Response:
+            started = time.perf_counter()
             service: EmbedService | None = getattr(request.app.state, "service", None)
             if service is not None:
                 service.precheck()
-            return await handler(request)
+            response = await handler(request)
+            response.headers[TOTAL_TIME] = _ms(time.perf_counter() - started)
+            return response
 
         return admitted_first
 
@@ -42,9 +73,14 @@ router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=AdmissionRoute
 Service = Annotated[EmbedService, Depends(get_service)]
 
 
-@router.post("/embeddings", response_model=EmbeddingsResponse, summary="OpenAI-compatible embeddings")
+@router.post(
+    "/embeddings",
+    response_model=EmbeddingsResponse,
+    summary="OpenAI-compatible embeddings",
+    responses=TIMING,
+)
 @raises(Overloaded, PayloadTooLarge, NotFound)
-async def embeddings(body: EmbeddingsRequest, request: Request, service: Service) -> JSONResponse:
+async def embeddings(body: EmbeddingsRequest, request: Request, service: Service) -> Response:
     service.check_model(body.model)
     service.check_dimension(body.dimensions, "dimensions")
     encoded = await service.encode(request, body.texts())
@@ -60,13 +96,16 @@ async def embeddings(body: EmbeddingsRequest, request: Request, service: Service
         ]
     else:
         data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(vectors)]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": data,
-            "model": service.model.name,
-            "usage": {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens},
-        }
+    return _timed(
+        JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": service.model.name,
+                "usage": {"prompt_tokens": encoded.tokens, "total_tokens": encoded.tokens},
+            }
+        ),
+        encoded,
     )
 
 
@@ -75,9 +114,10 @@ async def embeddings(body: EmbeddingsRequest, request: Request, service: Service
     response_model=EmbedResponseWithRanges,
     response_model_exclude_none=True,
     summary="SentenceTransformer.encode over HTTP: precision, truncate_dim, prompts, tokens",
+    responses=TIMING,
 )
 @raises(Overloaded, PayloadTooLarge)
-async def embed(body: EmbedRequestWithRanges, request: Request, service: Service) -> JSONResponse:
+async def embed(body: EmbedRequestWithRanges, request: Request, service: Service) -> Response:
     service.check_dimension(body.truncate_dim, "truncate_dim")
     prompt = service.resolve_prompt(body.prompt, body.prompt_name)
     ranges = None
@@ -103,15 +143,18 @@ async def embed(body: EmbedRequestWithRanges, request: Request, service: Service
             }
             for out in encoded.results
         ]
-        return JSONResponse(
-            {
-                "model": service.model.name,
-                "dimension": dim,
-                "precision": "float32",
-                "normalized": body.normalize,
-                "token_embeddings": items,
-                "usage": usage,
-            }
+        return _timed(
+            JSONResponse(
+                {
+                    "model": service.model.name,
+                    "dimension": dim,
+                    "precision": "float32",
+                    "normalized": body.normalize,
+                    "token_embeddings": items,
+                    "usage": usage,
+                }
+            ),
+            encoded,
         )
     vectors: Any = postprocess(
         np.stack(encoded.results), truncate_dim=body.truncate_dim, normalize=body.normalize
@@ -132,4 +175,4 @@ async def embed(body: EmbedRequestWithRanges, request: Request, service: Service
     }
     if ranges is not None:
         payload["ranges"] = ranges
-    return JSONResponse(payload)
+    return _timed(JSONResponse(payload), encoded)
