@@ -556,9 +556,7 @@ class _Crawler:
         pending: list[tuple[str, int]] = []
         for origin in dict.fromkeys(_origin(u) for u in seeds):
             pending.append((origin + "/sitemap.xml", 0))
-            if url_refusal(origin):
-                continue
-            robots = await self.robots_for(origin + "/")
+            robots = await self.robots_for(origin + "/")  # a refused origin's: allows all, lists none
             for extra in robots.site_maps() or []:
                 normalised = normalize_url(extra)
                 if normalised is not None:
