@@ -8,37 +8,36 @@ from omnirag.extract.html import html_document
 from omnirag.extract.markdown import markdown_document, markdown_title
 
 ARTICLE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Deploying omnirag | Docs</title>
+<html><head><meta charset="utf-8"><title>Scheduling the indexer | Handbook</title>
 <meta name="Robots" content="noindex, nofollow"><base href="/docs/"></head>
 <body>
-<header><div class="logo">omnirag</div>
-  <nav><ul><li><a href="/">Home</a></li><li><a href="/pricing">Pricing</a></li></ul></nav></header>
-<aside class="sidebar"><a href="/a">Sidebar link one</a></aside>
+<header><span class="brand">Handbook</span>
+  <nav><a href="/">Start</a> <a href="/pricing">Pricing</a></nav></header>
+<aside><a href="/a">Related reading</a></aside>
 <main><article>
-  <h1>Deploying omnirag</h1>
-  <p>The gateway listens on port 8000 and forwards chat requests to the configured model server.</p>
-  <h2>Helm chart</h2>
-  <p>Install the chart with helm install and set the embedding model in the values file
-  before the first run.</p>
-  <table><tr><th>Service</th><th>Port</th></tr><tr><td>gateway</td><td>8000</td></tr>
-  <tr><td>retriever</td><td>8001</td></tr></table>
-  <p>Read <a href="helm.html#values">the values</a>.</p>
+  <h1>Scheduling the indexer</h1>
+  <p>A knowledge base with a schedule is indexed by a CronJob that the chart renders from its spec.</p>
+  <h2>Incremental runs</h2>
+  <p>Unchanged documents are not embedded again, and documents removed at the source are deleted
+  from the collection on the next run.</p>
+  <table><tr><th>Field</th><th>Example</th></tr><tr><td>schedule</td><td>03:00 daily</td></tr></table>
+  <p>Read <a href="spec.html#schedule">the spec</a>.</p>
 </article></main>
-<footer><p>Copyright 2024 Example Corp. All rights reserved. Subscribe to our newsletter.</p></footer>
-<script>var tracking = "should never appear";</script>
+<footer><p>All rights reserved. Subscribe to the newsletter.</p></footer>
+<script>var tracking = "never shown";</script>
 </body></html>
 """
 
 
 def test_main_text_title_links_and_meta() -> None:
-    page = html_document(ARTICLE, url="https://docs.example.com/deploy")
-    assert page.title == "Deploying omnirag"  # the page's own title, without the site's name
-    assert "The gateway listens on port 8000" in page.text
-    assert "## Helm chart" in page.text  # Markdown headings
-    assert "retriever" in page.text and "8001" in page.text  # the table
-    for boilerplate in ("Pricing", "Sidebar link", "newsletter", "tracking"):
+    page = html_document(ARTICLE, url="https://handbook.example.com/indexer")
+    assert page.title == "Scheduling the indexer"  # the page's own title, without the site's name
+    assert "indexed by a CronJob that the chart renders" in page.text
+    assert "## Incremental runs" in page.text  # Markdown headings
+    assert "schedule" in page.text and "03:00 daily" in page.text  # the table
+    for boilerplate in ("Pricing", "Related reading", "newsletter", "tracking"):
         assert boilerplate not in page.text
-    assert page.links == ["/", "/pricing", "/a", "helm.html#values"]  # navigation's links too
+    assert page.links == ["/", "/pricing", "/a", "spec.html#schedule"]  # navigation's links too
     assert page.base == "/docs/"
     assert page.meta == {"robots": "noindex, nofollow"}  # names in lower case
 
