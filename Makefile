@@ -121,9 +121,12 @@ run: setup $(LLM_STAMP) ## index the example knowledge base, start the whole loc
 	@echo "Ctrl-C stops everything."
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
+# Line coverage is measured on the way and printed per package (reported, not gated), also when a
+# test fails.
 test: setup $(LLM_STAMP) $(TOOLS_STAMP) $(if $(filter 1,$(RELEASE_TEST)),release-images) ## run every test, the release as containers included (RELEASE_TEST=0: without)
 	OMNIRAG_TEST_RELEASE=$(RELEASE_TEST) PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" \
-		$(PY) -m pytest $(addsuffix /tests,$(PACKAGES)) tests
+		$(PY) -m pytest --cov --cov-report= $(addsuffix /tests,$(PACKAGES)) tests; \
+		status=$$?; $(PY) scripts/coverage_by_package.py; exit $$status
 
 lint: setup ## ruff (lint + format check) and mypy
 	$(VENV)/bin/ruff check .
