@@ -106,7 +106,7 @@ async def test_an_answer_that_is_not_the_schema_is_an_upstream_error() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"model": "m"}))
     async with httpx.AsyncClient(transport=transport) as http:
         client = EmbedderClient("http://embedder.invalid", async_client=http)
-        with pytest.raises(UpstreamError, match="not a EmbedderInfo"):
+        with pytest.raises(UpstreamError, match="does not fit EmbedderInfo"):
             await client.info()
 
 

@@ -61,8 +61,8 @@ def _parse(model: type[_Model], response: httpx.Response) -> _Model:
         return model.model_validate_json(response.content)
     except ValidationError as exc:
         raise UpstreamError(
-            f"the embedder answered {response.request.url.path} with something that is not a "
-            f"{model.__name__}: {exc.error_count()} error(s)"
+            f"the embedder's answer to {response.request.url.path} does not fit {model.__name__}: "
+            f"{exc.error_count()} error(s)"
         ) from exc
 
 
