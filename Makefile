@@ -13,7 +13,7 @@ TORCH := torch==2.13.0
 # libs/index's faiss extra: cpu (faiss-cpu), or gpu (faiss-gpu-cu12) on a CUDA machine; never both
 # (switching an existing .venv: pip uninstall the other wheel first, both own the faiss module).
 FAISS ?= cpu
-PACKAGES := libs/core libs/index services/embedder services/retriever services/gateway services/ui jobs/indexer jobs/model-download
+PACKAGES := libs/core libs/index libs/extract services/embedder services/retriever services/gateway services/ui jobs/indexer jobs/model-download
 PYPROJECTS := $(addsuffix /pyproject.toml,$(PACKAGES))
 INFINITY_VENV := bench/.venv-infinity
 INDEX_ROOT := data/index

@@ -71,7 +71,7 @@ PACKAGES = [
         False,
     ),
 ]
-LIBS = ["libs/core", "libs/index"]
+LIBS = ["libs/core", "libs/index", "libs/extract"]
 
 
 def package_param(pkg: Package) -> Any:

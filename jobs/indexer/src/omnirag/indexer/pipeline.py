@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnirag.extract import OCR
 from omnirag.index import (
     Document,
     EmbeddingInfo,
@@ -147,14 +148,17 @@ async def gather_documents(
             from omnirag.indexer.sources.local import iter_local
 
             root = (kb.base_dir / src["path"]).resolve()
-            walk = iter_local(
-                root,
-                src.get("glob", "**/*"),
-                src.get("exclude"),
-                max_bytes=settings.max_file_bytes,
-                limits=LoadLimits.from_settings(settings),
-            )
-            items: list[SourceDocument | SourceProblem] = await asyncio.to_thread(list, walk)
+            # One OCR engine for every image and scanned page of the source.
+            with OCR(max_pixels=settings.max_image_pixels) as ocr:
+                walk = iter_local(
+                    root,
+                    src.get("glob", "**/*"),
+                    src.get("exclude"),
+                    max_bytes=settings.max_file_bytes,
+                    limits=LoadLimits.from_settings(settings),
+                    ocr=ocr,
+                )
+                items: list[SourceDocument | SourceProblem] = await asyncio.to_thread(list, walk)
             for item in items:
                 if isinstance(item, SourceProblem):
                     problems.append(item)

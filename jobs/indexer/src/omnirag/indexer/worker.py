@@ -48,6 +48,7 @@ from omnirag.core.schemas.ingest import (
     IngestRequest,
     job_key,
 )
+from omnirag.extract import OCR
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.loaders import LoadError, LoadLimits, load_file
 from omnirag.indexer.pipeline import delete_documents, ingest
@@ -91,7 +92,9 @@ async def set_status(r: Any, job_id: str, **fields: Any) -> None:
         await pipe.execute()
 
 
-def to_document(req: IngestRequest, uploads: Path, limits: LoadLimits) -> SourceDocument:
+def to_document(
+    req: IngestRequest, uploads: Path, limits: LoadLimits, ocr: OCR | None = None
+) -> SourceDocument:
     if req.kind == "text":
         assert req.text is not None
         return SourceDocument(
@@ -107,7 +110,7 @@ def to_document(req: IngestRequest, uploads: Path, limits: LoadLimits) -> Source
         raise PermanentError(f"path {req.path!r} is outside the uploads directory")
     if not path.is_file():
         raise PermanentError(f"uploaded file {req.path!r} does not exist")
-    loaded = load_file(path, limits=limits)
+    loaded = load_file(path, limits=limits, ocr=ocr)
     # The stored name is generated; a title that is only that name says nothing, the source's does.
     own_title = loaded.title if loaded.title and loaded.title != path.stem else None
     return SourceDocument(
@@ -131,6 +134,8 @@ class Worker:
         self.settings = settings
         self.uploads = uploads_dir
         self.limits = LoadLimits.from_settings(settings)
+        # One OCR engine for the worker's life: images and scanned PDFs are read on its thread.
+        self.ocr = OCR(max_pixels=settings.max_image_pixels)
         self.max_attempts = max_attempts or settings.max_attempts
         # A worker that died holding a collection's lock leaves it until its TTL runs out: wait
         # that long for it rather than count a busy lock as a failed attempt.
@@ -161,6 +166,7 @@ class Worker:
                 raise
 
     async def close(self) -> None:
+        self.ocr.close()
         await self.redis.aclose()
 
     async def next_message(self) -> tuple[bytes, dict[bytes, bytes], int] | None:
@@ -224,7 +230,7 @@ class Worker:
                     req.collection, [req.document or ""], self.ingest_settings, origin="upload"
                 )
             else:
-                doc = await asyncio.to_thread(to_document, req, self.uploads, self.limits)
+                doc = await asyncio.to_thread(to_document, req, self.uploads, self.limits, self.ocr)
                 summary = await ingest(
                     req.collection,
                     [doc],

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from omnirag.extract import OCR
 from omnirag.indexer.loaders import (
     DEFAULT_MAX_BYTES,
     SUPPORTED_SUFFIXES,
@@ -169,7 +170,9 @@ def _scan(
     return entries
 
 
-def _load(entry: _Entry, max_bytes: int, limits: LoadLimits | None) -> SourceDocument | SourceProblem:
+def _load(
+    entry: _Entry, max_bytes: int, limits: LoadLimits | None, ocr: OCR | None
+) -> SourceDocument | SourceProblem:
     rel = entry.rel
     if entry.path.suffix.lower() not in SUPPORTED_SUFFIXES:
         return SourceProblem(
@@ -183,7 +186,7 @@ def _load(entry: _Entry, max_bytes: int, limits: LoadLimits | None) -> SourceDoc
         # A FIFO or device would block or never end: never open one.
         return SourceProblem(rel, "not a regular file", "unsupported")
     try:
-        loaded = load_file(entry.path, max_bytes=max_bytes, limits=limits)
+        loaded = load_file(entry.path, max_bytes=max_bytes, limits=limits, ocr=ocr)
     except TooLarge as exc:
         return SourceProblem(rel, str(exc), "too_large")
     except UnsupportedFile as exc:
@@ -207,13 +210,16 @@ def iter_local(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     limits: LoadLimits | None = None,
+    ocr: OCR | None = None,
 ) -> Iterator[SourceDocument | SourceProblem]:
     """Yield a document (or a problem) per file under ``root`` matching ``glob``, sorted by path.
 
     ``source`` and ``metadata["path"]`` are the path relative to ``root`` (posix). Raises
     FileNotFoundError when ``root`` does not exist, ``re.error`` for a bad ``exclude`` pattern.
     A ``root`` that is a file yields that one file. ``limits`` is the loaders' memory budget (pixels,
-    PDF pages, unpacked ZIP bytes, text): a knowledge-base run passes the settings' own.
+    PDF pages, unpacked ZIP bytes, text): a knowledge-base run passes the settings' own. ``ocr``
+    reads images and scanned pages; a run passes one engine for all its files (without one, each
+    file that needs OCR starts and stops an engine of its own, about a second each).
     """
     root = Path(root)
     if not root.exists():
@@ -222,9 +228,9 @@ def iter_local(
 
     if not root.is_dir():
         entry = _Entry(root.name, root)
-        yield _load(entry, max_bytes, limits)
+        yield _load(entry, max_bytes, limits, ocr)
         return
 
     root_real = root.resolve()
     for entry in _scan(root, root_real, glob_to_regex(glob), excludes):
-        yield entry.problem if entry.problem is not None else _load(entry, max_bytes, limits)
+        yield entry.problem if entry.problem is not None else _load(entry, max_bytes, limits, ocr)
