@@ -508,3 +508,6 @@ def test_the_openapi_document_lists_each_route_s_errors(client) -> None:
     # The embedder's errors passed on (its 404, 413, 429 and 503) and its absence (502).
     responses("/v1/embeddings", "post", "404", "413", "429", "500", "502", "503")
     responses("/v1/collections", "get", "500", "502")
+    # The key check every authenticated route runs: a missing or wrong key, a key over its limits.
+    for path, method in (("/v1/collections", "get"), ("/v1/models", "get"), ("/v1/ingest/{job_id}", "get")):
+        assert "Retry-After" in responses(path, method, "401", "429")["429"]["headers"], path

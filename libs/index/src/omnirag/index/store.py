@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from omnirag.core.names import check_collection_name as check_name
+from omnirag.core.names import is_collection_name
 from omnirag.index import dense
 from omnirag.index.collection import Collection
 from omnirag.index.docstore import ChunkRow, DocStore, Document
@@ -26,18 +28,11 @@ from omnirag.index.sparse import TOKENIZER_NAME, SparseIndex
 
 log = logging.getLogger("omnirag.index.store")
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+# The writer's own files in extra/ (e.g. crawl.json): a plain name, no path.
+EXTRA_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,62}$")
 VERSION_RE = re.compile(r"^\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 CURRENT = "CURRENT"
 TMP_DIR = ".tmp"
-
-
-def check_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"collection name {name!r}: use 1-63 of a-z, 0-9, _ and -, starting with a letter or digit"
-        )
-    return name
 
 
 def new_version_id() -> str:
@@ -64,7 +59,7 @@ def list_collections(root: Path) -> list[str]:
     """Collections under ``root`` that have a published version."""
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if NAME_RE.fullmatch(p.name) and (p / CURRENT).is_file())
+    return sorted(p.name for p in root.iterdir() if is_collection_name(p.name) and (p / CURRENT).is_file())
 
 
 def read_current(root: Path, name: str) -> str | None:
@@ -172,7 +167,7 @@ class VersionWriter:
     def put_extra(self, name: str, data: bytes) -> None:
         """Store a small file of the writer's own (e.g. crawl state) in ``extra/``, versioned and
         checksummed with everything else; readers of the index ignore it."""
-        if not NAME_RE.fullmatch(name.replace(".", "-")):
+        if not EXTRA_NAME_RE.fullmatch(name) or ".." in name:
             raise ValueError(f"bad extra file name {name!r}")
         (self.tmp / "extra").mkdir(exist_ok=True)
         (self.tmp / "extra" / name).write_bytes(data)

@@ -11,7 +11,18 @@ import httpx
 from fastapi import Depends, FastAPI, Header, Request
 from starlette.responses import Response
 
-from omnirag.core.errors import NotReady, OmniragError, Overloaded, UpstreamError, error_body, error_response
+from omnirag.core.errors import (
+    BadRequest,
+    Forbidden,
+    NotReady,
+    OmniragError,
+    Overloaded,
+    Unauthorized,
+    UpstreamError,
+    error_body,
+    error_response,
+    raises,
+)
 from omnirag.core.http import CircuitBreaker, CircuitBreakerTransport, CircuitOpen
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.auth import ANONYMOUS, USER_HEADER, ApiKey, acting_for, bearer
@@ -28,6 +39,7 @@ def get_gateway(request: Request) -> Any:
     return request.app.state.gateway
 
 
+@raises(Unauthorized, Forbidden, BadRequest, Overloaded)
 async def authenticated(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
