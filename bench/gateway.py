@@ -287,7 +287,7 @@ def serve_upstream(port: int) -> None:
 
 
 class Redis:
-    """A real redis-server on a free port, started as omnirag.core.testing.redis_server does (whose
+    """A real redis-server on a free port, started as omnirag_harness.servers.redis_server does (whose
     context manager hides the pid, which the CPU accounting needs)."""
 
     def __init__(self, directory: Path) -> None:

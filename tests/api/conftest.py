@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
-from gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
+from omnirag_harness.gateway_stack import GatewayFactory
 
 DEV_KEY = "api-test-dev-key-0123456789abcdef"
 
@@ -35,7 +35,8 @@ def gateway_url(gateway_factory: GatewayFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def ui_url(gateway_url: str) -> Iterator[str]:
     """The UI in front of the gateway, without login (as ``make run`` serves it to one user)."""
-    from omnirag.core.testing import serve_in_thread
+    from omnirag_harness.servers import serve_in_thread
+
     from omnirag.ui.app import create_app
     from omnirag.ui.config import UiSettings
 

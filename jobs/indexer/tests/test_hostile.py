@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from omnirag_harness.indexer import WorkerProcess
+from omnirag_harness.servers import free_port, stop_process
 
 from omnirag.core.schemas.ingest import CONSUMER_GROUP, DEAD_LETTER_STREAM, INGEST_STREAM, job_key
-from omnirag.core.testing import free_port, stop_process
-from omnirag.indexer.testing import WorkerProcess
 from omnirag.indexer.worker import read_beat
 
 MiB = 1024 * 1024

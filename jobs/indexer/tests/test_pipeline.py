@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from omnirag_harness.servers import serve_in_thread
 
-from omnirag.core.testing import serve_in_thread
 from omnirag.index import open_current, read_current
 from omnirag.indexer.lock import LockHeld
 from omnirag.indexer.pipeline import delete_documents, ingest, run_kb

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from omnirag.model_download.testing import FakeHub, random_bytes
+from omnirag_harness.hub import FakeHub, random_bytes
 
 DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from omnirag.model_download.testing import FakeHub
+from omnirag_harness.hub import FakeHub
 
 from .conftest import BIG, job_env, tiny_files
 

@@ -12,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from omnirag.core.testing import free_port
+from omnirag_harness.hub import FakeHub, random_bytes, sha256, wait_for
+from omnirag_harness.servers import free_port
+
 from omnirag.model_download import MARKER_NAME, WORK_DIR_NAME
 from omnirag.model_download.errors import (
     EXIT_ACCESS_DENIED,
@@ -27,7 +29,6 @@ from omnirag.model_download.errors import (
 )
 from omnirag.model_download.job import part_name
 from omnirag.model_download.sources import RemoteFile
-from omnirag.model_download.testing import FakeHub, random_bytes, sha256, wait_for
 
 from .conftest import BIG, BIG_SIZE, run_job, start_job, tiny_files
 

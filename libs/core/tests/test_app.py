@@ -11,13 +11,13 @@ import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.testclient import TestClient
+from omnirag_harness.servers import serve_in_thread
 
 from omnirag.core.app import ReadinessReport, create_service_app
 from omnirag.core.errors import NotFound, NotReady, Overloaded, TooDeeplyNested, Unauthorized, raises
 from omnirag.core.logging import JSONFormatter, configure_logging, request_id_var
 from omnirag.core.routing import MAX_JSON_DEPTH, OrjsonRoute, loads_json
 from omnirag.core.settings import ServiceSettings
-from omnirag.core.testing import serve_in_thread
 
 
 def make_app(**overrides):

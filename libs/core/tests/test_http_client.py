@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from omnirag_harness.servers import serve_in_thread
 
 from omnirag.core.app import create_service_app
 from omnirag.core.errors import NotFound, Overloaded, UpstreamError
 from omnirag.core.http import CircuitBreaker, CircuitOpen, ServiceClient
 from omnirag.core.logging import request_id_var
 from omnirag.core.settings import ServiceSettings
-from omnirag.core.testing import serve_in_thread
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from omnirag_harness.servers import llm_server, smollm2_model_path
 from openai import OpenAI
-
-from omnirag.core.testing import llm_server, smollm2_model_path
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from omnirag_harness.servers import loopback_only
 
 from omnirag.core import netguard
 from omnirag.core.netguard import (
@@ -39,7 +40,6 @@ from omnirag.core.netguard import (
     url_refusal,
 )
 from omnirag.core.netguard import system_resolver as real_system_resolver
-from omnirag.core.testing import loopback_only
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 from fastapi import FastAPI
+from omnirag_harness.servers import serve_in_thread
 
-from omnirag.core.testing import serve_in_thread
 from omnirag.embedder.app import create_app
 from omnirag.embedder.config import EmbedderSettings
 

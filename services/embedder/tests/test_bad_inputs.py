@@ -75,7 +75,7 @@ def test_chunked_body_over_the_size_limit_is_413(base_url):
 
 
 def test_failures_are_counted_by_reason(base_url):
-    from omnirag.core.testing import metric_value
+    from omnirag_harness.servers import metric_value
 
     before = metric_value(
         httpx.get(base_url + "/metrics").text, "omnirag_embedder_failures_total", 'reason="too_many_inputs"'

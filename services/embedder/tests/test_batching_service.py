@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from omnirag_harness.servers import metric_value, serve_in_thread
 
-from omnirag.core.testing import metric_value, serve_in_thread
 from omnirag.embedder.app import create_app
 from omnirag.embedder.config import EmbedderSettings
 

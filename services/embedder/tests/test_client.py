@@ -7,11 +7,11 @@ import asyncio
 import httpx
 import numpy as np
 import pytest
+from omnirag_harness.servers import serve_in_thread
 
 from omnirag.core.clients.embedder import EmbedderClient, prompt_for
 from omnirag.core.errors import InvalidInput, NotFound, Overloaded, UpstreamError
 from omnirag.core.schemas.embeddings import EmbedderInfo
-from omnirag.core.testing import serve_in_thread
 from omnirag.embedder.app import create_app
 from omnirag.embedder.config import EmbedderSettings
 

@@ -7,8 +7,7 @@ import asyncio
 
 import httpx
 import pytest
-
-from omnirag.core.testing import metric_value
+from omnirag_harness.servers import metric_value
 
 TEXTS = ["How long did this wait?", "And how long did it take to compute?"]
 HEADERS = ("x-queue-time-ms", "x-inference-time-ms", "x-total-time-ms")

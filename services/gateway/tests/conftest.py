@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 # The stack's fixtures, shared with the UI's tests.
-from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
-from gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
+from omnirag_harness.gateway_stack import GatewayFactory
 
 REPO = Path(__file__).resolve().parents[3]
 DEV_KEY = "test-dev-key-0123456789abcdef"

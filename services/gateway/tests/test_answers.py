@@ -3,7 +3,7 @@ and the answer modes through the real gateway stack.
 
 The unit tests run the checks on the example knowledge base's own text (docs/), in English and
 Chinese. The stack tests use the real Redis, embedder, indexed example knowledge base and
-retriever; the answering model is the scripted upstream (tests/harness/scripted_llm.py) where a
+retriever; the answering model is the scripted upstream (omnirag_harness.scripted_llm) where a
 test needs an exact bad answer — a wrong port, a loop — and the real llama.cpp SmolLM2 where what
 matters holds for whatever the model says.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_stack import GatewayFactory
-from scripted_llm import Plain, Script, ScriptedLLM, scripted_llm
+from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.scripted_llm import Plain, Script, ScriptedLLM, scripted_llm
 
 from omnirag.core.text import tokenize
 from omnirag.gateway.extract import extract, sentences

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
+from omnirag_harness.servers import metric_value
 from PIL import Image, ImageDraw, ImageFont
 
-from omnirag.core.testing import metric_value
 from omnirag.gateway.config import GatewaySettings
 
 from .conftest import AUTH, DEV_KEY, REPO

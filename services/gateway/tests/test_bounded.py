@@ -23,12 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.recording_proxy import RecordingProxy
+from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
+from omnirag_harness.servers import metric_value
 from pydantic import ValidationError
-from recording_proxy import RecordingProxy
-from scripted_llm import Plain, ScriptedLLM, scripted_llm
 
-from omnirag.core.testing import metric_value
 from omnirag.gateway.config import GatewaySettings
 from omnirag.gateway.rag import (
     answer_cap,

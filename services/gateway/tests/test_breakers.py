@@ -16,8 +16,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import httpx
-
-from omnirag.core.testing import metric_value
+from omnirag_harness.servers import metric_value
 
 from .conftest import AUTH
 

@@ -11,8 +11,7 @@ import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
-
-from omnirag.core.testing import metric_value
+from omnirag_harness.servers import metric_value
 
 from .conftest import AUTH, DEV_KEY
 

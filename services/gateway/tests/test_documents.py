@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_stack import EXAMPLE_KNOWLEDGE_BASES
+from omnirag_harness.gateway_stack import EXAMPLE_KNOWLEDGE_BASES
+from omnirag_harness.indexer import WorkerThread, index_knowledge_bases
 
 from omnirag.index import open_current
-from omnirag.indexer.testing import WorkerThread, index_knowledge_bases
 
 KEYS = {
     "alice": "alice-key-0123456789abcdef",

@@ -20,9 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from omnirag_harness.servers import serve_in_thread
 from starlette.responses import JSONResponse, StreamingResponse
-
-from omnirag.core.testing import serve_in_thread
 
 ADMIN_KEY = "admin-key-0123456789abcdef"
 READER_KEY = "reader-key-0123456789abcdef"
@@ -102,7 +101,7 @@ class RecordingLLM:
 def hostile_root(tmp_path_factory: pytest.TempPathFactory, embedder_url: str) -> Path:
     """An index with the hostile document, indexed for real, and a collection that cannot load
     (its manifest fails validation): its error names paths and validation details."""
-    from omnirag.indexer.testing import index_knowledge_bases
+    from omnirag_harness.indexer import index_knowledge_bases
 
     base = tmp_path_factory.mktemp("hostile")
     (base / "docs").mkdir()

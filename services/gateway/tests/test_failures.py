@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from omnirag_harness.servers import metric_value, redis_server, serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from omnirag.core.testing import metric_value, redis_server, serve_in_thread
 from omnirag.retriever.app import create_app as create_retriever
 from omnirag.retriever.config import RetrieverSettings
 

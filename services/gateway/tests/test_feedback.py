@@ -13,8 +13,8 @@ import openai
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from omnirag_harness.servers import metric_value, redis_server
 
-from omnirag.core.testing import metric_value, redis_server
 from omnirag.gateway.api.feedback import MAX_COMMENT_CHARS, TTL_SECONDS, stream_key
 from omnirag.gateway.app import create_app
 from omnirag.gateway.config import GatewaySettings

@@ -20,12 +20,12 @@ import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from omnirag_harness.indexer import WorkerThread
+from omnirag_harness.servers import metric_value, redis_server, serve_in_thread
 
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
-from omnirag.core.testing import metric_value, redis_server, serve_in_thread
 from omnirag.gateway.app import create_app
 from omnirag.gateway.config import GatewaySettings
-from omnirag.indexer.testing import WorkerThread
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -17,12 +17,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.servers import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
-
-from omnirag.core.testing import serve_in_thread
 
 from .conftest import AUTH, DEV_KEY
 

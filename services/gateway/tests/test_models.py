@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
 from PIL import Image, ImageDraw
-from scripted_llm import Plain, ScriptedLLM, scripted_llm
 
 from omnirag.core.errors import BadRequest, NotFound
 from omnirag.gateway.auth import ApiKey

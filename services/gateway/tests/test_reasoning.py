@@ -2,7 +2,7 @@
 ``content``), is never stored, never sent back, never searched, and its tokens are counted.
 
 The reasoning models (DeepSeek-R1-0528, Qwen3) need a GPU, so their output comes from the scripted
-upstream (tests/harness/scripted_llm.py), which replays vLLM's output shapes over real HTTP. All
+upstream (omnirag_harness.scripted_llm), which replays vLLM's output shapes over real HTTP. All
 else is real: Redis, the embedder, the indexed example knowledge base, the retriever (behind a
 recording proxy, so the test sees the query it really received) and the gateway, driven by the
 openai SDK, LangChain and raw HTTP."""
@@ -20,10 +20,10 @@ import httpx
 import openai
 import pytest
 import redis
-from gateway_stack import GatewayFactory
 from langchain_openai import ChatOpenAI
-from recording_proxy import RecordingProxy
-from scripted_llm import (
+from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.recording_proxy import RecordingProxy
+from omnirag_harness.scripted_llm import (
     InlineThink,
     Plain,
     ReasoningField,

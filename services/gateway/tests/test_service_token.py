@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.servers import serve_in_thread
 
 from omnirag.core.errors import UpstreamError
-from omnirag.core.testing import serve_in_thread
 
 from .conftest import DEV_KEY
 

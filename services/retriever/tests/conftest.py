@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from omnirag_harness.servers import serve_in_thread
 
-from omnirag.core.testing import serve_in_thread
 from omnirag.embedder.app import create_app as create_embedder
 from omnirag.embedder.config import EmbedderSettings
 from omnirag.index import Document, EmbeddingInfo, IndexConfig, VersionWriter

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import httpx
+from omnirag_harness.servers import serve_in_thread
 
-from omnirag.core.testing import serve_in_thread
 from omnirag.retriever.app import create_app
 from omnirag.retriever.config import RetrieverSettings
 

@@ -8,8 +8,8 @@ import threading
 import time
 
 import httpx
+from omnirag_harness.servers import metric_value
 
-from omnirag.core.testing import metric_value
 from omnirag.index.store import version_path
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from omnirag_harness.servers import metric_value, serve_in_thread
 
-from omnirag.core.testing import metric_value, serve_in_thread
 from omnirag.retriever.app import create_app as create_retriever
 from omnirag.retriever.config import RetrieverSettings
 

@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 
 # The stack's fixtures, shared with the gateway's tests.
-from gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
-from gateway_stack import GatewayFactory
-from scripted_llm import ReasoningField, ScriptedLLM, scripted_llm
-
-from omnirag.core.testing import serve_in_thread
-from omnirag.indexer.testing import WorkerThread
+from omnirag_harness.gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
+from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.indexer import WorkerThread
+from omnirag_harness.scripted_llm import ReasoningField, ScriptedLLM, scripted_llm
+from omnirag_harness.servers import serve_in_thread
 
 REPO = Path(__file__).resolve().parents[3]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
-from scripted_llm import Plain, ScriptedLLM, scripted_llm
 
 from omnirag.ui.login import user_id
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import httpx
 from gradio_client import Client, handle_file
-from scripted_llm import ScriptedLLM
-
-from omnirag.core.testing import metric_value
+from omnirag_harness.scripted_llm import ScriptedLLM
+from omnirag_harness.servers import metric_value
 
 from .conftest import AUTH, LOCAL, REASONED_ANSWER, REASONER
 

@@ -19,10 +19,10 @@ import pytest
 from fastapi import FastAPI
 from gradio.block_function import BlockFunction
 from gradio.components import Component
+from omnirag_harness.servers import serve_in_thread
 from pydantic import SecretStr
 
 from omnirag.core.metrics import ServiceMetrics
-from omnirag.core.testing import serve_in_thread
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import Store
 from omnirag.ui.gateway import GatewayClient

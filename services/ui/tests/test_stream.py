@@ -1,5 +1,5 @@
 """The UI's reading of a streamed answer, over real HTTP: ``GatewayClient.chat`` against the scripted
-OpenAI-compatible upstream (tests/harness/scripted_llm.py), which replays a reasoning model's
+OpenAI-compatible upstream (omnirag_harness.scripted_llm), which replays a reasoning model's
 stream as the gateway passes it on (``delta.reasoning_content`` before ``content``), cut into
 deltas of a few characters. The scripted server drives the mechanism only: what the UI does with
 each chunk is the code under test. The whole path through the gateway runs in test_browser.py."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from omnirag_harness.scripted_llm import Plain, ReasoningField, scripted_llm
 from pydantic import SecretStr
-from scripted_llm import Plain, ReasoningField, scripted_llm
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.gateway import Answer, GatewayClient

@@ -166,7 +166,7 @@ async def gather_documents(
                     item.metadata["origin_source"] = label
                     docs[item.source] = item
         else:
-            from omnirag.indexer.crawl import CrawlConfig, crawl
+            from omnirag.indexer.sources.web import CrawlConfig, crawl
 
             result = await crawl(CrawlConfig.from_spec(src), previous=previous_validators)
             for doc in result.documents:

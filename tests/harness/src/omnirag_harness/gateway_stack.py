@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from omnirag.core.testing import llm_server, redis_server, serve_in_thread
+from omnirag_harness.servers import llm_server, redis_server, serve_in_thread
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 EXAMPLE_KNOWLEDGE_BASES = REPO / "config/knowledge-bases.yaml"
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
@@ -56,7 +56,7 @@ def embedder_url_fixture() -> Iterator[str]:
 @pytest.fixture(scope="session", name="index_root")
 def index_root_fixture(tmp_path_factory: pytest.TempPathFactory, embedder_url: str) -> Path:
     """The example knowledge base of ``make run`` (config/knowledge-bases.yaml → docs/), indexed."""
-    from omnirag.indexer.testing import index_knowledge_bases
+    from omnirag_harness.indexer import index_knowledge_bases
 
     return index_knowledge_bases(EXAMPLE_KNOWLEDGE_BASES, tmp_path_factory.mktemp("index"), embedder_url)
 

@@ -17,11 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpcore
 import pytest
+from omnirag_harness.servers import loopback_only
 
-from omnirag.core.testing import loopback_only
-from omnirag.indexer import crawl as crawl_mod
-from omnirag.indexer.crawl import CrawlConfig, crawl, normalize_url, parse_sitemap
 from omnirag.indexer.loaders import load_file
+from omnirag.indexer.sources import web as web_mod
+from omnirag.indexer.sources.web import CrawlConfig, crawl, normalize_url, parse_sitemap
 
 # ------------------------------------------------------------------------------------ test plumbing
 
@@ -120,7 +120,7 @@ def site() -> Iterator[Site]:
 @pytest.fixture(autouse=True)
 def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
     """Every socket the crawler opens; anything but 127.0.0.1 fails the test before connecting."""
-    made = loopback_only(monkeypatch, crawl_mod)
+    made = loopback_only(monkeypatch, web_mod)
     yield made
     assert all(host == "127.0.0.1" for host, _ in made), made
 

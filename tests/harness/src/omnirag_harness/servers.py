@@ -118,7 +118,7 @@ def redis_server(
         )
     port = port or free_port()
     auth = ["--requirepass", password] if password else []
-    proc = subprocess.Popen(  # noqa: S603 - a fixed binary with fixed arguments
+    proc = subprocess.Popen(
         [
             binary,
             *auth,
@@ -201,7 +201,7 @@ def llm_server(
     if importlib.util.find_spec("llama_cpp") is None:
         raise RuntimeError("llama-cpp-python is not installed; `make llm` installs it")
     # The repository root, seen from libs/core/src/omnirag/core/testing.py (an editable install).
-    script = Path(__file__).resolve().parents[5] / "scripts" / "llm_server.py"
+    script = Path(__file__).resolve().parents[4] / "scripts" / "llm_server.py"
     if not script.is_file():
         raise RuntimeError(f"{script} not found (llm_server needs a source checkout)")
     port = port or free_port()
@@ -211,7 +211,7 @@ def llm_server(
     base = f"http://127.0.0.1:{port}/v1"
     # llama.cpp logs a lot; keep it in a file and show its end only when the server fails.
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(  # noqa: S603 - our interpreter running our own script
+        proc = subprocess.Popen(
             [sys.executable, str(script)],
             env=env,
             stdin=subprocess.DEVNULL,
