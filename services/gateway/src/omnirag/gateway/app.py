@@ -5,65 +5,28 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import openai
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from langchain_openai import ChatOpenAI
 
 from omnirag.core.app import create_service_app
+from omnirag.core.clients.embedder import EmbedderClient
 from omnirag.core.health import Check
 from omnirag.extract import OCR
 from omnirag.gateway.api import admin, chat, documents, feedback, ingest, models, sessions
 from omnirag.gateway.api.admin import without_credentials
 from omnirag.gateway.auth import KeyStore, RateLimiter
-from omnirag.gateway.chat import ChatHandler
 from omnirag.gateway.config import GatewaySettings
 from omnirag.gateway.deps import install_unavailable_handlers, upstream_mounts
 from omnirag.gateway.llm import PassThrough, create_chat_model, create_passthrough_session
 from omnirag.gateway.memory import History
 from omnirag.gateway.metrics import GatewayMetrics
-from omnirag.gateway.registry import ModelRegistry, ModelSpec
-from omnirag.gateway.tokens import TokenCounter
+from omnirag.gateway.registry import ModelRegistry
+from omnirag.gateway.state import GatewayState
 
 log = logging.getLogger("omnirag.gateway")
-
-
-@dataclass
-class Gateway:
-    """The parts every route uses, made once in the lifespan."""
-
-    settings: GatewaySettings
-    metrics: GatewayMetrics
-    keys: KeyStore
-    redis: Any
-    history: History
-    limiter: RateLimiter
-    http: httpx.AsyncClient
-    llm_http: httpx.AsyncClient
-    registry: ModelRegistry
-    # One LangChain chat model and one pass-through client per registry entry, by name.
-    chat_models: dict[str, ChatOpenAI]
-    passthroughs: dict[str, PassThrough]
-    ocr: OCR
-    chat: Any = None
-    # Each model's token counter (its server's tokenizer), made on first use.
-    counters: dict[str, TokenCounter] = field(default_factory=dict)
-
-    def chat_model_for(self, spec: ModelSpec) -> ChatOpenAI:
-        return self.chat_models[spec.name]
-
-    def passthrough_for(self, spec: ModelSpec) -> PassThrough:
-        return self.passthroughs[spec.name]
-
-    def counter_for(self, spec: ModelSpec) -> TokenCounter:
-        counter = self.counters.get(spec.name)
-        if counter is None:
-            counter = self.counters[spec.name] = TokenCounter(spec, self.llm_http)
-        return counter
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -106,7 +69,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             timeout=httpx.Timeout(settings.llm_timeout, connect=5.0), limits=limits, follow_redirects=False
         )
         llm_session = create_passthrough_session(settings)
-        gw = Gateway(
+        gw = GatewayState(
             settings=settings,
             metrics=metrics,
             keys=keys,
@@ -126,8 +89,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             },
             passthroughs={m.name: PassThrough(settings, llm_session, m) for m in registry.models},
             ocr=OCR(),
+            embedder=EmbedderClient(
+                settings.embedder_url, timeout=settings.upstream_timeout, async_client=http
+            ),
         )
-        gw.chat = ChatHandler(gw)
         app.state.gateway = gw
         log.info("chat models", extra={"models": registry.describe()})
         readiness = app.state.readiness

@@ -15,12 +15,14 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from redis.asyncio import Redis
 
 from omnirag.core.errors import BadRequest, Forbidden, Overloaded, Unauthorized
 
@@ -208,7 +210,7 @@ return v
 class RateLimiter:
     """Fixed one-minute windows in Redis: requests counted on arrival, tokens added once known."""
 
-    def __init__(self, redis: Any, *, on_limited: Any = None) -> None:
+    def __init__(self, redis: Redis, *, on_limited: Callable[[str], object] | None = None) -> None:
         self.redis = redis
         self._script = redis.register_script(_WINDOW_SCRIPT)
         self._on_limited = on_limited or (lambda limit: None)

@@ -16,14 +16,13 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import orjson
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk
 from pydantic import BaseModel, ConfigDict, Field
 
-from omnirag.core.clients.embedder import EmbedderClient
 from omnirag.core.errors import BadRequest, InvalidInput, NotFound, NotReady, OmniragError, UpstreamError
 from omnirag.core.names import CollectionName
 from omnirag.core.text import language
@@ -64,6 +63,9 @@ from omnirag.gateway.reasoning import (
 )
 from omnirag.gateway.registry import ModelSpec
 from omnirag.gateway.repetition import LoopGuard
+
+if TYPE_CHECKING:
+    from omnirag.gateway.state import GatewayState
 
 log = logging.getLogger("omnirag.gateway.chat")
 
@@ -207,18 +209,15 @@ def error_event(code: str, message: str) -> bytes:
 
 
 class ChatHandler:
-    """One per app; reached through ``request.app.state.chat``."""
+    """One per app (``GatewayState.chat``)."""
 
-    def __init__(self, gw: Any) -> None:
+    def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
         self.s = gw.settings
         self.m = gw.metrics
+        self.embedder = gw.embedder
         # The embedder's languages (its /v1/info), read on first need; None until it answered.
         self._languages: set[str] | None = None
-        # Through the gateway's own HTTP client: its circuit breaker and service token.
-        self.embedder = EmbedderClient(
-            self.s.embedder_url, timeout=self.s.upstream_timeout, async_client=gw.http
-        )
 
     # ---------- shared steps ----------
 
@@ -859,8 +858,8 @@ class ChatHandler:
         req: ChatRequest,
         cid: str,
         created: int,
-        first: AIMessageChunk,
-        rest: AsyncIterator[AIMessageChunk],
+        first: AIMessage,
+        rest: AsyncIterator[AIMessage],
         outcome: Outcome,
         question: str,
         spec: ModelSpec,
@@ -895,7 +894,7 @@ class ChatHandler:
                     out.append(self._chunk(cid, created, {"content": piece.answer}, model=model))
             return out
 
-        def take(chunk: AIMessageChunk) -> list[bytes]:
+        def take(chunk: AIMessage) -> list[bytes]:
             nonlocal usage, finish, generated
             if chunk.usage_metadata:
                 usage = dict(chunk.usage_metadata)

@@ -5,7 +5,7 @@ Retry-After when one is unavailable."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 from fastapi import Depends, FastAPI, Header, Request
@@ -27,6 +27,7 @@ from omnirag.core.http import CircuitBreaker, CircuitBreakerTransport, CircuitOp
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.auth import ANONYMOUS, USER_HEADER, ApiKey, acting_for, bearer
 from omnirag.gateway.llm import env_proxy
+from omnirag.gateway.state import GatewayState
 
 if TYPE_CHECKING:
     from omnirag.gateway.config import GatewaySettings
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("omnirag.gateway.auth")
 
 
-def get_gateway(request: Request) -> Any:
-    return request.app.state.gateway
+def get_gateway(request: Request) -> GatewayState:
+    gateway: GatewayState = request.app.state.gateway
+    return gateway
 
 
 @raises(Unauthorized, Forbidden, BadRequest, Overloaded)
@@ -51,7 +53,7 @@ async def authenticated(
     """The caller's key, counted against its request budget. Limits fail open when Redis is down:
     refusing every request because the counter is unreachable would turn a Redis outage into a
     full outage."""
-    gw = request.app.state.gateway
+    gw = get_gateway(request)
     key = gw.keys.authenticate(bearer(authorization, x_api_key)) if gw.settings.auth_enabled else ANONYMOUS
     # Routes that call this directly (chat) pass no header arguments: read it from the request then.
     user = x_omnirag_user if x_omnirag_user is not None else request.headers.get(USER_HEADER)
@@ -69,7 +71,7 @@ async def authenticated(
 
 
 Key = Annotated[ApiKey, Depends(authenticated)]
-Gateway = Annotated[Any, Depends(get_gateway)]
+Gateway = Annotated[GatewayState, Depends(get_gateway)]
 
 
 async def unavailable_error(request: Request, exc: Exception) -> Response:

@@ -23,7 +23,10 @@ import re
 from collections import OrderedDict
 from typing import Any
 
+from redis.asyncio import Redis
+
 from omnirag.core.errors import InvalidInput, NotReady
+from omnirag.gateway.replies import text
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 Message = dict[str, Any]
@@ -45,10 +48,6 @@ class HistoryUnavailable(NotReady):
         self.retry_after = retry_after
 
 
-def _redis_text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def check_session_id(session_id: str) -> str:
     if not SESSION_ID.fullmatch(session_id):
         raise InvalidInput(
@@ -59,7 +58,7 @@ def check_session_id(session_id: str) -> str:
 
 
 class History:
-    def __init__(self, redis: Any, *, max_turns: int, ttl_seconds: int, cache_size: int) -> None:
+    def __init__(self, redis: Redis, *, max_turns: int, ttl_seconds: int, cache_size: int) -> None:
         self.redis = redis
         self.max_turns = max_turns
         self.ttl = ttl_seconds
@@ -80,9 +79,9 @@ class History:
             pipe.get(legacy)
             pipe.pttl(legacy)
             value, pttl = await pipe.execute(raise_on_error=False)
-        if isinstance(value, Exception) or value is None or not _redis_text(value).isdigit():
+        if isinstance(value, Exception) or value is None or not text(value).isdigit():
             return 0
-        rev = int(_redis_text(value))
+        rev = int(text(value))
         async with self.redis.pipeline(transaction=True) as pipe:
             if isinstance(pttl, int) and pttl > 0:
                 pipe.set(rev_key, rev, nx=True, px=pttl)
@@ -99,7 +98,7 @@ class History:
         if not session_id.endswith(LEGACY_REV_SUFFIX):
             return
         key, _ = self._keys(owner, session_id)
-        if _redis_text(await self.redis.type(key)) == "string":
+        if text(await self.redis.type(key)) == "string":
             await self._adopt_legacy_rev(owner, session_id[: -len(LEGACY_REV_SUFFIX)])
 
     def _remember(self, key: str, rev: int, messages: list[Message]) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
@@ -131,7 +131,7 @@ REWRITE_SYSTEM = (
 )
 
 
-def rewrite_chain(llm: BaseChatModel) -> Runnable[dict[str, Any], str]:
+def rewrite_chain(llm: Runnable[LanguageModelInput, BaseMessage]) -> Runnable[dict[str, Any], str]:
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", REWRITE_SYSTEM),

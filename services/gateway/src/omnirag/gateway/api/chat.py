@@ -29,7 +29,7 @@ from omnirag.core.errors import BadRequest, ClientGone, OmniragError, TooDeeplyN
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import MAX_JSON_DEPTH, json_depth_exceeds, loads_json
 from omnirag.gateway.chat import DONE, KEEPALIVE, ChatRequest, error_event
-from omnirag.gateway.deps import authenticated
+from omnirag.gateway.deps import authenticated, get_gateway
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -273,7 +273,7 @@ async def chat_completions(request: Request) -> Response:
     headers = request.headers
     key = await authenticated(request, headers.get("authorization"), headers.get("x-api-key"))
     body = _chat_request(payload)
-    gateway = request.app.state.gateway
+    gateway = get_gateway(request)
     interval = gateway.settings.sse_keepalive_seconds
     if body.stream and interval > 0:
         return await _kept_alive_answer(request, gateway.chat.handle(key, body), interval)

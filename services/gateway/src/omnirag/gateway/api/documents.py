@@ -21,11 +21,13 @@ from fastapi import APIRouter, Query
 
 from omnirag.core.clients.retriever import RetrieverClient
 from omnirag.core.errors import Conflict, Forbidden, NotFound
+from omnirag.core.names import check_collection_name
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.retrieval import MAX_DOCUMENTS_PAGE
-from omnirag.gateway.api.ingest import _accepted, _check_room, _ingest_request, _queue, check_collection_name
+from omnirag.gateway.api.ingest import _accepted, _check_room, _ingest_request, _queue
 from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.deps import Gateway, Key
+from omnirag.gateway.state import GatewayState
 
 router = APIRouter(tags=["documents"])
 
@@ -33,7 +35,7 @@ DOCUMENT_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_CURSOR_CHARS = 4096
 
 
-def _retriever(gw: Any) -> RetrieverClient:
+def _retriever(gw: GatewayState) -> RetrieverClient:
     # Borrows the gateway's pooled client: a listing costs no new connection.
     return RetrieverClient(
         gw.settings.retriever_url, timeout=gw.settings.upstream_timeout, async_client=gw.http

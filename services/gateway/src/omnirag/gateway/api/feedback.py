@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from omnirag.core.errors import NotReady
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.deps import Gateway, Key
 from omnirag.gateway.memory import SESSION_ID
+from omnirag.gateway.replies import text, text_fields
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -62,7 +64,7 @@ class Feedback(BaseModel):
 
 @router.post("/feedback", status_code=201, summary="Rate an answer: thumbs up or down, with a comment")
 async def post_feedback(body: Feedback, key: Key, gw: Gateway) -> JSONResponse:
-    entry = {
+    entry: dict[FieldT, EncodableT] = {
         "rating": body.rating,
         "session_id": body.session_id or "",
         "message_id": body.message_id or "",
@@ -112,7 +114,7 @@ async def list_feedback(
             f"feedback cannot be read right now: Redis is down ({type(exc).__name__})",
             code="feedback_unavailable",
         ) from None
-    items = [_entry(i, f) for i, f in raw]
+    items = [_entry(text(i), text_fields(f)) for i, f in raw or []]
     if session_id:
         items = [i for i in items if i["session_id"] == session_id][:limit]
     return JSONResponse({"object": "list", "data": items})

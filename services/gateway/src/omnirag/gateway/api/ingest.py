@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -45,6 +46,8 @@ from omnirag.core.names import InvalidCollectionName, check_collection_name
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
 from omnirag.gateway.deps import Gateway, Key
+from omnirag.gateway.replies import text_fields
+from omnirag.gateway.state import GatewayState
 
 router = APIRouter(tags=["ingest"])
 
@@ -348,7 +351,7 @@ def _ingest_request(**fields: Any) -> IngestRequest:
         raise _validation_error(exc, "body") from None
 
 
-async def _check_room(gw: Any) -> None:
+async def _check_room(gw: GatewayState) -> None:
     """Refuse before the body is read when the worker is this far behind (or not running): the jobs
     already queued are kept, none is dropped to make room. Concurrent uploads may pass the check
     together, so the bound holds to within the uploads in flight."""
@@ -368,10 +371,10 @@ async def _check_room(gw: Any) -> None:
         )
 
 
-async def _queue(gw: Any, req: IngestRequest) -> None:
+async def _queue(gw: GatewayState, req: IngestRequest) -> None:
     """The job's status and its request, both or neither."""
     now = f"{time.time():.3f}"
-    status = {
+    status: dict[FieldT, EncodableT] = {
         "status": "queued",
         "collection": req.collection,
         "source": req.source,
@@ -379,7 +382,7 @@ async def _queue(gw: Any, req: IngestRequest) -> None:
         "created_at": now,
         "updated_at": now,
     }
-    message = {k: str(v) for k, v in req.model_dump(exclude_none=True).items()}
+    message: dict[FieldT, EncodableT] = {k: str(v) for k, v in req.model_dump(exclude_none=True).items()}
     key = job_key(req.job_id)
     try:
         async with gw.redis.pipeline(transaction=True) as pipe:
@@ -410,7 +413,7 @@ def _accepted(req: IngestRequest) -> JSONResponse:
 
 
 async def _upload_file(
-    request: Request, gw: Any, collection: str, job_id: str, boundary: bytes
+    request: Request, gw: GatewayState, collection: str, job_id: str, boundary: bytes
 ) -> IngestRequest:
     settings = gw.settings
     limit = settings.max_upload_bytes + FORM_OVERHEAD_BYTES
@@ -525,7 +528,7 @@ def _number(value: str | None, kind: type) -> Any:
 async def get_job(job_id: str, key: Key, gw: Gateway) -> JSONResponse:
     check_job_id(job_id)
     try:
-        job: dict[str, str] = await gw.redis.hgetall(job_key(job_id))
+        job = text_fields(await gw.redis.hgetall(job_key(job_id)))
     except (RedisError, OSError) as exc:
         raise NotReady(
             f"job status is unavailable: Redis is down ({type(exc).__name__})",

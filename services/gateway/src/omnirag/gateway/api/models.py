@@ -21,6 +21,7 @@ from omnirag.core.errors import (
 )
 from omnirag.core.responses import JSONResponse
 from omnirag.gateway.deps import Gateway, Key
+from omnirag.gateway.state import GatewayState
 
 log = logging.getLogger("omnirag.gateway.models")
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -41,7 +42,7 @@ async def models(key: Key, gw: Gateway) -> JSONResponse:
         for m in gw.registry.allowed(key)
     ]
     try:
-        info = await gw.chat.embedder.info(request_timeout=2.0)
+        info = await gw.embedder.info(request_timeout=2.0)
         data.append(
             {
                 "id": info.model,
@@ -105,7 +106,7 @@ PUBLIC_COLLECTION_FIELDS = (
 )
 
 
-async def retriever_collections(gw: Any) -> list[dict[str, Any]]:
+async def retriever_collections(gw: GatewayState) -> list[dict[str, Any]]:
     """The retriever's whole list, details included (for the admin view and, filtered, for clients)."""
     try:
         r = await gw.http.get(
