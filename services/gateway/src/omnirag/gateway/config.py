@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from omnirag.core.names import CollectionName
 from omnirag.core.settings import RedisServiceSettings
 
 
@@ -127,7 +128,9 @@ class GatewaySettings(RedisServiceSettings):
     )
 
     # --- RAG ---
-    default_collection: str = Field("docs", description="Collection searched when a request names none.")
+    default_collection: CollectionName = Field(
+        "docs", description="Collection searched when a request names none."
+    )
     default_top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved when a request sets no top_k.")
     max_top_k: int = Field(20, ge=1, le=100, description="Largest top_k a request may ask for.")
     relevance_threshold: float = Field(
