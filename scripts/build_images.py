@@ -1,9 +1,10 @@
 """Build the container image of every service and job (``make images``).
 
-Each package directory under services/ and jobs/ that has a ``Dockerfile`` is one image, built
-from the repository root (the Dockerfiles copy the libs/ packages they install from there) and named
-exactly as the Helm chart's defaults name it (``charts/omnirag``: ``image.registry``,
-``image.repository`` = ``omnirag/<name>``, tag = the chart's appVersion):
+Every image is a target of the one ``images/Dockerfile``, named after its package's directory under
+services/ or jobs/ (``--target gateway``), built from the repository root (the builder stages copy
+the libs/ packages they install from there) and named exactly as the Helm chart's defaults name it
+(``charts/omnirag``: ``image.registry``, ``image.repository`` = ``omnirag/<name>``, tag = the
+chart's appVersion):
 
     <REGISTRY, default ghcr.io>/omnirag/<name>:<TAG, default the chart's appVersion>
 
@@ -12,7 +13,7 @@ global.imageRegistry=registry.example.com`` runs. Never ``latest``. Only the sta
 used, so this runs with any Python 3.11+ and needs no virtual environment.
 
 The engine is Docker when its daemon answers, otherwise Podman (``--format docker``, which keeps
-HEALTHCHECK); ``DOCKER`` names one explicitly. The base is the Dockerfiles' ``PYTHON_IMAGE``
+HEALTHCHECK); ``DOCKER`` names one explicitly. The base is the Dockerfile's ``PYTHON_IMAGE``
 (python:3.11.17-slim-bookworm); where that is not present and ``make base-image`` built
 ``localhost/python:3.11-bookworm-local`` (no registry reachable), that one is used instead.
 
@@ -52,11 +53,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "omnirag" / "Chart.yaml"
 PACKAGE_PARENTS = ("services", "jobs")
+DOCKERFILE = Path("images") / "Dockerfile"  # relative to the repository root, the build context
 # The chart's defaults: image.registry, and image.repository = "<NAMESPACE>/<name>".
 DEFAULT_REGISTRY = "ghcr.io"
 NAMESPACE = "omnirag"
 LOCAL_BASE = "localhost/python:3.11-bookworm-local"  # what `make base-image` builds
-DEFAULT_BASE = "python:3.11.17-slim-bookworm"  # the Dockerfiles' PYTHON_IMAGE default
+DEFAULT_BASE = "python:3.11.17-slim-bookworm"  # the Dockerfile's PYTHON_IMAGE default
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # Build args passed through from the environment when set, to the images that declare them.
 PASSTHROUGH_ARGS = ("TORCH_INDEX_URL", "PYTHON_DIGEST", "FAISS_VARIANT")
@@ -81,7 +83,7 @@ IGNORED_PARTS = {
     ".ruff_cache",
     ".venv",
 }
-IGNORED_NAMES = re.compile(r"(\.py[cod]|\.egg-info|^\.env|^Dockerfile|^\.dockerignore)$")
+IGNORED_NAMES = re.compile(r"(\.py[cod]|\.egg-info|^\.env|^\.dockerignore)$")
 
 
 class BuildError(Exception):
@@ -90,13 +92,10 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class Image:
-    name: str
+    name: str  # also its target in the Dockerfile
     package_dir: Path
     version: str | None  # None: the package has no pyproject.toml (yet); building it is an error
-
-    @property
-    def dockerfile(self) -> Path:
-        return self.package_dir / "Dockerfile"
+    dockerfile: Path
 
     @property
     def module(self) -> str:
@@ -113,7 +112,7 @@ class Engine:
 class BuildContext:
     """What every build gets besides the Dockerfile: the base, the CA secret, local wheel sources."""
 
-    python_image: str | None  # None: the Dockerfiles' default
+    python_image: str | None  # None: the Dockerfile's default
     ca_bundle: Path | None
     mounts: tuple[str, ...] = ()  # host directories mounted read-only at the same path
     find_links: tuple[str, ...] = ()
@@ -122,15 +121,17 @@ class BuildContext:
 
 
 def discover(root: Path = ROOT) -> list[Image]:
+    """One image per target of the Dockerfile that is named after a package directory."""
+    dockerfile = root / DOCKERFILE
+    targets = {stage.name for stage in parse_dockerfile(dockerfile).stages}
     images = []
     for parent in PACKAGE_PARENTS:
-        for dockerfile in sorted((root / parent).glob("*/Dockerfile")):
-            package_dir = dockerfile.parent
+        for package_dir in sorted(p for p in (root / parent).iterdir() if p.name in targets and p.is_dir()):
             pyproject = package_dir / "pyproject.toml"
             version = None
             if pyproject.is_file():
                 version = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
-            images.append(Image(package_dir.name, package_dir, version))
+            images.append(Image(package_dir.name, package_dir, version, dockerfile))
     return images
 
 
@@ -146,27 +147,139 @@ def image_ref(name: str, *, registry: str, tag: str) -> str:
     return f"{registry}/{NAMESPACE}/{name}:{tag}"
 
 
-def declared_args(dockerfile: Path) -> dict[str, str]:
-    """Every ARG of a Dockerfile with its default ("" when it has none)."""
-    text = dockerfile.read_text(encoding="utf-8")
-    found = re.findall(r"^\s*ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=\"?([^\"\n]*)\"?)?", text, flags=re.MULTILINE)
+# --- reading the Dockerfile: its stages, and which of them a target builds -------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case
+    value: str  # the rest, continuation lines joined
+    line: int  # where it starts
+
+
+@dataclass(frozen=True)
+class Stage:
+    base: str  # the FROM reference as written: an image, or the name of an earlier stage
+    name: str | None
+    instructions: tuple[Instruction, ...]
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+@dataclass(frozen=True)
+class Dockerfile:
+    path: Path
+    global_args: tuple[Instruction, ...]  # the ARGs before the first FROM
+    stages: tuple[Stage, ...]
+
+    def stage(self, ref: str) -> Stage | None:
+        """The stage a FROM or ``COPY --from`` names (by name or index); None: an image."""
+        if ref.isdigit():
+            return self.stages[int(ref)] if int(ref) < len(self.stages) else None
+        return next((s for s in self.stages if s.name == ref), None)
+
+    def lineage(self, target: str) -> list[Stage]:
+        """The target and the stages it is FROM, the first base first."""
+        chain: list[Stage] = []
+        stage = self.stage(target)
+        if stage is None:
+            raise BuildError(f"{self.path.name} has no stage named {target}")
+        while stage is not None:
+            chain.insert(0, stage)
+            stage = self.stage(stage.base)
+        return chain
+
+    def closure(self, target: str) -> list[Stage]:
+        """Every stage a build of the target runs (FROM and ``COPY --from``), in file order."""
+        todo = [target]
+        found: set[int] = set()
+        while todo:
+            for stage in self.lineage(todo.pop()):
+                found.add(self.stages.index(stage))
+                for copy in stage.all("COPY"):
+                    source = next(
+                        (w.split("=", 1)[1] for w in copy.value.split() if w.startswith("--from=")), None
+                    )
+                    if source is not None and self.stage(source) is not None:
+                        todo.append(source)
+        return [self.stages[i] for i in sorted(found)]
+
+
+def parse_instructions(text: str) -> list[Instruction]:
+    """The instructions of a Dockerfile with their continuation lines joined. Comments and blank
+    lines are dropped, inside a continued instruction too, as Docker does."""
+    instructions: list[Instruction] = []
+    buffer: str | None = None
+    start = 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if buffer is None:
+            buffer, start = "", number
+        if stripped.endswith("\\"):
+            buffer += stripped[:-1] + " "
+            continue
+        buffer += stripped
+        keyword, _, rest = buffer.partition(" ")
+        instructions.append(Instruction(keyword.upper(), rest.strip(), start))
+        buffer = None
+    if buffer is not None:
+        raise BuildError("the Dockerfile's last instruction ends with a line continuation")
+    return instructions
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    global_args: list[Instruction] = []
+    stages: list[tuple[str, str | None, list[Instruction]]] = []
+    for instruction in parse_instructions(path.read_text(encoding="utf-8")):
+        if instruction.keyword == "FROM":
+            words = [w for w in instruction.value.split() if not w.startswith("--")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append((words[0], name, []))
+        elif stages:
+            stages[-1][2].append(instruction)
+        elif instruction.keyword == "ARG":
+            global_args.append(instruction)
+        else:
+            raise BuildError(f"{path}:{instruction.line}: only ARG may precede FROM")
+    return Dockerfile(
+        path, tuple(global_args), tuple(Stage(base, name, tuple(body)) for base, name, body in stages)
+    )
+
+
+def parse_arg(value: str) -> tuple[str, str]:
+    """An ARG's name and default ("" when it has none)."""
+    name, _, default = value.partition("=")
+    return name, default.strip('"')
+
+
+def target_stages(dockerfile: Path, target: str | None) -> tuple[Dockerfile, list[Stage]]:
+    parsed = parse_dockerfile(dockerfile)
+    return parsed, list(parsed.stages) if target is None else parsed.closure(target)
+
+
+def declared_args(dockerfile: Path, target: str | None = None) -> dict[str, str]:
+    """Every ARG a build of the target (None: of any target) declares, with its default."""
+    parsed, stages = target_stages(dockerfile, target)
     args: dict[str, str] = {}
-    for name, default in found:
+    for instruction in [*parsed.global_args, *(a for stage in stages for a in stage.all("ARG"))]:
+        name, default = parse_arg(instruction.value)
         # A stage re-declares a global ARG without a value to use it: the default is the global one.
         args[name] = args.get(name) or default
     return args
 
 
-def copied_paths(dockerfile: Path) -> list[str]:
-    """The build-context paths a Dockerfile's ``COPY``/``ADD`` lines take (not ``--from`` a stage)."""
+def copied_paths(dockerfile: Path, target: str | None = None) -> list[str]:
+    """The build-context paths that a build of the target (None: of any target) takes with
+    ``COPY``/``ADD`` (not ``--from`` a stage)."""
     paths: list[str] = []
-    for line in dockerfile.read_text(encoding="utf-8").splitlines():
-        words = line.split()
-        if len(words) < 3 or words[0].upper() not in ("COPY", "ADD"):
-            continue
-        if any(w.startswith("--from") for w in words[1:-1]):
-            continue
-        paths += [w for w in words[1:-1] if not w.startswith("--")]
+    for stage in target_stages(dockerfile, target)[1]:
+        for instruction in stage.all("COPY") + stage.all("ADD"):
+            words = instruction.value.split()
+            if not any(w.startswith("--from") for w in words[:-1]):
+                paths += [w for w in words[:-1] if not w.startswith("--") and w not in paths]
     return paths
 
 
@@ -194,12 +307,14 @@ def context_files(root: Path, paths: list[str]) -> list[Path]:
 
 
 def source_digest(image: Image, build_args: dict[str, str], base_id: str | None, root: Path = ROOT) -> str:
-    """sha256 over what the image is built from: its Dockerfile, the files its COPY lines take from
-    the context (by path and content), the build arguments that change the build, and the base
-    image's id. Equal digests mean a rebuild would produce the same image."""
+    """sha256 over what the image is built from: the Dockerfile (all of it: its shared stages are
+    every image's) and the target, the files the target's COPY lines take from the context (by path
+    and content), the build arguments that change the build, and the base image's id. Equal digests
+    mean a rebuild would produce the same image."""
     h = hashlib.sha256()
     h.update(image.dockerfile.read_bytes())
-    for path in context_files(root, copied_paths(image.dockerfile)):
+    h.update(f"\0target\0{image.name}".encode())
+    for path in context_files(root, copied_paths(image.dockerfile, image.name)):
         h.update(b"\0file\0" + path.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(path.read_bytes()).digest())
     for key in sorted(build_args):
@@ -258,11 +373,14 @@ def build_command(
     """The build command. ``digest``: label the image with its ``source_digest`` (asks the engine
     for the base image's id, so only when building for real)."""
     if image.version is None:
-        raise BuildError(f"{image.package_dir.relative_to(root)} has a Dockerfile but no pyproject.toml")
+        raise BuildError(
+            f"{image.dockerfile.relative_to(root)} has a target {image.name}, "
+            f"but {image.package_dir.relative_to(root)} has no pyproject.toml"
+        )
     if tag == "latest":
         raise BuildError("TAG=latest is refused: tag images with a version (default: the chart's appVersion)")
     args = {"VERSION": image.version, "REVISION": revision, "CREATED": created}
-    declared = declared_args(image.dockerfile)
+    declared = declared_args(image.dockerfile, image.name)
     context = context or BuildContext(python_image=None, ca_bundle=None)
     if context.python_image and "PYTHON_IMAGE" in declared:
         args["PYTHON_IMAGE"] = context.python_image
@@ -284,8 +402,8 @@ def build_command(
     elif "TORCH_INDEX_URL" in declared and GPU_TORCH_INDEX.search(os.environ.get("TORCH_INDEX_URL", "")):
         # The same for the embedder's CUDA (or ROCm) torch: `<tag>-gpu`, as for faiss.
         tag = f"{tag}-gpu"
-    cmd = [engine.command, "build", "-f", str(image.dockerfile.relative_to(root)), "-t"]
-    cmd.append(image_ref(image.name, registry=registry, tag=tag))
+    cmd = [engine.command, "build", "-f", str(image.dockerfile.relative_to(root)), "--target", image.name]
+    cmd += ["-t", image_ref(image.name, registry=registry, tag=tag)]
     if engine.podman:
         # The OCI format drops HEALTHCHECK.
         cmd += ["--format", "docker"]
@@ -331,7 +449,7 @@ def choose_engine() -> Engine:
         )
     raise BuildError(
         "`docker` and `podman` are not on PATH: images need one of them to build "
-        "(make base-image installs podman; the Dockerfiles are still linted by `pytest tests/images`)"
+        "(make base-image installs podman; the Dockerfile is still linted by `pytest tests/images`)"
     )
 
 
@@ -342,7 +460,7 @@ def image_present(engine: Engine, ref: str) -> bool:
 
 def choose_base(engine: Engine, default: str) -> str | None:
     """PYTHON_IMAGE when set; the default when present (or nothing local stands in for it); else
-    the local base `make base-image` built. None: the Dockerfiles' default (pulled if need be)."""
+    the local base `make base-image` built. None: the Dockerfile's default (pulled if need be)."""
     explicit = os.environ.get("PYTHON_IMAGE")
     if explicit:
         return explicit
@@ -403,7 +521,7 @@ def build_context(engine: Engine, images: list[Image]) -> BuildContext:
         if mount not in mounts:
             mounts.append(mount)
     torch_index = None
-    torch_version = declared_args(ROOT / "services" / "embedder" / "Dockerfile").get("TORCH_VERSION")
+    torch_version = declared_args(ROOT / DOCKERFILE).get("TORCH_VERSION")
     cpu_torch = [p for link in links for p in Path(link).glob(f"torch-{torch_version}+cpu-*.whl")]
     if cpu_torch and not os.environ.get("TORCH_INDEX_URL"):
         # The CPU build sorts above PyPI's CUDA build of the same release (its +cpu local version),
@@ -596,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     print(
-        f"build_images: {engine.command}, base {context.python_image or 'the Dockerfiles default'}",
+        f"build_images: {engine.command}, base {context.python_image or 'the Dockerfile default'}",
         flush=True,
     )
     report: list[dict[str, object]] = []

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -85,23 +85,34 @@ ALL_PACKAGES = [package_param(p) for p in PACKAGES]
 SERVICES = [package_param(p) for p in PACKAGES if p.port is not None]
 
 
-# --- reading a Dockerfile -------------------------------------------------------------------------
+# --- reading the Dockerfile ------------------------------------------------------------------------
+
+
+def load_build_script() -> Any:
+    name = "build_images_under_test"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "build_images.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+# The build script's own reading of the Dockerfile (stages, and which of them a target builds): the
+# checks below look at what a build of each target really runs.
+BUILD = load_build_script()
+DOCKERFILE = ROOT / BUILD.DOCKERFILE
+parse_arg = BUILD.parse_arg
 
 
 @dataclass
-class Instruction:
-    keyword: str
-    value: str
-    line: int
+class View:
+    """A stage together with the stages it is FROM, read as one: what the image of that stage has."""
 
+    name: str
+    instructions: list[Any]  # the build script's Instruction objects, in file order
 
-@dataclass
-class Stage:
-    image: str  # the FROM reference with its ARGs expanded
-    name: str | None
-    instructions: list[Instruction] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[Instruction]:
+    def all(self, keyword: str) -> list[Any]:
         return [i for i in self.instructions if i.keyword == keyword]
 
     def env(self) -> dict[str, str]:
@@ -123,36 +134,48 @@ class Stage:
 
 
 @dataclass
-class Dockerfile:
-    path: Path
+class ImageBuild:
+    """What a build of one target runs: ``final`` is the image, ``builder`` the stage whose venv it
+    copies, ``stages`` every stage the build runs (a shared one included)."""
+
+    target: str
     global_args: dict[str, str]
-    stages: list[Stage]
-
-    @property
-    def final(self) -> Stage:
-        return self.stages[-1]
+    stages: list[Any]
+    final: View
+    builder: View
 
 
-def parse_instructions(text: str) -> list[Instruction]:
-    instructions: list[Instruction] = []
-    buffer: str | None = None
-    start = 0
-    for number, raw in enumerate(text.splitlines(), 1):
-        stripped = raw.strip()
-        # Comments and blank lines are dropped, also inside a continued instruction (as Docker does).
-        if not stripped or stripped.startswith("#"):
-            continue
-        if buffer is None:
-            buffer, start = "", number
-        if stripped.endswith("\\"):
-            buffer += stripped[:-1] + " "
-            continue
-        buffer += stripped
-        keyword, _, rest = buffer.partition(" ")
-        instructions.append(Instruction(keyword.upper(), rest.strip(), start))
-        buffer = None
-    assert buffer is None, "the last instruction ends with a line continuation"
-    return instructions
+def view(dockerfile: Any, name: str) -> View:
+    return View(name, [i for stage in dockerfile.lineage(name) for i in stage.instructions])
+
+
+def venv_source(final: View) -> str:
+    sources = [
+        word.removeprefix("--from=")
+        for copy in final.all("COPY")
+        for word in copy.value.split()
+        if word.startswith("--from=")
+    ]
+    assert len(sources) == 1, f"{final.name} copies from {sources}: one builder stage, its venv"
+    return sources[0]
+
+
+@cache
+def image_build(target: str) -> ImageBuild:
+    dockerfile = BUILD.parse_dockerfile(DOCKERFILE)
+    assert dockerfile.stage(target) is not None, f"{DOCKERFILE.relative_to(ROOT)} has no target {target}"
+    final = view(dockerfile, target)
+    return ImageBuild(
+        target,
+        dict(parse_arg(a.value) for a in dockerfile.global_args),
+        dockerfile.closure(target),
+        final,
+        view(dockerfile, venv_source(final)),
+    )
+
+
+def dockerfile_of(pkg: Package) -> ImageBuild:
+    return image_build(pkg.name)
 
 
 VARIABLE = re.compile(r"\$\{(\w+)(?::([-+])((?:[^{}]|\{[^{}]*\})*))?\}|\$(\w+)")
@@ -173,43 +196,13 @@ def expand(text: str, args: dict[str, str]) -> str:
     return VARIABLE.sub(replace, text)
 
 
-def parse_arg(value: str) -> tuple[str, str]:
-    name, _, default = value.partition("=")
-    return name, default.strip('"')
-
-
-@cache
-def parse_dockerfile(path: Path) -> Dockerfile:
-    instructions = parse_instructions(path.read_text(encoding="utf-8"))
-    global_args: dict[str, str] = {}
-    stages: list[Stage] = []
-    for instruction in instructions:
-        if instruction.keyword == "FROM":
-            tokens = [t for t in instruction.value.split() if not t.startswith("--")]
-            name = tokens[2] if len(tokens) == 3 and tokens[1].upper() == "AS" else None
-            stages.append(Stage(expand(tokens[0], global_args), name))
-        elif not stages:
-            assert instruction.keyword == "ARG", f"{path}:{instruction.line}: only ARG may precede FROM"
-            key, default = parse_arg(instruction.value)
-            global_args[key] = default
-        else:
-            stages[-1].instructions.append(instruction)
-    return Dockerfile(path, global_args, stages)
-
-
-def dockerfile_of(pkg: Package) -> Dockerfile:
-    path = ROOT / pkg.directory / "Dockerfile"
-    assert path.is_file(), f"{pkg.directory} has no Dockerfile"
-    return parse_dockerfile(path)
-
-
 def exec_form(value: str) -> list[str]:
     parsed = json.loads(value)
     assert isinstance(parsed, list), f"not the exec (JSON) form: {value}"
     return [str(item) for item in parsed]
 
 
-def pip_installs(stage: Stage) -> list[list[str]]:
+def pip_installs(stage: View) -> list[list[str]]:
     """The argument lists of every `pip install` in a stage."""
     found = []
     for run in stage.all("RUN"):
@@ -304,10 +297,10 @@ def dependency_closure(
 LOCAL_INSTALL = re.compile(r"^\./(?P<directory>[^\[\]]+?)/?(?:\[(?P<extras>[^\]]*)\])?$")
 
 
-def build_args(dockerfile: Dockerfile, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The ARG values of the builder stage: the Dockerfile's defaults, then ``--build-arg`` overrides."""
-    args = dict(dockerfile.global_args)
-    args.update(parse_arg(a.value) for a in dockerfile.stages[0].all("ARG"))
+def build_args(build: ImageBuild, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The ARG values of the builder: the Dockerfile's defaults, then ``--build-arg`` overrides."""
+    args = dict(build.global_args)
+    args.update(parse_arg(a.value) for a in build.builder.all("ARG"))
     return {**args, **(overrides or {})}
 
 
@@ -318,7 +311,7 @@ def image_roots(pkg: Package, overrides: dict[str, str] | None = None) -> list[t
     args = build_args(dockerfile, overrides)
     names = {directory: name for name, directory in local_distributions().items()}
     roots = []
-    for install in pip_installs(dockerfile.stages[0]):
+    for install in pip_installs(dockerfile.builder):
         for word in install:
             match = LOCAL_INSTALL.match(expand(word, args))
             if match is None:
@@ -380,10 +373,9 @@ def hadolint() -> str:
     return path
 
 
-@pytest.mark.parametrize("pkg", ALL_PACKAGES)
-def test_hadolint_passes(pkg: Package, hadolint: str) -> None:
+def test_hadolint_passes(hadolint: str) -> None:
     result = subprocess.run(
-        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), "--no-color", f"{pkg.directory}/Dockerfile"],
+        [hadolint, "--config", str(ROOT / ".hadolint.yaml"), "--no-color", str(DOCKERFILE.relative_to(ROOT))],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -419,14 +411,12 @@ def test_checkov_passes(tmp_path: Path) -> None:
     checkov = tool("checkov")
     if checkov is None:
         pytest.skip("checkov is not installed here (make tools puts it in .tools/bin)")
-    # One run over every Dockerfile and a bad one (root, no HEALTHCHECK): checkov starts slowly.
+    # One run over the Dockerfile and a bad one (root, no HEALTHCHECK): checkov starts slowly.
     bad = tmp_path / "bad" / "Dockerfile"
     bad.parent.mkdir()
     bad.write_text("FROM python:3.11.17-slim-bookworm\nRUN pip install --no-cache-dir requests==2.32.3\n")
     command = [checkov, "--framework", "dockerfile", "--compact", "--skip-download", "--output", "json"]
-    for pkg in PACKAGES:
-        command += ["-f", str(ROOT / pkg.directory / "Dockerfile")]
-    command += ["-f", str(bad)]
+    command += ["-f", str(DOCKERFILE), "-f", str(bad)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     report = json.loads(result.stdout)
     failed = [
@@ -439,28 +429,41 @@ def test_checkov_passes(tmp_path: Path) -> None:
 # --- what each Dockerfile says ---------------------------------------------------------------------
 
 
+def test_one_dockerfile_with_a_target_per_package() -> None:
+    # The images share their stages in one file: no package carries a Dockerfile of its own.
+    assert not sorted(ROOT.glob("*/*/Dockerfile")), "a package Dockerfile beside images/Dockerfile"
+    images = {image.name: image for image in BUILD.discover()}
+    assert sorted(images) == sorted(p.name for p in PACKAGES)
+    for pkg in PACKAGES:
+        assert images[pkg.name].package_dir == ROOT / pkg.directory
+    # Every stage is built for some image: a stage nobody builds would only drift.
+    dockerfile = BUILD.parse_dockerfile(DOCKERFILE)
+    built = {stage.name for pkg in PACKAGES for stage in dockerfile_of(pkg).stages}
+    assert built == {stage.name for stage in dockerfile.stages}
+    assert None not in built, "every stage has a name"
+
+
 @pytest.mark.parametrize("pkg", ALL_PACKAGES)
 def test_multi_stage_from_one_pinned_slim_base(pkg: Package) -> None:
-    dockerfile = dockerfile_of(pkg)
-    assert len(dockerfile.stages) >= 2, "a builder stage and a runtime stage"
-    for stage in dockerfile.stages:
-        assert BASE_IMAGE.match(stage.image), f"FROM {stage.image}: not an exact python:3.11.N-slim-bookworm"
+    build = dockerfile_of(pkg)
+    assert build.builder.name != build.final.name, "a builder stage and a runtime stage"
+    stage_names = {stage.name for stage in build.stages}
+    bases = [stage.base for stage in build.stages if stage.base not in stage_names]
+    images = {expand(base, build.global_args) for base in bases}
     # The same base everywhere, so the venv built in one stage runs in the other.
-    assert {stage.image for stage in dockerfile.stages} == {dockerfile.stages[0].image}
-    # A digest can be pinned too: with PYTHON_DIGEST set every FROM carries it.
+    assert len(images) == 1, images
+    [image] = images
+    assert BASE_IMAGE.match(image), f"FROM {image}: not an exact python:3.11.N-slim-bookworm"
+    # A digest can be pinned too: with PYTHON_DIGEST set every FROM of the base carries it.
     digest = "sha256:" + "0" * 64
-    pinned = {
-        expand(i.value.split()[0], {**dockerfile.global_args, "PYTHON_DIGEST": digest})
-        for i in parse_instructions((ROOT / pkg.directory / "Dockerfile").read_text())
-        if i.keyword == "FROM"
-    }
-    assert pinned == {f"{dockerfile.stages[0].image}@{digest}"}
+    pinned = {expand(base, {**build.global_args, "PYTHON_DIGEST": digest}) for base in bases}
+    assert pinned == {f"{image}@{digest}"}
 
 
 @pytest.mark.parametrize("pkg", ALL_PACKAGES)
 def test_builder_installs_into_a_venv_and_the_runtime_copies_only_the_venv(pkg: Package) -> None:
-    dockerfile = dockerfile_of(pkg)
-    builder, final = dockerfile.stages[0], dockerfile.final
+    build = dockerfile_of(pkg)
+    builder, final = build.builder, build.final
     installs = pip_installs(builder)
     assert installs, "the builder installs the package with pip"
     for args in installs:
@@ -477,7 +480,7 @@ def test_builder_installs_into_a_venv_and_the_runtime_copies_only_the_venv(pkg: 
 
 @pytest.mark.parametrize("pkg", ALL_PACKAGES)
 def test_installs_exactly_the_package_and_its_local_dependencies(pkg: Package) -> None:
-    builder = dockerfile_of(pkg).stages[0]
+    builder = dockerfile_of(pkg).builder
     expected = {pkg.directory} | local_dependency_dirs(pkg.directory)
     installed = {
         match["directory"]
@@ -581,7 +584,7 @@ def test_oci_labels(pkg: Package) -> None:
     labels = dockerfile_of(pkg).final.labels()
     assert labels["org.opencontainers.image.title"] == pkg.distribution
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
-    for key in ("description", "revision", "created", "base.name"):
+    for key in ("description", "revision", "created", "base.name", "vendor"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
     args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile_of(pkg).final.all("ARG")}
     assert args["VERSION"] == pyproject(pkg.directory)["project"]["version"]
@@ -619,13 +622,14 @@ def test_dependency_set_has_torch_only_where_the_design_says(pkg: Package) -> No
     gpu_stack = sorted(name for name in closure if GPU_STACK.match(name))
     if not pkg.torch:
         assert gpu_stack == [], f"{pkg.name} pulls in {gpu_stack}"
+        # Every stage its build runs, the shared ones included.
         instructions = [i.value for stage in dockerfile_of(pkg).stages for i in stage.instructions]
         assert not [v for v in instructions if "torch" in v.lower()], "torch named in an image without it"
         return
     assert "torch" in closure
     # torch comes from a wheel index chosen at build time, the CPU one by default, at the release the
     # package admits; a plain PyPI resolve would take the multi-GB CUDA build.
-    builder = dockerfile_of(pkg).stages[0]
+    builder = dockerfile_of(pkg).builder
     args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in builder.all("ARG")}
     assert args["TORCH_INDEX_URL"] == TORCH_CPU_INDEX
     assert args["TORCH_VERSION"] == TORCH_VERSION
@@ -795,7 +799,7 @@ def test_dockerignore_sends_the_sources_and_nothing_else() -> None:
     tracked = subprocess.run(
         ["git", "ls-files", "libs", "services", "jobs"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    needed = [p for p in tracked if "/tests/" not in p and not p.endswith("/Dockerfile")]
+    needed = [p for p in tracked if "/tests/" not in p]
     assert needed
     left_out = [p for p in needed if ignored(p, patterns)]
     assert not left_out, f"sources left out of the build context: {left_out}"
@@ -827,9 +831,14 @@ def built_tags(*args: str, env: dict[str, str] | None = None) -> dict[str, str]:
     assert result.returncode == 0, result.stderr
     tags = {}
     for words in map(shlex.split, result.stdout.splitlines()):
-        name = Path(words[words.index("-f") + 1]).parent.name
-        tags[name] = words[words.index("-t") + 1]
+        tags[target_of(words)] = words[words.index("-t") + 1]
     return tags
+
+
+def target_of(words: list[str]) -> str:
+    """The image a build command builds: its ``--target`` in the one Dockerfile."""
+    assert words[words.index("-f") + 1] == str(DOCKERFILE.relative_to(ROOT))
+    return words[words.index("--target") + 1]
 
 
 def test_build_script_tags_every_image_with_its_version() -> None:
@@ -837,10 +846,10 @@ def test_build_script_tags_every_image_with_its_version() -> None:
         "--dry-run", *(p.name for p in BUILDABLE), env={"REGISTRY": "", "TAG": "", "DOCKER": ""}
     )
     assert result.returncode == 0, result.stderr
-    commands = {words[3]: words for words in map(shlex.split, result.stdout.splitlines())}
-    assert sorted(commands) == sorted(f"{p.directory}/Dockerfile" for p in BUILDABLE)
+    commands = {target_of(words): words for words in map(shlex.split, result.stdout.splitlines())}
+    assert sorted(commands) == sorted(p.name for p in BUILDABLE)
     for pkg in BUILDABLE:
-        words = commands[f"{pkg.directory}/Dockerfile"]
+        words = commands[pkg.name]
         version = pyproject(pkg.directory)["project"]["version"]
         assert words[:3] == ["docker", "build", "-f"]
         # The chart's default name: registry ghcr.io, repository omnirag/<name>, tag its appVersion.
@@ -927,12 +936,12 @@ def test_build_script_builds_the_gpu_faiss_variant_under_its_own_tag() -> None:
         env={"TAG": "1.2.3", "FAISS_VARIANT": "gpu", "DOCKER": ""},
     )
     assert result.returncode == 0, result.stderr
-    commands = {shlex.split(line)[3]: shlex.split(line) for line in result.stdout.splitlines()}
-    for directory, name in (("services/retriever", "retriever"), ("jobs/indexer", "indexer")):
-        words = commands[f"{directory}/Dockerfile"]
+    commands = {target_of(words): words for words in map(shlex.split, result.stdout.splitlines())}
+    for name in ("retriever", "indexer"):
+        words = commands[name]
         assert words[words.index("-t") + 1] == f"ghcr.io/omnirag/{name}:1.2.3-gpu"
         assert "FAISS_VARIANT=gpu" in words
-    gateway = commands["services/gateway/Dockerfile"]
+    gateway = commands["gateway"]
     assert gateway[gateway.index("-t") + 1] == "ghcr.io/omnirag/gateway:1.2.3"
     assert not [w for w in gateway if "FAISS_VARIANT" in w]
     # The CPU default keeps the plain tag; an unknown variant is refused in one line.
@@ -1055,10 +1064,12 @@ def test_pip_gets_the_ca_bundle_as_a_build_secret_only(pkg: Package) -> None:
             assert "PIP_CERT" not in instruction.value or instruction.keyword == "RUN", instruction
             if instruction.keyword in {"COPY", "ADD"}:
                 assert not re.search(r"\.(crt|pem)\b|ca-certificates", instruction.value), instruction
-    # The wheel sources the build script mounts are build arguments of the builder only.
-    builder_args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile.stages[0].all("ARG")}
+    # The wheel sources the build script mounts are build arguments of the builder only: the image
+    # has neither the arguments nor the environment the builder makes of them.
+    builder_args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile.builder.all("ARG")}
     assert builder_args.get("PIP_FIND_LINKS") == "" and builder_args.get("PIP_EXTRA_INDEX_URL") == ""
     assert not [a for a in dockerfile.final.all("ARG") if a.value.startswith("PIP_")]
+    assert not [name for name in dockerfile.final.env() if name.startswith("PIP_")]
 
 
 def fake_engine(directory: Path, present: set[str]) -> Path:
@@ -1144,16 +1155,6 @@ elif args[:2] == ["image", "inspect"]:
 """
 
 
-def load_build_script() -> Any:
-    name = "build_images_under_test"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "build_images.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_build_script_skips_an_image_built_from_the_same_sources(tmp_path: Path) -> None:
     """`make release-images` (--if-changed) builds an image once; run again with nothing changed it
     builds nothing; an image whose recorded digest differs (other sources) is built again."""
@@ -1190,33 +1191,49 @@ def test_build_script_skips_an_image_built_from_the_same_sources(tmp_path: Path)
 
 
 def test_the_source_digest_follows_what_reaches_the_build_context(tmp_path: Path) -> None:
-    """The digest changes with the package's sources (tracked, edited or new), its Dockerfile, a
-    build argument and the base's id; not with tests, caches and build leftovers, which
-    .dockerignore keeps out of the image, nor with the build's date and revision."""
-    b = load_build_script()
+    """An image's digest changes with its package's and libraries' sources (tracked, edited or new),
+    the Dockerfile, a build argument and the base's id; not with another image's sources, nor with
+    tests, caches and build leftovers, which .dockerignore keeps out of the image, nor with the
+    build's date and revision."""
+    b = BUILD
     root = tmp_path / "repo"
-    pkg = root / "services" / "svc"
-    (pkg / "src" / "omnirag" / "svc").mkdir(parents=True)
-    (root / "libs" / "core" / "src").mkdir(parents=True)
-    (pkg / "Dockerfile").write_text(
-        "ARG PYTHON_IMAGE=python:3.11\nFROM ${PYTHON_IMAGE} AS builder\nCOPY libs/core libs/core\n"
-        "COPY services/svc services/svc\nFROM ${PYTHON_IMAGE}\nCOPY --from=builder /opt/venv /opt/venv\n"
+    dockerfile = root / "images" / "Dockerfile"
+    dockerfile.parent.mkdir(parents=True)
+    dockerfile.write_text(
+        "ARG PYTHON_IMAGE=python:3.11\n"
+        "FROM ${PYTHON_IMAGE} AS builder\nWORKDIR /src\n"
+        "FROM ${PYTHON_IMAGE} AS runtime\n"
+        "FROM builder AS svc-build\nCOPY libs/core libs/core\nCOPY services/svc services/svc\n"
+        "FROM runtime AS svc\nCOPY --from=svc-build /opt/venv /opt/venv\n"
+        "FROM builder AS job-build\nCOPY libs/core libs/core\nCOPY libs/other libs/other\n"
+        "COPY jobs/job jobs/job\n"
+        "FROM runtime AS job\nCOPY --from=job-build /opt/venv /opt/venv\n"
     )
-    (pkg / "pyproject.toml").write_text('[project]\nname = "svc"\nversion = "1.0"\n')
-    (pkg / "src" / "omnirag" / "svc" / "app.py").write_text("PORT = 1\n")
-    (root / "libs" / "core" / "src" / "core.py").write_text("X = 1\n")
+    files = {
+        "services/svc/pyproject.toml": '[project]\nname = "svc"\nversion = "1.0"\n',
+        "services/svc/src/omnirag/svc/app.py": "PORT = 1\n",
+        "jobs/job/pyproject.toml": '[project]\nname = "job"\nversion = "1.0"\n',
+        "jobs/job/src/omnirag/job/app.py": "RUN = 1\n",
+        "libs/core/src/core.py": "X = 1\n",
+        "libs/other/src/other.py": "Z = 1\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "."], check=True)
-    image = b.Image("svc", pkg, "1.0")
+    images = {image.name: image for image in b.discover(root)}
+    assert sorted(images) == ["job", "svc"], "the targets named after a package directory"
+    assert b.copied_paths(dockerfile, "svc") == ["libs/core", "services/svc"]
+    assert b.copied_paths(dockerfile, "job") == ["libs/core", "libs/other", "jobs/job"]
     args = {"VERSION": "1.0", "REVISION": "abc", "CREATED": "2026-01-01T00:00:00Z"}
-    assert b.copied_paths(pkg / "Dockerfile") == ["libs/core", "services/svc"]
 
-    def digest(**extra: str) -> str:
+    def digest(name: str = "svc", **extra: str) -> str:
         base = extra.pop("base", "sha256:base")
-        return str(b.source_digest(image, {**args, **extra}, base, root))
+        return str(b.source_digest(images[name], {**args, **extra}, base, root))
 
-    start = digest()
-    assert digest() == start
+    start, job = digest(), digest("job")
+    assert digest() == start and start != job
     assert digest(REVISION="def", CREATED="2027-01-01T00:00:00Z") == start
     for leftover in [
         "services/svc/tests/test_app.py",
@@ -1230,11 +1247,16 @@ def test_the_source_digest_follows_what_reaches_the_build_context(tmp_path: Path
     assert digest(FAISS_VARIANT="gpu") != start
     assert digest(base="sha256:other-base") != start
 
-    (pkg / "src" / "omnirag" / "svc" / "app.py").write_text("PORT = 2\n")  # edited, not committed
+    (root / "services/svc/src/omnirag/svc/app.py").write_text("PORT = 2\n")  # edited, not committed
     edited = digest()
-    assert edited != start
-    (root / "libs" / "core" / "src" / "new.py").write_text("Y = 1\n")  # new, untracked
+    assert edited != start and digest("job") == job, "another image's sources are not this one's"
+    (root / "libs/other/src/new.py").write_text("Y = 1\n")  # new, untracked, only the job's
+    assert digest() == edited and digest("job") != job
+    job = digest("job")
+    (root / "libs/core/src/new.py").write_text("Y = 1\n")  # shared by both
     added = digest()
-    assert added != edited
-    (pkg / "Dockerfile").write_text((pkg / "Dockerfile").read_text() + "USER 10001\n")
-    assert digest() != added
+    assert added != edited and digest("job") != job
+    job = digest("job")
+    # The Dockerfile is every image's: an edit anywhere in it rebuilds them all.
+    dockerfile.write_text(dockerfile.read_text() + "USER 10001\n")
+    assert digest() != added and digest("job") != job
