@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from omnirag.indexer.sources.local import glob_to_regex, iter_local
+from omnirag.indexer.sources import LocalSource
+from omnirag.indexer.sources.local import glob_to_regex, iter_local, iter_source
 from omnirag.indexer.types import SourceDocument, SourceProblem
 
 MAX = 1024 * 1024
@@ -115,6 +116,15 @@ def test_exclude_regex(tree: Path) -> None:
         item.source for item in iter_local(tree, exclude=[r"^drafts/", r"\.py$", "broken"], max_bytes=MAX)
     ]
     assert sources == ["README.md", "guide/deep/faq.txt", "guide/install.md", "guide/page.html"]
+
+
+def test_a_local_source_is_read_from_its_spec_files_directory(tree: Path) -> None:
+    # The spec file sits beside the tree; its source names the tree relative to it.
+    source = LocalSource(path="./kb", glob="**/*.md", exclude=(r"^drafts/",))
+    assert [d.source for d in iter_source(source, tree.parent, max_bytes=MAX)] == [
+        "README.md",
+        "guide/install.md",
+    ]
 
 
 def test_hidden_skipped(tree: Path) -> None:

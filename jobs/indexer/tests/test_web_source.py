@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpcore
 import pytest
 from omnirag_harness.servers import loopback_only
 
 from omnirag.indexer.loaders import load_file
+from omnirag.indexer.sources import WebSource
 from omnirag.indexer.sources import web as web_mod
 from omnirag.indexer.sources.web import CrawlConfig, crawl, normalize_url, parse_sitemap
 
@@ -125,15 +127,18 @@ def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
     assert all(host == "127.0.0.1" for host, _ in made), made
 
 
+def from_spec(entry: dict[str, Any], **settings: Any) -> CrawlConfig:
+    """The crawl of a spec's ``sources`` entry (camelCase keys), as a knowledge-base run builds it."""
+    return CrawlConfig.from_source(WebSource.model_validate(entry), **settings)
+
+
 def config(
     site: Site, *paths: str, delay: float = 0.0, timeout: float = 5.0, concurrency: int = 4, **spec
 ) -> CrawlConfig:
     """A spec crawling the test site (127.0.0.1 explicitly allowed); settings fast for tests."""
     max_bytes = spec.pop("max_bytes", 5 * 1024 * 1024)
     spec = {"urls": [site.url(p) for p in paths or ("/",)], "allowHosts": ["127.0.0.1"], **spec}
-    return CrawlConfig.from_spec(
-        spec, delay=delay, timeout=timeout, concurrency=concurrency, max_bytes=max_bytes
-    )
+    return from_spec(spec, delay=delay, timeout=timeout, concurrency=concurrency, max_bytes=max_bytes)
 
 
 def html_page(title: str, *links: str, body: str = "") -> str:
@@ -185,13 +190,13 @@ def test_normalize_url():
     assert normalize_url("http://") is None and normalize_url("not a url") is None
 
 
-def test_config_from_spec():
-    cfg = CrawlConfig.from_spec({"type": "web", "urls": ["https://docs.example.com/"]})
+def test_config_from_source():
+    cfg = from_spec({"type": "web", "urls": ["https://docs.example.com/"]})
     assert (cfg.max_depth, cfg.max_pages, cfg.sitemap, cfg.same_host) == (2, 500, False, True)
     assert (cfg.delay, cfg.concurrency, cfg.timeout, cfg.max_bytes) == (0.5, 4, 15.0, 5 * 1024 * 1024)
     assert cfg.user_agent == "omnirag-indexer/0.1 (+https://github.com/omnirag)"
     assert cfg.allow_hosts == [] and cfg.include == [] and cfg.exclude == []
-    cfg = CrawlConfig.from_spec(
+    cfg = from_spec(
         {
             "urls": ["https://docs.example.com/"],
             "maxDepth": 1,
@@ -215,7 +220,7 @@ def test_config_from_spec():
     )
     for bad in ({}, {"urls": []}, {"urls": ["x"], "include": ["("]}, {"urls": ["x"], "maxDepth": "2"}):
         with pytest.raises(ValueError):
-            CrawlConfig.from_spec(bad)
+            from_spec(bad)
 
 
 def test_parse_sitemap_index_and_urlset():
@@ -361,7 +366,7 @@ async def test_crawl_a_site(site, connections):
 
 async def test_default_policy_refuses_loopback_and_connects_nowhere(site, connections):
     build_docs_site(site)
-    cfg = CrawlConfig.from_spec({"urls": [site.url("/")], "sitemap": True}, delay=0.0)
+    cfg = from_spec({"urls": [site.url("/")], "sitemap": True}, delay=0.0)
     result = await crawl(cfg)
     assert result.documents == [] and result.unchanged == []
     assert [(p.source, p.kind) for p in result.problems] == [(site.url("/"), "refused")]
@@ -370,7 +375,7 @@ async def test_default_policy_refuses_loopback_and_connects_nowhere(site, connec
 
 
 async def test_refused_start_urls_are_reported(site, connections):
-    cfg = CrawlConfig.from_spec(
+    cfg = from_spec(
         {"urls": ["file:///etc/passwd", "http://user:pw@127.0.0.1/", "http://169.254.169.254/"]}, delay=0.0
     )
     result = await crawl(cfg)
@@ -459,9 +464,7 @@ async def test_pinned_connection_keeps_the_host_name(site, connections):
         lookups.append(host)
         return next(answers)
 
-    cfg = CrawlConfig.from_spec(
-        {"urls": [f"http://docs.test:{site.port}/"], "allowHosts": ["docs.test"]}, delay=0.0
-    )
+    cfg = from_spec({"urls": [f"http://docs.test:{site.port}/"], "allowHosts": ["docs.test"]}, delay=0.0)
     result = await crawl(cfg, resolver=resolver)
     assert sorted(by_source(result)) == [
         f"http://docs.test:{site.port}/",
@@ -477,7 +480,7 @@ async def test_name_resolving_to_a_private_address_is_refused(site, connections)
         return ["93.184.216.34", "192.168.1.20"] if host == "mixed.test" else ["127.0.0.1"]
 
     site.redirect("/hop", "http://mixed.test/x")
-    cfg = CrawlConfig.from_spec(
+    cfg = from_spec(
         {"urls": ["http://mixed.test/", site.url("/hop")], "allowHosts": ["127.0.0.1"]}, delay=0.0
     )
     result = await crawl(cfg, resolver=resolver)
@@ -604,7 +607,7 @@ async def test_a_sources_concurrency_bounds_the_requests_in_flight(site):
     for p in paths:
         site.routes[p] = slow
     spec = {"urls": [site.url("/")], "allowHosts": ["127.0.0.1"], "delaySeconds": 0, "concurrency": 3}
-    result = await crawl(CrawlConfig.from_spec(spec))
+    result = await crawl(from_spec(spec))
     assert len(result.documents) == 7
     assert site.max_inflight == 3
 
@@ -616,7 +619,7 @@ async def test_a_sources_delay_spaces_the_requests_to_its_host(site):
     site.page("/", html_page("Root", "/a"))
     site.page("/a", html_page("A"))
     spec = {"urls": [site.url("/")], "allowHosts": ["127.0.0.1"], "delaySeconds": 1, "concurrency": 4}
-    result = await crawl(CrawlConfig.from_spec(spec))
+    result = await crawl(from_spec(spec))
     assert len(result.documents) == 2
     times = [s.at for s in site.requests]
     assert [s.path for s in site.requests] == ["/robots.txt", "/", "/a"]
@@ -625,9 +628,9 @@ async def test_a_sources_delay_spaces_the_requests_to_its_host(site):
 
 def test_a_sources_delay_and_concurrency_win_over_settings_and_are_checked():
     spec = {"urls": ["https://docs.example.com/"], "delaySeconds": 2, "concurrency": 8}
-    cfg = CrawlConfig.from_spec(spec, delay=0.1, concurrency=1, timeout=3.0)
+    cfg = from_spec(spec, delay=0.1, concurrency=1, timeout=3.0)
     assert (cfg.delay, cfg.concurrency, cfg.timeout) == (2.0, 8, 3.0)
-    cfg = CrawlConfig.from_spec({"urls": ["https://docs.example.com/"]}, delay=0.1, concurrency=1)
+    cfg = from_spec({"urls": ["https://docs.example.com/"]}, delay=0.1, concurrency=1)
     assert (cfg.delay, cfg.concurrency) == (0.1, 1)
     for bad in (
         {"delaySeconds": -1},
@@ -640,7 +643,7 @@ def test_a_sources_delay_and_concurrency_win_over_settings_and_are_checked():
         {"concurrency": True},
     ):
         with pytest.raises(ValueError):
-            CrawlConfig.from_spec({"urls": ["https://docs.example.com/"], **bad})
+            from_spec({"urls": ["https://docs.example.com/"], **bad})
 
 
 async def test_non_ascii_page_and_charset(site):

@@ -49,6 +49,7 @@ from omnirag.index.store import check_name, read_extra
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.embed import EmbedClient
 from omnirag.indexer.lock import collection_lock
+from omnirag.indexer.sources import LocalSource
 from omnirag.indexer.spec import KnowledgeBase, SpecError
 from omnirag.indexer.split import Splitter
 from omnirag.indexer.types import SourceDocument, SourceProblem
@@ -118,13 +119,6 @@ def upload_origin(key: str | None, principal: str | None) -> Origin:
     return Origin(ORIGIN_UPLOAD, {k: v for k, v in fields.items() if v is not None}, principal)
 
 
-def source_label(src: dict[str, Any]) -> str:
-    """Which source of its knowledge base a document came from, as the spec names it."""
-    if src["type"] == "local":
-        return f"local:{src['path']}"
-    return f"{src['type']}:{' '.join(src.get('urls') or [])}"
-
-
 def is_markdown(doc: SourceDocument) -> bool:
     ctype = str(doc.metadata.get("content_type", ""))
     return "markdown" in ctype or doc.source.lower().endswith((".md", ".markdown")) or "html" in ctype
@@ -142,18 +136,16 @@ async def gather_documents(
     keep: set[str] = set()
     problems: list[SourceProblem] = []
     for src in kb.sources:
-        label = source_label(src)
-        if src["type"] == "local":
+        label = src.label
+        if isinstance(src, LocalSource):
             from omnirag.indexer.loaders import LoadLimits
-            from omnirag.indexer.sources.local import iter_local
+            from omnirag.indexer.sources.local import iter_source
 
-            root = (kb.base_dir / src["path"]).resolve()
             # One OCR engine for every image and scanned page of the source.
             with OCR(max_pixels=settings.max_image_pixels) as ocr:
-                walk = iter_local(
-                    root,
-                    src.get("glob", "**/*"),
-                    src.get("exclude"),
+                walk = iter_source(
+                    src,
+                    kb.base_dir,
                     max_bytes=settings.max_file_bytes,
                     limits=LoadLimits.from_settings(settings),
                     ocr=ocr,
@@ -168,7 +160,7 @@ async def gather_documents(
         else:
             from omnirag.indexer.sources.web import CrawlConfig, crawl
 
-            result = await crawl(CrawlConfig.from_spec(src), previous=previous_validators)
+            result = await crawl(CrawlConfig.from_source(src), previous=previous_validators)
             for doc in result.documents:
                 doc.metadata["origin_source"] = label
                 docs[doc.source] = doc

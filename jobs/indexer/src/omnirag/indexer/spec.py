@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -13,8 +14,10 @@ from typing import Any
 
 import jsonschema
 import yaml
+from pydantic import ValidationError
 
 from omnirag.core.errors import InvalidInput
+from omnirag.indexer.sources import SOURCE, Source
 
 DEFAULT_CHUNK_SIZE = 800
 DEFAULT_CHUNK_OVERLAP = 100
@@ -34,7 +37,7 @@ def schema() -> dict[str, Any]:
 @dataclass
 class KnowledgeBase:
     name: str
-    sources: list[dict[str, Any]]
+    sources: list[Source]
     base_dir: Path
     chunk_size: int = DEFAULT_CHUNK_SIZE
     chunk_overlap: int = DEFAULT_CHUNK_OVERLAP
@@ -44,9 +47,9 @@ class KnowledgeBase:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _path(error: jsonschema.ValidationError) -> str:
+def _path(parts: Iterable[str | int]) -> str:
     out = ""
-    for part in error.absolute_path:
+    for part in parts:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out.lstrip(".") or "(top level)"
 
@@ -58,7 +61,7 @@ def validate(data: Any) -> None:
         # oneOf errors are vague; the deepest sub-error names the field that is wrong.
         err = errors[0]
         best = jsonschema.exceptions.best_match([err]) if err.context else err
-        raise SpecError(f"{_path(best)}: {best.message}")
+        raise SpecError(f"{_path(best.absolute_path)}: {best.message}")
 
 
 def parse(data: Any, base_dir: Path) -> list[KnowledgeBase]:
@@ -76,6 +79,7 @@ def parse(data: Any, base_dir: Path) -> list[KnowledgeBase]:
             raise SpecError(
                 f"knowledgeBases[{i}].splitter.chunkOverlap: {overlap} must be below chunkSize {size}"
             )
+        sources: list[Source] = []
         for j, src in enumerate(kb["sources"]):
             for key in ("include", "exclude"):
                 for k, pattern in enumerate(src.get(key, [])):
@@ -85,10 +89,18 @@ def parse(data: Any, base_dir: Path) -> list[KnowledgeBase]:
                         raise SpecError(
                             f"knowledgeBases[{i}].sources[{j}].{key}[{k}]: bad regex: {exc}"
                         ) from exc
+            try:
+                sources.append(SOURCE.validate_python(src))
+            except ValidationError as exc:
+                # What the schema lets through and the model does not: 2.0 for an integer, which
+                # JSON Schema counts as one and the crawler never took.
+                err = exc.errors()[0]
+                where = _path(["knowledgeBases", i, "sources", j, *err["loc"][1:]])
+                raise SpecError(f"{where}: {err['msg']}") from None
         kbs.append(
             KnowledgeBase(
                 name=kb["name"],
-                sources=kb["sources"],
+                sources=sources,
                 base_dir=base_dir,
                 chunk_size=size,
                 chunk_overlap=overlap,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +33,7 @@ from omnirag.indexer.loaders import (
     UnsupportedFile,
     load_file,
 )
+from omnirag.indexer.sources import LocalSource
 from omnirag.indexer.types import SourceDocument, SourceProblem
 
 
@@ -206,7 +207,7 @@ def _load(
 def iter_local(
     root: Path,
     glob: str = "**/*",
-    exclude: list[str] | None = None,
+    exclude: Iterable[str] = (),
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     limits: LoadLimits | None = None,
@@ -224,7 +225,7 @@ def iter_local(
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"local source root does not exist: {root} (resolved: {root.resolve()})")
-    excludes = [re.compile(pattern) for pattern in exclude or []]
+    excludes = [re.compile(pattern) for pattern in exclude]
 
     if not root.is_dir():
         entry = _Entry(root.name, root)
@@ -234,3 +235,17 @@ def iter_local(
     root_real = root.resolve()
     for entry in _scan(root, root_real, glob_to_regex(glob), excludes):
         yield entry.problem if entry.problem is not None else _load(entry, max_bytes, limits, ocr)
+
+
+def iter_source(
+    source: LocalSource,
+    base_dir: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    limits: LoadLimits | None = None,
+    ocr: OCR | None = None,
+) -> Iterator[SourceDocument | SourceProblem]:
+    """:func:`iter_local` over a ``type: local`` source of a spec file that is in ``base_dir``."""
+    return iter_local(
+        source.root(base_dir), source.glob, source.exclude, max_bytes=max_bytes, limits=limits, ocr=ocr
+    )

@@ -61,6 +61,7 @@ from omnirag.core.netguard import (
 )
 from omnirag.extract import decode_text, html_document, markdown_document, mime_of, normalize_text
 from omnirag.extract.text import HTML_TYPES
+from omnirag.indexer.sources import WebSource
 from omnirag.indexer.types import SourceDocument, SourceProblem
 
 logger = logging.getLogger(__name__)
@@ -68,10 +69,6 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "omnirag-indexer/0.1 (+https://github.com/omnirag)"
 MAX_REDIRECTS = 5
 MAX_CRAWL_DELAY = 30.0
-# The bounds of a source's delaySeconds and concurrency, as knowledge-bases.schema.json declares them
-# (from_spec checks them too: it is also called on specs that never went through the schema).
-MAX_SPEC_DELAY = 60.0
-MAX_SPEC_CONCURRENCY = 64
 ROBOTS_MAX_BYTES = 512 * 1024
 MAX_SITEMAP_FILES = 50
 MAX_SITEMAP_NESTING = 3
@@ -126,55 +123,26 @@ class CrawlConfig:
         self._exclude_re = _compile(self.exclude, "exclude")
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any], **settings: Any) -> CrawlConfig:
-        """Build from a knowledge-base source entry (camelCase keys). ``settings`` set fields by
-        their Python name (``delay=``, ``concurrency=``, ``timeout=``, ``max_bytes=``...) where the
-        source does not: a source's own ``delaySeconds`` / ``concurrency`` win, because the author
-        of the spec knows what the site it crawls can take."""
-        keys = {
-            "urls": "urls",
-            "maxDepth": "max_depth",
-            "maxPages": "max_pages",
-            "sitemap": "sitemap",
-            "include": "include",
-            "exclude": "exclude",
-            "allowHosts": "allow_hosts",
-            "sameHost": "same_host",
-            "delaySeconds": "delay",
-            "concurrency": "concurrency",
+    def from_source(cls, source: WebSource, **settings: Any) -> CrawlConfig:
+        """The crawl of a ``type: web`` source. ``settings`` set the crawler's own fields by name
+        (``delay=``, ``concurrency=``, ``timeout=``, ``max_bytes=``...); a source's own
+        ``delaySeconds`` / ``concurrency`` win, because the author of the spec knows what the site
+        it crawls can take."""
+        values: dict[str, Any] = {
+            "urls": list(source.urls),
+            "max_depth": source.max_depth,
+            "max_pages": source.max_pages,
+            "sitemap": source.sitemap,
+            "include": list(source.include),
+            "exclude": list(source.exclude),
+            "allow_hosts": list(source.allow_hosts),
+            "same_host": source.same_host,
         }
-        values: dict[str, Any] = {name: spec[key] for key, name in keys.items() if spec.get(key) is not None}
-        urls = values.get("urls")
-        if isinstance(urls, str):
-            values["urls"] = [urls]
-        for name in ("urls", "include", "exclude", "allow_hosts"):
-            if name in values:
-                if not isinstance(values[name], list | tuple) or not all(
-                    isinstance(v, str) for v in values[name]
-                ):
-                    raise ValueError(f"web source: {name!r} must be a list of strings")
-                values[name] = list(values[name])
-        for name in ("max_depth", "max_pages", "concurrency"):
-            if name in values and (not isinstance(values[name], int) or isinstance(values[name], bool)):
-                raise ValueError(f"web source: {name!r} must be an integer")
-        for name in ("sitemap", "same_host"):
-            if name in values and not isinstance(values[name], bool):
-                raise ValueError(f"web source: {name!r} must be true or false")
-        if "delay" in values:
-            delay = values["delay"]
-            if (
-                not isinstance(delay, int | float)
-                or isinstance(delay, bool)
-                or not 0 <= delay <= MAX_SPEC_DELAY
-            ):
-                raise ValueError(f"web source: 'delaySeconds' must be a number from 0 to {MAX_SPEC_DELAY:g}")
-            values["delay"] = float(delay)
-        if "concurrency" in values and not 1 <= values["concurrency"] <= MAX_SPEC_CONCURRENCY:
-            raise ValueError(f"web source: 'concurrency' must be from 1 to {MAX_SPEC_CONCURRENCY}")
-        values = {**settings, **values}
-        if "urls" not in values:
-            raise ValueError("web source: 'urls' is required")
-        return cls(**values)
+        if source.delay_seconds is not None:
+            values["delay"] = float(source.delay_seconds)
+        if source.concurrency is not None:
+            values["concurrency"] = source.concurrency
+        return cls(**(settings | values))
 
 
 def _compile(patterns: Iterable[str], what: str) -> list[re.Pattern[str]]:
