@@ -508,6 +508,16 @@ def test_the_openapi_document_lists_each_route_s_errors(client) -> None:
     # The embedder's errors passed on (its 404, 413, 429 and 503) and its absence (502).
     responses("/v1/embeddings", "post", "404", "413", "429", "500", "502", "503")
     responses("/v1/collections", "get", "500", "502")
+    # Chat calls the key check itself (not as a dependency) and declares its errors with its own:
+    # an unknown model, a body it cannot take, the LLM failing (502) or the retriever down (503).
+    chat = responses("/v1/chat/completions", "post", "400", "403", "404", "413", "422", "500", "502", "503")
+    assert "model_not_found" in chat["404"]["description"]
+    assert "llm_error" in chat["502"]["description"]
     # The key check every authenticated route runs: a missing or wrong key, a key over its limits.
-    for path, method in (("/v1/collections", "get"), ("/v1/models", "get"), ("/v1/ingest/{job_id}", "get")):
+    for path, method in (
+        ("/v1/collections", "get"),
+        ("/v1/models", "get"),
+        ("/v1/ingest/{job_id}", "get"),
+        ("/v1/chat/completions", "post"),
+    ):
         assert "Retry-After" in responses(path, method, "401", "429")["429"]["headers"], path

@@ -25,11 +25,24 @@ from pydantic import ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from omnirag.core.errors import BadRequest, ClientGone, OmniragError, TooDeeplyNested
+from omnirag.core.errors import (
+    BadRequest,
+    ClientGone,
+    Forbidden,
+    NotReady,
+    OmniragError,
+    Overloaded,
+    PayloadTooLarge,
+    TooDeeplyNested,
+    Unauthorized,
+    raises,
+)
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import MAX_JSON_DEPTH, json_depth_exceeds, loads_json
 from omnirag.gateway.chat import DONE, KEEPALIVE, ChatRequest, error_event
 from omnirag.gateway.deps import authenticated, get_gateway
+from omnirag.gateway.llm import LLMError
+from omnirag.gateway.registry import ModelNotFound
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -268,6 +281,8 @@ async def _late_answer(
     summary="OpenAI-compatible chat, with RAG over a collection",
     openapi_extra=_OPENAPI,
 )
+# The key check's errors too: it is called here, not declared as a dependency.
+@raises(Unauthorized, Forbidden, Overloaded, BadRequest, PayloadTooLarge, ModelNotFound, LLMError, NotReady)
 async def chat_completions(request: Request) -> Response:
     payload = _json_body(request, await request.body())
     headers = request.headers
