@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 from omnirag_harness.hub import FakeHub
-
-from .conftest import BIG, job_env, tiny_files
+from omnirag_harness.model_download import BIG, job_env, tiny_files
 
 SCRIPT = """
 import sys

@@ -10,9 +10,17 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 from omnirag_harness.hub import FakeHub, random_bytes, sha256, wait_for
+from omnirag_harness.model_download import (
+    BIG,
+    BIG_SIZE,
+    assert_same_tree,
+    marker_of,
+    run_job,
+    start_job,
+    tiny_files,
+)
 from omnirag_harness.servers import free_port
 
 from omnirag.model_download import MARKER_NAME, WORK_DIR_NAME
@@ -30,8 +38,6 @@ from omnirag.model_download.errors import (
 from omnirag.model_download.job import part_name
 from omnirag.model_download.sources import RemoteFile
 
-from .conftest import BIG, BIG_SIZE, run_job, start_job, tiny_files
-
 REPO = "acme/tiny-llm"
 
 
@@ -39,21 +45,6 @@ def add_tiny(hub: FakeHub, **kw) -> dict[str, bytes]:
     files = tiny_files()
     hub.add_hf(REPO, files, lfs={BIG}, **kw)
     return files
-
-
-def assert_same_tree(dest: Path, files: dict[str, bytes]) -> None:
-    on_disk = {
-        str(p.relative_to(dest)): p.read_bytes()
-        for p in dest.rglob("*")
-        if p.is_file() and not str(p.relative_to(dest)).startswith((WORK_DIR_NAME, MARKER_NAME))
-    }
-    assert on_disk.keys() == files.keys()
-    for path, data in files.items():
-        assert on_disk[path] == data, path
-
-
-def marker_of(dest: Path) -> dict:
-    return json.loads((dest / MARKER_NAME).read_text())
 
 
 def test_first_download_is_byte_identical_and_marked(tmp_path, hub, models):

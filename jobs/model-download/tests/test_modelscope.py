@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 
 from omnirag_harness.hub import sha256
+from omnirag_harness.model_download import BIG, assert_same_tree, marker_of, run_job, tiny_files
 
 from omnirag.model_download import MARKER_NAME
 from omnirag.model_download.errors import EXIT_ACCESS_DENIED, EXIT_REPO_NOT_FOUND, EXIT_REVISION_NOT_FOUND
 from omnirag.model_download.marker import content_digest
 from omnirag.model_download.sources import RemoteFile
-
-from .conftest import BIG, run_job, tiny_files
-from .test_huggingface import assert_same_tree, marker_of
 
 REPO = "acme/tiny-embed"
 

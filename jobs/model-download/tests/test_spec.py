@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from omnirag_harness.model_download import run_job
 
 from omnirag.model_download.cli import _requests, parser
 from omnirag.model_download.config import ModelDownloadSettings, read_token_file
 from omnirag.model_download.errors import EXIT_INVALID, InvalidRequest
 from omnirag.model_download.spec import MAX_SPEC_BYTES, ModelSpec, SpecFile, load, parse, resolve
-
-from .conftest import run_job
 
 
 @pytest.fixture
