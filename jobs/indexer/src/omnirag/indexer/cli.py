@@ -13,8 +13,8 @@ from typing import Any
 
 from omnirag.core.errors import OmniragError, UpstreamError
 from omnirag.core.logging import configure_logging
+from omnirag.core.names import check_collection_name
 from omnirag.index import list_collections, read_manifest
-from omnirag.index.store import check_name
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import RunSummary, delete_collection, delete_documents, run_kb
 from omnirag.indexer.spec import KnowledgeBase, load
@@ -170,7 +170,7 @@ def cmd_validate(args: argparse.Namespace, settings: IndexerSettings) -> int:
 async def cmd_delete(args: argparse.Namespace, settings: IndexerSettings) -> int:
     name = args.collection
     try:
-        check_name(name)
+        check_collection_name(name)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omnirag.core.names import check_collection_name
 from omnirag.extract import OCR
 from omnirag.index import (
     Document,
@@ -45,7 +46,7 @@ from omnirag.index import (
     read_manifest,
 )
 from omnirag.index.docstore import ORIGIN_FIELDS, ORIGIN_KB, ORIGIN_UPLOAD, doc_id_of, document_id, origin_of
-from omnirag.index.store import check_name, read_extra
+from omnirag.index.store import read_extra
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.embed import EmbedClient
 from omnirag.indexer.lock import collection_lock
@@ -538,7 +539,7 @@ async def delete_documents(
     ``origin`` only documents of that origin ("kb" or "upload") go. Needs no embedder. Deleting what
     is not there publishes nothing; ``summary.deleted`` counts the documents deleted."""
     started = time.monotonic()
-    summary = RunSummary(kb=check_name(collection))
+    summary = RunSummary(kb=check_collection_name(collection))
     names = list(dict.fromkeys(s for s in sources_or_ids if s))
     async with collection_lock(
         settings.redis_url,
@@ -574,7 +575,7 @@ async def delete_collection(settings: IndexerSettings, collection: str) -> bool:
     The directory is first renamed to a hidden name, in one step: the retriever and the indexer's
     listing see the collection gone at once, and a crash while its files are removed leaves only
     that hidden directory, which the next delete of the same name clears."""
-    check_name(collection)
+    check_collection_name(collection)
     root = settings.index_root
     async with collection_lock(
         settings.redis_url, root, collection, ttl=settings.lock_ttl_seconds, wait=settings.lock_wait_seconds

@@ -233,11 +233,11 @@ class ServiceClient:
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
-            after = response.headers.get("retry-after", "")
+            after = str(response.headers.get("retry-after", ""))
             if after.replace(".", "", 1).isdigit():
-                return min(float(after), self.max_backoff)
+                return float(min(float(after), self.max_backoff))
         base = min(self.backoff * (2**attempt), self.max_backoff)
-        return base * (0.5 + random.random() / 2)
+        return float(base * (0.5 + random.random() / 2))
 
     async def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> httpx.Response:
         """Send a request; raise :class:`UpstreamError` (or NotFound / Overloaded) when it fails for good."""

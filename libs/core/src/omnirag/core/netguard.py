@@ -359,7 +359,7 @@ class Fetched:
     @property
     def content_type(self) -> str:
         """The MIME type of ``Content-Type``, lower case, without parameters ("" when absent)."""
-        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        return str(self.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
 
 
 class _Deadline:

@@ -204,9 +204,10 @@ class Collection:
         return dense.search(self.index, kind, self.manifest.index, vector, k, allowed)
 
     def _exact(self, vecs: np.ndarray, vector: np.ndarray) -> np.ndarray:
-        if self.manifest.index.metric == "ip":
-            return vecs @ vector
-        return -((vecs - vector) ** 2).sum(axis=1)
+        scores: np.ndarray = (
+            vecs @ vector if self.manifest.index.metric == "ip" else -((vecs - vector) ** 2).sum(axis=1)
+        )
+        return scores
 
     def _hybrid(self, vector: np.ndarray, query: str, k: int, allowed: np.ndarray | None) -> list[Hit]:
         depth = max(3 * k, 30)

@@ -109,7 +109,7 @@ def to_gpus(index: Any, kind: IndexType, lib: Any = None) -> Any:
 
 
 def _metric(cfg: IndexConfig) -> int:
-    return faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
+    return int(faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2)
 
 
 def _quantizer(dimension: int, metric: int) -> Any:

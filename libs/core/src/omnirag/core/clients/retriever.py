@@ -274,7 +274,7 @@ class OmniragVectorStore(VectorStore):
         return None  # queries are embedded by the service
 
     def add_texts(
-        self, texts: Iterable[str], metadatas: list[dict] | None = None, **kwargs: Any
+        self, texts: Iterable[str], metadatas: list[dict[str, Any]] | None = None, **kwargs: Any
     ) -> list[str]:
         raise NotImplementedError(
             "the retriever is read-only; add documents through the indexer or the gateway"
@@ -282,7 +282,11 @@ class OmniragVectorStore(VectorStore):
 
     @classmethod
     def from_texts(
-        cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, **kwargs: Any
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> OmniragVectorStore:
         raise NotImplementedError("the retriever is read-only; build collections with the indexer")
 
