@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from omnirag.core.clients.embedder import EmbedderClient
 from omnirag.extract import OCR
 from omnirag.gateway.auth import KeyStore, RateLimiter
-from omnirag.gateway.chat import ChatHandler
+from omnirag.gateway.chat.handler import ChatHandler
 from omnirag.gateway.config import GatewaySettings
 from omnirag.gateway.llm import PassThrough
 from omnirag.gateway.memory import History

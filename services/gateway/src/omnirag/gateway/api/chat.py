@@ -39,7 +39,9 @@ from omnirag.core.errors import (
 )
 from omnirag.core.responses import JSONResponse
 from omnirag.core.routing import MAX_JSON_DEPTH, json_depth_exceeds, loads_json
-from omnirag.gateway.chat import DONE, KEEPALIVE, ChatRequest, error_event
+from omnirag.gateway.chat.request import ChatRequest
+from omnirag.gateway.chat.sse import DONE, KEEPALIVE, error_event
+from omnirag.gateway.chat.turn import Answer
 from omnirag.gateway.deps import authenticated, get_gateway
 from omnirag.gateway.llm import LLMError
 from omnirag.gateway.registry import ModelNotFound
@@ -242,7 +244,7 @@ async def _kept_alive(events: AsyncGenerator[bytes, None], interval: float) -> A
 
 
 async def _late_answer(
-    work: asyncio.Future[dict[str, Any] | AsyncGenerator[bytes, None]],
+    work: asyncio.Future[Answer],
 ) -> AsyncGenerator[bytes, None]:
     """The stream of an answer whose first token is slower than the keep-alive interval.
 
@@ -292,7 +294,7 @@ async def chat_completions(request: Request) -> Response:
     interval = gateway.settings.sse_keepalive_seconds
     if body.stream and interval > 0:
         return await _kept_alive_answer(request, gateway.chat.handle(key, body), interval)
-    result: dict[str, Any] | AsyncGenerator[bytes, None] | None = None
+    result: Answer | None = None
     async with _cancelled_if_gone(request.receive):
         result = await gateway.chat.handle(key, body)
     if result is None:
@@ -304,7 +306,7 @@ async def chat_completions(request: Request) -> Response:
 
 async def _kept_alive_answer(
     request: Request,
-    answer: Coroutine[Any, Any, dict[str, Any] | AsyncGenerator[bytes, None]],
+    answer: Coroutine[Any, Any, Answer],
     interval: float,
 ) -> Response:
     """A streamed answer with keep-alive comments in every silence longer than ``interval``.
