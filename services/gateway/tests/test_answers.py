@@ -101,6 +101,41 @@ def test_names_and_quotes_must_be_in_the_sources() -> None:
     )
 
 
+def test_numbers_and_commands_must_be_stated_where_the_answer_claims() -> None:
+    """Wrong answers SmolLM2 gave in the eval (bench/results/answers.json) that a whole-page check
+    let through: the page names every port and both commands, just not for what the answer says."""
+    page = [Src(1, GETTING_STARTED)]
+    retriever = "Which port does the retriever listen on?"
+    stack = "Which command starts the whole local stack of omnirag?"
+    helm = "Which command installs omnirag on a GPU Kubernetes cluster?"
+    assert check("The port 6379 is the default one for retriever.", retriever, page, []) == (
+        False,
+        "number 6379 is not in the sources",
+    )
+    assert check("The command `make test` starts a whole local stack of omnirag.", stack, page, []) == (
+        False,
+        "quoted 'make test' not in the sentence it matches in the sources",
+    )
+    assert not check("The command to install it on a GPU Kubernetes cluster is `make test`", helm, page, [])[
+        0
+    ]
+    # The same page backs the right answers, the port on a hard-wrapped line included.
+    assert check("The retriever listens on port 8002 [1].", retriever, page, [1]) == (True, None)
+    assert check("Run `make run` [1].", stack, page, [1]) == (True, None)
+    assert check("Use `helm install` [1].", helm, page, [1]) == (True, None)
+
+
+def test_a_question_that_asks_for_a_number_needs_one() -> None:
+    queue = "Which status code does the embedder answer when the queue is full?"
+    source = [Src(1, "Requests are merged into batches; a full queue answers 429 with Retry-After.")]
+    assert check("The embedder answers when the queue is full, with a busy signal.", queue, source, []) == (
+        False,
+        "asked for a number, states none",
+    )
+    assert check("A full queue answers 429 [1].", queue, source, [1]) == (True, None)
+    assert check("It answers 429 with Retry-After [1].", "How many retries are allowed?", source, [1])[0]
+
+
 def test_the_answer_must_be_in_the_questions_language() -> None:
     zh = [Src(1, ZH_SOURCE)]
     assert language("使用 Redis 和 FAISS 保存数据") == "zh"  # Latin names count as words, not letters

@@ -9,14 +9,17 @@ when all of these hold, checked in this order (the first failure is the reason):
 3. it is in the question's language: Chinese or not, counted in units (a CJK character or a Latin
    word each, so "使用 Redis" stays Chinese), over the whole answer and over each of its longer
    sentences, which catches a switch midway ("answer language en, question zh");
-4. every number, name and quoted term in it occurs in the sources it cites ("number 8001 is not in
-   the cited sources"). Names are capitalised words (not a sentence's first word unless it has a
-   capital or a digit inside, like "FastAPI" or "SmolLM2"), Latin words inside Chinese text, and
+4. every number and quoted term in it occurs in the source sentence its own sentence matches best
+   ("number 8001 is not in the cited sources"), every name in the sources it cites.
+   Names are capitalised words (not a sentence's first word unless it has a capital or a digit
+   inside, like "FastAPI" or "SmolLM2"), Latin words inside Chinese text, and
    the proper nouns jieba tags in Chinese (persons, places, organisations). Terms the question
    itself uses are allowed: "Does omnirag use Kafka?" — "No, omnirag does not use Kafka" is right;
 5. at least half of its content words occur in the cited sources (or the question): an invented
    sentence without a single number or name still fails ("only 30% of its words are in the cited
-   sources").
+   sources");
+6. a question that asks for a number (which port, how many…) gets one ("asked for a number, states
+   none").
 
 An answer that cites no source is checked against all the given sources, as if it cited them all:
 a small model often states a right answer without the "[1]". It fails with "cites no source" only
@@ -34,6 +37,7 @@ from typing import NamedTuple, Protocol
 import rjieba
 
 from omnirag.core.text import CJK, tokenize
+from omnirag.gateway.extract import QUESTION_WORDS, sentences
 from omnirag.gateway.repetition import degenerate
 
 _CITATION = re.compile(r"(?<![A-Za-z_])\[\d{1,6}\]")
@@ -127,34 +131,54 @@ def _support(answer: str, haystack: str) -> tuple[float, int]:
     return found / len(words), len(words)
 
 
-def _unsupported_numbers(text: str, question: str, sources: Sequence[Cited]) -> list[str]:
-    """The answer's numbers that its sources do not state in the same context.
+def _context_words(text: str) -> set[str]:
+    return {t for t in tokenize(text) if not t.isdigit() and t not in QUESTION_WORDS}
 
-    A number must occur in the source sentence that best matches the answer's sentence (the most
+
+def _out_of_context(text: str, question: str, sources: Sequence[Cited]) -> tuple[list[str], list[str]]:
+    """The answer's numbers and quoted terms that its sources do not state in the same context.
+
+    Each must occur in the source sentence that best matches the answer's sentence (the most
     content words in common, the question's words counted in: a bare "8000 [1]" is about what
-    was asked). Anywhere in the cited text is not enough: a chunk listing every port has 8001 in
-    it, for the embedder, and "the gateway listens on port 8001" must still fail."""
-    asked = set(_numbers(question))
-    q_words = {t for t in tokenize(question) if not t.isdigit()}
-    sentences = [s for src in sources for s in _sentences(src.text)]
-    sentence_words = [{t for t in tokenize(s) if not t.isdigit()} for s in sentences]
-    sentence_numbers = [set(_numbers(s)) for s in sentences]
-    everywhere = set().union(*sentence_numbers) if sentence_numbers else set()
-    missing: list[str] = []
+    was asked; sentences as the extractive answer cuts them, hard-wrapped lines joined). Anywhere
+    in the cited text is not enough: a chunk listing every port has 8001 in it, for the embedder,
+    and "the gateway listens on port 8001" must still fail; a page naming `make test` and `make run`
+    does not make "`make test` starts the local stack" true."""
+    asked_numbers = set(_numbers(question))
+    q_norm = _norm(question)
+    q_words = _context_words(question)
+    cut = [(s, h) for src in sources for s, h in sentences(src.text)]
+    sentence_words = [_context_words(s + " " + h) for s, h in cut]
+    sentence_numbers = [set(_numbers(s)) for s, _ in cut]
+    sentence_text = [_norm(s) for s, _ in cut]
+    every_number = set().union(*sentence_numbers) if sentence_numbers else set()
+    every_text = " ".join(sentence_text)
+    numbers_missing: list[str] = []
+    quotes_missing: list[str] = []
     for sentence in _sentences(text):
-        numbers = [n for n in _numbers(sentence) if n not in asked]
-        if not numbers:
+        numbers = [n for n in _numbers(sentence) if n not in asked_numbers]
+        quotes = [t for t in _quoted(sentence) if not _has(q_norm, t)]
+        if not numbers and not quotes:
             continue
-        context = {t for t in tokenize(sentence) if not t.isdigit()} | q_words
+        context = _context_words(sentence) | q_words
         overlaps = [len(context & words) for words in sentence_words]
         best = max(overlaps, default=0)
-        allowed = (
-            set().union(*(n for n, o in zip(sentence_numbers, overlaps, strict=True) if o == best))
-            if best > 0
-            else everywhere
-        )
-        missing += [n for n in numbers if n not in allowed and n not in missing]
-    return missing
+        chosen = [i for i, o in enumerate(overlaps) if o == best] if best > 0 else []
+        allowed_numbers = set().union(*(sentence_numbers[i] for i in chosen)) if chosen else every_number
+        allowed_text = " ".join(sentence_text[i] for i in chosen) if chosen else every_text
+        numbers_missing += [n for n in numbers if n not in allowed_numbers and n not in numbers_missing]
+        quotes_missing += [t for t in quotes if not _has(allowed_text, t) and t not in quotes_missing]
+    return numbers_missing, quotes_missing
+
+
+# Questions whose answer is a number: the port, the status code, how many… An answer to one that
+# states no number at all has not answered ("The embedder answers when the queue is full").
+_ASKS_NUMBER = re.compile(
+    r"\b(?:which|what)\s+(?:\w+\s+)?(?:port|status(?:\s+code)?|code|year|number|size|limit|timeout|version)s?\b"
+    r"|\bhow\s+(?:many|much|long|big|large|old)\b|多少|几[个年天次岁种条项]|哪一?年",
+    re.I,
+)
+_ANY_NUMBER = re.compile(r"\d|[零一二三四五六七八九十百千万亿两]")
 
 
 def _listing(kind: str, terms: list[str], where: str) -> str:
@@ -187,18 +211,22 @@ def check(answer: str, question: str, sources: Sequence[Cited], cited: Sequence[
     where = "the cited sources" if cited else "the sources"
     haystack = _norm(" ".join(s.text for s in chosen))
     q = _norm(question)
-    missing = _unsupported_numbers(text, question, chosen)
-    if missing:
-        return Verdict(False, f"number {missing[0]} is not in {where}")
+    numbers, quotes = _out_of_context(text, question, chosen)
+    if numbers:
+        return Verdict(False, f"number {numbers[0]} is not in {where}")
     names = [n for n in _names(answer) if not _has(haystack, n) and not _has(q, n)]
     if names:
         return Verdict(False, _listing("names", names, where))
-    quotes = [t for t in _quoted(answer) if not _has(haystack, t) and not _has(q, t)]
     if quotes:
-        return Verdict(False, _listing("quoted", quotes, where))
+        missing = [t for t in quotes if not _has(haystack, t)]
+        if missing:
+            return Verdict(False, _listing("quoted", missing, where))
+        return Verdict(False, _listing("quoted", quotes, "the sentence it matches in " + where))
     share, words = _support(answer, haystack + " " + q)
     if words >= _MIN_WORDS_FOR_SUPPORT and share < MIN_SUPPORT:
         if not cited:
             return Verdict(False, "cites no source")
         return Verdict(False, f"only {round(share * 100)}% of its words are in {where}")
+    if _ASKS_NUMBER.search(question) and not _ANY_NUMBER.search(text):
+        return Verdict(False, "asked for a number, states none")
     return Verdict(True, None)
