@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
+import select
 import socket
 import stat
 import time
@@ -342,6 +343,132 @@ def test_too_large_mid_stream_removes_the_partial_file(redis_url, uploads, r, li
         assert res.json()["error"]["code"] == code
         assert max(seen_on_disk) == 1  # the file was being written ...
     assert stored_files(uploads) == []  # ... and is gone
+    assert stream_entries(r) == []
+
+
+FILE_PART = b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.md"\r\n\r\n# A\n\ntext\r\n'
+
+
+def field_part(name: str, value: bytes, *headers: bytes) -> bytes:
+    head = b"".join(h + b"\r\n" for h in headers)
+    return (
+        f'--XX\r\nContent-Disposition: form-data; name="{name}"\r\n'.encode()
+        + head
+        + b"\r\n"
+        + value
+        + b"\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "boundary", "status", "code"),
+    [
+        # The file is on disk when each of these trips, after it: it must go.
+        (b"".join(field_part(f"extra{i}", b"v") for i in range(9)), "XX", 422, "too_many_fields"),
+        (field_part("note", b"n" * (8 * 1024 + 1)), "XX", 413, "field_too_large"),
+        (field_part("note", b"n", b"X-Pad: " + b"p" * 5000), "XX", 422, "invalid_multipart"),
+        (
+            field_part("note", b"n", *[f"X-H{i}: v".encode() for i in range(9)]),
+            "XX",
+            422,
+            "invalid_multipart",
+        ),
+        (b"--XX\r\nContent-Type: text/plain\r\n\r\nno name\r\n", "XX", 422, "invalid_multipart"),
+        (field_part("title", b"\xff\xfe not UTF-8"), "XX", 422, "invalid_multipart"),
+        # Longer than the parser takes (RFC 2046: at most 70): refused before a byte is read.
+        (b"", "B" * 300, 422, "invalid_multipart"),
+    ],
+    ids=[
+        "too many fields",
+        "a field too long",
+        "a part header too long",
+        "too many part headers",
+        "a part without a name",
+        "a field not UTF-8",
+        "a boundary too long",
+    ],
+)
+def test_each_multipart_limit_is_refused_with_its_code(client, r, uploads, body, boundary, status, code):
+    res = client.post(
+        "/v1/collections/docs/documents",
+        headers=AUTH | {"content-type": f"multipart/form-data; boundary={boundary}"},
+        content=FILE_PART + body + b"--XX--\r\n",
+    )
+    assert res.status_code == status, res.text
+    assert res.json()["error"]["code"] == code
+    assert stored_files(uploads) == []
+    assert stream_entries(r) == []
+
+
+def test_multipart_limits_are_inclusive(client, r):
+    """Eight fields beside the file, each up to 8 KiB (one ignored: only source and title are read)."""
+    fields = [field_part("note", b"n" * (8 * 1024))] + [field_part(f"extra{i}", b"v") for i in range(7)]
+    res = client.post(
+        "/v1/collections/docs/documents",
+        headers=AUTH | {"content-type": "multipart/form-data; boundary=XX"},
+        content=FILE_PART + b"".join(fields) + b"--XX--\r\n",
+    )
+    assert res.status_code == 202, res.text
+    assert len(stream_entries(r)) == 1
+
+
+def endless_upload(base: str, first: bytes, filler: bytes, give_up: int) -> tuple[bytes, int]:
+    """POST ``first``, then ``filler`` again and again, as a chunked body on a raw socket, until the
+    gateway answers (or ``give_up`` bytes are sent); return its answer and the bytes sent by then."""
+    url = httpx.URL(base)
+    head = (
+        "POST /v1/collections/docs/documents HTTP/1.1\r\n"
+        f"Host: {url.host}:{url.port}\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: multipart/form-data; boundary=XX\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+    def framed(data: bytes) -> bytes:
+        return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+    pending, sent = head + framed(first), 0
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.setblocking(False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            readable, writable, _ = select.select([sock], [sock] if sent < give_up else [], [], 1)
+            if readable:
+                break
+            if writable:
+                pending = pending or framed(filler)
+                n = sock.send(pending)
+                pending, sent = pending[n:], sent + n
+        else:
+            raise AssertionError(f"no answer after {sent} bytes")
+        sock.settimeout(10)
+        answer = b""
+        while b"}}" not in answer:  # the end of the error body
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer, sent
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # Bytes after the closing boundary, which no part counts: only the body's own cap stops them.
+        FILE_PART + b"--XX--\r\n",
+        # A file that never ends.
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.md"\r\n\r\n',
+    ],
+    ids=["after the last part", "in the file"],
+)
+def test_a_body_that_never_ends_is_cut_off_at_the_cap(redis_url, uploads, r, first):
+    """The gateway answers 413 once the cap is passed, without reading on: the client is still
+    sending (what it sent by then is the cap plus the sockets' buffers, far from all it would)."""
+    settings = settings_for(redis_url, uploads, max_upload_bytes=64 * 1024)
+    with serve_in_thread(create_app(settings), ready_path="/healthz") as base:
+        answer, sent = endless_upload(base, first, b"x" * 65536, give_up=1 << 30)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b'"file_too_large"' in answer
+    assert sent < 64 * 1024 * 1024, sent
+    assert stored_files(uploads) == []
     assert stream_entries(r) == []
 
 

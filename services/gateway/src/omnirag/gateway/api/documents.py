@@ -24,9 +24,9 @@ from omnirag.core.errors import Conflict, Forbidden, NotFound
 from omnirag.core.names import check_collection_name
 from omnirag.core.responses import JSONResponse
 from omnirag.core.schemas.retrieval import MAX_DOCUMENTS_PAGE
-from omnirag.gateway.api.ingest import _accepted, _check_room, _ingest_request, _queue
 from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.deps import Gateway, Key
+from omnirag.gateway.ingest_queue import accepted, check_room, ingest_request, queue
 from omnirag.gateway.state import GatewayState
 
 router = APIRouter(tags=["documents"])
@@ -107,8 +107,8 @@ async def delete_document(name: str, doc_id: str, key: Key, gw: Gateway) -> JSON
             "only the principal that uploaded this document, or an admin key, may delete it",
             code="document_forbidden",
         )
-    await _check_room(gw)
-    req = _ingest_request(
+    await check_room(gw)
+    req = ingest_request(
         job_id=uuid.uuid4().hex,
         collection=name,
         kind="delete",
@@ -117,6 +117,6 @@ async def delete_document(name: str, doc_id: str, key: Key, gw: Gateway) -> JSON
         origin_key=key.name,
         origin_principal=key.principal,
     )
-    await _queue(gw, req)
+    await queue(gw, req)
     gw.metrics.ingest_jobs.labels(req.kind).inc()
-    return _accepted(req)
+    return accepted(req)
