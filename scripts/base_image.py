@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGE = "localhost/python:3.11-bookworm-local"
 DEFAULT_CONF = ROOT / ".tools" / "containers" / "containers.conf"
 SUITE = "bookworm"
-# What the Dockerfiles need from a base: python, venv for the builder stage, CA roots for pip and
+# What images/Dockerfile needs from a base: python, venv for its builder stages, CA roots for pip and
 # apt over HTTPS, python-is-python3 because the images call `python`. passwd (useradd) is in minbase.
 INCLUDE = ["python3", "python3-venv", "python3-pip", "python-is-python3", "ca-certificates"]
 # Debian package -> a file it installs (dpkg -s is slower and noisier than a path check).
@@ -117,7 +117,7 @@ def build(podman: str, image: str) -> None:
             "mmdebstrap",
             "--variant=minbase",
             f"--include={','.join(INCLUDE)}",
-            # No apt lists in the image: a Dockerfile that needs a package runs apt-get update itself.
+            # No apt lists in the image: a stage that needs a package runs apt-get update itself.
             "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
             SUITE,
             str(rootfs),
