@@ -22,7 +22,7 @@ import pytest
 from omnirag.gateway.rag import needs_rewrite
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs"
+DOCS = REPO / "examples/knowledge-base"
 HISTORY = [{"role": "user", "content": "a first question"}, {"role": "assistant", "content": "an answer"}]
 
 

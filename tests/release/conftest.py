@@ -249,8 +249,8 @@ def host_hub() -> Iterator[HostHub]:
 
 def release_values(redis_port: int, llm_port: int, hub_url: str) -> dict[str, Any]:
     """The local value set: local images never pulled, external LLM and Redis on the host, one
-    replica each, small resources, the example knowledge base (docs/) mounted read-only, and the
-    embedder serving a model the download Job fetches from the test hub."""
+    replica each, small resources, the example knowledge base (examples/knowledge-base/) mounted
+    read-only, and the embedder serving a model the download Job fetches from the test hub."""
     small = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
     never = {"pullPolicy": "Never"}
 
@@ -305,7 +305,10 @@ def release_values(redis_port: int, llm_port: int, hub_url: str) -> dict[str, An
             **component(),
             "worker": {"replicas": 1, "resources": small},
             "extraVolumes": [
-                {"name": "kb-docs", "hostPath": {"path": str(ROOT / "docs"), "type": "Directory"}}
+                {
+                    "name": "kb-docs",
+                    "hostPath": {"path": str(ROOT / "examples/knowledge-base"), "type": "Directory"},
+                }
             ],
             "extraVolumeMounts": [{"name": "kb-docs", "mountPath": "/kb/docs", "readOnly": True}],
         },

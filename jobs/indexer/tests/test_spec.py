@@ -21,7 +21,10 @@ def test_the_bundled_example_is_valid():
     kb = kbs[0]
     assert kb.chunk_size == 800 and kb.chunk_overlap == 100 and kb.schedule == "0 3 * * *"
     source = kb.sources[0]
-    assert isinstance(source, LocalSource) and source.root(kb.base_dir) == (REPO / "docs").resolve()
+    assert (
+        isinstance(source, LocalSource)
+        and source.root(kb.base_dir) == (REPO / "examples/knowledge-base").resolve()
+    )
 
 
 def test_the_design_example_is_valid(tmp_path):

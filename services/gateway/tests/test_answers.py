@@ -1,9 +1,9 @@
 """Answers a user can trust (issue 15): the grounding check, the extractive answer, the loop guard,
 and the answer modes through the real gateway stack.
 
-The unit tests run the checks on the example knowledge base's own text (docs/), in English and
-Chinese. The stack tests use the real Redis, embedder, indexed example knowledge base and
-retriever; the answering model is the scripted upstream (omnirag_harness.scripted_llm) where a
+The unit tests run the checks on the example knowledge base's own text
+(examples/knowledge-base/), in English and Chinese. The stack tests use the real Redis, embedder,
+indexed example knowledge base and retriever; the answering model is the scripted upstream (omnirag_harness.scripted_llm) where a
 test needs an exact bad answer — a wrong port, a loop — and the real llama.cpp SmolLM2 where what
 matters holds for whatever the model says.
 """
@@ -28,8 +28,8 @@ from omnirag.gateway.repetition import LoopGuard, degenerate
 
 from .conftest import AUTH, REPO
 
-GETTING_STARTED = (REPO / "docs/getting-started.md").read_text(encoding="utf-8")
-FAQ_ZH = (REPO / "docs/faq.zh.md").read_text(encoding="utf-8")
+GETTING_STARTED = (REPO / "examples/knowledge-base/getting-started.md").read_text(encoding="utf-8")
+FAQ_ZH = (REPO / "examples/knowledge-base/faq.zh.md").read_text(encoding="utf-8")
 PORTS = (
     "The gateway listens on port 8000. The embedder listens on port 8001. The retriever listens on "
     "port 8002. Redis, which keeps chat history, listens on port 6379."
@@ -289,7 +289,7 @@ def chat_stream(base: str, question: str = QUESTION, **body: Any) -> tuple[list[
 
 def _in_its_source(quote: dict[str, Any], citations: list[dict[str, Any]]) -> bool:
     source = citations[quote["citation"] - 1]["source"]
-    text = " ".join((REPO / "docs" / source).read_text(encoding="utf-8").split())
+    text = " ".join((REPO / "examples/knowledge-base" / source).read_text(encoding="utf-8").split())
     return " ".join(quote["text"].split()) in text
 
 

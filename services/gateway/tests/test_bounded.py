@@ -132,8 +132,8 @@ def test_the_estimate_is_an_upper_bound_of_the_real_count(llm_url: str) -> None:
     """Where the server cannot count, the estimate must not undercount, or the prompt overflows:
     checked against SmolLM2's own tokenizer on English, Chinese, digits, hashes and code."""
     texts = [
-        (REPO / "docs/architecture.md").read_text(encoding="utf-8"),
-        (REPO / "docs/faq.zh.md").read_text(encoding="utf-8"),
+        (REPO / "examples/knowledge-base/architecture.md").read_text(encoding="utf-8"),
+        (REPO / "examples/knowledge-base/faq.zh.md").read_text(encoding="utf-8"),
         (REPO / "README.md").read_text(encoding="utf-8")[:6000],
         (REPO / "services/gateway/src/omnirag/gateway/rag.py").read_text(encoding="utf-8")[:6000],
         "1234567890 " * 40,
