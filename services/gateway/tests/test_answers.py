@@ -4,8 +4,8 @@ and the answer modes through the real gateway stack.
 The unit tests run the checks on the example knowledge base's own text
 (examples/knowledge-base/), in English and Chinese. The stack tests use the real Redis, embedder,
 indexed example knowledge base and retriever; the answering model is the scripted upstream
-(omnirag_harness.scripted_llm) where a test needs an exact bad answer — a wrong port, a loop — and the real llama.cpp SmolLM2 where what
-matters holds for whatever the model says.
+(omnirag_harness.scripted_llm) where a test needs an exact bad answer — a wrong port, a loop —
+and the real llama.cpp SmolLM2 where what matters holds for whatever the model says.
 """
 
 from __future__ import annotations
