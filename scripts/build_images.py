@@ -721,11 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for image, cmd in zip(images, commands, strict=True):
         ref = cmd[cmd.index("-t") + 1]
-        if opts.if_changed and not opts.no_build:
-            wanted = next(a.split("=", 1)[1] for a in cmd if a.startswith(SOURCE_LABEL + "="))
-            if image_label(engine, ref, SOURCE_LABEL) == wanted:
-                print(f"==> {image.name}: {ref} is up to date (built from the same sources)", flush=True)
-                continue
+        wanted = next(a.split("=", 1)[1] for a in cmd if a.startswith(SOURCE_LABEL + "="))
+        if opts.if_changed and not opts.no_build and image_label(engine, ref, SOURCE_LABEL) == wanted:
+            print(f"==> {image.name}: {ref} is up to date (built from the same sources)", flush=True)
+            continue
         if not opts.no_build:
             print(f"==> {image.name}: {shlex.join(cmd)}", flush=True)
         entry: dict[str, object] = {"image": ref}
@@ -743,6 +742,12 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
                 break
             entry["build_seconds"] = round(time.monotonic() - started, 1)
+            if image_label(engine, ref, SOURCE_LABEL) != wanted:
+                # An engine that takes every step from its cache may hand back an earlier build's
+                # image, labels and all: --if-changed would then build this image on every run.
+                print(f"build_images: {ref} kept an earlier build's labels (all cached)", file=sys.stderr)
+                status = 1
+                break
         entry["size_bytes"] = image_size(engine, ref)
         if opts.check:
             entry["run_as_deployed"] = smoke_test(engine, image, ref)

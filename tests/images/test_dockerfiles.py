@@ -586,8 +586,14 @@ def test_oci_labels(pkg: Package) -> None:
     assert labels["org.opencontainers.image.version"] == "${VERSION}"
     for key in ("description", "revision", "created", "base.name", "vendor"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
-    args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in dockerfile_of(pkg).final.all("ARG")}
+    final = dockerfile_of(pkg).final
+    args = {parse_arg(a.value)[0]: parse_arg(a.value)[1] for a in final.all("ARG")}
     assert args["VERSION"] == pyproject(pkg.directory)["project"]["version"]
+    # buildah keys a RUN's cache by the build arguments in scope, a LABEL's by its text alone: only a
+    # RUN after the arguments makes a new build's layers, and so its labels (the source digest of
+    # build_images.py --if-changed too), its own instead of an earlier build's.
+    declared = {parse_arg(a.value)[0]: a.line for a in final.all("ARG")}
+    assert any(run.line > max(declared["REVISION"], declared["CREATED"]) for run in final.all("RUN"))
 
 
 @pytest.mark.parametrize("directory", [*LIBS, *(p.directory for p in PACKAGES)])
@@ -1136,7 +1142,9 @@ def save():
 if args[:1] == ["build"]:
     ref = args[args.index("-t") + 1]
     labels = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--label")
-    state["images"][ref] = labels
+    # FAKE_ENGINE_CACHED: every step comes from the cache, and so does the image with its old labels.
+    if not (os.environ.get("FAKE_ENGINE_CACHED") and ref in state["images"]):
+        state["images"][ref] = labels
     state["builds"].append(ref)
     save()
 elif args[:2] == ["image", "exists"]:
@@ -1188,6 +1196,15 @@ def test_build_script_skips_an_image_built_from_the_same_sources(tmp_path: Path)
     plain = run_build_script("retriever", env=env)
     assert plain.returncode == 0, plain.stderr
     assert len(json.loads(state.read_text())["builds"]) == 4
+
+    # A build that hands back an earlier image without the new digest fails: --if-changed would
+    # otherwise build it again on every run.
+    recorded = json.loads(state.read_text())
+    recorded["images"][built_tags()["ui"]]["dev.omnirag.source-digest"] = "0" * 64
+    state.write_text(json.dumps(recorded))
+    stale = run_build_script("--if-changed", "ui", env={**env, "FAKE_ENGINE_CACHED": "1"})
+    assert stale.returncode != 0
+    assert "kept an earlier build's labels" in stale.stderr
 
 
 def test_the_source_digest_follows_what_reaches_the_build_context(tmp_path: Path) -> None:
