@@ -9,18 +9,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 # The stack's fixtures, shared with the UI's tests.
 from omnirag_harness.gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
-from omnirag_harness.gateway_stack import GatewayFactory
-
-REPO = Path(__file__).resolve().parents[3]
-DEV_KEY = "test-dev-key-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
+from omnirag_harness.gateway_stack import DEV_KEY, GatewayFactory
 
 
 @pytest.fixture(scope="session")

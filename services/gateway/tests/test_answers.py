@@ -18,15 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import AUTH, REPO, GatewayFactory
 from omnirag_harness.scripted_llm import Plain, Script, ScriptedLLM, scripted_llm
 
 from omnirag.core.text import tokenize
 from omnirag.gateway.extract import extract, sentences
 from omnirag.gateway.grounding import check, language
 from omnirag.gateway.repetition import LoopGuard, degenerate
-
-from .conftest import AUTH, REPO
 
 GETTING_STARTED = (REPO / "examples/knowledge-base/getting-started.md").read_text(encoding="utf-8")
 FAQ_ZH = (REPO / "examples/knowledge-base/faq.zh.md").read_text(encoding="utf-8")

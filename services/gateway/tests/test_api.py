@@ -11,12 +11,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
+from omnirag_harness.gateway_stack import AUTH, DEV_KEY, REPO
 from omnirag_harness.servers import metric_value
 from PIL import Image, ImageDraw, ImageFont
 
 from omnirag.gateway.config import GatewaySettings
-
-from .conftest import AUTH, DEV_KEY, REPO
 
 KEYS = json.dumps(
     [

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import AUTH, GatewayFactory
 from omnirag_harness.recording_proxy import RecordingProxy
 from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
 from omnirag_harness.servers import metric_value
@@ -40,8 +40,6 @@ from omnirag.gateway.rag import (
 )
 from omnirag.gateway.registry import ModelSpec
 from omnirag.gateway.tokens import TokenCounter, estimate, server_root
-
-from .conftest import AUTH
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULTS = GatewaySettings(_env_file=None)

@@ -16,9 +16,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import httpx
+from omnirag_harness.gateway_stack import AUTH
 from omnirag_harness.servers import metric_value
-
-from .conftest import AUTH
 
 QUESTION = "Which port does the gateway listen on?"
 

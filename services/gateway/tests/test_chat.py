@@ -11,9 +11,8 @@ import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
+from omnirag_harness.gateway_stack import AUTH, DEV_KEY
 from omnirag_harness.servers import metric_value
-
-from .conftest import AUTH, DEV_KEY
 
 
 def client(base: str) -> openai.OpenAI:

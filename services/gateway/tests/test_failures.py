@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from omnirag_harness.gateway_stack import AUTH, DEV_KEY
 from omnirag_harness.servers import metric_value, redis_server, serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,8 +22,6 @@ from starlette.routing import Route
 
 from omnirag.retriever.app import create_app as create_retriever
 from omnirag.retriever.config import RetrieverSettings
-
-from .conftest import AUTH, DEV_KEY
 
 
 def client(base: str) -> openai.OpenAI:

@@ -13,14 +13,13 @@ import openai
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from omnirag_harness.gateway_stack import AUTH as STACK_AUTH
+from omnirag_harness.gateway_stack import DEV_KEY as STACK_KEY
 from omnirag_harness.servers import metric_value, redis_server
 
 from omnirag.gateway.api.feedback import MAX_COMMENT_CHARS, TTL_SECONDS, stream_key
 from omnirag.gateway.app import create_app
 from omnirag.gateway.config import GatewaySettings
-
-from .conftest import AUTH as STACK_AUTH
-from .conftest import DEV_KEY as STACK_KEY
 
 KEY = "feedback-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

@@ -17,13 +17,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.gateway_stack import AUTH, DEV_KEY
 from omnirag_harness.servers import serve_in_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
-
-from .conftest import AUTH, DEV_KEY
 
 INTERVAL = 0.2  # GATEWAY_SSE_KEEPALIVE_SECONDS in these tests
 HOLD = 10.0  # the longest the upstream holds a token back when no comment comes

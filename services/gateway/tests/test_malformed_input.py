@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from .conftest import AUTH
+from omnirag_harness.gateway_stack import AUTH
 
 # Built by hand: json.dumps and the clients escape a lone surrogate exactly like this.
 LONE = '{"messages": [{"role": "user", "content": "Which port does the gateway use? \\ud800"}]'

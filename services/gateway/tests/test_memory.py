@@ -9,11 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from omnirag_harness.gateway_stack import AUTH
 
 from omnirag.core.errors import InvalidInput
 from omnirag.gateway.memory import History, check_session_id
-
-from .conftest import AUTH
 
 
 @pytest.fixture

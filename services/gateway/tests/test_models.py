@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.gateway_stack import AUTH, DEV_KEY, REPO
 from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
 from PIL import Image, ImageDraw
 
@@ -29,8 +30,6 @@ from omnirag.core.errors import BadRequest, NotFound
 from omnirag.gateway.auth import ApiKey
 from omnirag.gateway.config import GatewaySettings
 from omnirag.gateway.registry import ModelRegistry
-
-from .conftest import AUTH, DEV_KEY, REPO
 
 OMNI_KEY = "omni-upstream-key-0123456789"
 SMOL_ONLY = "smol-only-key-0123456789abcdef"

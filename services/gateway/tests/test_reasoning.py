@@ -21,7 +21,7 @@ import openai
 import pytest
 import redis
 from langchain_openai import ChatOpenAI
-from omnirag_harness.gateway_stack import GatewayFactory
+from omnirag_harness.gateway_stack import DEV_KEY, GatewayFactory
 from omnirag_harness.recording_proxy import RecordingProxy
 from omnirag_harness.scripted_llm import (
     InlineThink,
@@ -43,8 +43,6 @@ from omnirag.gateway.reasoning import (
     strip_history,
 )
 from omnirag.gateway.registry import ModelSpec
-
-from .conftest import DEV_KEY
 
 # "zebra-quartz" is in no document: where it shows, the thinking leaked.
 THINKING = "The user asks about the gateway port (zebra-quartz). Source [1] says 8000; [2] is off topic."

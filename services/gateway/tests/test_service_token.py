@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from omnirag_harness.gateway_stack import DEV_KEY
 from omnirag_harness.servers import serve_in_thread
 
 from omnirag.core.errors import UpstreamError
-
-from .conftest import DEV_KEY
 
 TOKEN = "shared-service-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

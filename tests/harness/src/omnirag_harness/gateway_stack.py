@@ -22,6 +22,9 @@ from omnirag_harness.servers import llm_server, redis_server, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[4]
 EXAMPLE_KNOWLEDGE_BASES = REPO / "config/knowledge-bases.yaml"
+# The development key the gateway suite's gateways accept (its gateway_defaults), and its header.
+DEV_KEY = "test-dev-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 
 GatewayFactory = Callable[..., AbstractContextManager[str]]
 
