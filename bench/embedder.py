@@ -47,12 +47,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omnirag_harness.processes import (
+    SERVICES,
+    ServiceError,
+    ServiceProcess,
+    cpu_seconds,
+    free_port,
+    http_get,
+    machine_busy_seconds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
@@ -363,39 +371,8 @@ class PairedRaw:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Servers: started as subprocesses on free loopback ports, always stopped
+# Servers: started as subprocesses on free loopback ports (omnirag_harness.processes), always stopped
 # ---------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (its threads included), from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (every core, from the first line of /proc/stat)."""
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:9]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 def wait_quiet(max_wait: float, max_busy_cores: float = QUIET_CORES) -> float:
@@ -423,55 +400,15 @@ class ServerSpec:
     ready_path: str
 
 
-class Server:
-    """One server process in its own session, so that stopping it stops everything it started."""
+class Server(ServiceProcess):
+    """A spec's server process (its own session: stopping it stops everything it started), its log
+    in ``log_dir``."""
 
     def __init__(self, spec: ServerSpec, port: int, log_dir: Path) -> None:
-        self.spec, self.port = spec, port
-        self.log_path = log_dir / f"{spec.name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self, timeout: float) -> float:
-        """Start and wait until ready; returns the seconds it took."""
-        started = time.perf_counter()
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.spec.argv,
-                cwd=REPO,
-                env=self.spec.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.spec.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url(self.spec.ready_path), timeout=2)[0] == 200:
-                    return time.perf_counter() - started
-            time.sleep(0.25)
-        raise BenchError(f"{self.spec.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+        super().__init__(
+            spec.name, spec.argv, spec.env, port, log_dir / f"{spec.name}.log", ready_path=spec.ready_path
+        )
+        self.spec = spec
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -843,7 +780,7 @@ def run_overload(
         }
         result["refused_p99_ms"] = result["median"]["refused_p99_ms"]
         result["met"] = result["refused_p99_ms"] <= OVERLOAD_TARGETS["refused_p99_ms"]
-    except (BenchError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
+    except (BenchError, ServiceError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         print(f"  overload: {result['error']}", file=sys.stderr, flush=True)
         result["log_tail"] = server.log_tail(60).splitlines()
@@ -1104,7 +1041,7 @@ def bench_server(
                 f"p99 {lvl.p99_ms:7.1f} ms  errors {lvl.errors}",
                 flush=True,
             )
-    except (BenchError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
+    except (BenchError, ServiceError, OSError, TimeoutError, subprocess.SubprocessError) as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         if server.proc is not None and server.proc.poll() is not None:  # say so when the server died
             result["error"] += f" ({spec.name} had exited with code {server.proc.returncode})"
@@ -1117,16 +1054,11 @@ def bench_server(
 
 
 def omnirag_spec(port: int) -> ServerSpec:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "EMBEDDER_HOST": "127.0.0.1",
-        "EMBEDDER_PORT": str(port),
-    }
+    embedder = SERVICES["embedder"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **embedder.address_env(port)}
     # Per-request logging is off on both servers, so neither pays for log lines the other skips.
     env.setdefault("EMBEDDER_LOG_LEVEL", "WARNING")
-    return ServerSpec("omnirag", [sys.executable, "-m", "omnirag.embedder"], env, "/v1/embeddings", "/readyz")
+    return ServerSpec("omnirag", embedder.argv, env, "/v1/embeddings", embedder.ready_path)
 
 
 def infinity_spec(port: int, python: str, model_path: str, batch_size: int) -> ServerSpec:

@@ -261,6 +261,7 @@ class Stack:
 @contextlib.contextmanager
 def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]]) -> Iterator[Stack]:
     helpers = bench_helpers()
+    from omnirag_harness.processes import SERVICES, RedisProcess
     from omnirag_harness.servers import llm_server
 
     with tempfile.TemporaryDirectory(prefix="omnirag-eval-answers-") as tmp, contextlib.ExitStack() as stack:
@@ -272,8 +273,9 @@ def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]])
         print(
             "starting redis, the embedder, the indexer runs, the retriever, the LLM, the gateway", flush=True
         )
-        redis = helpers.Redis(work / "redis")
+        redis = RedisProcess(work / "redis")
         stack.callback(redis.stop)
+        redis.start()
         embedder = helpers.start(helpers.embedder_spec, logs, args.start_timeout)
         stack.callback(embedder.stop)
         embedder_url = embedder.url("")
@@ -290,7 +292,6 @@ def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]])
         model = "smollm2-135m-instruct"
         passed = {k: v for k, v in os.environ.items() if k.startswith("GATEWAY_")}
         env = helpers.base_env() | {
-            "GATEWAY_HOST": "127.0.0.1",
             "GATEWAY_REDIS_URL": redis.url,
             "GATEWAY_EMBEDDER_URL": embedder_url,
             "GATEWAY_RETRIEVER_URL": retriever.url(""),
@@ -303,9 +304,12 @@ def local_stack(args: argparse.Namespace, paragraphs: dict[str, dict[str, Any]])
             "GATEWAY_DEFAULT_TPM": "0",
         }
         gateway = helpers.start(
-            lambda p: helpers.gateway_spec(p, env | {"GATEWAY_PORT": str(p)}), logs, args.start_timeout
+            lambda p: helpers.gateway_spec(p, env | SERVICES["gateway"].address_env(p)),
+            logs,
+            args.start_timeout,
         )
         stack.callback(gateway.stop)
+        env |= SERVICES["gateway"].address_env(gateway.port)  # what it ran with
         recorded = {k: v for k, v in passed.items() if k not in env or env[k] == v}
         try:
             yield Stack(gateway.url(""), retriever.url(""), llm, indexing, recorded)

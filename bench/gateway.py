@@ -77,7 +77,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The generic helpers of the embedder bench (stdlib only): servers as subprocesses on free ports, the
+from omnirag_harness.processes import SERVICES, RedisProcess, cpu_seconds, free_port, http_get
+
+# The generic helpers of the embedder bench (stdlib only): servers as subprocesses from a spec, the
 # keep-alive HTTP/1.1 client, CPU accounting, the quiet-machine wait.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embedder import (
@@ -86,9 +88,6 @@ from embedder import (
     Connection,
     Server,
     ServerSpec,
-    cpu_seconds,
-    free_port,
-    http_get,
     package_versions,
     percentile,
     run_async,
@@ -286,42 +285,6 @@ def serve_upstream(port: int) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-class Redis:
-    """A real redis-server on a free port, started as omnirag_harness.servers.redis_server does (whose
-    context manager hides the pid, which the CPU accounting needs)."""
-
-    def __init__(self, directory: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise BenchError("redis-server is not installed (make setup installs it)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(directory), "--protected-mode", "yes"]
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-
 def base_env() -> dict[str, str]:
     return {
         **os.environ,
@@ -339,11 +302,9 @@ def upstream_spec(port: int) -> ServerSpec:
 def gateway_env(
     port: int, redis_url: str, upstream_port: int, embedder: str, retriever: str
 ) -> dict[str, str]:
-    env = base_env()
+    env = base_env() | SERVICES["gateway"].address_env(port)
     env.update(
         {
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_PORT": str(port),
             "GATEWAY_REDIS_URL": redis_url,
             "GATEWAY_LLM_BASE_URL": f"http://127.0.0.1:{upstream_port}/v1",
             "GATEWAY_LLM_MODEL": UPSTREAM_MODEL,
@@ -359,27 +320,26 @@ def gateway_env(
 
 
 def gateway_spec(port: int, env: dict[str, str], profile_to: Path | None = None) -> ServerSpec:
-    argv = [sys.executable, "-m", "omnirag.gateway"]
+    gateway = SERVICES["gateway"]
+    argv = gateway.argv
     if profile_to is not None:
         argv = [sys.executable, str(Path(__file__).resolve()), "--profiled-gateway", str(profile_to)]
-    return ServerSpec("gateway" if profile_to is None else "gateway-profiled", argv, env, "", "/readyz")
-
-
-def embedder_spec(port: int) -> ServerSpec:
-    env = base_env() | {"EMBEDDER_HOST": "127.0.0.1", "EMBEDDER_PORT": str(port)}
     return ServerSpec(
-        "embedder", [sys.executable, "-m", "omnirag.embedder"], env, "/v1/embeddings", "/readyz"
+        "gateway" if profile_to is None else "gateway-profiled", argv, env, "", gateway.ready_path
     )
 
 
+def embedder_spec(port: int) -> ServerSpec:
+    embedder = SERVICES["embedder"]
+    env = base_env() | embedder.address_env(port)
+    return ServerSpec("embedder", embedder.argv, env, "/v1/embeddings", embedder.ready_path)
+
+
 def retriever_spec(port: int, index_root: Path, embedder_url: str) -> ServerSpec:
-    env = base_env() | {
-        "RETRIEVER_HOST": "127.0.0.1",
-        "RETRIEVER_PORT": str(port),
-        "RETRIEVER_INDEX_ROOT": str(index_root),
-        "RETRIEVER_EMBEDDER_URL": embedder_url,
-    }
-    return ServerSpec("retriever", [sys.executable, "-m", "omnirag.retriever"], env, "", "/readyz")
+    retriever = SERVICES["retriever"]
+    env = base_env() | retriever.address_env(port)
+    env |= {"RETRIEVER_INDEX_ROOT": str(index_root), "RETRIEVER_EMBEDDER_URL": embedder_url}
+    return ServerSpec("retriever", retriever.argv, env, "", retriever.ready_path)
 
 
 def start(
@@ -1241,8 +1201,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"gateway bench: levels {args.levels}, repeats {args.repeats}, {args.requests} requests/run",
                 flush=True,
             )
-            redis = Redis(tmp)
+            redis = RedisProcess(tmp)
             servers.append(redis)
+            redis.start()
             upstream = start(upstream_spec, tmp, args.start_timeout)
             servers.append(upstream)
             emb_port, ret_port = free_port(), free_port()

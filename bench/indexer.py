@@ -24,23 +24,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import math
 import os
 import platform
 import resource
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from omnirag_harness.processes import (
+    SERVICES,
+    ServiceError,
+    ServiceProcess,
+    cpu_seconds,
+    free_port,
+    http_get,
+    machine_busy_seconds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CMRC = REPO / "bench/data/cmrc2018/cmrc2018_trial.json"
@@ -98,23 +104,6 @@ def write_spec(path: Path, docs_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (its threads included), from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (every core, from the first line of /proc/stat)."""
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:9]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
-
-
 class OtherCpu:
     """CPU seconds used by processes other than the bench, the indexer and the embedder, over a phase."""
 
@@ -163,61 +152,17 @@ def wait_load(max_load: float, max_wait: float) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-class Embedder:
-    """The embedder in its own session, so that stopping it stops everything it started."""
+class Embedder(ServiceProcess):
+    """The embedder (omnirag_harness.processes: its own session, stopped with what it started), its
+    log appended to across restarts."""
 
     def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        embedder = SERVICES["embedder"]
+        port = free_port()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **embedder.address_env(port)}
+        env.setdefault("EMBEDDER_LOG_LEVEL", "WARNING")
+        super().__init__("embedder", embedder.argv, env, port, log_path, append_log=True)
         self.restarts: list[str] = []
-        self.env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "EMBEDDER_HOST": "127.0.0.1",
-            "EMBEDDER_PORT": str(self.port),
-        }
-        self.env.setdefault("EMBEDDER_LOG_LEVEL", "WARNING")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float) -> float:
-        started = time.perf_counter()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "omnirag.embedder"],
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise BenchError(f"the embedder exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if http_get(self.url + "/readyz", timeout=2)[0] == 200:
-                    return time.perf_counter() - started
-            time.sleep(0.25)
-        raise BenchError(f"the embedder was not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def ensure_running(self, timeout: float) -> str | None:
         """Restart the embedder if it died (the machine is shared); returns why it was restarted."""
@@ -226,7 +171,7 @@ class Embedder:
             why = f"exited with {self.proc.returncode if self.proc else None}: {self.log_tail(5)}"
         else:
             try:
-                if http_get(self.url + "/readyz", timeout=5)[0] != 200:
+                if http_get(self.url("/readyz"), timeout=5)[0] != 200:
                     why = "not ready"
             except OSError as exc:
                 why = f"unreachable: {exc}"
@@ -237,30 +182,14 @@ class Embedder:
         return why
 
     def cpu(self) -> float | None:
-        return cpu_seconds(self.proc.pid) if self.proc else None
+        cpu = cpu_seconds(self.proc.pid) if self.proc else math.nan
+        return None if math.isnan(cpu) else cpu
 
     def info(self) -> dict[str, Any]:
-        status, body = http_get(self.url + "/v1/info", timeout=10)
+        status, body = http_get(self.url("/v1/info"), timeout=10)
         if status != 200:
             raise BenchError(f"/v1/info answered {status}")
         return json.loads(body)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 def embed_body_extra(info: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +240,7 @@ def embed_throughput(
     cpu0 = emb.cpu()
     out = asyncio.run(
         asyncio.wait_for(
-            _embed_batches(emb.url, texts, batch_size, concurrency, extra, timeout), timeout=timeout
+            _embed_batches(emb.url(), texts, batch_size, concurrency, extra, timeout), timeout=timeout
         )
     )
     cpu1 = emb.cpu()
@@ -329,7 +258,7 @@ def run_indexer(spec: Path, root: Path, emb: Embedder, timeout: float) -> dict[s
     env = {
         **os.environ,
         "INDEXER_INDEX_ROOT": str(root),
-        "INDEXER_EMBEDDER_URL": emb.url,
+        "INDEXER_EMBEDDER_URL": emb.url(),
         "INDEXER_EMBED_BATCH_SIZE": str(BATCH_SIZE),
         "INDEXER_EMBED_CONCURRENCY": str(CONCURRENCY),
         "INDEXER_LOG_LEVEL": "WARNING",
@@ -623,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["loadavg_end"] = list(os.getloadavg())
         report["embedder_restarts"] = emb.restarts
-    except BenchError:
+    except (BenchError, ServiceError):
         print(f"embedder restarts: {emb.restarts}\nembedder log:\n{emb.log_tail(40)}", file=sys.stderr)
         raise
     finally:

@@ -52,12 +52,9 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +66,15 @@ from typing import Any
 import faiss
 import numpy as np
 import orjson
+from omnirag_harness.processes import (
+    SERVICES,
+    ServiceProcess,
+    cpu_seconds,
+    free_port,
+    http_get,
+    machine_busy_seconds,
+    service_process,
+)
 
 from omnirag.core.responses import dumps as orjson_dumps
 from omnirag.core.schemas.retrieval import SearchRequest
@@ -219,23 +225,6 @@ def summary(latencies: Sequence[float], wall: float | None = None) -> dict[str, 
         "mean_ms": mean * 1000,
         "qps": len(lat) / wall if wall else 1.0 / mean,
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (its threads included), from /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = stat.rsplit(")", 1)[1].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (every core, from the first line of /proc/stat)."""
-    with open("/proc/stat") as fh:
-        f = [int(x) for x in fh.readline().split()[1:9]]
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 class Monitor:
@@ -564,31 +553,15 @@ def profile_top(prof: cProfile.Profile, calls: int, n: int = 25) -> list[dict[st
 
 
 # ---------------------------------------------------------------------------------------------------
-# The service: a subprocess on a free loopback port, always stopped
+# The service: a subprocess on a free loopback port (omnirag_harness.processes), always stopped
 # ---------------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 def server_env(root: Path, port: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(os.environ) | SERVICES["retriever"].address_env(port)
     env.update(
         {
             "RETRIEVER_INDEX_ROOT": str(root),
-            "RETRIEVER_HOST": "127.0.0.1",
-            "RETRIEVER_PORT": str(port),
             # Vector searches need no embedder; pointing it nowhere keeps the bench self-contained.
             "RETRIEVER_EMBEDDER_URL": "http://127.0.0.1:9",
             "RETRIEVER_LOG_LEVEL": "WARNING",
@@ -601,50 +574,29 @@ def server_env(root: Path, port: int) -> dict[str, str]:
     return env
 
 
-class Server:
-    """One retriever process in its own session, so that stopping it stops everything it started."""
+class Server(ServiceProcess):
+    """One retriever process (omnirag_harness.processes: its own session, stopped with what it
+    started) on a free port."""
 
     def __init__(self, root: Path, log_path: Path) -> None:
         self.root = root
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = server_env(root, self.port)
-        self.proc: subprocess.Popen[bytes] | None = None
+        port = free_port()
+        super().__init__("retriever", SERVICES["retriever"].argv, server_env(root, port), port, log_path)
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self, timeout: float, expect: str | None) -> float:
+    def start(self, timeout: float, expect: str | None = None) -> float:
         """Start, and wait until ``GET /v1/collections`` answers (listing ``expect`` as ready when
         given: /readyz stays 503 without an embedder). Returns the seconds it took."""
-        started = time.perf_counter()
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "omnirag.retriever"],
-                cwd=REPO,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise BenchError(f"retriever exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                status, body = http_get(self.url("/v1/collections"), timeout=2)
-                listed = {c["name"]: c["status"] for c in json.loads(body)["collections"]}
-                if status == 200 and (expect is None or listed.get(expect) == "ready"):
-                    return time.perf_counter() - started
-                if expect is not None and listed.get(expect) in ("failed", "refused"):
-                    raise BenchError(f"collection {expect} is {listed[expect]}: {body[:500]!r}")
-            time.sleep(0.25)
-        raise BenchError(f"retriever not serving after {timeout:.0f}s:\n{self.log_tail()}")
+
+        def serving(status: int, body: bytes) -> bool:
+            listed = {c["name"]: c["status"] for c in json.loads(body)["collections"]}
+            if status == 200 and (expect is None or listed.get(expect) == "ready"):
+                return True
+            if expect is not None and listed.get(expect) in ("failed", "refused"):
+                raise BenchError(f"collection {expect} is {listed[expect]}: {body[:500]!r}")
+            return False
+
+        self.ready_path, self.ready = "/v1/collections", serving
+        return super().start(timeout)
 
     def memory(self) -> dict[str, int]:
         """VmRSS, RssAnon and RssFile in bytes, from /proc/<pid>/status."""
@@ -654,23 +606,6 @@ class Server:
             if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
         return out
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1169,41 +1104,6 @@ def load_cmrc(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
     return passages, questions
 
 
-def start_service(module: str, env: dict[str, str], log_path: Path, ready_url: str, timeout: float) -> Any:
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{module} exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        with contextlib.suppress(OSError, ValueError):
-            if http_get(ready_url, timeout=2)[0] == 200:
-                return proc
-        time.sleep(0.25)
-    raise BenchError(f"{module} not ready after {timeout:.0f}s: {log_path.read_text()[-2000:]}")
-
-
-def stop_service(proc: Any) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-
-
 def embedder_search_calls(port: int) -> float:
     """How many /v1/embed requests the embedder has answered (its own request counter)."""
     _, body = http_get(f"http://127.0.0.1:{port}/metrics")
@@ -1232,17 +1132,14 @@ def bench_cjk_hybrid(args: argparse.Namespace) -> int:
     questions = questions[: args.cjk_queries]
     mon = Monitor(args.max_load, args.load_wait)
     tmp = Path(tempfile.mkdtemp(prefix="omnirag-bench-cjk-", dir=args.tmp))
-    procs: list[Any] = []
+    procs: list[ServiceProcess] = []
     try:
-        eport, rport = free_port(), free_port()
-        env = dict(
-            os.environ, EMBEDDER_HOST="127.0.0.1", EMBEDDER_PORT=str(eport), EMBEDDER_LOG_LEVEL="WARNING"
+        embedder = service_process(
+            "embedder", tmp / "embedder.log", settings={"EMBEDDER_LOG_LEVEL": "WARNING"}
         )
-        procs.append(
-            start_service(
-                "omnirag.embedder", env, tmp / "embedder.log", f"http://127.0.0.1:{eport}/readyz", 300
-            )
-        )
+        procs.append(embedder)
+        embedder.start(300)
+        eport = embedder.port
         import httpx
 
         vectors: list[list[float]] = []
@@ -1274,12 +1171,11 @@ def bench_cjk_hybrid(args: argparse.Namespace) -> int:
                 ]
             )
             writer.commit()
-        env = server_env(root, rport) | {"RETRIEVER_EMBEDDER_URL": f"http://127.0.0.1:{eport}"}
-        procs.append(
-            start_service(
-                "omnirag.retriever", env, tmp / "retriever.log", f"http://127.0.0.1:{rport}/readyz", 300
-            )
-        )
+        rport = free_port()
+        env = server_env(root, rport) | {"RETRIEVER_EMBEDDER_URL": embedder.url()}
+        retriever = ServiceProcess("retriever", SERVICES["retriever"].argv, env, rport, tmp / "retriever.log")
+        procs.append(retriever)
+        retriever.start(300)
         result: dict[str, Any] = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": [Path(sys.executable).name, *sys.argv],
@@ -1302,7 +1198,7 @@ def bench_cjk_hybrid(args: argparse.Namespace) -> int:
         result["load"] = mon.records
     finally:
         for proc in reversed(procs):
-            stop_service(proc)
+            proc.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(
