@@ -1,4 +1,4 @@
-"""The local stack's two chores around ``honcho``.
+"""The local stack's chores around ``honcho``.
 
 ``python scripts/local_stack.py env``: make sure ``.env`` (git-ignored) holds a development API key
 for the gateway, the UI's local login password and the key that signs its login cookie, creating
@@ -10,18 +10,25 @@ same list a cluster gives it for its vLLM models: add an entry there to serve an
 ``python scripts/local_stack.py wait``: a Procfile process that waits until every service answers
 ready, prints the URLs, the key and the UI's one-click login link once, then stays up (honcho stops
 the whole stack when any of its processes exits).
+
+``python scripts/local_stack.py redis``: the Procfile's Redis (it becomes redis-server), on the port
+of the gateway's default ``redis_url``, keeping an append-only file in ``data/redis``.
+``python scripts/local_stack.py url NAME``: the local address of a service (or ``redis``).
+
+Every address is a default of the services' settings (omnirag_harness.processes reads them there).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
+
+from omnirag_harness.processes import SERVICES, http_get, local_redis_port, local_url, redis_argv
 
 ENV_FILE = Path(".env")
 KEY_VAR = "GATEWAY_DEV_KEY"
@@ -29,7 +36,7 @@ KEY_VAR = "GATEWAY_DEV_KEY"
 # key of its login cookie, kept so that a restart of make run does not log the browser out.
 PASSWORD_VAR = "UI_LOCAL_PASSWORD"  # noqa: S105 - the variable's name, not a password
 SESSION_VAR = "UI_SESSION_SECRET"
-UI_URL = "http://127.0.0.1:7860"
+UI_URL = local_url("ui")
 LOCAL_MODEL = "smollm2-135m-instruct"
 # The llama.cpp server of the Procfile: text and tools (its chat template handles tool calls). Its
 # window is the server's n_ctx (LLM_CTX, 4096). SmolLM2-135M at temperature 0 often loops until its
@@ -40,7 +47,7 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 LOCAL_MODELS = [
     {
         "name": LOCAL_MODEL,
-        "base_url": "http://127.0.0.1:6006/v1",
+        "base_url": local_url("llm"),
         "capabilities": ["text", "tools"],
         "context_tokens": 4096,
         "answer_tokens": 128,
@@ -52,17 +59,12 @@ LOCAL_MODELS = [
 ]
 # What earlier versions wrote: replaced by LOCAL_MODELS when .env still holds it unchanged.
 OLD_LOCAL_MODELS = [
-    [{"name": LOCAL_MODEL, "base_url": "http://127.0.0.1:6006/v1", "capabilities": ["text", "tools"]}],
+    [{"name": LOCAL_MODEL, "base_url": local_url("llm"), "capabilities": ["text", "tools"]}],
     [{k: v for k, v in LOCAL_MODELS[0].items() if k != "languages"}],
 ]
 
-SERVICES = [
-    ("embedder", "http://127.0.0.1:8001/readyz"),
-    ("retriever", "http://127.0.0.1:8002/readyz"),
-    ("llm", "http://127.0.0.1:6006/v1/models"),
-    ("gateway", "http://127.0.0.1:8000/readyz"),
-    ("ui", "http://127.0.0.1:7860/readyz"),
-]
+# What `wait` waits for, in the order it reports them.
+WAITED = ["embedder", "retriever", "llm", "gateway", "ui"]
 
 
 def read_key(var: str = KEY_VAR) -> str | None:
@@ -141,26 +143,26 @@ def login_link() -> str:
     return f"{UI_URL}/auth/local?token={quote(password, safe='')}"
 
 
-def ready(url: str) -> bool:
+def ready(name: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - fixed loopback URLs
-            return bool(r.status == 200)
-    except (urllib.error.URLError, OSError):
+        return http_get(SERVICES[name].ready_url(), timeout=2)[0] == 200
+    except OSError:
         return False
 
 
 def wait(timeout: float) -> int:
     key = read_key() or "(none: set GATEWAY_DEV_KEY in .env)"
     deadline = time.monotonic() + timeout
-    waiting = [name for name, _ in SERVICES]
+    waiting = list(WAITED)
     last_report = 0.0
     while waiting and time.monotonic() < deadline:
-        waiting = [name for name, url in SERVICES if not ready(url)]
+        waiting = [name for name in WAITED if not ready(name)]
         if waiting and time.monotonic() - last_report > 15:
             print(f"waiting for: {', '.join(waiting)}", flush=True)
             last_report = time.monotonic()
         if waiting:
             time.sleep(3)  # each poll is a logged 503 in the services that are not ready yet
+    gateway = local_url("gateway")
     if waiting:
         print(f"not ready after {timeout:.0f}s: {', '.join(waiting)} (see their lines above)", flush=True)
     else:
@@ -169,16 +171,16 @@ def wait(timeout: float) -> int:
                 [
                     "",
                     "omnirag is ready:",
-                    "  ui        http://127.0.0.1:7860      (the chat, in a browser; it uses the key below)",
+                    f"  ui        {UI_URL:<26} (the chat, in a browser; it uses the key below)",
                     f"  log in    {login_link()}",
                     f"            (or the password {PASSWORD_VAR} in .env)",
-                    "  gateway   http://127.0.0.1:8000/v1   (OpenAI-compatible; docs at /docs)",
-                    "  embedder  http://127.0.0.1:8001      retriever http://127.0.0.1:8002",
-                    "  llm       http://127.0.0.1:6006/v1   (SmolLM2-135M, a demo model: see GATEWAY_MODELS)",
-                    "  redis     redis://127.0.0.1:6379",
+                    f"  gateway   {gateway + '/v1':<26} (OpenAI-compatible; docs at /docs)",
+                    f"  embedder  {local_url('embedder'):<26} retriever {local_url('retriever')}",
+                    f"  llm       {local_url('llm'):<26} (SmolLM2-135M, a demo model: see GATEWAY_MODELS)",
+                    f"  redis     {local_url('redis').removesuffix('/0')}",
                     f"  API key   {key}",
                     "try:",
-                    "  curl -s http://127.0.0.1:8000/v1/chat/completions -H 'Authorization: Bearer "
+                    f"  curl -s {gateway}/v1/chat/completions -H 'Authorization: Bearer "
                     + key
                     + "' -H 'Content-Type: application/json' "
                     '-d \'{"messages":[{"role":"user","content":"Which port does the gateway use?"}]}\'',
@@ -191,12 +193,23 @@ def wait(timeout: float) -> int:
         time.sleep(3600)
 
 
+def redis() -> None:
+    """Become the stack's redis-server: honcho's signals reach it directly."""
+    argv = redis_argv(local_redis_port(), "data/redis", appendonly=True)
+    os.execv(argv[0], argv)  # noqa: S606 - redis-server from PATH, fixed arguments
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["env"]:
         ensure_env()
         return 0
     if argv[:1] == ["wait"]:
         return wait(float(argv[1]) if len(argv) > 1 else 600.0)
+    if argv[:1] == ["redis"]:
+        redis()
+    if argv[:1] == ["url"] and len(argv) == 2 and (argv[1] in SERVICES or argv[1] == "redis"):
+        print(local_url(argv[1]))
+        return 0
     print(__doc__)
     return 2
 
