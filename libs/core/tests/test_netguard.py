@@ -14,15 +14,14 @@ import gzip
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
+from omnirag_harness.http_server import Site, send, serve_site
 from omnirag_harness.servers import loopback_only
 
 from omnirag.core import netguard
@@ -50,30 +49,15 @@ def connections(monkeypatch) -> Iterator[list[tuple[str, int]]]:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[int, list[str]]]:
-    """(port, Host headers seen) of a loopback HTTP server that answers every GET with "hello"."""
-    hosts: list[str] = []
+def server() -> Iterator[Site]:
+    """A loopback HTTP server that answers every GET with "hello"."""
+    with serve_site(Site(fallback=lambda h: send(h, 200, b"hello", "text/plain"))) as site:
+        yield site
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hosts.append(self.headers.get("Host", ""))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", "5")
-            self.end_headers()
-            self.wfile.write(b"hello")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield httpd.server_address[1], hosts
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def hosts(site: Site) -> list[str]:
+    """The Host header of every request ``site`` got."""
+    return [r.headers.get("Host", "") for r in site.requests]
 
 
 def client(guard: AddressGuard) -> httpx.AsyncClient:
@@ -217,15 +201,14 @@ async def test_system_resolver_answers_without_dns_for_literals_and_refuses_bad_
 
 
 async def test_pinned_transport_refuses_loopback_without_connecting(server, connections):
-    port, hosts = server
     async with client(AddressGuard()) as http:
         with pytest.raises(RefusedURL, match="loopback"):
-            await http.get(f"http://127.0.0.1:{port}/")
-    assert hosts == [] and connections == []
+            await http.get(f"http://127.0.0.1:{server.port}/")
+    assert hosts(server) == [] and connections == []
 
 
 async def test_pinned_transport_connects_to_the_checked_address_and_keeps_the_name(server, connections):
-    port, hosts = server
+    port = server.port
     answers = iter([["127.0.0.1"], ["10.0.0.1"]])  # a second answer would be a rebinding
     lookups: list[str] = []
 
@@ -239,7 +222,7 @@ async def test_pinned_transport_connects_to_the_checked_address_and_keeps_the_na
             response = await http.get(f"http://img.test:{port}/a.png")
             assert response.text == "hello"
     assert lookups == ["img.test"]
-    assert hosts == [f"img.test:{port}"] * 2
+    assert hosts(server) == [f"img.test:{port}"] * 2
     assert connections == [("127.0.0.1", port)] * 2
 
 
@@ -261,72 +244,11 @@ async def test_pinned_transport_refuses_unix_sockets():
 # ----------------------------------------------------------------------------------- guarded fetch
 
 
-Route = Callable[[BaseHTTPRequestHandler], None]
-
-
-@dataclass
-class Site:
-    """A loopback HTTP server with routes; records each request's path and headers."""
-
-    port: int = 0
-    routes: dict[str, Route] = field(default_factory=dict)
-    seen: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    @property
-    def paths(self) -> list[str]:
-        return [path for path, _ in self.seen]
-
-    def page(self, path: str, body: bytes, content_type: str = "text/plain", **headers: str) -> None:
-        self.routes[path] = lambda h: send(h, 200, body, {"Content-Type": content_type, **headers})
-
-    def redirect(self, path: str, location: str, status: int = 302) -> None:
-        self.routes[path] = lambda h: send(h, status, b"", {"Location": location})
-
-
-def send(h: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str]) -> None:
-    h.send_response(status)
-    for name, value in {"Content-Length": str(len(body)), **headers}.items():
-        h.send_header(name.replace("_", "-"), value)
-    h.end_headers()
-    h.wfile.write(body)
-
-
 @pytest.fixture
 def site() -> Iterator[Site]:
-    state = Site()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.seen.append((self.path, dict(self.headers.items())))
-            route = state.routes.get(self.path)
-            try:
-                if route is None:
-                    send(self, 404, b"not found", {})
-                else:
-                    route(self)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client stopped reading: what the byte cap is for
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request, client_address) -> None:
-            pass
-
-    httpd = Server(("127.0.0.1", 0), Handler)
-    state.port = httpd.server_address[1]
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
+    """A loopback web site of routes (a test adds them); records each request's path and headers."""
+    with serve_site() as state:
         yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def local(*names: str) -> AddressGuard:
@@ -357,10 +279,12 @@ async def test_fetch_follows_redirects_and_checks_every_hop(site, connections):
     assert (fetched.url, fetched.status, fetched.body) == (f"http://img.test:{site.port}/c", 200, b"the end")
     assert fetched.content_type == "text/plain" and fetched.headers["etag"] == '"c1"'
     assert hops == [(site.url("/a"), 0), (site.url("/b"), 1), (f"http://img.test:{site.port}/c", 2)]
-    assert site.paths == ["/a", "/b", "/c"]
-    assert [h["X-Hop"] for _, h in site.seen] == ["0", "1", "2"]
-    assert {h["User-Agent"] for _, h in site.seen} == {"test/1"}
-    assert site.seen[2][1]["Host"] == f"img.test:{site.port}"  # the name, while the socket went to the IP
+    assert site.paths() == ["/a", "/b", "/c"]
+    assert [r.headers["X-Hop"] for r in site.requests] == ["0", "1", "2"]
+    assert {r.headers["User-Agent"] for r in site.requests} == {"test/1"}
+    assert (
+        site.requests[2].headers["Host"] == f"img.test:{site.port}"
+    )  # the name, while the socket went to the IP
     assert {host for host, _ in connections} == {"127.0.0.1"}
 
 
@@ -380,7 +304,7 @@ async def test_a_redirect_to_a_refused_url_is_never_requested(site, connections,
         with pytest.raises(RefusedURL, match=reason) as caught:
             await client.fetch(site.url("/hop"), max_bytes=100, timeout=5)
     assert caught.value.url == location  # the hop it stopped at
-    assert site.paths == ["/hop"]
+    assert site.paths() == ["/hop"]
     assert connections == [("127.0.0.1", site.port)]
 
 
@@ -395,7 +319,7 @@ async def test_refusals_and_unknown_names_before_any_connection(site, connection
         with pytest.raises(ResolveError, match="NXDOMAIN") as resolve:
             await client.fetch("http://gone.test/x", max_bytes=100, timeout=5)
     assert resolve.value.url == "http://gone.test/x"
-    assert connections == [] and site.paths == []
+    assert connections == [] and site.paths() == []
 
 
 async def test_redirects_are_limited(site):
@@ -405,9 +329,9 @@ async def test_redirects_are_limited(site):
     async with GuardedClient(local()) as client:
         with pytest.raises(TooManyRedirects, match="more than 3 redirects"):
             await client.fetch(site.url("/r0"), max_bytes=100, timeout=5, max_redirects=3)
-        site.routes["/bare"] = lambda h: send(h, 302, b"", {})  # no Location: the answer as it is
+        site.routes["/bare"] = lambda h: send(h, 302)  # no Location: the answer as it is
         assert (await client.fetch(site.url("/bare"), max_bytes=100, timeout=5)).status == 302
-    assert site.paths == ["/r0", "/r1", "/r2", "/r3", "/bare"]
+    assert site.paths() == ["/r0", "/r1", "/r2", "/r3", "/bare"]
 
 
 async def test_the_body_is_capped_while_it_streams(site):
@@ -452,7 +376,7 @@ async def test_compressed_bodies_are_decoded_within_the_cap(site):
         assert cut.body == bytes(1000)
         with pytest.raises(FetchFailed, match="content-encoding 'br' is not read"):
             await client.fetch(site.url("/br"), max_bytes=100, timeout=5)
-    assert site.seen[0][1]["Accept-Encoding"] == "gzip, deflate"  # only what can be decoded
+    assert site.requests[0].headers["Accept-Encoding"] == "gzip, deflate"  # only what can be decoded
 
 
 async def test_one_deadline_over_the_fetch_but_not_over_the_callers_pace(site):
@@ -486,13 +410,13 @@ async def test_one_deadline_over_the_fetch_but_not_over_the_callers_pace(site):
 
 async def test_retries_of_server_errors(site):
     answers = iter([503, 200])
-    site.routes["/flaky"] = lambda h: send(h, next(answers), b"body", {"Content-Type": "text/plain"})
-    site.routes["/down"] = lambda h: send(h, 500, b"broken", {})
+    site.routes["/flaky"] = lambda h: send(h, next(answers), b"body", "text/plain")
+    site.routes["/down"] = lambda h: send(h, 500, b"broken")
     async with GuardedClient(local()) as client:
         assert (await client.fetch(site.url("/flaky"), max_bytes=100, timeout=5, retries=1)).body == b"body"
         down = await client.fetch(site.url("/down"), max_bytes=100, timeout=5, retries=1, retry_pause=0)
     assert (down.status, down.body) == (500, b"")  # the last answer, for the caller to judge
-    assert site.paths == ["/flaky", "/flaky", "/down", "/down"]
+    assert site.paths() == ["/flaky", "/flaky", "/down", "/down"]
 
 
 async def test_only_accepted_bodies_are_read_and_a_hook_can_stop_the_fetch(site):
@@ -513,7 +437,7 @@ async def test_only_accepted_bodies_are_read_and_a_hook_can_stop_the_fetch(site)
         assert (fetched.status, fetched.content_type, fetched.body) == (200, "text/html", b"")
         with pytest.raises(Stop, match="/page"):
             await client.fetch(site.url("/elsewhere"), max_bytes=100, timeout=5, check_hop=veto)
-    assert site.paths == ["/page", "/elsewhere"]
+    assert site.paths() == ["/page", "/elsewhere"]
 
 
 @pytest.fixture
@@ -538,20 +462,9 @@ async def test_https_pins_the_ip_but_keeps_sni_and_certificate_checks_on_the_nam
     context.load_cert_chain(cert, key)
     context.sni_callback = lambda sock, name, ctx: names.append(name)
 
-    class Server(ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass
-
-    server = Server(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
+    with serve_site(tls=context) as server:
         async with GuardedClient(local("docs.test")) as client:
             with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
-                await client.fetch(f"https://docs.test:{port}/", max_bytes=100, timeout=5)
-    finally:
-        server.shutdown()
-        server.server_close()
+                await client.fetch(f"https://docs.test:{server.port}/", max_bytes=100, timeout=5)
     assert names and set(names) == {"docs.test"}
     assert {host for host, _ in connections} == {"127.0.0.1"}

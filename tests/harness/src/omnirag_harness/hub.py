@@ -27,9 +27,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from omnirag_harness.http_server import LocalHTTPServer
+from omnirag_harness.processes import LOOPBACK
 
 
 def git_sha1(data: bytes) -> str:
@@ -146,22 +149,18 @@ class FakeHub:
             self.seen.clear()
 
     @contextmanager
-    def running(self) -> Iterator[FakeHub]:
-        hub = _server(self, "hub")
-        cdn = _server(self, "cdn")
-        threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (hub, cdn)]
-        for t in threads:
-            t.start()
-        self.url = f"http://127.0.0.1:{hub.server_address[1]}"
-        self.cdn_url = f"http://127.0.0.1:{cdn.server_address[1]}"
-        try:
-            yield self
-        finally:
-            for _, event in self.hold.values():
-                event.set()
-            for s in (hub, cdn):
-                s.shutdown()
-                s.server_close()
+    def running(self, *, host: str = LOOPBACK, public_host: str = LOOPBACK) -> Iterator[FakeHub]:
+        """Serve the hub and the "CDN" its large files are redirected to, on ``host`` and free
+        ports; the URLs it hands out (``url``, ``cdn_url``, the LFS redirects) name ``public_host``
+        (a container reaches the host by another name)."""
+        with _server(self, "hub", host) as hub, _server(self, "cdn", host) as cdn:
+            self.url = f"http://{public_host}:{hub.port}"
+            self.cdn_url = f"http://{public_host}:{cdn.port}"
+            try:
+                yield self
+            finally:
+                for _, event in self.hold.values():
+                    event.set()
 
     # ---- serving ----------------------------------------------------------------------------
     def _record(self, seen: Seen) -> None:
@@ -183,11 +182,9 @@ class FakeHub:
         return None, None
 
 
-def _server(hub: FakeHub, name: str) -> ThreadingHTTPServer:
+def _server(hub: FakeHub, name: str, host: str) -> LocalHTTPServer:
     handler = type(f"{name.title()}Handler", (_Handler,), {"hub": hub, "server_name_": name})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    return server
+    return LocalHTTPServer(handler, host=host)
 
 
 class _Handler(BaseHTTPRequestHandler):

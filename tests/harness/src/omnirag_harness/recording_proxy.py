@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
+
+from omnirag_harness.http_server import LocalHTTPServer
 
 __all__ = ["Exchange", "RecordingProxy"]
 
@@ -76,10 +78,8 @@ class RecordingProxy:
             def do_POST(self) -> None:
                 self._forward("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalHTTPServer(Handler).start()
+        self.url = self.server.url
 
     def posts(self, suffix: str) -> list[Exchange]:
         """The POSTs whose path ends with ``suffix`` (``/search``, ``/chat/completions``), in order."""
@@ -92,5 +92,4 @@ class RecordingProxy:
         return [e.request for e in self.posts("/search")]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()

@@ -46,8 +46,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
+
+from omnirag_harness.http_server import LocalHTTPServer
 
 __all__ = [
     "InlineThink",
@@ -349,15 +351,8 @@ def scripted_llm(responses: Responses, *, models: Sequence[str] = ("scripted",))
     """Serve ``responses`` on 127.0.0.1 and a free port; yield the base URL (``…/v1``) with
     ``.requests``. ``models`` is what ``GET /v1/models`` lists."""
     state = _State(responses=responses, models=models)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    server.daemon_threads = True
-    upstream = ScriptedLLM(f"http://127.0.0.1:{server.server_address[1]}/v1")
+    server = LocalHTTPServer(BaseHTTPRequestHandler)
+    upstream = ScriptedLLM(server.url + "/v1")
     server.RequestHandlerClass = _handler(state, upstream)
-    thread = threading.Thread(target=server.serve_forever, name="scripted-llm", daemon=True)
-    thread.start()
-    try:
+    with server:
         yield upstream
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
