@@ -114,7 +114,8 @@ def test_the_browser_store_is_parsed_as_untrusted_input() -> None:
             {"id": "ui-a", "title": "duplicate"},
             "not a dict",
         ]
-        + [{"id": f"ui-{i}"} for i in range(100)],
+        + [{"id": "ui-0", "collection": "docs\n"}]
+        + [{"id": f"ui-{i}"} for i in range(1, 100)],
         "meta": {
             "ui-a": {
                 key: {"id": "chatcmpl-1", "citations": [{"n": 1, "snippet": "s" * 5000}] * 50, "degraded": 7},
@@ -127,6 +128,7 @@ def test_the_browser_store_is_parsed_as_untrusted_input() -> None:
     assert [c.id for c in store.conversations] == ["ui-a", "ui-b", "ui-0", "ui-1", "ui-2"]
     assert len(store.conversations[0].title) <= 80
     assert store.conversations[1].collection is None and store.conversations[1].updated == 0.0
+    assert store.conversations[2].collection is None  # "docs\n": the shared rule takes no newline
     assert store.current == "ui-b"
     assert set(store.meta) == {"ui-a"} and set(store.meta["ui-a"]) == {key}
     kept = store.meta["ui-a"][key]

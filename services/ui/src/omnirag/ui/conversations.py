@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnirag.core.names import is_collection_name
 from omnirag.ui.gateway import model_name, provenance
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-COLLECTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 KEY = re.compile(r"^[0-9a-f]{16}$")
 MAX_TITLE = 80
 MAX_ANSWERS_KEPT = 40  # answers per conversation whose sources the browser remembers
@@ -79,7 +79,7 @@ class Store:
                 Conversation(
                     id=cid,
                     title=title_of(str(item.get("title") or "")),
-                    collection=coll if isinstance(coll, str) and COLLECTION.match(coll) else None,
+                    collection=coll if isinstance(coll, str) and is_collection_name(coll) else None,
                     updated=float(updated) if isinstance(updated, int | float) else 0.0,
                     model=model_name(item.get("model")),
                 )

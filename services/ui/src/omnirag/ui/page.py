@@ -26,8 +26,9 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
+from omnirag.core.names import is_collection_name
 from omnirag.ui.config import UiSettings
-from omnirag.ui.conversations import COLLECTION, Store, compact, title_of
+from omnirag.ui.conversations import Store, compact, title_of
 from omnirag.ui.gateway import AUTO_MODEL, Answer, GatewayClient, GatewayError, model_name
 from omnirag.ui.login import display_name
 from omnirag.ui.metrics import UiMetrics
@@ -523,7 +524,7 @@ class Page:
         if problem:
             yield {v.notice: _notice(problem)}
             return
-        if collection and not COLLECTION.match(collection):
+        if collection and not is_collection_name(collection):
             collection = None
         conv = store.ensure_current(collection, self.s.max_conversations)
         collection = collection or conv.collection or self.s.default_collection
@@ -669,7 +670,7 @@ class Page:
         self, lang: str, collection: str | None, state: dict[str, Any], user: str | None
     ) -> tuple[dict[str, Any], str]:
         """``state`` with the next page of the user's documents added; a problem, or ''."""
-        if not collection or not COLLECTION.match(collection):
+        if not collection or not is_collection_name(collection):
             return dict(DOCS_EMPTY), ""
         try:
             body = await self.client.documents(
