@@ -16,6 +16,7 @@ from pathlib import Path
 from omnirag.indexer import spec
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import run_kb
+from omnirag_harness.processes import stop_process
 
 
 def index_knowledge_bases(config: Path, index_root: Path, embedder_url: str) -> Path:
@@ -129,13 +130,8 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
 
     def __enter__(self) -> WorkerProcess:
         return self.start()
