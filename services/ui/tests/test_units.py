@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omnirag_harness.gateway_stack import REPO
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.conversations import MAX_ANSWERS_KEPT, Store
@@ -21,8 +22,6 @@ from omnirag.ui.render import (
     sources_html,
 )
 from omnirag.ui.texts import LABELS, TEXTS, i18n_tables, lang_of, t
-
-from .conftest import REPO
 
 
 @pytest.mark.parametrize(

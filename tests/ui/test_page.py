@@ -15,8 +15,7 @@ import httpx
 from gradio_client import Client, handle_file
 from omnirag_harness.scripted_llm import ScriptedLLM
 from omnirag_harness.servers import metric_value
-
-from .conftest import AUTH, LOCAL, REASONED_ANSWER, REASONER
+from omnirag_harness.ui_stack import AUTH, LOCAL, REASONED_ANSWER, REASONER
 
 EMPTY = {"current": None, "conversations": [], "meta": {}}
 # The chooser's first entry: the gateway's "choose for me" name, labelled with its default.

@@ -19,12 +19,11 @@ import httpx
 import pytest
 from omnirag_harness.gateway_stack import GatewayFactory
 from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
+from omnirag_harness.ui_stack import AUTH, LOCAL, REASONED_ANSWER, REASONER, REASONING, UiFactory
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from omnirag.ui.login import user_id
-
-from .conftest import AUTH, LOCAL, REASONED_ANSWER, REASONER, REASONING, UiFactory
 
 CHROMIUM = os.environ.get("OMNIRAG_TEST_CHROMIUM", "/usr/bin/chromium")
 # Debian's chromium: never let a test tool download its own browser (CI has no route to one).

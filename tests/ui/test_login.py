@@ -14,11 +14,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 from gradio_client import Client
+from omnirag_harness.ui_stack import AUTH, UiFactory
 
 from omnirag.ui.config import UiSettings
 from omnirag.ui.login import LoginConfigError, _safe_next, resolve_mode, user_id
-
-from .conftest import AUTH, UiFactory
 
 PASSWORD = "local-test-password-0123"
 EMPTY: dict[str, Any] = {"current": None, "conversations": [], "meta": {}}
