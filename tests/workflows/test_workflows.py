@@ -101,7 +101,7 @@ def test_release_images_are_the_ones_build_images_names() -> None:
     workflow = load(RELEASE)
     env = {k: str(v) for k, v in (workflow.get("env") or {}).items()}
     job = workflow["jobs"]["images"]
-    entries = job["strategy"]["matrix"]["include"]
+    entries = [{"image": image} for image in job["strategy"]["matrix"]["image"]]
     [build] = [s for s in job["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
     expected = build_images_list()
     # build_images.py tags with the chart's appVersion; the release tags with the git tag, which the
@@ -109,9 +109,12 @@ def test_release_images_are_the_ones_build_images_names() -> None:
     version = expected[0].rsplit(":", 1)[1]
     pushed = [expand(str(build["with"]["tags"]), env, entry, version) for entry in entries]
     assert sorted(pushed) == sorted(expected), f"release pushes {pushed}, build_images.py --list {expected}"
-    for entry in entries:
-        dockerfile = ROOT / entry["dockerfile"]
-        assert dockerfile.is_file() and dockerfile.parent.name == entry["image"], entry
+    # One Dockerfile, a target per image, as build_images.py builds them.
+    gpu = workflow["jobs"]["gpu-images"]
+    [gpu_build] = [s for s in gpu["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    for step in (build, gpu_build):
+        assert step["with"]["file"] == "images/Dockerfile" and (ROOT / "images" / "Dockerfile").is_file()
+        assert step["with"]["target"] == "${{ matrix.image }}"
     platforms = {p.strip() for p in str(build["with"]["platforms"]).split(",")}
     assert platforms == {"linux/amd64", "linux/arm64"}, platforms
     assert build["with"].get("push") is True
