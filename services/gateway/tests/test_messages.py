@@ -13,10 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from omnirag_harness.images import text_image
+from PIL import Image
 
 from omnirag.core.errors import (
     BadRequest,
@@ -33,32 +33,7 @@ from omnirag.gateway.images import image_mime, ocr_text
 from omnirag.gateway.messages import prepare
 from omnirag.gateway.registry import ModelSpec
 
-FONT_PATHS = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-)
 SENTENCE = "The gateway listens on port 8000"
-
-
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    for path in FONT_PATHS:
-        if Path(path).exists():
-            return ImageFont.truetype(path, size)
-    return ImageFont.load_default(size=size)  # scalable in Pillow >= 10.1
-
-
-def text_image(
-    lines: list[str], fmt: str = "PNG", size: int = 36, mode: str = "RGB", width: int = 900
-) -> bytes:
-    background = (255, 255, 255, 0) if mode == "RGBA" else "white"
-    height = 40 + int(size * 1.8) * len(lines)
-    image = Image.new(mode, (width, height), background)
-    draw = ImageDraw.Draw(image)
-    for i, line in enumerate(lines):
-        draw.text((30, 20 + i * int(size * 1.8)), line, fill="black", font=font(size))
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def noise_png(side: int) -> bytes:
