@@ -22,6 +22,7 @@ from omnirag_harness.scripted_llm import Plain, ScriptedLLM, scripted_llm
 from omnirag_harness.ui_stack import AUTH, LOCAL, REASONED_ANSWER, REASONER, REASONING, UiFactory
 from PIL import Image, ImageDraw, ImageFont
 from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from omnirag.ui.login import user_id
 
@@ -36,6 +37,7 @@ FLAGS = [
     "--disable-sync",
 ]
 ANSWER_SECONDS = 90_000  # ms; a 1-thread CPU model on a busy machine
+ARTIFACTS_ON_TIMEOUT = Path(__file__).resolve().parent / "artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +88,26 @@ def ask(page: Page, text: str, files: list[Path] | None = None) -> list[str]:
         page.wait_for_selector("#chat-input .thumbnail-item, #chat-input img", timeout=10_000)
     page.fill("#chat-input textarea", text)
     page.keyboard.press("Enter")
-    page.wait_for_function(f"document.querySelectorAll('{DONE}').length > {before}", timeout=ANSWER_SECONDS)
-    # The box is given back once the turn is over.
-    page.wait_for_function("!document.querySelector('#chat-input textarea').disabled", timeout=ANSWER_SECONDS)
+    try:
+        answered = f"document.querySelectorAll('{DONE}').length > {before}"
+        page.wait_for_function(answered, timeout=ANSWER_SECONDS)
+        # The box is given back once the turn is over.
+        given_back = "!document.querySelector('#chat-input textarea').disabled"
+        page.wait_for_function(given_back, timeout=ANSWER_SECONDS)
+    except PlaywrightTimeoutError:
+        # Say what the page showed when the answer did not come: a stalled stream, a question never
+        # sent, an error shown where the test did not look.
+        shot = ARTIFACTS_ON_TIMEOUT / f"timeout-{re.sub(r'[^a-z0-9]+', '-', text.lower())[:40]}.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=shot)
+        seen_so_far = page.evaluate("window.__omnirag_seen")
+        pytest.fail(
+            f"no answer to {text!r} within {ANSWER_SECONDS / 1000:.0f} s; the answer went through "
+            f"{seen_so_far!r}; box: {page.input_value('#chat-input textarea')!r} "
+            f"(disabled: {page.eval_on_selector('#chat-input textarea', 'e => e.disabled')}); "
+            f"notice: {page.inner_text('#notice')!r}; chat: {page.inner_text('#chatbot')[-800:]!r}; "
+            f"screenshot: {shot}"
+        )
     seen: list[str] = page.evaluate("window.__omnirag_seen")
     return seen
 
