@@ -7,21 +7,19 @@ file is built here; none is kept in the repository."""
 from __future__ import annotations
 
 import io
-import shutil
 import struct
-import subprocess
 import time
 import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
 from omnirag_harness.indexer import WorkerProcess
-from omnirag_harness.servers import free_port, stop_process
+from omnirag_harness.processes import RedisProcess
+from omnirag_harness.servers import free_port
 
 from omnirag.core.schemas.ingest import CONSUMER_GROUP, DEAD_LETTER_STREAM, INGEST_STREAM, job_key
 from omnirag.indexer.worker import read_beat
@@ -296,37 +294,6 @@ def test_sigterm_lets_the_worker_finish_the_request_in_hand(tmp_path, redis_url,
     assert r.xpending(INGEST_STREAM, CONSUMER_GROUP)["pending"] == 0
 
 
-@contextmanager
-def redis_on(port: int, directory: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """redis-server on a chosen port and data directory (restartable on the same ones), with an
-    append-only file so the stream and its consumer group outlive a restart."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed"
-    proc = subprocess.Popen(
-        [
-            *(binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"),
-            *("--dir", str(directory), "--protected-mode", "yes"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_connect_timeout=1)
-    try:
-
-        def pong() -> bool:
-            assert proc.poll() is None, "redis-server exited"
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for("redis-server", pong, limit=20)
-        yield proc
-    finally:
-        client.close()
-        stop_process(proc)
-
-
 def test_the_worker_waits_for_redis_not_ready_and_takes_the_next_job_when_it_is_back(tmp_path, embedder_url):
     port, data = free_port(), tmp_path / "redis"
     data.mkdir()
@@ -336,7 +303,7 @@ def test_the_worker_waits_for_redis_not_ready_and_takes_the_next_job_when_it_is_
     env = worker_env(tmp_path, url, embedder_url, INDEXER_REDIS_RETRY_MAX_SECONDS="1")
     worker = WorkerProcess(env, tmp_path)
     try:
-        with redis_on(port, data):
+        with RedisProcess(data, port=port, appendonly=True):
             worker.start()
             client = redis.Redis.from_url(url)
             first = text_job(client, "The lynx audit is in March.", source="first")
@@ -356,7 +323,7 @@ def test_the_worker_waits_for_redis_not_ready_and_takes_the_next_job_when_it_is_
             "more beats", lambda: (b := beat(heartbeat)) is not None and b["at"] > seen["at"] + 0.5, worker
         )
         assert worker.alive() and (beat(heartbeat) or {}).get("redis") is False
-        with redis_on(port, data):
+        with RedisProcess(data, port=port, appendonly=True):
             client = redis.Redis.from_url(url)
             wait_for("a ready heartbeat again", lambda: (beat(heartbeat) or {}).get("redis") is True, worker)
             second = text_job(client, "The heron census is on Thursday.", source="second")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
+from omnirag_harness.http_server import Site, send, serve_site
 from omnirag_harness.servers import serve_in_thread
 
 from omnirag.index import open_current, read_current
@@ -249,60 +254,39 @@ SITE_PAGES = {
 }
 
 
-class _Site:
-    """A tiny documentation site on 127.0.0.1 that answers conditional requests with 304."""
+class _Docs:
+    """A tiny documentation site that answers conditional requests with 304; ``hits`` are the
+    (path, status) it answered."""
 
     def __init__(self) -> None:
         self.pages = dict(SITE_PAGES)
+        self.hits: list[tuple[str, int]] = []
+        self.url = ""
 
-    def __enter__(self):
-        import hashlib
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    def answer(self, h: BaseHTTPRequestHandler) -> None:
+        body = self.pages.get(h.path)
+        if body is None:
+            send(h, 404)
+            self.hits.append((h.path, 404))
+            return
+        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+        if h.headers.get("If-None-Match") == etag:
+            send(h, 304, headers={"ETag": etag})
+            self.hits.append((h.path, 304))
+            return
+        kind = "text/plain" if h.path.endswith(".txt") else "text/html; charset=utf-8"
+        send(h, 200, body, kind, {"ETag": etag})
+        self.hits.append((h.path, 200))
 
-        site = self
-        site.hits: list[tuple[str, int]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                body = site.pages.get(self.path)
-                if body is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    site.hits.append((self.path, 404))
-                    return
-                etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
-                if self.headers.get("If-None-Match") == etag:
-                    self.send_response(304)
-                    self.send_header("ETag", etag)
-                    self.end_headers()
-                    site.hits.append((self.path, 304))
-                    return
-                data = body.encode()
-                self.send_response(200)
-                ctype = "text/plain" if self.path.endswith(".txt") else "text/html; charset=utf-8"
-                self.send_header("Content-Type", ctype)
-                self.send_header("ETag", etag)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                site.hits.append((self.path, 200))
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    @contextmanager
+    def served(self) -> Iterator[_Docs]:
+        with serve_site(Site(fallback=self.answer)) as site:
+            self.url = site.base + "/"
+            yield self
 
 
 async def test_a_crawled_site_is_indexed_and_rerun_with_conditional_requests(tmp_path, settings):
-    with _Site() as site:
+    with _Docs().served() as site:
         spec = {
             "knowledgeBases": [
                 {

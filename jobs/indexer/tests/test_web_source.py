@@ -202,15 +202,8 @@ def build_docs_site(site: Site) -> None:
     site.page("/excluded/page", html_page("Excluded"))
     site.page("/big", "x" * 100_000, "text/plain")
 
-    def big_stream(h: BaseHTTPRequestHandler) -> None:  # no Content-Length: the cap must hold while reading
-        h.send_response(200)
-        h.send_header("Content-Type", "text/html")
-        h.end_headers()
-        for _ in range(40):
-            h.wfile.write(b"<p>" + b"y" * 10_000 + b"</p>")
-            h.wfile.flush()
-
-    site.routes["/big-stream"] = big_stream
+    # No Content-Length: the cap must hold while reading.
+    site.stream("/big-stream", b"<p>" + b"y" * 400_000 + b"</p>", "text/html", chunk=10_000)
     site.redirect("/to-metadata", "http://169.254.169.254/latest/meta-data/iam/")
     site.redirect("/to-private", "http://10.0.0.1/admin")
     site.redirect("/moved", "/landing", status=301)

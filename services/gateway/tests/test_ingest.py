@@ -22,6 +22,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from omnirag_harness.indexer import WorkerThread
+from omnirag_harness.processes import free_port
 from omnirag_harness.servers import metric_value, redis_server, serve_in_thread
 
 from omnirag.core.schemas.ingest import INGEST_STREAM, JOB_TTL_SECONDS, IngestRequest, job_key
@@ -473,10 +474,8 @@ def test_a_body_that_never_ends_is_cut_off_at_the_cap(redis_url, uploads, r, fir
 
 
 def test_redis_down_is_503_and_removes_the_file(uploads):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = settings_for(f"redis://127.0.0.1:{port}/0", uploads, redis_timeout=0.5)
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"
+    settings = settings_for(nothing_there, uploads, redis_timeout=0.5)
     with TestClient(create_app(settings)) as client:
         res = client.post(
             "/v1/collections/docs/documents",

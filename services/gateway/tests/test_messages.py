@@ -9,12 +9,12 @@ import base64
 import copy
 import io
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from omnirag_harness.http_server import Site, serve_site
 from omnirag_harness.images import text_image
 from PIL import Image
 
@@ -79,64 +79,11 @@ def png() -> bytes:
 
 # ------------------------------------------------------------------------------------ image server
 
-Route = Callable[[BaseHTTPRequestHandler], None]
-
-
-class ImageServer:
-    def __init__(self) -> None:
-        self.routes: dict[str, Route] = {}
-        self.paths: list[str] = []
-        self.base = ""
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def serve(self, path: str, body: bytes, content_type: str = "image/png", length: bool = True) -> None:
-        def route(h: BaseHTTPRequestHandler) -> None:
-            h.send_response(200)
-            h.send_header("Content-Type", content_type)
-            if length:
-                h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            for start in range(0, len(body), 64 * 1024):
-                h.wfile.write(body[start : start + 64 * 1024])
-
-        self.routes[path] = route
-
 
 @pytest.fixture
-def server() -> Iterator[ImageServer]:
-    state = ImageServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.paths.append(self.path)
-            route = state.routes.get(self.path)
-            try:
-                if route is None:
-                    self.send_error(404)
-                else:
-                    route(self)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the gateway stopped reading: what the size cap is for
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def handle_error(self, request, client_address) -> None:
-            pass
-
-    httpd = Server(("127.0.0.1", 0), Handler)
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def server() -> Iterator[Site]:
+    with serve_site(Site(page_type="image/png")) as site:
+        yield site
 
 
 LOCAL = {"image_fetch_allow_hosts": ["127.0.0.1"]}
@@ -270,44 +217,34 @@ async def test_vision_model_gets_the_real_image_type():
 
 
 async def test_http_image_is_fetched_when_the_host_is_allowed(server, png):
-    server.serve("/shot.png", png)
-    server.routes["/moved"] = lambda h: (
-        h.send_response(302),
-        h.send_header("Location", "/shot.png"),
-        h.send_header("Content-Length", "0"),
-        h.end_headers(),
-    )
+    server.page("/shot.png", png)
+    server.redirect("/moved", "/shot.png")
     prepared = await prepare(
         [user("see", image_part(server.url("/moved")))], settings(llm_vision=True, **LOCAL), ocr=None
     )
     assert prepared.messages[0]["content"][1]["image_url"]["url"] == data_url(png)  # model fetches nothing
-    assert server.paths == ["/moved", "/shot.png"]
+    assert server.paths() == ["/moved", "/shot.png"]
 
 
 async def test_http_image_is_read_by_ocr_for_a_text_model(server, png, ocr):
-    server.serve("/shot.png", png, content_type="image/png; charset=binary")
+    server.page("/shot.png", png, "image/png; charset=binary")
     prepared = await prepare([user(image_part(server.url("/shot.png")))], settings(**LOCAL), ocr)
     assert norm(prepared.question) == norm(SENTENCE)
 
 
 async def test_loopback_urls_are_refused_by_default(server, png):
-    server.serve("/shot.png", png)
+    server.page("/shot.png", png)
     for url in (server.url("/shot.png"), server.url("/shot.png").replace("127.0.0.1", "[::ffff:127.0.0.1]")):
         with pytest.raises(
             BadRequest, match=r"loopback address.*; list the host in GATEWAY_IMAGE_FETCH"
         ) as caught:
             await prepare([user(image_part(url))], settings(llm_vision=True), ocr=None)
         assert caught.value.code == "image_url_refused" and status_for(caught.value) == 400
-    assert server.paths == []  # refused before connecting
+    assert server.paths() == []  # refused before connecting
 
 
 async def test_a_redirect_to_a_refused_address_is_not_followed(server):
-    server.routes["/hop"] = lambda h: (
-        h.send_response(302),
-        h.send_header("Location", "http://169.254.169.254/latest/meta-data/"),
-        h.send_header("Content-Length", "0"),
-        h.end_headers(),
-    )
+    server.redirect("/hop", "http://169.254.169.254/latest/meta-data/")
     with pytest.raises(BadRequest, match="cloud metadata"):
         await prepare([user(image_part(server.url("/hop")))], settings(llm_vision=True, **LOCAL), ocr=None)
 
@@ -338,8 +275,8 @@ async def test_other_schemes_and_credentials_are_refused(url, error, match):
 
 
 async def test_http_answers_that_are_not_images(server):
-    server.serve("/page", b"<html>hi</html>", content_type="text/html")
-    server.serve("/fake.png", b"not really a png", content_type="image/png")
+    server.page("/page", b"<html>hi</html>", "text/html")
+    server.page("/fake.png", b"not really a png", "image/png")
     cases = [
         ("/page", BadRequest, "answered text/html, not an image"),
         ("/missing.png", BadRequest, "answered HTTP 404"),
@@ -352,8 +289,8 @@ async def test_http_answers_that_are_not_images(server):
 
 async def test_http_image_size_is_capped_while_streaming(server):
     body = noise_png(1200)  # ~1.4 MB
-    server.serve("/declared.png", body)
-    server.serve("/undeclared.png", body, length=False)  # no Content-Length: only counting stops it
+    server.page("/declared.png", body)
+    server.stream("/undeclared.png", body)  # no Content-Length: only counting stops it
     for path in ("/declared.png", "/undeclared.png"):
         with pytest.raises(PayloadTooLarge, match="larger than 65,536 bytes") as caught:
             await prepare(
@@ -516,7 +453,7 @@ async def test_a_video_beside_an_image_read_by_ocr_stays_a_part(ocr, png):
 
 
 async def test_an_http_video_is_fetched_through_the_guard(server):
-    server.serve("/clip.mp4", MP4, content_type="video/mp4")
+    server.page("/clip.mp4", MP4, "video/mp4")
     prepared = await prepare(
         [user(video_part(server.url("/clip.mp4")))], settings(**LOCAL), None, model=WATCHER
     )
@@ -526,7 +463,7 @@ async def test_an_http_video_is_fetched_through_the_guard(server):
     with pytest.raises(BadRequest) as caught:  # a loopback host not allowed
         await prepare([user(video_part(server.url("/clip.mp4")))], settings(), None, model=WATCHER)
     assert caught.value.code == "video_url_refused"
-    server.serve("/page", b"<html>", content_type="text/html")
+    server.page("/page", b"<html>", "text/html")
     with pytest.raises(BadRequest, match="not a video") as caught:
         await prepare([user(video_part(server.url("/page")))], settings(**LOCAL), None, model=WATCHER)
     assert caught.value.code == "video_fetch_failed"

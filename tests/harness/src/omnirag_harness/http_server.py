@@ -142,6 +142,21 @@ class Site:
         kind = content_type or self.page_type
         self.routes[path] = lambda h: send(h, 200, body, kind, headers)
 
+    def stream(self, path: str, body: bytes, content_type: str | None = None, chunk: int = 64 * 1024) -> None:
+        """``body`` in pieces and without a Content-Length: only counting what arrives tells a
+        reader how big it is (what a streamed byte cap is tested with)."""
+        kind = content_type or self.page_type
+
+        def route(h: BaseHTTPRequestHandler) -> None:
+            h.send_response(200)
+            h.send_header("Content-Type", kind)
+            h.end_headers()
+            for start in range(0, len(body), chunk):
+                h.wfile.write(body[start : start + chunk])
+                h.wfile.flush()
+
+        self.routes[path] = route
+
     def redirect(self, path: str, location: str, status: int = 302) -> None:
         self.routes[path] = lambda h: send(h, status, b"", "text/plain", {"Location": location})
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import IO, Any, Self
 from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[4]  # tests/harness/src/omnirag_harness/processes.py
@@ -337,7 +337,9 @@ def redis_argv(
 
 class RedisProcess:
     """redis-server on ``port`` (a free one when None) with its data in ``directory``, in a session
-    of its own; ``start`` waits until it answers PING. ``url`` is how this host reaches it."""
+    of its own; ``start`` (or ``with``) waits until it answers PING. ``url`` is how this host
+    reaches it. Started again on the same port and directory with ``appendonly``, it comes back with
+    its data (a restart under test)."""
 
     def __init__(
         self,
@@ -382,6 +384,13 @@ class RedisProcess:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def cpu_seconds(pid: int) -> float:
