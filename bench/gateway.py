@@ -958,16 +958,19 @@ def profile_gateway(
     env: dict[str, str], log_dir: Path, args: argparse.Namespace, rag: bool
 ) -> dict[str, Any]:
     """A second gateway, under cProfile only while the measured requests run: non-streaming
-    pass-through at 1 client and at the most clients, then RAG at 1 client."""
+    pass-through at 1 client and at the most clients, streaming at the most clients, then RAG at
+    1 client."""
     prefix = log_dir / "gateway.prof"
     gw = start(lambda p: gateway_spec(p, env | {"GATEWAY_PORT": str(p)}, prefix), log_dir, args.start_timeout)
     pid = gw.proc.pid  # type: ignore[union-attr]
     out: dict[str, Any] = {}
-    phases = [(f"passthrough_c{c}", False, c) for c in sorted({1, max(args.levels)})]
+    most = max(args.levels)
+    phases = [(f"passthrough_c{c}", False, c, False) for c in sorted({1, most})]
+    phases.append((f"stream_c{most}", False, most, True))
     if rag:
-        phases.append(("rag_c1", True, 1))
+        phases.append(("rag_c1", True, 1, False))
     try:
-        for number, (kind, is_rag, clients) in enumerate(phases, start=1):
+        for number, (kind, is_rag, clients, stream) in enumerate(phases, start=1):
             n = args.rag_requests if is_rag else args.requests
             qs = [QUESTIONS[i % len(QUESTIONS)] for i in range(n)]
             session = "bench-profile" if is_rag else None
@@ -975,16 +978,16 @@ def profile_gateway(
                 post(
                     gw.port,
                     "/v1/chat/completions",
-                    chat_body(q, stream=False, rag=is_rag, session_id=session),
+                    chat_body(q, stream=stream, rag=is_rag, session_id=session),
                 )
                 for q in qs
             ]
             warm = run_async(
-                drive(gw.port, reqs[: len(QUESTIONS) * 2], clients, args.timeout, answered(False))
+                drive(gw.port, reqs[: len(QUESTIONS) * 2], clients, args.timeout, answered(stream))
             )
             os.kill(pid, signal.SIGUSR1)
             time.sleep(0.5)  # the handler runs on the gateway's event loop thread
-            _, lat, errors, first = run_async(drive(gw.port, reqs, clients, args.timeout, answered(False)))
+            _, lat, errors, first = run_async(drive(gw.port, reqs, clients, args.timeout, answered(stream)))
             os.kill(pid, signal.SIGUSR2)
             path = Path(f"{prefix}.{number}")
             deadline = time.monotonic() + 30

@@ -171,76 +171,55 @@ async def _cancelled_if_gone(receive: Receive) -> AsyncIterator[Callable[[], boo
 class EventStream(Response):
     """``text/event-stream`` from an async generator of SSE events, written as they come.
 
+    With ``keepalive`` > 0 a keep-alive comment goes out after every ``keepalive`` seconds without
+    an event (idle load balancers and proxies cut a silent connection). One task per stream sends
+    them, beside the loop that writes the events; the two never write at once. The events are
+    read only as fast as the client takes them, so a slow client still slows the reading of the
+    LLM down, and nothing times out the generator itself (that would cancel the LLM stream).
+
     When the client hangs up, the generator is closed at once (which hangs up on the LLM)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str], keepalive: float = 0.0
+    ) -> None:
         self.events = events
+        self.keepalive = keepalive
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async with _cancelled_if_gone(receive) as gone, contextlib.aclosing(self.events) as events:
-            async for event in events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+        loop = asyncio.get_running_loop()
+        writing = asyncio.Lock()
+        last = loop.time()
+
+        async def beat(interval: float) -> None:
+            nonlocal last
+            while True:
+                await asyncio.sleep(last + interval - loop.time())
+                if loop.time() - last >= interval:
+                    async with writing:
+                        await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                        last = loop.time()
+
+        beater = asyncio.ensure_future(beat(self.keepalive)) if self.keepalive > 0 else None
+        try:
+            async with _cancelled_if_gone(receive) as gone, contextlib.aclosing(self.events) as events:
+                async for event in events:
+                    async with writing:
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                        last = loop.time()
+        finally:
+            if beater is not None:
+                async with writing:  # never in the middle of a keep-alive
+                    beater.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beater
         if not gone():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class _Failed:
-    """An exception raised by the events, carried across the queue of ``_kept_alive``."""
-
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-async def _kept_alive(events: AsyncGenerator[bytes, None], interval: float) -> AsyncGenerator[bytes, None]:
-    """``events``, with a keep-alive comment after every ``interval`` seconds without one.
-
-    The events are read by a task of their own into a one-place queue and only the wait on that
-    queue is timed: a timeout on ``events.__anext__()`` itself would cancel it, and with it the LLM
-    stream. One task per stream, not one per token; the queue holds at most one event, so a slow
-    client still slows the reading of the LLM down."""
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=1)
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                await queue.put(event)
-        except Exception as exc:
-            await queue.put(_Failed(exc))
-            return
-        await queue.put(_END)
-
-    reader = asyncio.ensure_future(pump())
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    item = await queue.get()
-            except TimeoutError:
-                yield KEEPALIVE
-                continue
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.exc
-            assert isinstance(item, bytes)
-            yield item
-    finally:
-        # The client left or the stream ended: stop reading (which hangs up on the LLM), then close.
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        await events.aclose()
 
 
 async def _late_answer(
@@ -326,9 +305,9 @@ async def _kept_alive_answer(
             handed_over = True
             if isinstance(result, dict):
                 return JSONResponse(result)
-            return EventStream(_kept_alive(result, interval), headers=SSE_HEADERS)
+            return EventStream(result, headers=SSE_HEADERS, keepalive=interval)
         handed_over = True
-        return EventStream(_kept_alive(_late_answer(work), interval), headers=SSE_HEADERS)
+        return EventStream(_late_answer(work), headers=SSE_HEADERS, keepalive=interval)
     finally:
         if not handed_over:
             if not work.done():
