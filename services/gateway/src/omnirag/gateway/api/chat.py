@@ -172,8 +172,9 @@ class EventStream(Response):
     """``text/event-stream`` from an async generator of SSE events, written as they come.
 
     With ``keepalive`` > 0 a keep-alive comment goes out after every ``keepalive`` seconds without
-    an event (idle load balancers and proxies cut a silent connection). One task per stream sends
-    them, beside the loop that writes the events; the two never write at once. The events are
+    an event (idle load balancers and proxies cut a silent connection): a timer notices the
+    silence and a task of its own writes the comment; it and the loop that writes the events never
+    write at once. The events are
     read only as fast as the client takes them, so a slow client still slows the reading of the
     LLM down, and nothing times out the generator itself (that would cancel the LLM stream).
 
@@ -194,18 +195,34 @@ class EventStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         loop = asyncio.get_running_loop()
         writing = asyncio.Lock()
+        interval = self.keepalive
         last = loop.time()
+        closed = False
+        # A timer, not a task, watches for silence: an event costs only the time it was written at.
+        timer: asyncio.TimerHandle | None = None
+        beating: asyncio.Task[None] | None = None
 
-        async def beat(interval: float) -> None:
-            nonlocal last
-            while True:
-                await asyncio.sleep(last + interval - loop.time())
-                if loop.time() - last >= interval:
-                    async with writing:
-                        await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-                        last = loop.time()
+        def due() -> None:
+            nonlocal timer, beating
+            if closed:
+                return
+            wait = last + interval - loop.time()
+            if wait > 0:
+                timer = loop.call_later(wait, due)
+            else:
+                beating = loop.create_task(beat())
 
-        beater = asyncio.ensure_future(beat(self.keepalive)) if self.keepalive > 0 else None
+        async def beat() -> None:
+            nonlocal last, timer
+            async with writing:
+                if closed:
+                    return
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                last = loop.time()
+            timer = loop.call_later(interval, due)
+
+        if interval > 0:
+            timer = loop.call_later(interval, due)
         try:
             async with _cancelled_if_gone(receive) as gone, contextlib.aclosing(self.events) as events:
                 async for event in events:
@@ -213,11 +230,14 @@ class EventStream(Response):
                         await send({"type": "http.response.body", "body": event, "more_body": True})
                         last = loop.time()
         finally:
-            if beater is not None:
+            closed = True
+            if timer is not None:
+                timer.cancel()
+            if beating is not None and not beating.done():
                 async with writing:  # never in the middle of a keep-alive
-                    beater.cancel()
+                    beating.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await beater
+                    await beating
         if not gone():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
