@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-# The stack's fixtures, shared with the UI's tests.
+# The stack's fixtures, as the UI's tests (tests/ui) take them.
 from omnirag_harness.gateway_stack import *  # noqa: F403 (fixtures, registered by being imported)
 from omnirag_harness.gateway_stack import DEV_KEY, GatewayFactory
 

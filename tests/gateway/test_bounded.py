@@ -41,7 +41,7 @@ from omnirag.gateway.rag import (
 from omnirag.gateway.registry import ModelSpec
 from omnirag.gateway.tokens import TokenCounter, estimate, server_root
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = GatewaySettings(_env_file=None)
 
 
