@@ -112,9 +112,6 @@ def contents() -> Callable[[Collection], dict[str, tuple[str, dict[str, Any]]]]:
     """Every document of a loaded collection: id → (text, metadata)."""
 
     def _contents(coll: Collection) -> dict[str, tuple[str, dict[str, Any]]]:
-        import json
-
-        rows = coll.docs.conn.execute("SELECT id, text, metadata FROM docs").fetchall()
-        return {i: (t, json.loads(m)) for i, t, m in rows}
+        return coll.chunks()
 
     return _contents

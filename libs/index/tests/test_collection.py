@@ -4,6 +4,7 @@ Where meaning matters the vectors come from the real all-MiniLM-L6-v2 model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def test_hybrid_mixes_normalized_dense_and_sparse_scores(corpus: Collection, q: 
     best_dense = max(h.dense_score for h in hits)
     worst_dense = min(h.dense_score for h in hits)
     best_sparse = max(h.sparse_score for h in hits)
-    ceiling = corpus.sparse.ceiling(question)
+    ceiling = corpus.sparse_ceiling(question)
     assert 0 < best_sparse <= ceiling + 1e-6
     for h in hits:
         expected = (
@@ -234,7 +235,7 @@ def test_chinese_query_with_an_english_only_model_ranks_like_bm25(corpus: Collec
     # The documents BM25 finds come first, in BM25's order, scored by BM25 alone ...
     assert ids(hybrid[: len(sparse)]) == ids(sparse)
     for h, s in zip(hybrid, sparse, strict=False):
-        assert h.score == pytest.approx(s.score / corpus.sparse.ceiling(question), abs=1e-5)
+        assert h.score == pytest.approx(s.score / corpus.sparse_ceiling(question), abs=1e-5)
     # ... and the rest follows by dense score only.
     rest = hybrid[len(sparse) :]
     assert len(rest) == 19 - len(sparse)
@@ -338,21 +339,28 @@ def published(tmp_path: Path, unit_vectors: Callable) -> tuple[Path, Path]:
     return tmp_path, version_path(tmp_path, "kb", version)
 
 
-@pytest.mark.parametrize("name", ["vectors.faiss", "docs.sqlite", "sparse/ids.npy"])
+@pytest.mark.parametrize("name", ["vectors.faiss", "docs.sqlite", "postings/ids.npy", "postings/terms.json"])
 def test_a_flipped_byte_is_refused(published: tuple[Path, Path], name: str) -> None:
     root, vdir = published
     assert Collection.open(vdir, verify=True).count == 200
-    flip_byte(vdir / name)
+    segment = only_segment(vdir)
+    flip_byte(segment / name)
     with pytest.raises(CorruptVersion, match=name):
         Collection.open(vdir, verify=True)
     with pytest.raises(CorruptVersion):
         open_current(root, "kb", verify=True)
 
 
+def only_segment(vdir: Path) -> Path:
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    [ref] = manifest["segments"]
+    return vdir.parent.parent / "segments" / ref["id"]
+
+
 def test_every_sparse_file_is_checked(published: tuple[Path, Path]) -> None:
     _, vdir = published
-    sparse_files = sorted(p for p in (vdir / "sparse").iterdir() if p.is_file())
-    assert len(sparse_files) >= 3  # ids.npy and bm25s's matrices and vocabulary
+    sparse_files = sorted(p for p in (only_segment(vdir) / "postings").iterdir() if p.is_file())
+    assert len(sparse_files) == 6  # the vocabulary and five arrays
     for path in sparse_files:
         original = path.read_bytes()
         flip_byte(path, at=0.9)
@@ -370,13 +378,16 @@ def test_missing_extra_or_truncated_files_are_refused(published: tuple[Path, Pat
     assert Collection.open(vdir, verify=False).count == 200  # unverified: loads what is there
     (vdir / "extra.bin").unlink()
 
-    faiss_bytes = (vdir / "vectors.faiss").read_bytes()
-    (vdir / "vectors.faiss").write_bytes(faiss_bytes[:-100])
+    faiss_file = only_segment(vdir) / "vectors.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:-100])
     with pytest.raises(CorruptVersion):
         Collection.open(vdir, verify=True)
-    (vdir / "vectors.faiss").unlink()
+    faiss_file.unlink()
     with pytest.raises(CorruptVersion):
         Collection.open(vdir, verify=True)
+    (vdir.parent.parent / "segments").rename(vdir.parent.parent / "elsewhere")
+    with pytest.raises(CorruptVersion):
+        Collection.open(vdir, verify=False)
 
 
 @pytest.mark.parametrize("manifest", [None, b"", b"{not json", b'{"collection": "kb"}'])

@@ -9,6 +9,7 @@ run or, deterministically, at each step of ``commit`` (a hook pauses it there an
 from __future__ import annotations
 
 import inspect
+import json
 import multiprocessing
 import random
 import time
@@ -16,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import pytest
 
@@ -62,7 +62,7 @@ from pathlib import Path
 
 import faiss
 
-from omnirag.index import Document, EmbeddingInfo, VersionWriter, store
+from omnirag.index import Document, EmbeddingInfo, VersionWriter, compaction, store
 
 faiss.omp_set_num_threads(1)
 """
@@ -76,16 +76,20 @@ def pause():
 
 real_hash_tree, real_publish = store.hash_tree, store.publish
 real_rename, real_replace = os.rename, os.replace
+renames = []
 
 
-def hash_tree(path):
+def hash_tree(path, *args):
     pause()
-    return real_hash_tree(path)
+    return real_hash_tree(path, *args)
 
 
 def rename(src, dst):
+    # The first rename out of .tmp installs the new segment, the second the version.
     if Path(src).parent.name == ".tmp":
-        pause()
+        renames.append(src)
+        if len(renames) == (1 if hook == "before_segment_install" else 2):
+            pause()
     real_rename(src, dst)
 
 
@@ -102,22 +106,24 @@ def replace(src, dst):
         pause()
 
 
-if hook == "before_manifest":
-    store.hash_tree = hash_tree
-elif hook == "before_rename":
+if hook == "before_manifest":  # the version's own files hashed: its manifest is next
+    store.hash_tree = compaction.hash_tree = hash_tree
+elif hook in ("before_segment_install", "before_rename"):
     os.rename = rename
 elif hook == "before_publish":
-    store.publish = publish
+    store.publish = compaction.publish = publish
 elif hook in ("before_replace", "after_replace"):
     os.replace = replace
-
 ready.set()
 go.wait()
-with VersionWriter(Path(root), name, EmbeddingInfo(model=MODEL, dimension=64)) as w:
-    w.upsert([Document(i, t, {"source": i.split("-")[0]}, unit_vector(i + "|" + t), "h:" + t)
-              for i, t in plan["upsert"]])
-    w.delete(plan["delete"])
-    w.commit()
+if plan == "compact":
+    compaction.compact(Path(root), name, full=True)
+else:
+    with VersionWriter(Path(root), name, EmbeddingInfo(model=MODEL, dimension=64)) as w:
+        w.upsert([Document(i, t, {"source": i.split("-")[0]}, unit_vector(i + "|" + t), "h:" + t)
+                  for i, t in plan["upsert"]])
+        w.delete(plan["delete"])
+        w.commit()
 """
 )
 
@@ -203,7 +209,7 @@ def check_whole(root: Path, name: str, candidates: list[dict[str, str]]) -> int:
     coll = open_current(root, name, verify=True)
     assert coll is not None
     try:
-        got = dict(coll.docs.conn.execute("SELECT id, text FROM docs").fetchall())
+        got = {cid: text for cid, (text, _) in coll.chunks().items()}
         matches = [i for i, c in enumerate(candidates) if got == c]
         assert len(matches) == 1, (
             f"CURRENT {coll.version} holds {len(got)} docs: neither the old nor the new version"
@@ -218,8 +224,8 @@ def assert_consistent(coll: Collection, got: dict[str, str]) -> None:
     """FAISS, BM25 and the manifest hold the same documents as docs.sqlite."""
     want = {int_id(i) for i in got}
     assert coll.count == len(got)
-    assert set(faiss.vector_to_array(coll.index.id_map).tolist()) == want
-    assert set(coll.sparse.ids.tolist()) == want
+    assert coll.dense_ids() == want
+    assert coll.sparse_ids() == want
     for doc_id in sorted(got)[:: max(1, len(got) // 5)]:
         hit = coll.search(vector=unit_vector(doc_id + "|" + got[doc_id]), k=1, mode="dense")[0]
         assert (hit.id, hit.text) == (doc_id, got[doc_id])
@@ -234,6 +240,15 @@ def assert_cleaned(root: Path, name: str) -> None:
     coll_dir = root / name
     assert not (coll_dir / ".tmp").exists() or list((coll_dir / ".tmp").iterdir()) == []
     assert list(coll_dir.glob(".CURRENT.*")) == []
+    # Every segment left is one a version lists: nothing a killed writer installed stays.
+    listed = {
+        ref["id"]
+        for v in (coll_dir / "versions").iterdir()
+        for ref in json.loads((v / "manifest.json").read_text()).get("segments", [])
+    }
+    segments = coll_dir / "segments"
+    left = {p.name for p in segments.iterdir()} if segments.exists() else set()
+    assert left == listed
     current = read_current(root, name)
     if current is not None:
         assert version_path(root, name, current).is_dir()
@@ -252,8 +267,9 @@ def initial_state(root: Path) -> dict[str, str]:
 
 
 HOOKS = {  # where the writer is killed → which version CURRENT must show
-    "before_manifest": "old",  # indexes written in .tmp, no manifest yet
-    "before_rename": "old",  # complete and fsynced in .tmp
+    "before_segment_install": "old",  # the new segment built in .tmp, not yet in segments/
+    "before_manifest": "old",  # the segment installed (no version lists it), no manifest yet
+    "before_rename": "old",  # the version complete and fsynced in .tmp
     "before_publish": "old",  # renamed into versions/, CURRENT not yet replaced
     "before_replace": "old",  # the new CURRENT written beside the old one
     "after_replace": "new",  # CURRENT replaced, directory not yet fsynced
@@ -276,6 +292,8 @@ def test_writer_killed_at_each_step_of_commit(tmp_path: Path, ctx: Any) -> None:
             orphan = [v for v in versions if v > (before or "")]
             assert len(orphan) == 1
             assert Collection.open(version_path(tmp_path, NAME, orphan[0]), verify=True).count == len(new)
+        if hook == "before_segment_install":
+            assert len(list((tmp_path / NAME / ".tmp").iterdir())) == 2  # the version and the segment
         if hook in ("before_manifest", "before_rename"):
             assert len(list((tmp_path / NAME / ".tmp").iterdir())) == 1
         if hook == "before_replace":
@@ -284,6 +302,33 @@ def test_writer_killed_at_each_step_of_commit(tmp_path: Path, ctx: Any) -> None:
             state = new
         assert_cleaned(tmp_path, NAME)
         check_whole(tmp_path, NAME, [state])
+
+
+def test_compaction_killed_at_each_step_serves_the_same_chunks(tmp_path: Path, ctx: Any) -> None:
+    """Compaction changes where chunks are stored, never which: killed anywhere, CURRENT serves
+    the same chunks, whole and verified, and pruning leaves only listed segments."""
+    state = initial_state(tmp_path)
+    rng = random.Random(SEED + 3)
+
+    def more_segments(round_no: int) -> None:
+        nonlocal state
+        for r in range(round_no, round_no + 2):  # segments to merge, with deletions in them
+            plan = make_plan(rng, r)
+            Trial(ctx, tmp_path, NAME, plan).run_to_end()
+            state = apply(state, plan)
+
+    more_segments(1)
+    for number, (hook, expected) in enumerate(HOOKS.items()):
+        before = read_current(tmp_path, NAME)
+        Trial(ctx, tmp_path, NAME, "compact", hook).kill_at_hook()
+        check_whole(tmp_path, NAME, [state])
+        assert (read_current(tmp_path, NAME) == before) == (expected == "old"), hook
+        served = open_current(tmp_path, NAME, verify=True)
+        assert served is not None and (len(served.segments) == 1) == (expected == "new"), hook
+        assert_cleaned(tmp_path, NAME)
+        check_whole(tmp_path, NAME, [state])
+        if expected == "new":
+            more_segments(10 + 2 * number)
 
 
 def test_first_writer_killed_before_publishing_leaves_no_collection(tmp_path: Path, ctx: Any) -> None:
@@ -346,7 +391,7 @@ def test_the_writers_store_the_vectors_the_checks_search_with(tmp_path: Path, ct
     coll = open_current(tmp_path, NAME, verify=True)
     assert coll is not None
     try:
-        ids, vecs = coll.docs.vectors_for([int_id(i) for i, _ in plan["upsert"]])
+        ids, vecs = coll.vectors_for([int_id(i) for i, _ in plan["upsert"]])
         by_id = dict(zip(ids.tolist(), vecs, strict=True))
         for doc_id, text in plan["upsert"]:
             np.testing.assert_array_equal(by_id[int_id(doc_id)], unit_vector(doc_id + "|" + text))

@@ -51,7 +51,7 @@ def test_every_index_type_is_searchable_after_save_and_load(
     coll = by_type[kind]
     assert coll.manifest.index_built == kind
     assert coll.manifest.index.type == kind
-    assert coll.index.ntotal == N
+    assert coll.segments[0].index.ntotal == N
     found = 0
     for i in range(0, N, 100):  # each document's own vector finds it first
         hits = coll.search(vector=vectors[i], k=10, mode="dense")
@@ -96,28 +96,28 @@ def test_ivfpq_is_approximate_but_close(
 
 
 def test_index_parameters_survive_save_and_load(by_type: dict[str, Collection]) -> None:
-    hnsw = faiss.downcast_index(by_type["hnsw"].index.index)
+    hnsw = faiss.downcast_index(by_type["hnsw"].segments[0].index.index)
     assert isinstance(hnsw, faiss.IndexHNSWFlat)
     assert hnsw.hnsw.efSearch == 64
-    ivf = faiss.extract_index_ivf(by_type["ivfpq"].index)
+    ivf = faiss.extract_index_ivf(by_type["ivfpq"].segments[0].index)
     assert ivf.nlist == N // 39  # lowered from 256 for a small collection
     assert ivf.nprobe == 16
-    assert faiss.downcast_index(by_type["ivfpq"].index.index).pq.M == 8
+    assert faiss.downcast_index(by_type["ivfpq"].segments[0].index.index).pq.M == 8
     for coll in by_type.values():
-        assert isinstance(coll.index, faiss.IndexIDMap2)
-        assert coll.index.metric_type == faiss.METRIC_INNER_PRODUCT
+        assert isinstance(coll.segments[0].index, faiss.IndexIDMap2)
+        assert coll.segments[0].index.metric_type == faiss.METRIC_INNER_PRODUCT
 
 
 def test_faiss_ids_are_the_stable_int_ids(by_type: dict[str, Collection], vectors: np.ndarray) -> None:
     coll = by_type["flat"]
-    np.testing.assert_array_equal(coll.index.reconstruct(int_id("v17")), vectors[17])
+    np.testing.assert_array_equal(coll.segments[0].index.reconstruct(int_id("v17")), vectors[17])
     hit = coll.search(vector=vectors[17], k=1, mode="dense")[0]
     assert hit.int_id == int_id("v17")
 
 
 def test_ivfpq_compresses_the_vectors(by_type: dict[str, Collection]) -> None:
-    flat = (by_type["flat"].path / "vectors.faiss").stat().st_size
-    ivfpq = (by_type["ivfpq"].path / "vectors.faiss").stat().st_size
+    flat = (by_type["flat"].segments[0].path / "vectors.faiss").stat().st_size
+    ivfpq = (by_type["ivfpq"].segments[0].path / "vectors.faiss").stat().st_size
     assert flat >= N * DIM * 4
     assert ivfpq < flat / 3
 
@@ -148,11 +148,14 @@ def test_ivfpq_falls_back_to_flat_when_it_cannot_train(
     coll = build_collection(tmp_path, "kb", docs, dim, IndexConfig(type="ivfpq", pq_m=pq_m))
     assert coll.manifest.index.type == "ivfpq"
     assert coll.manifest.index_built == built
-    assert coll.index.ntotal == n
+    assert sum(s.index.ntotal for s in coll.segments) == n
     if n:
         assert coll.search(vector=vecs[5], k=1, mode="dense")[0].id == "d5"
-    if built == "flat":
-        assert isinstance(faiss.downcast_index(coll.index.index), faiss.IndexFlatIP)
+    if n:  # an empty collection has no segment
+        [segment] = coll.segments
+        assert segment.index_built == built
+        if built == "flat":
+            assert isinstance(faiss.downcast_index(segment.index.index), faiss.IndexFlatIP)
 
 
 def test_l2_metric(tmp_path: Path, unit_vectors: Callable, build_collection: Callable) -> None:
@@ -241,11 +244,12 @@ def test_loaded_index_moves_to_the_gpus_and_filtered_searches_stay_exact(
 ) -> None:
     coll = by_type["flat"]
     fake = FakeGpuFaiss()
-    moved = dense.to_gpus(coll.index, "flat", fake)
-    assert fake.to_gpu == [coll.index]
+    index = coll.segments[0].index
+    moved = dense.to_gpus(index, "flat", fake)
+    assert fake.to_gpu == [index]
     assert isinstance(moved, dense.GpuIndex) and moved.ntotal == N and moved.gpus == 1
     cfg = coll.manifest.index
-    want_scores, want_ids = dense.search(coll.index, "flat", cfg, queries[0], 10)
+    want_scores, want_ids = dense.search(index, "flat", cfg, queries[0], 10)
     scores, ids = dense.search(moved, "flat", cfg, queries[0], 10)
     assert moved.gpu.searches == 1  # an unfiltered search runs on the GPU copy
     np.testing.assert_array_equal(ids, want_ids)
@@ -264,7 +268,7 @@ def test_loaded_index_moves_to_the_gpus_and_filtered_searches_stay_exact(
 
 def test_hnsw_stays_on_the_cpu(by_type: dict[str, Collection]) -> None:
     fake = FakeGpuFaiss()
-    index = by_type["hnsw"].index
+    index = by_type["hnsw"].segments[0].index
     assert dense.to_gpus(index, "hnsw", fake) is index
     assert fake.to_gpu == []
     with pytest.raises(dense.GpuUnavailable):

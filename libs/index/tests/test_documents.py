@@ -142,7 +142,7 @@ def test_lookup_by_id(collection):
 
 
 def test_chunks_by_id_or_source_and_origin(collection):
-    store = collection.docs
+    [store] = [s.docs for s in collection.segments]
     alice = document_id("upload", "alice", "upload/notes.md")
     assert sorted(store.document_chunks([alice])[alice]) == [f"{KB}:{alice}:00000", f"{KB}:{alice}:00001"]
     # A source names every document that has it; an origin narrows that down.

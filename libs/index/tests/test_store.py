@@ -66,12 +66,11 @@ def write(
 
 
 def everything(coll: Collection) -> dict[str, tuple[str, dict]]:
-    rows = coll.docs.conn.execute("SELECT id, text, metadata FROM docs").fetchall()
-    return {i: (t, json.loads(m)) for i, t, m in rows}
+    return dict(coll.chunks())
 
 
 def stored_vector(coll: Collection, doc_id: str) -> np.ndarray:
-    ids, vecs = coll.docs.vectors_for([int_id(doc_id)])
+    ids, vecs = coll.vectors_for([int_id(doc_id)])
     assert ids.tolist() == [int_id(doc_id)]
     return vecs[0]
 
@@ -91,23 +90,28 @@ def test_commit_writes_a_complete_version_and_loads_back(tmp_path: Path) -> None
     assert manifest.collection == "kb"
     assert manifest.version == version
     assert manifest.parent is None
-    assert manifest.counts == {"documents": 50}
+    assert manifest.counts == {"documents": 50, "segments": 1, "deleted": 0}
     assert manifest.embedding == EMB
     assert manifest.index_built == "flat"
     assert manifest.sparse_tokenizer == "rjieba+words-v1"
-    assert {"vectors.faiss", "docs.sqlite", "sparse/ids.npy"} <= set(manifest.files)
-    assert "manifest.json" not in manifest.files
+    # The chunks are in one segment the version lists; the version itself holds only its manifest.
+    assert manifest.files == {} and "manifest.json" not in manifest.files
+    [ref] = manifest.segments
+    assert (ref.documents, ref.deleted, ref.deletions) == (50, 0, None)
+    sdir = tmp_path / "kb" / "segments" / ref.id
+    info = json.loads((sdir / "segment.json").read_text())
+    assert {"vectors.faiss", "docs.sqlite", "postings/ids.npy", "postings/terms.json"} <= set(info["files"])
     # No pickle anywhere, no leftovers of the write.
-    files = [p.relative_to(vdir).as_posix() for p in vdir.rglob("*") if p.is_file()]
+    files = [p.relative_to(sdir).as_posix() for p in sdir.rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith((".pkl", ".pickle", "-journal", "-wal"))]
-    assert sorted(files) == sorted([*manifest.files, "manifest.json"])
+    assert sorted(files) == sorted([*info["files"], "segment.json"])
+    assert [p.name for p in vdir.iterdir()] == ["manifest.json"]
     assert list((tmp_path / "kb" / ".tmp").iterdir()) == []
 
     coll = open_current(tmp_path, "kb")
     assert coll is not None
     assert (coll.name, coll.version, coll.count) == ("kb", version, 50)
-    assert coll.index.ntotal == 50
-    assert len(coll.sparse.ids) == 50
+    assert len(coll.dense_ids()) == 50 and len(coll.sparse_ids()) == 50
     assert everything(coll) == {d.id: (d.text, d.metadata) for d in docs}
     np.testing.assert_array_equal(stored_vector(coll, "doc-7"), vec(7))
     hit = coll.search(vector=vec(7), k=1, mode="dense")[0]
@@ -177,8 +181,7 @@ def test_delete_by_ids_survives_save_and_load(tmp_path: Path) -> None:
     ids = set(everything(coll))
     assert ids == {f"doc-{i}" for i in range(3, 29)} | {"doc-0"}
     assert coll.count == 27
-    assert coll.index.ntotal == 27
-    assert len(coll.sparse.ids) == 27
+    assert coll.dense_ids() == coll.sparse_ids() == {int_id(i) for i in ids}
     # Gone from every part of the search.
     assert "doc-2" not in {h.id for h in coll.search(vector=vec(2), k=30, mode="dense")}
     assert coll.search(query="number 2", k=30, mode="sparse")[0].id != "doc-2"
@@ -478,15 +481,19 @@ def test_prune_removes_stale_temporary_directories_and_current_files(tmp_path: P
     dead = VersionWriter(tmp_path, "kb", EMB)
     dead.upsert([doc(2)])
     dead.docs.close()
+    dead._close_parents()
     stray = coll_dir / ".CURRENT.deadbeef"
     stray.write_text(v1 + "\n")
     assert prune_versions(tmp_path, "kb", grace_seconds=3600) == []
-    assert dead.tmp.exists()
+    assert dead.tmp.exists() and dead.segment_tmp.exists()
     assert stray.exists()
     age(dead.tmp, 7200)
+    age(dead.segment_tmp, 7200)
     age(stray, 7200)
-    assert prune_versions(tmp_path, "kb", grace_seconds=3600) == [f".tmp/{dead.tmp.name}"]
-    assert not dead.tmp.exists()
+    assert sorted(prune_versions(tmp_path, "kb", grace_seconds=3600)) == sorted(
+        [f".tmp/{dead.tmp.name}", f".tmp/{dead.segment_tmp.name}"]
+    )
+    assert not dead.tmp.exists() and not dead.segment_tmp.exists()
     assert not stray.exists()
     assert read_current(tmp_path, "kb") == v1
     assert open_current(tmp_path, "kb") is not None
@@ -501,10 +508,10 @@ def test_readers_open_the_docstore_read_only(tmp_path: Path) -> None:
     coll = open_current(tmp_path, "kb")
     assert coll is not None
     with pytest.raises(sqlite3.OperationalError):
-        coll.docs.conn.execute("DELETE FROM docs")
+        coll.segments[0].docs.conn.execute("DELETE FROM docs")
     coll.search(vector=vec(1), query="document", k=3)
     coll.close()
     # Reading created nothing beside the files of the manifest, so the version still verifies.
     vdir = version_path(tmp_path, "kb", v1)
     assert Collection.open(vdir, verify=True).count == 5
-    assert not list(vdir.glob("docs.sqlite-*"))
+    assert not list(coll.segments[0].path.glob("docs.sqlite-*"))

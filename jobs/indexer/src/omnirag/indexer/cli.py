@@ -15,6 +15,7 @@ from omnirag.core.errors import OmniragError, UpstreamError
 from omnirag.core.logging import configure_logging
 from omnirag.core.names import check_collection_name
 from omnirag.index import list_collections, read_manifest
+from omnirag.index.compaction import TieredPolicy
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import RunSummary, delete_collection, delete_documents, run_kb
 from omnirag.indexer.spec import KnowledgeBase, load
@@ -137,12 +138,18 @@ def cmd_status(args: argparse.Namespace, settings: IndexerSettings) -> int:
         manifest = read_manifest(root, name) if name in names else None
         row: dict[str, Any] = {"name": name, "declared": name in declared, "version": None}
         if manifest is not None:
+            segments = manifest.segments
             row |= {
                 "version": manifest.version,
                 "documents": manifest.counts["documents"],
                 "created_at": manifest.created_at,
                 "model": manifest.embedding.model,
                 "index": manifest.index_built,
+                "format": manifest.format_version,
+                "segments": len(segments) if manifest.format_version > 1 else 1,
+                "deleted": sum(s.deleted for s in segments),
+                # What the tiered policy would merge next (empty: nothing waits for compaction).
+                "compaction_pending": TieredPolicy().plan(segments),
             }
         rows.append(row)
     if args.json:
@@ -150,9 +157,13 @@ def cmd_status(args: argparse.Namespace, settings: IndexerSettings) -> int:
     else:
         for r in rows:
             if r["version"]:
+                pending = len(r["compaction_pending"])
                 print(
-                    f"{r['name']}: {r['version']} ({r['documents']} chunks, {r['index']}, {r['model']}, "
-                    f"created {r['created_at']})"
+                    f"{r['name']}: {r['version']} ({r['documents']} chunks in {r['segments']} segment(s), "
+                    f"{r['deleted']} deleted, {r['index']}, {r['model']}, created {r['created_at']}; "
+                    + (f"compaction pending: {pending} segments" if pending else "no compaction pending")
+                    + ("; format 1: the next commit installs it as a segment" if r["format"] == 1 else "")
+                    + ")"
                 )
             else:
                 print(f"{r['name']}: not indexed yet")

@@ -57,6 +57,15 @@ class IndexerSettings(RedisServiceSettings):
     )
     keep_versions: int = Field(3, ge=1, description="Versions kept after a publish (CURRENT always kept).")
     prune_grace_seconds: float = Field(600.0, ge=0, description="Never prune a version younger than this.")
+    compaction: bool = Field(
+        True,
+        description="Merge a collection's small segments after a publish (a tiered policy; the merge is "
+        "built without the write lock, which is held only to swap it in).",
+    )
+    compaction_fanout: int = Field(10, ge=2, le=100, description="Segments of one size tier merged at once.")
+    compaction_min_segment: int = Field(
+        1000, ge=1, description="Chunks of the smallest tier: segments up to this size count as one tier."
+    )
     uploads_dir: Path = Field(Path("data/uploads"), description="Where the gateway stores uploaded files.")
     heartbeat_file: Path | None = Field(
         None,

@@ -28,7 +28,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from omnirag.index import (
     read_current,
     read_manifest,
 )
+from omnirag.index.compaction import TieredPolicy, compact
 from omnirag.index.docstore import ORIGIN_FIELDS, ORIGIN_KB, ORIGIN_UPLOAD, doc_id_of, document_id, origin_of
 from omnirag.index.store import read_extra
 from omnirag.indexer.config import IndexerSettings
@@ -73,6 +74,8 @@ class RunSummary:
     refused: list[str] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # The compaction after the publish: segments merged, chunks written, seconds, version (or why not).
+    compaction: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,6 +272,50 @@ async def _finish(
         summary.version = read_current(settings.index_root, summary.kb)
 
 
+async def compact_collection(settings: IndexerSettings, name: str) -> dict[str, Any] | None:
+    """Merge ``name``'s segments as the tiered policy says, outside the write lock; the lock is
+    taken only for the swap (from the thread the merge runs in, on this event loop). None when
+    compaction is off; otherwise what was merged (nothing when the policy asks for nothing)."""
+    if not settings.compaction:
+        return None
+    loop = asyncio.get_running_loop()
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        held = collection_lock(
+            settings.redis_url,
+            settings.index_root,
+            name,
+            ttl=settings.lock_ttl_seconds,
+            wait=max(settings.lock_wait_seconds, 30.0),
+        )
+        asyncio.run_coroutine_threadsafe(held.__aenter__(), loop).result()
+        try:
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(held.__aexit__(None, None, None), loop).result()
+
+    policy = TieredPolicy(fanout=settings.compaction_fanout, min_segment=settings.compaction_min_segment)
+    result = await asyncio.to_thread(
+        compact, settings.index_root, name, lock=locked, policy=policy, gpu=settings.faiss_gpu
+    )
+    if result.version is not None:
+        await asyncio.to_thread(
+            prune_versions,
+            settings.index_root,
+            name,
+            keep=settings.keep_versions,
+            grace_seconds=settings.prune_grace_seconds,
+        )
+    return {
+        "merged": len(result.merged),
+        "chunks": result.chunks,
+        "seconds": round(result.seconds, 3),
+        "version": result.version,
+        "gave_up": result.gave_up,
+    }
+
+
 async def run_kb(
     kb: KnowledgeBase, settings: IndexerSettings, progress: Progress | None = None
 ) -> RunSummary:
@@ -308,6 +355,8 @@ async def run_kb(
                 kept = {u: v for u, v in previous.items() if u in keep and u not in crawl_state}
                 writer.put_extra(CRAWL_STATE, json.dumps(kept | crawl_state, ensure_ascii=False).encode())
             await _finish(writer, changed, summary, settings)
+    if summary.published:
+        summary.compaction = await compact_collection(settings, kb.name)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 

@@ -51,7 +51,7 @@ from omnirag.core.schemas.ingest import (
 from omnirag.extract import OCR
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.loaders import LoadError, LoadLimits, load_file
-from omnirag.indexer.pipeline import delete_documents, ingest
+from omnirag.indexer.pipeline import compact_collection, delete_documents, ingest
 from omnirag.indexer.types import SourceDocument
 
 log = logging.getLogger("omnirag.indexer.worker")
@@ -145,6 +145,9 @@ class Worker:
         self.claim_idle_ms = int((claim_idle_seconds or settings.claim_idle_seconds) * 1000)
         self.block_ms = block_ms
         self.name = f"{socket.gethostname()}-{os.getpid()}"
+        # Compactions in the background, at most one per collection: the next upload is not held up
+        # by a merge (only its swap takes the collection's lock, briefly).
+        self._compactions: dict[str, asyncio.Task[None]] = {}
         #: The loop's last Redis round trip succeeded (it is taking requests).
         self.ready = False
         self._beat_ok = True
@@ -166,8 +169,27 @@ class Worker:
                 raise
 
     async def close(self) -> None:
+        for task in list(self._compactions.values()):
+            task.cancel()  # its merge thread finishes or is abandoned; nothing is half-published
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         self.ocr.close()
         await self.redis.aclose()
+
+    def _compact_later(self, collection: str) -> None:
+        running = self._compactions.get(collection)
+        if running is not None and not running.done():
+            return  # the running one reads the newest version when it swaps; the next publish asks again
+
+        async def compact() -> None:
+            try:
+                result = await compact_collection(self.ingest_settings, collection)
+                if result and result["merged"]:
+                    log.info("compacted", extra={"collection": collection, **result})
+            except Exception:
+                log.exception("compaction failed", extra={"collection": collection})
+
+        self._compactions[collection] = asyncio.create_task(compact(), name=f"compact-{collection}")
 
     async def next_message(self) -> tuple[bytes, dict[bytes, bytes], int] | None:
         """(id, fields, deliveries): first a request a dead worker left unrenewed for too long,
@@ -259,6 +281,8 @@ class Worker:
             hold.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hold
+        if summary.published:
+            self._compact_later(req.collection)
         # Acknowledged only now that the version is published.
         await self.redis.xack(INGEST_STREAM, CONSUMER_GROUP, msg_id)
         await self.redis.xdel(INGEST_STREAM, msg_id)

@@ -18,17 +18,39 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import faiss
 import numpy as np
 
 from omnirag.index import dense
-from omnirag.index.docstore import DocStore, DocumentInfo, DocumentPage, DocumentRow
+from omnirag.index.docstore import (
+    DocStore,
+    DocumentInfo,
+    DocumentPage,
+    DocumentRow,
+    describe,
+    merge_document_rows,
+    page_documents,
+)
 from omnirag.index.filters import compile_filter
 from omnirag.index.manifest import Manifest, hash_tree
-from omnirag.index.sparse import SparseIndex, cjk_share
+from omnirag.index.merge import merge_top
+from omnirag.index.postings import LiveSegment, Postings, Statistics, ceiling
+from omnirag.index.postings import scores as postings_scores
+from omnirag.index.segment import (
+    SEGMENT_RE,
+    SEGMENTS,
+    CorruptSegment,
+    Segment,
+    SegmentInfo,
+    read_deletions,
+)
+from omnirag.index.sparse import cjk_share
 
 log = logging.getLogger("omnirag.index.collection")
 
@@ -73,15 +95,98 @@ def dense_weight(query: str | None, languages: list[str]) -> float:
     return DENSE_WEIGHT
 
 
+@dataclass(eq=False)
+class Part:
+    """A segment as one version sees it: the int ids that version deleted from it left out."""
+
+    segment: Segment
+    deleted: np.ndarray  # sorted int ids
+
+    def __post_init__(self) -> None:
+        live = None
+        if len(self.deleted):
+            live = ~np.isin(self.segment.ids, self.deleted)
+        self.live: np.ndarray | None = live
+        self.view = LiveSegment(self.segment.postings, live)
+
+    @property
+    def live_count(self) -> int:
+        return self.view.live_count
+
+    @property
+    def exclude(self) -> np.ndarray | None:
+        return self.deleted if len(self.deleted) else None
+
+    def owns_live(self, int_ids: np.ndarray) -> np.ndarray:
+        """Which of ``int_ids`` are live chunks of this part."""
+        mask = self.segment.owns(int_ids)
+        if len(self.deleted):
+            mask &= ~np.isin(int_ids, self.deleted)
+        return mask
+
+    def rows_of(self, int_ids: np.ndarray) -> np.ndarray:
+        """Postings rows of ``int_ids`` (which this part owns)."""
+        rows: np.ndarray = np.searchsorted(self.segment.ids, int_ids)
+        return rows
+
+
+class SegmentCache:
+    """Open segments by id, shared by the versions of a collection a process has loaded: a reload
+    opens only the segments it does not hold yet, and a segment no loaded version lists is closed
+    when the last search holding it ends (it is only weakly held here)."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakValueDictionary[str, Segment] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self.opened = 0  # segments opened (not found here) since the cache was made
+
+    def get(self, path: Path, info_sha256: str | None, verify: bool) -> Segment:
+        key = str(path)
+        with self._lock:
+            found = self._open.get(key)
+            if found is not None:
+                return found
+        segment = Segment.open(path, info_sha256=info_sha256, verify=verify)
+        weakref.finalize(segment, segment.docs.conn.close)
+        with self._lock:
+            self.opened += 1
+            return self._open.setdefault(key, segment)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+def _legacy_segment(path: Path, manifest: Manifest) -> Segment:
+    """A format 1 version read as one segment: its docstore and dense index, and postings built
+    from its texts (its bm25s files score as the postings do, but cannot be merged with others)."""
+    docs = DocStore.open_readonly(path / "docs.sqlite", manifest.embedding.dimension)
+    try:
+        postings = Postings.build(docs.iter_texts())
+        index = dense.load(path / "vectors.faiss")
+    except BaseException:
+        docs.close()
+        raise
+    info = SegmentInfo(
+        id="format1",
+        created_at=manifest.created_at,
+        documents=len(postings.ids),
+        dimension=manifest.embedding.dimension,
+        index_built=manifest.index_built,
+        files={},
+    )
+    return Segment(info.id, path, info, docs, index, postings)
+
+
 class Collection:
-    def __init__(
-        self, path: Path, manifest: Manifest, index: Any, sparse: SparseIndex, docs: DocStore
-    ) -> None:
+    """One version of a collection, loaded: its segments (each with the deletions this version
+    made), searched together as one index (see :mod:`omnirag.index.merge`)."""
+
+    def __init__(self, path: Path, manifest: Manifest, parts: list[Part], *, owned: bool = True) -> None:
         self.path = path
         self.manifest = manifest
-        self.index = index
-        self.sparse = sparse
-        self.docs = docs
+        self.parts = parts
+        self.stats = Statistics.of([p.view for p in parts])
+        self._owned = owned  # close the segments with the collection (no SegmentCache holds them)
         self._doc_rows: list[DocumentRow] | None = None
         self._doc_rows_lock = threading.Lock()
 
@@ -97,9 +202,14 @@ class Collection:
     def count(self) -> int:
         return self.manifest.counts.get("documents", 0)
 
+    @property
+    def segments(self) -> list[Segment]:
+        return [p.segment for p in self.parts]
+
     @classmethod
-    def open(cls, path: Path, *, verify: bool = True) -> Collection:
-        """Load a version directory; with ``verify`` every file's sha256 must match the manifest."""
+    def open(cls, path: Path, *, verify: bool = True, cache: SegmentCache | None = None) -> Collection:
+        """Load a version directory; with ``verify`` every file's sha256 must match the manifest
+        (and every segment's, its segment.json). Format 1 versions are read as one segment."""
         try:
             manifest = Manifest.model_validate(json.loads((path / "manifest.json").read_text()))
         except (OSError, ValueError) as exc:
@@ -109,23 +219,85 @@ class Collection:
             if actual != manifest.files:
                 bad = sorted(set(actual.items()) ^ set(manifest.files.items()))
                 raise CorruptVersion(f"{path}: files do not match the manifest: {[p for p, _ in bad][:5]}")
-        index = dense.load(path / "vectors.faiss")
-        sparse = SparseIndex.load(path / "sparse")
-        docs = DocStore.open_readonly(path / "docs.sqlite", manifest.embedding.dimension)
-        return cls(path, manifest, index, sparse, docs)
+        if manifest.format_version == 1:
+            return cls(path, manifest, [Part(_legacy_segment(path, manifest), np.zeros(0, dtype=np.int64))])
+        parts: list[Part] = []
+        segments_dir = path.parent.parent / SEGMENTS
+        try:
+            for ref in manifest.segments:
+                seg_path = segments_dir / ref.id
+                if not SEGMENT_RE.fullmatch(ref.id):
+                    raise CorruptVersion(f"{path}: {ref.id!r} is not a segment id")
+                if cache is not None:
+                    segment = cache.get(seg_path, ref.info_sha256, verify)
+                else:
+                    segment = Segment.open(seg_path, info_sha256=ref.info_sha256, verify=verify)
+                deleted = read_deletions(path, ref.deletions)
+                if segment.count != ref.documents or len(deleted) != ref.deleted:
+                    raise CorruptVersion(f"{path}: segment {ref.id} is not the one the manifest describes")
+                parts.append(Part(segment, deleted))
+        except CorruptSegment as exc:
+            if cache is None:
+                for part in parts:
+                    part.segment.close()
+            raise CorruptVersion(str(exc)) from exc
+        except BaseException:
+            if cache is None:
+                for part in parts:
+                    part.segment.close()
+            raise
+        return cls(path, manifest, parts, owned=cache is None)
 
     def close(self) -> None:
-        self.docs.close()
+        if self._owned:
+            for part in self.parts:
+                part.segment.close()
+
+    # --- chunks -----------------------------------------------------------------------------------
+
+    def chunks(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every live chunk: id → (text, metadata). Reads everything: for checks and small tools."""
+        out: dict[str, tuple[str, dict[str, Any]]] = {}
+        for part in self.parts:
+            out.update(part.segment.docs.texts(exclude=part.exclude))
+        return out
+
+    def vectors_for(self, int_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(int ids, vectors) of the live chunks among ``int_ids``, ascending by id."""
+        return self._vectors_for(np.unique(np.asarray(int_ids, dtype=np.int64)))
+
+    def dense_ids(self) -> set[int]:
+        """The int ids the dense indexes search (deletions applied): equal to the chunks' ids."""
+        out: set[int] = set()
+        for part in self.parts:
+            ids = faiss.vector_to_array(part.segment.index.id_map)
+            out.update(ids[part.owns_live(ids)].tolist())
+        return out
+
+    def sparse_ids(self) -> set[int]:
+        """The int ids BM25 scores (deletions applied)."""
+        out: set[int] = set()
+        for part in self.parts:
+            ids = part.segment.ids
+            out.update((ids if part.live is None else ids[part.live]).tolist())
+        return out
 
     # --- documents --------------------------------------------------------------------------------
 
     def _document_rows(self) -> list[DocumentRow]:
-        # A version never changes: its documents are grouped once (one scan of the docstore) and
+        # A version never changes: its documents are grouped once (one scan of each segment) and
         # every page after that is a bisect. Memory: one small row per document.
         with self._doc_rows_lock:
             if self._doc_rows is None:
-                self._doc_rows = self.docs.document_rows()
+                per_part = [p.segment.docs.document_rows(exclude=p.exclude) for p in self.parts]
+                self._doc_rows = per_part[0] if len(per_part) == 1 else merge_document_rows(per_part)
             return self._doc_rows
+
+    def _metadata_of(self, chunk_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        metas: dict[str, dict[str, Any]] = {}
+        for part in self.parts:
+            metas.update(part.segment.docs.metadata_of(chunk_ids, exclude=part.exclude))
+        return metas
 
     def documents(
         self,
@@ -137,12 +309,18 @@ class Collection:
     ) -> DocumentPage:
         """A page of this version's documents (chunks grouped by document id), ordered by source;
         see :meth:`DocStore.documents`. ValueError for a cursor it did not hand out."""
-        return self.docs.documents(
-            limit=limit, cursor=cursor, origin=origin, principal=principal, rows=self._document_rows()
+        return page_documents(
+            self._document_rows(),
+            self._metadata_of,
+            limit=limit,
+            cursor=cursor,
+            origin=origin,
+            principal=principal,
         )
 
     def document(self, doc_id: str) -> DocumentInfo | None:
-        return self.docs.document(doc_id, rows=self._document_rows())
+        found = [r for r in self._document_rows() if r.id == doc_id]
+        return describe(found[:1], self._metadata_of)[0] if found else None
 
     # --- search -----------------------------------------------------------------------------------
 
@@ -166,8 +344,10 @@ class Collection:
                 want = self.manifest.embedding.dimension
                 raise ModeUnavailable(f"vector has {vector.shape[0]} dimensions; the collection has {want}")
         where, params = compile_filter(filter)
-        allowed = self.docs.matching(where, params) if filter else None
-        if (allowed is not None and len(allowed) == 0) or self.count == 0:
+        allowed: list[np.ndarray] | None = None
+        if filter:
+            allowed = [p.segment.docs.matching(where, params, exclude=p.exclude) for p in self.parts]
+        if (allowed is not None and not any(len(a) for a in allowed)) or self.count == 0:
             return []
         if mode == "hybrid" and (vector is None or not query):
             mode = "dense" if vector is not None else "sparse"
@@ -177,10 +357,8 @@ class Collection:
             hits = self._hits(ids, scores, dense=scores)
         elif mode == "sparse":
             assert query is not None
-            all_scores = self.sparse.scores(query, self._rows(allowed))
-            rows = _top(all_scores, k)
-            ids = self.sparse.ids[rows]
-            hits = self._hits(ids, all_scores[rows], sparse=all_scores[rows])
+            scores, ids = self._sparse_top(self._sparse(query, allowed), k)
+            hits = self._hits(ids, scores, sparse=scores)
         else:
             assert vector is not None and query is not None
             hits = self._hybrid(vector, query, k, allowed)
@@ -188,20 +366,44 @@ class Collection:
             hits = [h for h in hits if h.score >= score_threshold]
         return hits
 
-    def _rows(self, allowed: np.ndarray | None) -> np.ndarray | None:
-        if allowed is None:
-            return None
-        row_of = self.sparse.row_of()
-        return np.array([row_of[int(i)] for i in allowed if int(i) in row_of], dtype=np.int64)
+    def sparse_ceiling(self, query: str) -> float:
+        """The most any live chunk could score by BM25 for ``query`` (see postings.ceiling)."""
+        return ceiling([p.view for p in self.parts], query, self.stats)
 
-    def _dense(self, vector: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        kind = self.manifest.index_built
+    def _sparse(self, query: str, allowed: list[np.ndarray] | None) -> list[np.ndarray]:
+        rows = None if allowed is None else [p.rows_of(a) for p, a in zip(self.parts, allowed, strict=True)]
+        return postings_scores([p.view for p in self.parts], query, self.stats, rows)
+
+    def _sparse_top(self, per_part: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = []
+        for part, scores in zip(self.parts, per_part, strict=True):
+            rows = _top(scores, k)
+            found.append((scores[rows], part.segment.ids[rows]))
+        return found[0] if len(found) == 1 else merge_top(found, k)
+
+    def _dense(
+        self, vector: np.ndarray, k: int, allowed: list[np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        found = [
+            self._dense_part(p, vector, k, None if allowed is None else allowed[i])
+            for i, p in enumerate(self.parts)
+        ]
+        return found[0] if len(found) == 1 else merge_top(found, k)
+
+    def _dense_part(
+        self, part: Part, vector: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        kind = part.segment.index_built
+        if allowed is not None and len(allowed) == 0:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         if allowed is not None and kind != "flat" and len(allowed) <= EXACT_SCAN_MAX:
-            ids, vecs = self.docs.vectors_for(allowed)
+            ids, vecs = part.segment.docs.vectors_for(allowed)
             scores = self._exact(vecs, vector)
             order = np.argsort(-scores, kind="stable")[:k]
             return scores[order], ids[order]
-        return dense.search(self.index, kind, self.manifest.index, vector, k, allowed)
+        excluded = part.deleted if allowed is None and len(part.deleted) else None
+        cfg = self.manifest.index
+        return dense.search(part.segment.index, kind, cfg, vector, k, allowed, excluded=excluded)
 
     def _exact(self, vecs: np.ndarray, vector: np.ndarray) -> np.ndarray:
         scores: np.ndarray = (
@@ -209,24 +411,43 @@ class Collection:
         )
         return scores
 
-    def _hybrid(self, vector: np.ndarray, query: str, k: int, allowed: np.ndarray | None) -> list[Hit]:
+    def _vectors_for(self, int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the live chunks among ``int_ids``, in ``int_ids``' order."""
+        if len(self.parts) == 1:
+            return self.parts[0].segment.docs.vectors_for(int_ids)
+        got_ids, got_vecs = [], []
+        for part in self.parts:
+            mine = int_ids[part.owns_live(int_ids)]
+            if len(mine):
+                ids, vecs = part.segment.docs.vectors_for(mine)
+                got_ids.append(ids)
+                got_vecs.append(vecs)
+        if not got_ids:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.manifest.embedding.dimension), np.float32)
+        ids = np.concatenate(got_ids)
+        vecs = np.concatenate(got_vecs)
+        order = np.argsort(ids, kind="stable")
+        return ids[order], vecs[order]
+
+    def _hybrid(self, vector: np.ndarray, query: str, k: int, allowed: list[np.ndarray] | None) -> list[Hit]:
         depth = max(3 * k, 30)
         _, d_ids = self._dense(vector, depth, allowed)
-        s_all = self.sparse.scores(query, self._rows(allowed))
-        s_rows = _top(s_all, depth)
-        candidates = np.unique(np.concatenate([d_ids, self.sparse.ids[s_rows]]))
+        per_part = self._sparse(query, allowed)
+        _, s_ids = self._sparse_top(per_part, depth)
+        candidates = np.unique(np.concatenate([d_ids, s_ids]))
         # Score every candidate by both parts, exactly.
-        c_ids, c_vecs = self.docs.vectors_for(candidates)
+        c_ids, c_vecs = self._vectors_for(candidates)
         dense_c = self._exact(c_vecs, vector)
-        row_of = self.sparse.row_of()
-        sparse_c = np.array(
-            [s_all[row_of[int(i)]] if int(i) in row_of else 0.0 for i in c_ids], dtype=np.float32
-        )
+        sparse_c = np.zeros(len(c_ids), dtype=np.float32)
+        for part, scores in zip(self.parts, per_part, strict=True):
+            mine = part.owns_live(c_ids)
+            if mine.any():
+                sparse_c[mine] = scores[part.rows_of(c_ids[mine])]
         w_dense = dense_weight(query, self.manifest.embedding.languages)
         # Min-max: cosine (or negative L2) spreads over the candidates like BM25 does after its max.
         d_lo, d_hi = float(dense_c.min(initial=0.0)), float(dense_c.max(initial=0.0))
         d_norm = (dense_c - d_lo) / max(d_hi - d_lo, 1e-9)
-        s_norm = sparse_c / max(self.sparse.ceiling(query), float(sparse_c.max(initial=0.0)), 1e-9)
+        s_norm = sparse_c / max(self.sparse_ceiling(query), float(sparse_c.max(initial=0.0)), 1e-9)
         fused = w_dense * d_norm + (1.0 - w_dense) * s_norm
         # Ties (e.g. documents BM25 does not find when dense counts 0) are broken by the dense score.
         order = np.lexsort((-dense_c, -fused))[:k]
@@ -239,7 +460,12 @@ class Collection:
         dense: np.ndarray | None = None,
         sparse: np.ndarray | None = None,
     ) -> list[Hit]:
-        found = self.docs.fetch(ids.tolist())
+        found: dict[int, tuple[str, str, dict[str, Any]]] = {}
+        ids = np.asarray(ids, dtype=np.int64)
+        for part in self.parts:
+            mine = ids[part.owns_live(ids)] if len(self.parts) > 1 else ids
+            if len(mine):
+                found.update(part.segment.docs.fetch(mine.tolist()))
         hits = []
         for i, iid in enumerate(ids.tolist()):
             if iid not in found:
@@ -260,9 +486,13 @@ class Collection:
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the k best positive scores, best first."""
+    """Rows of the k best positive scores, best first; equal scores in row order (the int ids'
+    order), also where the k-th place is shared, so that segments merge to what one index gives."""
     positive = np.flatnonzero(scores > 0)
     if len(positive) > k:
-        part = np.argpartition(-scores[positive], k - 1)[:k]
-        positive = positive[part]
+        values = scores[positive]
+        kth = -np.partition(-values, k - 1)[k - 1]
+        above = positive[values > kth]
+        tied = positive[values == kth][: k - len(above)]
+        positive = np.concatenate([above, tied])
     return positive[np.argsort(-scores[positive], kind="stable")]

@@ -204,12 +204,20 @@ def search(
     query: np.ndarray,
     k: int,
     allowed: np.ndarray | None = None,
+    *,
+    excluded: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, int ids) for one query vector, optionally only among ``allowed`` ids."""
+    """Top-k (scores, int ids) for one query vector, optionally only among ``allowed`` ids, or
+    among all but ``excluded`` ones (a segment's deleted chunks)."""
     q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
     params = None
-    if allowed is not None:
+    inner = None  # the selector an IDSelectorNot wraps: it must outlive the search
+    if allowed is None and excluded is not None and len(excluded):
+        inner = faiss.IDSelectorBatch(np.ascontiguousarray(excluded, dtype=np.int64))
+        sel = faiss.IDSelectorNot(inner)
+    elif allowed is not None:
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+    if allowed is not None or inner is not None:
         if kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(cfg.hnsw_ef_search, 2 * k))
         elif kind == "ivfpq":

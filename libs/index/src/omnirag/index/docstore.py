@@ -25,7 +25,7 @@ import bisect
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,16 @@ ORIGIN_SQL = (
     "CASE WHEN json_extract(metadata, '$.ingest_job') IS NOT NULL THEN 'upload' ELSE 'kb' END)"
 )
 DOC_ID_SQL = "COALESCE(json_extract(metadata, '$.doc_id'), omnirag_legacy_doc_id(source))"
+# A segment shared by several versions is read with the chunks a version deleted left out: their
+# int ids go as one JSON parameter (constant SQL; SQLite builds a temporary index for NOT IN).
+LIVE_SQL = "int_id NOT IN (SELECT value FROM json_each(?))"
+
+
+def _live(exclude: Sequence[int] | np.ndarray | None) -> tuple[str, list[Any]]:
+    """(an SQL condition, its parameters) that leaves ``exclude``'s int ids out; ("1", []) for none."""
+    if exclude is None or len(exclude) == 0:
+        return "1", []
+    return LIVE_SQL, [json.dumps([int(i) for i in exclude])]
 
 
 def document_id(*parts: str) -> str:
@@ -249,6 +259,20 @@ class DocStore:
                 rows,
             )
 
+    def present(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are stored here."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            found.update(
+                r[0]
+                for r in self.conn.execute(
+                    f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(part))})",  # noqa: S608
+                    part,
+                )
+            )
+        return found
+
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         deleted = 0
@@ -284,11 +308,17 @@ class DocStore:
 
     # --- documents ---------------------------------------------------------------------------------
 
-    def document_rows(self, doc_id: str | None = None) -> list[DocumentRow]:
+    def document_rows(
+        self, doc_id: str | None = None, *, exclude: Sequence[int] | np.ndarray | None = None
+    ) -> list[DocumentRow]:
         """Every document (or the one with ``doc_id``), ordered by (source, id): one scan of the
-        chunks' metadata, grouped in SQL. A reader of an immutable version computes this once and
-        pages over it (see Collection)."""
-        where, params = (f"WHERE {DOC_ID_SQL} = ?", [doc_id]) if doc_id is not None else ("", [])
+        chunks' metadata, grouped in SQL, the chunks ``exclude`` names left out. A reader of an
+        immutable version computes this once and pages over it (see Collection)."""
+        live, params = _live(exclude)
+        where = f"WHERE {live}"
+        if doc_id is not None:
+            where += f" AND {DOC_ID_SQL} = ?"
+            params.append(doc_id)
         sql = (
             "SELECT doc_id, MIN(src), MIN(id), count(*), MAX(at), MIN(origin), MIN(principal) FROM ("  # noqa: S608
             f"SELECT {DOC_ID_SQL} AS doc_id, COALESCE(source, '') AS src, id, "
@@ -325,66 +355,50 @@ class DocStore:
         """A page of documents ordered by source (then id), with the total that match. ``rows`` is
         :meth:`document_rows` when the caller keeps it (an immutable version); without it, it is
         computed here. ValueError for a cursor this module did not write."""
-        after = decode_cursor(cursor) if cursor else None
-        limit = max(1, min(int(limit), MAX_PAGE))
         every = self.document_rows() if rows is None else rows
-        matching = [
-            r
-            for r in every
-            if (origin is None or r.origin == origin) and (principal is None or r.principal == principal)
-        ]
-        start = bisect.bisect_right(matching, after, key=lambda r: (r.source, r.id)) if after else 0
-        chosen = matching[start : start + limit]
-        more = start + limit < len(matching)
-        next_cursor = encode_cursor(chosen[-1].source, chosen[-1].id) if more and chosen else None
-        return DocumentPage(self._describe(chosen), len(matching), next_cursor)
+        return page_documents(
+            every, self.metadata_of, limit=limit, cursor=cursor, origin=origin, principal=principal
+        )
 
-    def _describe(self, rows: Sequence[DocumentRow]) -> list[DocumentInfo]:
-        """Title and origin details of each document, from its first chunk (by primary key)."""
+    def metadata_of(
+        self, chunk_ids: Sequence[str], *, exclude: Sequence[int] | np.ndarray | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Chunk id → metadata, for those of ``chunk_ids`` stored here (and not excluded)."""
+        live, live_params = _live(exclude)
         metas: dict[str, dict[str, Any]] = {}
-        firsts = [r.first_chunk for r in rows]
-        for start in range(0, len(firsts), 500):
-            part = firsts[start : start + 500]
+        for start in range(0, len(chunk_ids), 500):
+            part = list(chunk_ids[start : start + 500])
             for cid, meta in self.conn.execute(
-                f"SELECT id, metadata FROM docs WHERE id IN ({','.join('?' * len(part))})",  # noqa: S608
-                part,
+                f"SELECT id, metadata FROM docs WHERE id IN ({','.join('?' * len(part))}) AND {live}",  # noqa: S608
+                [*part, *live_params],
             ):
                 metas[cid] = json.loads(meta)
-        out = []
-        for r in rows:
-            meta = metas.get(r.first_chunk, {})
-            title = meta.get("title")
-            out.append(
-                DocumentInfo(
-                    id=r.id,
-                    source=r.source,
-                    title=str(title) if title is not None else None,
-                    origin=origin_details(meta),
-                    chunks=r.chunks,
-                    indexed_at=r.indexed_at,
-                )
-            )
-        return out
+        return metas
 
     def document(self, doc_id: str, *, rows: Sequence[DocumentRow] | None = None) -> DocumentInfo | None:
         found = [r for r in rows if r.id == doc_id] if rows is not None else self.document_rows(doc_id)
-        return self._describe(found[:1])[0] if found else None
+        return describe(found[:1], self.metadata_of)[0] if found else None
 
     def document_chunks(
-        self, ids_or_sources: Sequence[str], *, origin: str | None = None
+        self,
+        ids_or_sources: Sequence[str],
+        *,
+        origin: str | None = None,
+        exclude: Sequence[int] | np.ndarray | None = None,
     ) -> dict[str, list[str]]:
         """Document id → its chunk ids, for the documents named by id or by source (a source names
         every document that has it), optionally only those of one origin."""
         names = list(dict.fromkeys(ids_or_sources))
+        live, live_params = _live(exclude)
         out: dict[str, list[str]] = {}
         for start in range(0, len(names), 400):
             part = names[start : start + 400]
             marks = ",".join("?" * len(part))
             sql = (
                 f"SELECT {DOC_ID_SQL}, id FROM docs "  # noqa: S608
-                f"WHERE ({DOC_ID_SQL} IN ({marks}) OR source IN ({marks}))"
+                f"WHERE ({DOC_ID_SQL} IN ({marks}) OR source IN ({marks})) AND {live}"
             )
-            params: list[Any] = [*part, *part]
+            params: list[Any] = [*part, *part, *live_params]
             if origin is not None:
                 sql += f" AND {ORIGIN_SQL} = ?"
                 params.append(origin)
@@ -392,17 +406,26 @@ class DocStore:
                 out.setdefault(str(doc_id), []).append(cid)
         return out
 
-    def hashes(self, source: str | None = None) -> dict[str, str]:
+    def hashes(
+        self, source: str | None = None, *, exclude: Sequence[int] | np.ndarray | None = None
+    ) -> dict[str, str]:
         """id → content hash, for incremental indexing (optionally of one source)."""
+        live, params = _live(exclude)
         if source is None:
-            rows = self.conn.execute("SELECT id, content_hash FROM docs")
+            rows = self.conn.execute(f"SELECT id, content_hash FROM docs WHERE {live}", params)  # noqa: S608
         else:
-            rows = self.conn.execute("SELECT id, content_hash FROM docs WHERE source = ?", (source,))
+            rows = self.conn.execute(
+                f"SELECT id, content_hash FROM docs WHERE source = ? AND {live}",  # noqa: S608
+                [source, *params],
+            )
         return dict(rows.fetchall())
 
-    def iter_chunks(self, batch: int = 8192) -> Iterator[ChunkRow]:
+    def iter_chunks(
+        self, batch: int = 8192, *, exclude: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[ChunkRow]:
         """Every chunk's id, metadata and content hash, a batch of rows at a time."""
-        cur = self.conn.execute("SELECT id, metadata, content_hash FROM docs")
+        live, params = _live(exclude)
+        cur = self.conn.execute(f"SELECT id, metadata, content_hash FROM docs WHERE {live}", params)  # noqa: S608
         while rows := cur.fetchmany(batch):
             for cid, meta_json, chash in rows:
                 yield ChunkRow(cid, json.loads(meta_json), chash)
@@ -414,6 +437,14 @@ class DocStore:
             ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.dimension)
             yield ids, vecs.astype(np.float32, copy=False)
+
+    def texts(
+        self, *, exclude: Sequence[int] | np.ndarray | None = None
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Every chunk: id → (text, metadata)."""
+        live, params = _live(exclude)
+        rows = self.conn.execute(f"SELECT id, text, metadata FROM docs WHERE {live}", params)  # noqa: S608
+        return {cid: (text, json.loads(meta)) for cid, text, meta in rows}
 
     def iter_texts(self) -> Iterator[tuple[int, str]]:
         yield from self.conn.execute("SELECT int_id, text FROM docs ORDER BY int_id")
@@ -445,8 +476,117 @@ class DocStore:
                 out[iid] = (sid, text, json.loads(meta))
         return out
 
-    def matching(self, where: str, params: Sequence[Scalar], limit: int | None = None) -> np.ndarray:
-        sql = f"SELECT int_id FROM docs WHERE {where}"  # where is compiled by filters.compile_filter  # noqa: S608
+    def matching(
+        self,
+        where: str,
+        params: Sequence[Scalar],
+        limit: int | None = None,
+        *,
+        exclude: Sequence[int] | np.ndarray | None = None,
+    ) -> np.ndarray:
+        live, live_params = _live(exclude)
+        # where is compiled by filters.compile_filter
+        sql = f"SELECT int_id FROM docs WHERE ({where}) AND {live}"  # noqa: S608
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return np.fromiter((r[0] for r in self.conn.execute(sql, list(params))), dtype=np.int64)
+        return np.fromiter((r[0] for r in self.conn.execute(sql, [*params, *live_params])), dtype=np.int64)
+
+    def rows_for(self, int_ids: Sequence[int] | np.ndarray) -> list[tuple[Any, ...]]:
+        """Whole rows (id, int_id, text, metadata, source, content_hash, vector) of ``int_ids``, to
+        copy chunks into another store."""
+        out: list[tuple[Any, ...]] = []
+        ids = [int(i) for i in int_ids]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start : start + 900]
+            out.extend(
+                self.conn.execute(
+                    "SELECT id, int_id, text, metadata, source, content_hash, vector FROM docs "  # noqa: S608
+                    f"WHERE int_id IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                )
+            )
+        return out
+
+    def insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows as :meth:`rows_for` gives them, inserted (or replacing those with the same id)."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(
+                "INSERT INTO docs(id, int_id, text, metadata, source, content_hash, vector) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET text=excluded.text, "
+                "metadata=excluded.metadata, source=excluded.source, content_hash=excluded.content_hash, "
+                "vector=excluded.vector",
+                rows,
+            )
+
+
+MetadataOf = Callable[[Sequence[str]], dict[str, dict[str, Any]]]
+
+
+def describe(rows: Sequence[DocumentRow], metadata_of: MetadataOf) -> list[DocumentInfo]:
+    """Title and origin details of each document, from its first chunk (by primary key)."""
+    metas = metadata_of([r.first_chunk for r in rows])
+    out = []
+    for r in rows:
+        meta = metas.get(r.first_chunk, {})
+        title = meta.get("title")
+        out.append(
+            DocumentInfo(
+                id=r.id,
+                source=r.source,
+                title=str(title) if title is not None else None,
+                origin=origin_details(meta),
+                chunks=r.chunks,
+                indexed_at=r.indexed_at,
+            )
+        )
+    return out
+
+
+def page_documents(
+    every: Sequence[DocumentRow],
+    metadata_of: MetadataOf,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    origin: str | None = None,
+    principal: str | None = None,
+) -> DocumentPage:
+    """A page of ``every`` (ordered by (source, id)) after ``cursor``, with the total that match."""
+    after = decode_cursor(cursor) if cursor else None
+    limit = max(1, min(int(limit), MAX_PAGE))
+    matching = [
+        r
+        for r in every
+        if (origin is None or r.origin == origin) and (principal is None or r.principal == principal)
+    ]
+    start = bisect.bisect_right(matching, after, key=lambda r: (r.source, r.id)) if after else 0
+    chosen = matching[start : start + limit]
+    more = start + limit < len(matching)
+    next_cursor = encode_cursor(chosen[-1].source, chosen[-1].id) if more and chosen else None
+    return DocumentPage(describe(chosen, metadata_of), len(matching), next_cursor)
+
+
+def merge_document_rows(parts: Iterable[Sequence[DocumentRow]]) -> list[DocumentRow]:
+    """One row per document from the rows of several stores (a document's chunks may live in several
+    segments): chunks added up, the smallest source and first chunk, the latest write, ordered by
+    (source, id) as paging needs."""
+    merged: dict[str, DocumentRow] = {}
+    for rows in parts:
+        for r in rows:
+            seen = merged.get(r.id)
+            if seen is None:
+                merged[r.id] = r
+                continue
+            times = [t for t in (seen.indexed_at, r.indexed_at) if t is not None]
+            principals = [p for p in (seen.principal, r.principal) if p is not None]
+            merged[r.id] = DocumentRow(
+                source=min(seen.source, r.source),
+                id=r.id,
+                first_chunk=min(seen.first_chunk, r.first_chunk),
+                chunks=seen.chunks + r.chunks,
+                indexed_at=max(times) if times else None,
+                origin=min(seen.origin, r.origin),
+                principal=min(principals) if principals else None,
+            )
+    return sorted(merged.values(), key=lambda r: (r.source, r.id))

@@ -9,7 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-FORMAT_VERSION = 1
+# 1: one version, one directory (docs.sqlite, vectors.faiss, sparse/). 2: a version lists segments
+# shared between versions, with deletions per segment (omnirag.index.segment). Both are read.
+FORMAT_VERSION = 2
 IndexType = Literal["flat", "hnsw", "ivfpq"]
 
 
@@ -33,8 +35,19 @@ class IndexConfig(BaseModel):
     pq_m: int = Field(48, ge=1, description="Sub-quantizers; must divide the dimension.")
 
 
+class SegmentRef(BaseModel):
+    """One segment of a version: its id, the sha256 of its segment.json, its chunks and the int ids
+    deleted from it (a file of the version's own)."""
+
+    id: str
+    info_sha256: str
+    documents: int = Field(ge=0)
+    deleted: int = Field(0, ge=0)
+    deletions: str | None = Field(None, description="deletions/<segment>.npy in the version's directory.")
+
+
 class Manifest(BaseModel):
-    format_version: int = FORMAT_VERSION
+    format_version: int = Field(FORMAT_VERSION, ge=1, le=FORMAT_VERSION)
     collection: str
     version: str
     parent: str | None = None
@@ -45,6 +58,9 @@ class Manifest(BaseModel):
     counts: dict[str, int]
     sparse_tokenizer: str
     files: dict[str, str] = Field(description="sha256 of every file, by path relative to the version.")
+    segments: list[SegmentRef] = Field(
+        default_factory=list, description="Format 2: the segments this version is made of, oldest first."
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -55,11 +71,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def hash_tree(root: Path) -> dict[str, str]:
+def hash_tree(root: Path, skip: str = "manifest.json") -> dict[str, str]:
+    """sha256 of every file under ``root`` but the top-level ``skip`` (the file that records them)."""
     out = {}
     for dirpath, _, filenames in os.walk(root):
         for name in sorted(filenames):
-            if name == "manifest.json":
+            if name == skip and Path(dirpath) == root:
                 continue
             path = Path(dirpath) / name
             out[path.relative_to(root).as_posix()] = sha256_file(path)

@@ -22,6 +22,7 @@ from omnirag.core.errors import Conflict, NotFound
 from omnirag.core.metrics import ServiceMetrics
 from omnirag.core.schemas.embeddings import EmbedderInfo
 from omnirag.index import Collection, dense, list_collections, read_current
+from omnirag.index.collection import SegmentCache
 from omnirag.index.store import version_path
 from omnirag.retriever.config import RetrieverSettings
 from omnirag.retriever.embedding import QueryEmbedder
@@ -98,6 +99,7 @@ class Registry:
         self.metrics = metrics
         self.entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
+        self.segments = SegmentCache()
         # faiss_lib: the faiss module (default), replaceable only to drive the GPU path where no GPU is.
         self._faiss = faiss_lib
         # Checked here, in the lifespan, so a GPU setting without a GPU stops the start-up with one
@@ -174,12 +176,14 @@ class Registry:
         )
 
     def _open(self, path: Path) -> Collection:
-        collection = Collection.open(path, verify=self.settings.verify_checksums)
+        # Segments shared with the version being served are not opened again (nor moved to the
+        # GPUs again): a one-document reload opens one small segment.
+        collection = Collection.open(path, verify=self.settings.verify_checksums, cache=self.segments)
         if self.gpus:
             try:
-                collection.index = dense.to_gpus(
-                    collection.index, collection.manifest.index_built, self._faiss
-                )
+                for segment in collection.segments:
+                    if not isinstance(segment.index, dense.GpuIndex):
+                        segment.index = dense.to_gpus(segment.index, segment.index_built, self._faiss)
             except BaseException:
                 collection.close()
                 raise

@@ -152,7 +152,7 @@ def _hybrid_without_dense(collection: Collection, req: SearchRequest) -> list[Hi
         return None
     raw = np.asarray([h.score for h in found], dtype=np.float32)
     # float32, as the fusion computes it, so that a tie there is a tie here.
-    fused = raw / max(collection.sparse.ceiling(req.query), float(raw.max(initial=0.0)), 1e-9)
+    fused = raw / max(collection.sparse_ceiling(req.query), float(raw.max(initial=0.0)), 1e-9)
     if np.any(fused[1:] == fused[:-1]):
         return None
     hits = [
