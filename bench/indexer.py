@@ -314,10 +314,10 @@ def chunk_texts(root: Path) -> list[str]:
     if coll is None:
         raise BenchError(f"no published version of {KB!r} under {root}")
     try:
-        rows = coll.docs.conn.execute("SELECT text FROM docs ORDER BY rowid").fetchall()
+        texts = [text for text, _ in coll.chunks().values()]
     finally:
         coll.close()
-    return [r[0] for r in rows]
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------------

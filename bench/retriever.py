@@ -344,7 +344,8 @@ def bench_faiss(
 ) -> dict[str, Any]:
     """The limit: the version's FAISS file searched directly, one query per call, one FAISS thread."""
     out: dict[str, Any] = {}
-    index = faiss.read_index(str(path / "vectors.faiss"))
+    [segment] = Collection.open(path, verify=False).segments  # one commit: one segment
+    index = faiss.read_index(str(segment.path / "vectors.faiss"))
     if kind == "hnsw":
         out["hnsw_ef_search_loaded"] = int(faiss.downcast_index(index.index).hnsw.efSearch)
     with mon.measure(f"in-process FAISS {kind}, sequential"):
@@ -383,7 +384,8 @@ def stage_costs(coll: Collection, queries: np.ndarray) -> dict[str, float]:
     """Median µs of each step the service adds around FAISS, timed alone, in the order a request
     meets them (FastAPI parses the body with the stdlib json, then validates it with pydantic)."""
     bodies = [json.dumps({"vector": v.tolist(), "k": K, "mode": "dense"}).encode() for v in queries]
-    index = coll.index
+    [segment] = coll.segments
+    index = segment.index
 
     def med(fn: Callable[[int], Any]) -> float:
         for i in range(min(20, len(bodies))):
@@ -428,7 +430,7 @@ def stage_costs(coll: Collection, queries: np.ndarray) -> dict[str, float]:
         "to_numpy": med(lambda i: np.asarray(reqs[i].vector, dtype=np.float32)),
         "thread_hop": thread_hop_us(len(bodies)),
         "faiss_search": med(lambda i: index.search(queries[i : i + 1], K)),
-        "sqlite_fetch_10": med(lambda i: coll.docs.fetch(top_ids[i])),
+        "sqlite_fetch_10": med(lambda i: segment.docs.fetch(top_ids[i])),
         "collection_search": med(lambda i: coll.search(vector=queries[i], k=K, mode="dense")),
         "response_orjson": med(respond),
     }

@@ -146,7 +146,7 @@ async def test_a_file_that_fails_to_load_keeps_its_old_chunks(tmp_path, settings
     assert first.added == 2 and not first.problems
     before = open_current(settings.index_root, "kb")
     assert before is not None
-    pdf_chunks = before.docs.document_chunks(["b.pdf"])
+    pdf_chunks = before.document_chunks(["b.pdf"])
     assert (
         pdf_chunks and "marmotfund" in before.search(query="marmotfund receipts", k=1, mode="sparse")[0].text
     )
@@ -159,7 +159,7 @@ async def test_a_file_that_fails_to_load_keeps_its_old_chunks(tmp_path, settings
     after = open_current(settings.index_root, "kb")
     assert after is not None and after.version != before.version
     # The broken file's document and its chunks are served as before.
-    assert after.docs.document_chunks(["b.pdf"]) == pdf_chunks
+    assert after.document_chunks(["b.pdf"]) == pdf_chunks
     hit = after.search(query="marmotfund receipts", k=1, mode="sparse")[0]
     assert hit.metadata["source"] == "b.pdf" and "marmotfund" in hit.text
 
@@ -477,31 +477,29 @@ async def test_delete_documents_by_id_or_source_under_the_lock(tmp_path, setting
 def make_legacy(settings, name: str = "kb") -> None:
     """Rewrite the current version as the indexer wrote it before origins were recorded: no origin
     fields, no doc_id, no indexed_at, and every chunk id derived from the source alone."""
-    import json as _json
-
-    from omnirag.index import EmbeddingInfo, IndexConfig, VersionWriter
+    from omnirag.index import Document, EmbeddingInfo, IndexConfig, VersionWriter
     from omnirag.index.ids import int_id
     from omnirag.indexer.pipeline import sha256
 
     coll = open_current(settings.index_root, name)
     manifest = coll.manifest
+    chunks = coll.chunks()
+    ids, vecs = coll.vectors_for([int_id(c) for c in chunks])
+    vector_of = dict(zip(ids.tolist(), vecs, strict=True))
     coll.close()
-    with VersionWriter(
-        settings.index_root,
-        name,
-        EmbeddingInfo.model_validate(manifest.embedding.model_dump()),
-        IndexConfig.model_validate(manifest.index.model_dump()),
-    ) as w:
-        rows = w.docs.conn.execute("SELECT id, metadata FROM docs").fetchall()
-        for cid, meta_json in rows:
-            meta = _json.loads(meta_json)
-            for key in ("origin", "origin_source", "origin_key", "origin_principal", "doc_id", "indexed_at"):
-                meta.pop(key, None)
-            legacy_id = f"{name}:{sha256(meta['source'])[:16]}:{int(meta['chunk']):05d}"
-            w.docs.conn.execute(
-                "UPDATE docs SET id = ?, int_id = ?, metadata = ? WHERE id = ?",
-                (legacy_id, int_id(legacy_id), _json.dumps(meta), cid),
-            )
+    embedding = EmbeddingInfo.model_validate(manifest.embedding.model_dump())
+    config = IndexConfig.model_validate(manifest.index.model_dump())
+    with VersionWriter(settings.index_root, name, embedding, config) as w:
+        hashes = w.hashes()
+        w.abort()
+    legacy = []
+    for cid, (text, meta) in chunks.items():
+        for key in ("origin", "origin_source", "origin_key", "origin_principal", "doc_id", "indexed_at"):
+            meta.pop(key, None)
+        legacy_id = f"{name}:{sha256(meta['source'])[:16]}:{int(meta['chunk']):05d}"
+        legacy.append(Document(legacy_id, text, meta, vector_of[int_id(cid)], hashes[cid]))
+    with VersionWriter(settings.index_root, name, embedding, config, base=None) as w:
+        w.upsert(legacy)
         w.commit()
 
 

@@ -96,8 +96,9 @@ async def test_registry_moves_each_loaded_version_to_the_gpus(
         changes = await registry.refresh()
         assert changes["loaded"] and not changes["failed"]
         collection = registry.get("docs").usable()
-        assert isinstance(collection.index, dense.GpuIndex)
-        assert fake.moved == [collection.index.cpu]
+        [segment] = collection.segments
+        assert isinstance(segment.index, dense.GpuIndex)
+        assert fake.moved == [segment.index.cpu]
         query = embed_texts(["Which port does the gateway listen on?"])[0]
         hits = collection.search(vector=query, k=3, mode="dense")
         assert hits[0].id == "gateway-port"

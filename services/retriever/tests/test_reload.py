@@ -10,6 +10,7 @@ import time
 import httpx
 from omnirag_harness.servers import metric_value
 
+from omnirag.index import Manifest
 from omnirag.index.store import version_path
 
 
@@ -57,7 +58,10 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(retriever, i
     bad = build(index_root, "docs", [("x", "extra text", "x.md", "en")], base=None)
     # build() published it; undo the publish, corrupt the files, then publish it again.
     (index_root / "docs" / "CURRENT").write_text(good + "\n")
-    faiss_file = version_path(index_root, "docs", bad) / "vectors.faiss"
+    [segment] = Manifest.model_validate_json(
+        (version_path(index_root, "docs", bad) / "manifest.json").read_bytes()
+    ).segments
+    faiss_file = index_root / "docs" / "segments" / segment.id / "vectors.faiss"
     data = bytearray(faiss_file.read_bytes())
     data[-1] ^= 0xFF
     faiss_file.write_bytes(bytes(data))
@@ -124,3 +128,28 @@ async def test_twenty_swaps_under_continuous_search_fail_no_request(retriever, i
     assert count > 50
     assert len(seen) >= 5  # the clients really saw versions change under them
     assert wait_for(lambda: served_version(retriever) == published[-1])
+
+
+def test_a_one_document_reload_opens_only_its_new_segment(retriever, index_root, build):
+    """Segments shared with the served version stay loaded: a reload after a one-document commit
+    opens one small segment, whatever the collection's size (issue 17)."""
+    build(index_root, "seg", [(f"s{i}", f"segment test document {i}", "s.md", "en") for i in range(30)])
+    httpx.post(f"{retriever}/v1/admin/reload")
+
+    def opened() -> float:
+        text = httpx.get(f"{retriever}/metrics").text
+        return metric_value(text, "omnirag_retriever_segments_opened_total", 'collection="seg"')
+
+    before = opened()
+    v2 = build(index_root, "seg", [("s3", "segment test document three, revised", "s.md", "en")])
+    httpx.post(f"{retriever}/v1/admin/reload")
+    assert served_version(retriever, "seg") == v2
+    assert opened() == before + 1
+    text = httpx.get(f"{retriever}/metrics").text
+    assert metric_value(text, "omnirag_retriever_collection_segments", 'collection="seg"') == 2
+    assert metric_value(text, "omnirag_retriever_collection_deleted_chunks", 'collection="seg"') == 1
+    hits = httpx.post(
+        f"{retriever}/v1/collections/seg/search", json={"query": "revised", "mode": "sparse"}
+    ).json()["hits"]
+    assert [h["id"] for h in hits] == ["s3"]
+    assert httpx.get(f"{retriever}/v1/collections/seg").json()["documents"] == 30

@@ -262,6 +262,17 @@ class Collection:
             out.update(part.segment.docs.texts(exclude=part.exclude))
         return out
 
+    def document_chunks(
+        self, ids_or_sources: Sequence[str], *, origin: str | None = None
+    ) -> dict[str, list[str]]:
+        """Document id → its live chunk ids, for the documents named by id or source."""
+        out: dict[str, list[str]] = {}
+        for part in self.parts:
+            found = part.segment.docs.document_chunks(ids_or_sources, origin=origin, exclude=part.exclude)
+            for doc_id, chunk_ids in found.items():
+                out.setdefault(doc_id, []).extend(chunk_ids)
+        return {d: sorted(c) for d, c in out.items()}
+
     def vectors_for(self, int_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(int ids, vectors) of the live chunks among ``int_ids``, ascending by id."""
         return self._vectors_for(np.unique(np.asarray(int_ids, dtype=np.int64)))

@@ -52,6 +52,18 @@ class RetrieverMetrics:
         self.degraded = m.counter(
             "degraded_searches_total", "Searches served without a part, by part.", ["part"]
         )
+        self.segments = m.gauge("collection_segments", "Segments of the served version.", ["collection"])
+        self.deleted = m.gauge(
+            "collection_deleted_chunks",
+            "Chunks the served version deletes from its segments.",
+            ["collection"],
+        )
+        self.segments_opened = m.counter(
+            "segments_opened_total",
+            "Segments opened from disk; a reload that shares segments with the served version opens only "
+            "the new ones.",
+            ["collection"],
+        )
 
 
 @dataclass
@@ -145,6 +157,8 @@ class Registry:
                     with contextlib.suppress(KeyError):
                         self.metrics.documents.remove(name)
                         self.metrics.version.remove(name, old.collection.version)
+                        self.metrics.segments.remove(name)
+                        self.metrics.deleted.remove(name)
                 changes["removed"].append(name)
             return changes
 
@@ -178,7 +192,9 @@ class Registry:
     def _open(self, path: Path) -> Collection:
         # Segments shared with the version being served are not opened again (nor moved to the
         # GPUs again): a one-document reload opens one small segment.
+        opened = self.segments.opened
         collection = Collection.open(path, verify=self.settings.verify_checksums, cache=self.segments)
+        self.metrics.segments_opened.labels(collection.name).inc(self.segments.opened - opened)
         if self.gpus:
             try:
                 for segment in collection.segments:
@@ -218,6 +234,8 @@ class Registry:
         assert new.collection is not None
         self.metrics.version.labels(new.name, new.collection.version).set(1)
         self.metrics.documents.labels(new.name).set(new.collection.count)
+        self.metrics.segments.labels(new.name).set(len(new.collection.segments))
+        self.metrics.deleted.labels(new.name).set(new.collection.manifest.counts.get("deleted", 0))
 
     async def poll_forever(self) -> None:
         while True:
