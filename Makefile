@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer bench-gateway eval eval-answers clean
+.PHONY: help setup system-deps run test lint format bench bench-embedder bench-retriever bench-indexer bench-index bench-gateway eval eval-answers clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -155,6 +155,9 @@ bench-retriever: setup ## retriever latency over HTTP vs in-process FAISS, HNSW 
 bench-indexer: setup ## indexing throughput vs the embedder's own, and an unchanged re-run
 	$(PY) bench/indexer.py
 
+bench-index: setup ## segmented collections: one-document commits, disk, search, compaction, reload memory, 1k to 1M chunks
+	$(PY) bench/index.py
+
 bench-gateway: setup ## gateway overhead over a direct LLM call, the RAG stage before the LLM, a profile
 	$(PY) bench/gateway.py --profile
 
@@ -164,7 +167,7 @@ eval: setup ## retrieval quality on CMRC 2018 (dense, sparse, hybrid) → bench/
 eval-answers: setup $(LLM_STAMP) ## answers through the local stack per answer mode (EN, CMRC 2018, follow-ups) → bench/results/answers.json
 	$(PY) bench/eval_answers.py $(EVAL_ANSWERS_ARGS)
 
-bench: bench-embedder bench-retriever bench-indexer bench-gateway eval ## every benchmark (slow; not part of make test)
+bench: bench-embedder bench-retriever bench-indexer bench-index bench-gateway eval ## every benchmark (slow; not part of make test)
 
 clean: ## remove the virtual environments and caches
 	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache .ruff_cache

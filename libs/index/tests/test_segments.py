@@ -289,6 +289,11 @@ def test_the_tiered_policy_merges_a_full_tier_and_mostly_deleted_segments() -> N
     assert policy.tier(1000) == 3 and policy.tier(9) == 0 and policy.tier(40) == 1
     assert policy.plan([big, *small]) == []
     assert policy.plan([big.model_copy(update={"deleted": 600}), *small]) == ["big"]
+    # A large segment of the floor tier is not rewritten with tiny ones: the smallest go first.
+    floor = SegmentRef(id="floor", info_sha256="x", documents=39)
+    tiny = [SegmentRef(id=f"t{i}", info_sha256="x", documents=1) for i in range(5)]
+    assert policy.tier(39) == policy.tier(1) == 0
+    assert policy.plan([floor, *tiny]) == ["t0", "t1", "t2", "t3"]
 
 
 def test_compaction_merges_segments_into_one_that_searches_the_same(tmp_path: Path) -> None:

@@ -73,7 +73,11 @@ class TieredPolicy:
             tiers.setdefault(self.tier(ref.documents - ref.deleted), []).append(ref)
         for tier in sorted(tiers):
             if len(tiers[tier]) >= self.fanout:
-                return [r.id for r in tiers[tier]]
+                # The smallest of the tier: a large segment that only rounds down into it (a floor
+                # tier holds everything under min_segment * fanout) is not rewritten for tiny ones.
+                smallest = sorted(tiers[tier], key=lambda r: r.documents - r.deleted)[: self.fanout]
+                chosen = {r.id for r in smallest}
+                return [r.id for r in segments if r.id in chosen]
         for ref in segments:
             if ref.documents and ref.deleted / ref.documents > self.max_deleted_share:
                 return [ref.id]
