@@ -113,6 +113,16 @@ class Part:
     def live_count(self) -> int:
         return self.view.live_count
 
+    def not_deleted(self) -> Any:
+        """A FAISS selector of every id but the deleted ones, made once (searches only read it)."""
+        selector = self.__dict__.get("_not_deleted")
+        if selector is None:
+            inner = faiss.IDSelectorBatch(np.ascontiguousarray(self.deleted, dtype=np.int64))
+            selector = faiss.IDSelectorNot(inner)
+            self.__dict__["_not_deleted_inner"] = inner  # the wrapped selector must outlive it
+            self.__dict__["_not_deleted"] = selector
+        return selector
+
     @property
     def exclude(self) -> np.ndarray | None:
         return self.deleted if len(self.deleted) else None
@@ -186,6 +196,16 @@ class Collection:
         self.manifest = manifest
         self.parts = parts
         self.stats = Statistics.of([p.view for p in parts])
+        # Which part holds each live chunk (live ids are unique across parts): one lookup per
+        # search instead of one per part.
+        self._live_ids = np.zeros(0, dtype=np.int64)
+        self._owner = np.zeros(0, dtype=np.int32)
+        if len(parts) > 1:
+            ids = [p.segment.ids if p.live is None else p.segment.ids[p.live] for p in parts]
+            owner = np.concatenate([np.full(len(a), i, dtype=np.int32) for i, a in enumerate(ids)])
+            every = np.concatenate(ids)
+            order = np.argsort(every, kind="stable")
+            self._live_ids, self._owner = every[order], owner[order]
         self._owned = owned  # close the segments with the collection (no SegmentCache holds them)
         self._doc_rows: list[DocumentRow] | None = None
         self._doc_rows_lock = threading.Lock()
@@ -412,9 +432,9 @@ class Collection:
             scores = self._exact(vecs, vector)
             order = np.argsort(-scores, kind="stable")[:k]
             return scores[order], ids[order]
-        excluded = part.deleted if allowed is None and len(part.deleted) else None
+        selector = part.not_deleted() if allowed is None and len(part.deleted) else None
         cfg = self.manifest.index
-        return dense.search(part.segment.index, kind, cfg, vector, k, allowed, excluded=excluded)
+        return dense.search(part.segment.index, kind, cfg, vector, k, allowed, selector=selector)
 
     def _exact(self, vecs: np.ndarray, vector: np.ndarray) -> np.ndarray:
         scores: np.ndarray = (
@@ -422,17 +442,26 @@ class Collection:
         )
         return scores
 
+    def _owners(self, int_ids: np.ndarray) -> np.ndarray:
+        """The part holding each of ``int_ids`` live (-1: none)."""
+        if len(self.parts) == 1:
+            return np.where(self.parts[0].owns_live(int_ids), 0, -1).astype(np.int32)
+        if len(self._live_ids) == 0:
+            return np.full(len(int_ids), -1, dtype=np.int32)
+        at = np.minimum(np.searchsorted(self._live_ids, int_ids), len(self._live_ids) - 1)
+        owners: np.ndarray = np.where(self._live_ids[at] == int_ids, self._owner[at], -1)
+        return owners
+
     def _vectors_for(self, int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of the live chunks among ``int_ids``, in ``int_ids``' order."""
         if len(self.parts) == 1:
             return self.parts[0].segment.docs.vectors_for(int_ids)
         got_ids, got_vecs = [], []
-        for part in self.parts:
-            mine = int_ids[part.owns_live(int_ids)]
-            if len(mine):
-                ids, vecs = part.segment.docs.vectors_for(mine)
-                got_ids.append(ids)
-                got_vecs.append(vecs)
+        owners = self._owners(int_ids)
+        for i in np.unique(owners[owners >= 0]).tolist():
+            ids, vecs = self.parts[i].segment.docs.vectors_for(int_ids[owners == i])
+            got_ids.append(ids)
+            got_vecs.append(vecs)
         if not got_ids:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.manifest.embedding.dimension), np.float32)
         ids = np.concatenate(got_ids)
@@ -450,10 +479,10 @@ class Collection:
         c_ids, c_vecs = self._vectors_for(candidates)
         dense_c = self._exact(c_vecs, vector)
         sparse_c = np.zeros(len(c_ids), dtype=np.float32)
-        for part, scores in zip(self.parts, per_part, strict=True):
-            mine = part.owns_live(c_ids)
-            if mine.any():
-                sparse_c[mine] = scores[part.rows_of(c_ids[mine])]
+        owners = self._owners(c_ids)
+        for i in np.unique(owners[owners >= 0]).tolist():
+            mine = owners == i
+            sparse_c[mine] = per_part[i][self.parts[i].rows_of(c_ids[mine])]
         w_dense = dense_weight(query, self.manifest.embedding.languages)
         # Min-max: cosine (or negative L2) spreads over the candidates like BM25 does after its max.
         d_lo, d_hi = float(dense_c.min(initial=0.0)), float(dense_c.max(initial=0.0))
@@ -473,10 +502,12 @@ class Collection:
     ) -> list[Hit]:
         found: dict[int, tuple[str, str, dict[str, Any]]] = {}
         ids = np.asarray(ids, dtype=np.int64)
-        for part in self.parts:
-            mine = ids[part.owns_live(ids)] if len(self.parts) > 1 else ids
-            if len(mine):
-                found.update(part.segment.docs.fetch(mine.tolist()))
+        if len(self.parts) == 1:
+            found.update(self.parts[0].segment.docs.fetch(ids.tolist()))
+        else:
+            owners = self._owners(ids)
+            for i in np.unique(owners[owners >= 0]).tolist():
+                found.update(self.parts[i].segment.docs.fetch(ids[owners == i].tolist()))
         hits = []
         for i, iid in enumerate(ids.tolist()):
             if iid not in found:

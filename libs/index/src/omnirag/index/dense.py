@@ -205,19 +205,16 @@ def search(
     k: int,
     allowed: np.ndarray | None = None,
     *,
-    excluded: np.ndarray | None = None,
+    selector: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, int ids) for one query vector, optionally only among ``allowed`` ids, or
-    among all but ``excluded`` ones (a segment's deleted chunks)."""
+    among those ``selector`` (a FAISS IDSelector: a segment's live chunks) lets through."""
     q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
     params = None
-    inner = None  # the selector an IDSelectorNot wraps: it must outlive the search
-    if allowed is None and excluded is not None and len(excluded):
-        inner = faiss.IDSelectorBatch(np.ascontiguousarray(excluded, dtype=np.int64))
-        sel = faiss.IDSelectorNot(inner)
-    elif allowed is not None:
+    sel = selector
+    if allowed is not None:
         sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-    if allowed is not None or inner is not None:
+    if sel is not None:
         if kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(cfg.hnsw_ef_search, 2 * k))
         elif kind == "ivfpq":
