@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from omnirag_harness.servers import serve_in_thread
 
 from omnirag.index import open_current, read_current
 from omnirag.indexer.lock import LockHeld
-from omnirag.indexer.pipeline import delete_documents, ingest, run_kb
+from omnirag.indexer.pipeline import compact_collection, delete_documents, ingest, run_kb
 from omnirag.indexer.spec import parse
 from omnirag.indexer.types import SourceDocument
 
@@ -592,3 +593,51 @@ def test_the_delete_command_removes_a_collection_under_its_lock(tmp_path, settin
     assert main(["delete", "--collection", "kb", "--yes"]) == 1  # nothing left to delete
     assert main(["delete", "--collection", "kb-two", "--document", "faq.md"]) == 0
     assert set(documents(settings, "kb-two")) == {("guide.md", None)}
+
+
+async def test_uploads_leave_segments_that_compaction_merges(tmp_path, settings):
+    """Each upload is a small segment of its own (nothing else rewritten); after a publish the
+    tiered policy merges a full tier; `compact --full` merges the rest; every document stays
+    searchable through all of it (issue 17)."""
+    tight = settings.model_copy(update={"compaction_fanout": 3, "compaction_min_segment": 100})
+    words = ["wombat", "narwhal", "axolotl", "pangolin", "quokka"]
+    merged = []
+    for i, word in enumerate(words):
+        summary = await ingest("kb", [upload(f"u{i}.md", f"Notes about the {word}.")], tight)
+        assert summary.published and summary.compaction is None  # the worker compacts, in the background
+        result = await compact_collection(tight, "kb")  # what the worker runs after the publish
+        assert result is not None
+        merged.append(result["merged"])
+    # Three segments make a full tier: merged after the third publish and after the fifth.
+    assert merged == [0, 0, 3, 0, 3], merged
+    coll = open_current(settings.index_root, "kb", verify=True)
+    assert coll is not None and len(coll.segments) == 1
+    for word in words:
+        assert sparse_sources(settings, word) == [f"u{words.index(word)}.md"]
+    # Compaction off: each upload only adds its segment.
+    off = settings.model_copy(update={"compaction": False})
+    for i in range(2):
+        await ingest("kb", [upload(f"v{i}.md", f"More notes, part {i}, about okapis.")], off)
+        assert await compact_collection(off, "kb") is None
+    status = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "omnirag.indexer", "status", "--json"],
+        env=os.environ | {"INDEXER_INDEX_ROOT": str(settings.index_root)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [row] = [r for r in json.loads(status.stdout) if r["name"] == "kb"]
+    assert (row["segments"], row["documents"], row["format"]) == (3, 7, 2)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "omnirag.indexer", "compact", "--collection", "kb", "--full"],
+        env=os.environ | {"INDEXER_INDEX_ROOT": str(settings.index_root), "INDEXER_REDIS_URL": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "3 segment(s) merged into one of 7 chunks" in done.stdout, done.stdout
+    coll = open_current(settings.index_root, "kb", verify=True)
+    assert coll is not None and len(coll.segments) == 1 and coll.count == 7
+    assert sorted(sparse_sources(settings, "okapis")) == ["v0.md", "v1.md"]

@@ -246,3 +246,40 @@ async def test_a_worker_keeps_the_request_in_hand_past_the_claim_idle_time(setti
         await worker.close()
     assert not stolen, "a request in hand was taken by another worker"
     assert renewed_past_idle, "the job ended before the claim idle time could pass: make it longer"
+
+
+async def test_the_worker_compacts_in_the_background_after_uploads(settings, redis_url, redis):
+    """Each upload publishes a segment of its own; the worker then merges a full tier without
+    holding up the next request, and every upload stays searchable (issue 17)."""
+    settings.redis_url = redis_url
+    settings.compaction_fanout = 3
+    settings.compaction_min_segment = 100
+    jobs = [job() for _ in range(6)]
+    animals = ["ibis", "tapir", "dugong", "kinkajou", "numbat", "saola"]
+    for job_id, animal in zip(jobs, animals, strict=True):
+        await redis.xadd(
+            INGEST_STREAM,
+            {
+                "job_id": job_id,
+                "collection": "uploads",
+                "kind": "text",
+                "source": f"{animal}.txt",
+                "title": animal,
+                "text": f"Field notes about the {animal}.",
+            },
+        )
+    worker = Worker(settings, uploads_dir=settings.uploads_dir, block_ms=200)
+
+    async def compacted() -> bool:
+        done = [(await status(redis, j)).get("status") for j in jobs]
+        coll = open_current(settings.index_root, "uploads")
+        return done == ["done"] * 6 and coll is not None and len(coll.segments) < 3
+
+    try:
+        await run_until(worker, compacted)
+    finally:
+        await worker.close()
+    coll = open_current(settings.index_root, "uploads", verify=True)
+    assert coll is not None and coll.count == 6
+    for animal in animals:
+        assert coll.search(query=animal, k=1, mode="sparse")[0].metadata["source"] == f"{animal}.txt"

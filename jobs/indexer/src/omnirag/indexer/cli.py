@@ -17,7 +17,13 @@ from omnirag.core.names import check_collection_name
 from omnirag.index import list_collections, read_manifest
 from omnirag.index.compaction import TieredPolicy
 from omnirag.indexer.config import IndexerSettings
-from omnirag.indexer.pipeline import RunSummary, delete_collection, delete_documents, run_kb
+from omnirag.indexer.pipeline import (
+    RunSummary,
+    compact_collection,
+    delete_collection,
+    delete_documents,
+    run_kb,
+)
 from omnirag.indexer.spec import KnowledgeBase, load
 
 log = logging.getLogger("omnirag.indexer")
@@ -170,6 +176,30 @@ def cmd_status(args: argparse.Namespace, settings: IndexerSettings) -> int:
     return 0
 
 
+async def cmd_compact(args: argparse.Namespace, settings: IndexerSettings) -> int:
+    try:
+        check_collection_name(args.collection)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if read_manifest(settings.index_root, args.collection) is None:
+        print(f"error: no collection named {args.collection!r}", file=sys.stderr)
+        return 1
+    forced = settings.model_copy(update={"compaction": True})
+    result = await compact_collection(forced, args.collection, full=args.full)
+    assert result is not None
+    if result["gave_up"]:
+        print(f"{args.collection}: nothing merged ({result['gave_up']})")
+    elif result["merged"]:
+        print(
+            f"{args.collection}: {result['merged']} segment(s) merged into one of {result['chunks']} chunks "
+            f"in {result['seconds']:.1f} s; serving {result['version']}"
+        )
+    else:
+        print(f"{args.collection}: nothing to merge")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace, settings: IndexerSettings) -> int:
     kbs = load(args.config or settings.config)
     print(
@@ -236,6 +266,11 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what each collection serves now")
     status.add_argument("--config", type=Path)
     status.add_argument("--json", action="store_true")
+    compact_cmd = sub.add_parser(
+        "compact", help="merge a collection's segments now: what the tiered policy asks for, or all of them"
+    )
+    compact_cmd.add_argument("--collection", required=True)
+    compact_cmd.add_argument("--full", action="store_true", help="merge every segment into one")
     validate = sub.add_parser("validate", help="check a spec file against the schema")
     validate.add_argument("--config", type=Path)
     sub.add_parser("worker", help="consume ingest requests from the Redis stream")
@@ -265,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(cmd_run(args, settings))
         if args.command == "status":
             return cmd_status(args, settings)
+        if args.command == "compact":
+            return asyncio.run(cmd_compact(args, settings))
         if args.command == "validate":
             return cmd_validate(args, settings)
         if args.command == "delete":

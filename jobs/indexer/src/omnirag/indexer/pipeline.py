@@ -272,7 +272,9 @@ async def _finish(
         summary.version = read_current(settings.index_root, summary.kb)
 
 
-async def compact_collection(settings: IndexerSettings, name: str) -> dict[str, Any] | None:
+async def compact_collection(
+    settings: IndexerSettings, name: str, *, full: bool = False
+) -> dict[str, Any] | None:
     """Merge ``name``'s segments as the tiered policy says, outside the write lock; the lock is
     taken only for the swap (from the thread the merge runs in, on this event loop). None when
     compaction is off; otherwise what was merged (nothing when the policy asks for nothing)."""
@@ -297,7 +299,7 @@ async def compact_collection(settings: IndexerSettings, name: str) -> dict[str, 
 
     policy = TieredPolicy(fanout=settings.compaction_fanout, min_segment=settings.compaction_min_segment)
     result = await asyncio.to_thread(
-        compact, settings.index_root, name, lock=locked, policy=policy, gpu=settings.faiss_gpu
+        compact, settings.index_root, name, lock=locked, policy=policy, full=full, gpu=settings.faiss_gpu
     )
     if result.version is not None:
         await asyncio.to_thread(
