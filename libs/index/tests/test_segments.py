@@ -385,3 +385,21 @@ def test_a_damaged_segment_or_deletions_file_is_refused(tmp_path: Path) -> None:
     (vdir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError):
         Collection.open(vdir, verify=False)
+
+
+def test_compaction_gives_up_when_its_segment_was_pruned_while_it_waited(tmp_path: Path) -> None:
+    for round_ in range(2):
+        commit(tmp_path, [doc(i) for i in range(round_ * 5, round_ * 5 + 5)])
+
+    @contextlib.contextmanager
+    def writer_that_prunes() -> Iterator[None]:
+        # A writer held the lock past the grace period and pruned what no version lists.
+        prune_versions(tmp_path, "kb", grace_seconds=0)
+        yield
+
+    before = read_current(tmp_path, "kb")
+    result = compact(tmp_path, "kb", full=True, lock=writer_that_prunes)
+    assert result.version is None and result.gave_up == "the merged segment was pruned before the swap"
+    assert read_current(tmp_path, "kb") == before
+    coll = open_current(tmp_path, "kb", verify=True)
+    assert coll is not None and coll.count == 10 and len(coll.segments) == 2

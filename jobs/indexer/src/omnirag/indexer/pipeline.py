@@ -302,13 +302,17 @@ async def compact_collection(
         compact, settings.index_root, name, lock=locked, policy=policy, full=full, gpu=settings.faiss_gpu
     )
     if result.version is not None:
-        await asyncio.to_thread(
-            prune_versions,
-            settings.index_root,
-            name,
-            keep=settings.keep_versions,
-            grace_seconds=settings.prune_grace_seconds,
-        )
+        # Under the lock, as a writer prunes: never beside a writer or a swap in progress.
+        def prune() -> None:
+            with locked():
+                prune_versions(
+                    settings.index_root,
+                    name,
+                    keep=settings.keep_versions,
+                    grace_seconds=settings.prune_grace_seconds,
+                )
+
+        await asyncio.to_thread(prune)
     return {
         "merged": len(result.merged),
         "chunks": result.chunks,

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from omnirag.index.docstore import DocStore
-from omnirag.index.manifest import Manifest, SegmentRef, hash_tree
+from omnirag.index.manifest import Manifest, SegmentRef, hash_tree, sha256_file
 from omnirag.index.segment import (
     DELETIONS,
+    SEGMENT_INFO,
     build_segment,
     fsync_path,
     fsync_tree,
@@ -190,6 +191,10 @@ def _swap(
     listed = {r.id: r for r in manifest.segments}
     if not all(m in listed for m in merged):
         return None, "a merged segment is no longer listed"
+    info = segment_path(root, name, new.id) / SEGMENT_INFO
+    if not info.is_file() or sha256_file(info) != new.info_sha256:
+        # Pruned while the swap waited for the lock (a writer held it past the grace period).
+        return None, "the merged segment was pruned before the swap"
     current_dir = version_path(root, name, current)
     version = new_version_id()
     tmp = root / name / TMP_DIR / version

@@ -119,6 +119,8 @@ def install_segment(root: Path, name: str, directory: Path, segment: str) -> str
     segments.mkdir(exist_ok=True)
     final = segment_path(root, name, segment)
     os.rename(directory, final)
+    # The pruning grace period counts from now, not from when its files were written.
+    os.utime(final)
     fsync_path(segments)
     fsync_path(directory.parent)
     return sha256_file(final / SEGMENT_INFO)
