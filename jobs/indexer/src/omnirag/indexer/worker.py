@@ -148,6 +148,7 @@ class Worker:
         # Compactions in the background, at most one per collection: the next upload is not held up
         # by a merge (only its swap takes the collection's lock, briefly).
         self._compactions: dict[str, asyncio.Task[None]] = {}
+        self._compact_again: set[str] = set()
         #: The loop's last Redis round trip succeeded (it is taking requests).
         self.ready = False
         self._beat_ok = True
@@ -179,13 +180,21 @@ class Worker:
     def _compact_later(self, collection: str) -> None:
         running = self._compactions.get(collection)
         if running is not None and not running.done():
-            return  # the running one reads the newest version when it swaps; the next publish asks again
+            # It plans again when it is done: what this publish added is not left waiting for the next.
+            self._compact_again.add(collection)
+            return
 
         async def compact() -> None:
             try:
-                result = await compact_collection(self.ingest_settings, collection)
-                if result and result["merged"]:
-                    log.info("compacted", extra={"collection": collection, **result})
+                while True:
+                    self._compact_again.discard(collection)
+                    result = await compact_collection(self.ingest_settings, collection)
+                    merged = bool(result and result["version"])  # published (not given up)
+                    if merged:
+                        log.info("compacted", extra={"collection": collection, **(result or {})})
+                    # A merge may fill the next tier; a publish meanwhile may have filled this one.
+                    if not merged and collection not in self._compact_again:
+                        return
             except Exception:
                 log.exception("compaction failed", extra={"collection": collection})
 
