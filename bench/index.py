@@ -151,8 +151,11 @@ def one_size(root: Path, n: int, kind: str, args: argparse.Namespace) -> dict[st
     out: dict[str, Any] = {"chunks": n, "type": kind}
     t = time.perf_counter()
     with VersionWriter(root, name, EMB, config, base=None) as w:
+        truth = np.zeros((n, DIM), dtype=np.float32)  # every live vector, for exact top-10s
         for start in range(0, n, BATCH):
-            w.upsert(docs(start, vectors(rng, min(BATCH, n - start)), trng))
+            batch = vectors(rng, min(BATCH, n - start))
+            truth[start : start + len(batch)] = batch
+            w.upsert(docs(start, batch, trng))
         w.commit()
     out["base_build_s"] = time.perf_counter() - t
     base_disk = du(root / name)
@@ -162,7 +165,9 @@ def one_size(root: Path, n: int, kind: str, args: argparse.Namespace) -> dict[st
         target = int(trng.randrange(n))
         t = time.perf_counter()
         with VersionWriter(root, name, EMB, config) as w:
-            w.upsert(docs(target, vectors(rng, 1), trng, salt=f" r{j}"))
+            changed = vectors(rng, 1)
+            truth[target] = changed[0]
+            w.upsert(docs(target, changed, trng, salt=f" r{j}"))
             w.commit()
         commits.append(time.perf_counter() - t)
     out["one_document_commit_s"] = {"median": statistics.median(commits), "all": commits}
@@ -200,6 +205,18 @@ def one_size(root: Path, n: int, kind: str, args: argparse.Namespace) -> dict[st
     out["search_p50_segments_over_compacted"] = seg_p50 / one_p50
     out["search_p50_policy_over_compacted"] = policy_p50 / one_p50
     out["identical_results"] = seg_res == one_res == policy_res
+    # Recall@10 against the exact top-10 of the live vectors (what Flat gives; for IVF-PQ the bar is
+    # that segments do no worse than one index).
+    exact = [[f"c{i}" for i in np.argsort(-(truth @ q), kind="stable")[:10]] for q in queries]
+
+    def recall(results: list[list[str]]) -> float:
+        return statistics.mean(len(set(r) & set(e)) / 10 for r, e in zip(results, exact, strict=True))
+
+    out["recall_at_10"] = {
+        "segments": recall(seg_res),
+        "policy": recall(policy_res),
+        "compacted": recall(one_res),
+    }
     agree = [len(set(a) & set(b)) / max(len(b), 1) for a, b in zip(seg_res, one_res, strict=True)]
     out["overlap_at_10"] = statistics.mean(agree)
     # A reload, in a fresh process each (an allocator that kept freed memory would hide the cost):
@@ -234,7 +251,8 @@ def report_line(r: dict[str, Any]) -> None:
         f"  search p50 {p50['segments']:.2f} ms over {r['segments_before_compaction']} segments "
         f"(x{r['search_p50_segments_over_compacted']:.2f}), {p50['policy']:.2f} ms over the "
         f"{r['segments_after_policy']} the policy leaves (x{r['search_p50_policy_over_compacted']:.2f}), "
-        f"{p50['compacted']:.2f} ms compacted; identical {r['identical_results']}"
+        f"{p50['compacted']:.2f} ms compacted; identical {r['identical_results']}; recall@10 "
+        + " / ".join(f"{r['recall_at_10'][k]:.3f}" for k in ("segments", "policy", "compacted"))
     )
     share = r["compaction_over_base_build"]
     print(
@@ -286,6 +304,9 @@ def main() -> int:
     ratios["search_policy_ratio_max"] = max(r["search_p50_policy_over_compacted"] for r in runs)
     ratios["reload_memory_ratio_max"] = max(r["reload"]["ratio"] for r in runs)
     ratios["flat_identical"] = all(r["identical_results"] for r in runs if r["type"] == "flat")
+    ratios["recall_segments_minus_compacted_min"] = min(
+        r["recall_at_10"]["segments"] - r["recall_at_10"]["compacted"] for r in runs
+    )
     report = {
         "benchmark": "index",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),

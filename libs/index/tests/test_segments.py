@@ -403,3 +403,18 @@ def test_compaction_gives_up_when_its_segment_was_pruned_while_it_waited(tmp_pat
     assert read_current(tmp_path, "kb") == before
     coll = open_current(tmp_path, "kb", verify=True)
     assert coll is not None and coll.count == 10 and len(coll.segments) == 2
+
+
+def test_a_large_segment_and_small_ones_search_as_one_index(tmp_path: Path) -> None:
+    """The small segments are scanned together in memory, the large one by FAISS: merged, the
+    same answers as one index, filters and deletions included."""
+    live = {d.id: d for d in (doc(i) for i in range(5000))}
+    commit(tmp_path, list(live.values()))
+    for round_ in range(4):
+        ups = [doc(i, salt=round_ + 1) for i in (round_, 100 + round_, 5000 + round_)]
+        commit(tmp_path, ups, [f"c{200 + round_}"])
+        live.update({u.id: u for u in ups})
+        live.pop(f"c{200 + round_}")
+    coll = open_current(tmp_path, "kb")
+    assert coll is not None and [s.count for s in coll.segments] == [5000, 3, 3, 3, 3]
+    same_results(coll, from_scratch(tmp_path, live), queries=6)

@@ -57,6 +57,9 @@ log = logging.getLogger("omnirag.index.collection")
 Mode = Literal["dense", "sparse", "hybrid"]
 # Below this many matching documents an approximate index is bypassed by an exact scan.
 EXACT_SCAN_MAX = 20000
+# Segments this small (the ones single uploads leave until compaction merges them) are searched
+# together, by one exact scan of their vectors held in memory, instead of one FAISS call each.
+TAIL_SEGMENT_MAX = 4096
 CJK_LANGUAGES = frozenset({"zh", "ja", "ko"})
 DENSE_WEIGHT = 0.5
 
@@ -206,6 +209,19 @@ class Collection:
             every = np.concatenate(ids)
             order = np.argsort(every, kind="stable")
             self._live_ids, self._owner = every[order], owner[order]
+        # The small segments' live vectors, in one matrix (see TAIL_SEGMENT_MAX).
+        small = [i for i, p in enumerate(parts) if p.segment.count <= TAIL_SEGMENT_MAX]
+        self._tail = small if len(parts) > 1 else []
+        self._tail_ids = np.zeros(0, dtype=np.int64)
+        self._tail_vecs = np.zeros((0, manifest.embedding.dimension), dtype=np.float32)
+        if self._tail:
+            got = []
+            for i in self._tail:
+                part = parts[i]
+                live = part.segment.ids if part.live is None else part.segment.ids[part.live]
+                got.append(part.segment.docs.vectors_for(live))
+            self._tail_ids = np.concatenate([ids for ids, _ in got])
+            self._tail_vecs = np.ascontiguousarray(np.concatenate([v for _, v in got]), dtype=np.float32)
         self._owned = owned  # close the segments with the collection (no SegmentCache holds them)
         self._doc_rows: list[DocumentRow] | None = None
         self._doc_rows_lock = threading.Lock()
@@ -415,10 +431,19 @@ class Collection:
     def _dense(
         self, vector: np.ndarray, k: int, allowed: list[np.ndarray] | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        tail = set(self._tail)
         found = [
             self._dense_part(p, vector, k, None if allowed is None else allowed[i])
             for i, p in enumerate(self.parts)
+            if i not in tail
         ]
+        if tail:
+            ids, scores = self._tail_ids, self._exact(self._tail_vecs, vector)
+            if allowed is not None:
+                keep = np.isin(ids, np.concatenate([allowed[i] for i in self._tail]))
+                ids, scores = ids[keep], scores[keep]
+            order = np.lexsort((ids, -scores))[:k]
+            found.append((scores[order], ids[order]))
         return found[0] if len(found) == 1 else merge_top(found, k)
 
     def _dense_part(
