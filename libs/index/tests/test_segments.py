@@ -405,9 +405,15 @@ def test_compaction_gives_up_when_its_segment_was_pruned_while_it_waited(tmp_pat
     assert coll is not None and coll.count == 10 and len(coll.segments) == 2
 
 
-def test_a_large_segment_and_small_ones_search_as_one_index(tmp_path: Path) -> None:
-    """The small segments are scanned together in memory, the large one by FAISS: merged, the
-    same answers as one index, filters and deletions included."""
+@pytest.mark.parametrize("overfetch", [True, False], ids=["overfetch", "selector"])
+def test_a_large_segment_and_small_ones_search_as_one_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overfetch: bool
+) -> None:
+    """The small segments are scanned together in memory, the large one by FAISS (its deletions
+    dropped from an over-fetched top-k, or kept out by a selector): merged, the same answers as
+    one index, filters and deletions included."""
+    if not overfetch:
+        monkeypatch.setattr("omnirag.index.collection.OVERFETCH_DELETIONS_MAX", 0)
     live = {d.id: d for d in (doc(i) for i in range(5000))}
     commit(tmp_path, list(live.values()))
     for round_ in range(4):
