@@ -202,29 +202,27 @@ class Collection:
         self.manifest = manifest
         self.parts = parts
         self.stats = Statistics.of([p.view for p in parts])
-        # Which part holds each live chunk (live ids are unique across parts): one lookup per
-        # search instead of one per part.
-        self._live_ids = np.zeros(0, dtype=np.int64)
-        self._owner = np.zeros(0, dtype=np.int32)
-        if len(parts) > 1:
-            ids = [p.segment.ids if p.live is None else p.segment.ids[p.live] for p in parts]
-            owner = np.concatenate([np.full(len(a), i, dtype=np.int32) for i, a in enumerate(ids)])
-            every = np.concatenate(ids)
-            order = np.argsort(every, kind="stable")
-            self._live_ids, self._owner = every[order], owner[order]
         # The small segments' live vectors, in one matrix (see TAIL_SEGMENT_MAX).
         small = [i for i, p in enumerate(parts) if p.segment.count <= TAIL_SEGMENT_MAX]
         self._tail = small if len(parts) > 1 else []
         self._tail_ids = np.zeros(0, dtype=np.int64)
         self._tail_vecs = np.zeros((0, manifest.embedding.dimension), dtype=np.float32)
+        owner = np.zeros(0, dtype=np.int32)
         if self._tail:
             got = []
             for i in self._tail:
                 part = parts[i]
                 live = part.segment.ids if part.live is None else part.segment.ids[part.live]
-                got.append(part.segment.docs.vectors_for(live))
-            self._tail_ids = np.concatenate([ids for ids, _ in got])
-            self._tail_vecs = np.ascontiguousarray(np.concatenate([v for _, v in got]), dtype=np.float32)
+                ids, vecs = part.segment.docs.vectors_for(live)
+                got.append((ids, vecs, np.full(len(ids), i, dtype=np.int32)))
+            self._tail_ids = np.concatenate([ids for ids, _, _ in got])
+            self._tail_vecs = np.ascontiguousarray(np.concatenate([v for _, v, _ in got]), dtype=np.float32)
+            owner = np.concatenate([o for _, _, o in got])
+        # Which small segment holds each of their live chunks (live ids are unique across parts),
+        # sorted for one lookup; the large segments are asked directly. Nothing the size of the
+        # whole collection is built per version: a reload adds only what it does not share.
+        order = np.argsort(self._tail_ids, kind="stable")
+        self._tail_sorted, self._tail_owner = self._tail_ids[order], owner[order]
         self._owned = owned  # close the segments with the collection (no SegmentCache holds them)
         self._doc_rows: list[DocumentRow] | None = None
         self._doc_rows_lock = threading.Lock()
@@ -477,12 +475,15 @@ class Collection:
 
     def _owners(self, int_ids: np.ndarray) -> np.ndarray:
         """The part holding each of ``int_ids`` live (-1: none)."""
-        if len(self.parts) == 1:
-            return np.where(self.parts[0].owns_live(int_ids), 0, -1).astype(np.int32)
-        if len(self._live_ids) == 0:
-            return np.full(len(int_ids), -1, dtype=np.int32)
-        at = np.minimum(np.searchsorted(self._live_ids, int_ids), len(self._live_ids) - 1)
-        owners: np.ndarray = np.where(self._live_ids[at] == int_ids, self._owner[at], -1)
+        owners: np.ndarray = np.full(len(int_ids), -1, dtype=np.int32)
+        tail = set(self._tail)
+        for i, part in enumerate(self.parts):
+            if i not in tail:
+                owners[part.owns_live(int_ids)] = i
+        if len(self._tail_sorted):
+            at = np.minimum(np.searchsorted(self._tail_sorted, int_ids), len(self._tail_sorted) - 1)
+            found = self._tail_sorted[at] == int_ids
+            owners[found] = self._tail_owner[at][found]
         return owners
 
     def _vectors_for(self, int_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
