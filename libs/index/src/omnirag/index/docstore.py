@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 CREATE INDEX IF NOT EXISTS docs_source ON docs(source);
 """
+# A chunk written again replaces the one with its id (upserts, and rows copied between segments).
+UPSERT_SQL = (
+    "INSERT INTO docs(id, int_id, text, metadata, source, content_hash, vector) "
+    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET text=excluded.text, "
+    "metadata=excluded.metadata, source=excluded.source, content_hash=excluded.content_hash, "
+    "vector=excluded.vector"
+)
 
 
 ORIGIN_KB = "kb"
@@ -252,10 +259,7 @@ class DocStore:
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
-                "INSERT INTO docs(id, int_id, text, metadata, source, content_hash, vector) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET text=excluded.text, "
-                "metadata=excluded.metadata, source=excluded.source, content_hash=excluded.content_hash, "
-                "vector=excluded.vector",
+                UPSERT_SQL,
                 rows,
             )
 
@@ -512,10 +516,7 @@ class DocStore:
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
-                "INSERT INTO docs(id, int_id, text, metadata, source, content_hash, vector) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET text=excluded.text, "
-                "metadata=excluded.metadata, source=excluded.source, content_hash=excluded.content_hash, "
-                "vector=excluded.vector",
+                UPSERT_SQL,
                 rows,
             )
 
