@@ -75,13 +75,25 @@ WATCH = """() => {
     if (seen[seen.length - 1] !== text) seen.push(text);
   }).observe(chat, {subtree: true, childList: true, characterData: true});
 }"""
-DONE = "#chatbot .omnirag-meta, #chatbot .omnirag-error"
+TURN_OVER = """(question) => {
+  const chat = '#chatbot [data-testid="user"], #chatbot [data-testid="bot"]';
+  const messages = [...document.querySelectorAll(chat)];
+  const last = messages[messages.length - 1];
+  // The turn's question: the user's messages (its text, each attachment) before its answers.
+  let i = messages.length - 1;
+  while (i >= 0 && messages[i].dataset.testid === 'bot') i--;
+  let asked = '';
+  while (i >= 0 && messages[i].dataset.testid === 'user') asked = messages[i--].innerText + asked;
+  return Boolean(
+    last && last.dataset.testid === 'bot' && last.querySelector('.omnirag-meta, .omnirag-error') &&
+    asked.includes(question) && !document.querySelector('#chat-input textarea').disabled
+  );
+}"""
 
 
 def ask(page: Page, text: str, files: list[Path] | None = None) -> list[str]:
     """Type a question (with attachments), send it, wait for the answer's sources or error;
     return the texts the answer went through."""
-    before = page.locator(DONE).count()
     page.evaluate(WATCH)
     if files:
         page.set_input_files("#chat-input input[type=file]", [str(f) for f in files])
@@ -89,11 +101,10 @@ def ask(page: Page, text: str, files: list[Path] | None = None) -> list[str]:
     page.fill("#chat-input textarea", text)
     page.keyboard.press("Enter")
     try:
-        answered = f"document.querySelectorAll('{DONE}').length > {before}"
-        page.wait_for_function(answered, timeout=ANSWER_SECONDS)
-        # The box is given back once the turn is over.
-        given_back = "!document.querySelector('#chat-input textarea').disabled"
-        page.wait_for_function(given_back, timeout=ANSWER_SECONDS)
+        # Over when the chat's last message is an answer with its sources (or an error) after this
+        # question, and the box is given back. Not a count of answers: a conversation just switched
+        # may still show the previous one's for a moment.
+        page.wait_for_function(TURN_OVER, arg=text, timeout=ANSWER_SECONDS)
     except PlaywrightTimeoutError:
         # Say what the page showed when the answer did not come: a stalled stream, a question never
         # sent, an error shown where the test did not look.
@@ -608,4 +619,33 @@ def test_a_wrong_answer_is_replaced_by_a_quote_in_auto_and_flagged_in_generate(
         )
         assert answer.locator("mark").count() == 0
         page.screenshot(path=artifacts / "19-not-confirmed-answer.png")
+        page.context.close()
+
+
+# What the embedded SmolLM2 once answered (a test run's page then showed its sources as code).
+OPEN_FENCE = "The gateway listens on port 8000.\n```python\n\n# This\n"
+
+
+@pytest.fixture(scope="module")
+def open_fence_model(gateway_factory: GatewayFactory) -> Iterator[str]:
+    """A gateway whose one model opens a code block and never closes it."""
+    with scripted_llm(Plain(OPEN_FENCE, chunk_chars=4), models=("open-fence",)) as upstream:
+        models = json.dumps([{"name": "open-fence", "base_url": str(upstream), "capabilities": ["text"]}])
+        with gateway_factory(models=models) as gateway:
+            yield gateway
+
+
+def test_an_answer_that_leaves_a_code_block_open_still_shows_its_sources(
+    browser: Browser, ui_factory: UiFactory, open_fence_model: str, artifacts: Path
+) -> None:
+    with ui_factory(gateway_url=open_fence_model, answer_mode="generate") as ui:
+        page = open_page(browser, ui)
+        ask(page, "Which port does the gateway listen on?")
+        answer = last_answer(page)
+        # The model's text as it wrote it, its unfinished code as code; then the sources, as sources.
+        assert "The gateway listens on port 8000." in answer.inner_text()
+        assert "# This" in answer.locator("pre").inner_text()
+        assert answer.locator(".omnirag-sources .omnirag-source").count() >= 1
+        assert "omnirag-meta" not in answer.locator("pre").inner_text()
+        page.screenshot(path=artifacts / "20-open-code-block.png")
         page.context.close()

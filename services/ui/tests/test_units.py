@@ -15,6 +15,7 @@ from omnirag.ui.gateway import ChatModel, GatewayError, chat_models, provenance
 from omnirag.ui.render import (
     answer_content,
     answer_key,
+    closed_markdown,
     error_text,
     find_quote,
     model_label,
@@ -455,3 +456,33 @@ def test_the_answers_provenance_is_read_checked_and_kept_in_the_browser() -> Non
     assert kept["quote"] == {"citation": 1, "text": "x"} and kept["grounding_reason"] == "repetition"
     raw["meta"][conv.id][key] |= junk
     assert Store.parse(raw, 10).meta[conv.id][key]["quote"] is None
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # What SmolLM2 wrote in a test run: a fence opened, never closed (the page then showed the
+        # sources' HTML as code, and no sources block).
+        "The retriever uses port 80 on the default port of the web UI.\n```python\n\n# This\n",
+        "Run it:\n~~~~\nmake run\n~~~",  # a shorter closing fence closes nothing
+        "  ```\nindented fence",
+        "Ports <!-- the table",
+    ],
+)
+def test_an_answer_that_leaves_a_code_block_open_does_not_swallow_its_sources(answer: str) -> None:
+    """Rendered as CommonMark (markdown-it, as the page's renderer follows it): the sources block
+    is HTML after the answer, whatever the model left open."""
+    from markdown_it import MarkdownIt
+
+    meta = {"citations": [{"n": 1, "title": "T", "source": "a.md", "score": 0.5}], "model": "smollm2"}
+    tokens = MarkdownIt("commonmark").parse(answer_content("en", answer, meta))
+    blocks = [tok for tok in tokens if tok.type == "html_block"]
+    assert blocks and 'class="omnirag-meta"' in blocks[-1].content, [(t.type, t.content) for t in tokens]
+    assert not any("omnirag-meta" in tok.content for tok in tokens if tok.type in ("fence", "code_block"))
+    # The answer's own text is kept.
+    assert closed_markdown(answer).startswith(answer.rstrip("\n"))
+
+
+def test_closed_markdown_leaves_balanced_answers_alone() -> None:
+    for text in ["Port 8000 [1].", "```bash\nmake run\n```\nThen open it.", "~~~\na\n~~~~", "<!-- c --> x"]:
+        assert closed_markdown(text) == text

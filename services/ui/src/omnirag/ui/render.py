@@ -274,6 +274,33 @@ def sources_html(
 _DEGRADED_KEYS = {"degraded_retriever", "degraded_history"}
 
 
+# A fence line of CommonMark: up to three spaces, then three or more backticks or tildes.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def closed_markdown(text: str) -> str:
+    """``text`` (a model's answer, as Markdown) with what it left open closed: a code fence (a
+    small model often starts one and stops) and an HTML comment. Anything after it in the same
+    message (the sources, their HTML) would otherwise be shown as code, or not at all."""
+    open_fence = ""
+    for line in text.splitlines():
+        found = _FENCE.match(line)
+        if not found:
+            continue
+        marker, rest = found.groups()
+        if not open_fence:
+            # An opening backtick fence's info string may not hold a backtick.
+            if not (marker[0] == "`" and "`" in rest):
+                open_fence = marker
+        elif marker[0] == open_fence[0] and len(marker) >= len(open_fence) and not rest.strip():
+            open_fence = ""
+    if open_fence:
+        text = text.rstrip("\n") + "\n" + open_fence
+    if text.rfind("<!--") > text.rfind("-->"):
+        text += " -->"
+    return text
+
+
 def answer_content(
     lang: str, text: str, meta: dict[str, Any] | None, *, reasoning: str = "", streaming: bool = False
 ) -> str:
@@ -296,7 +323,7 @@ def answer_content(
         if meta
         else ""
     )
-    return "\n\n".join(x for x in (thinking, badge, text, block) if x)
+    return "\n\n".join(x for x in (thinking, badge, closed_markdown(text), block) if x)
 
 
 def error_text(lang: str, exc: BaseException, gateway_url: str) -> str:
