@@ -2913,3 +2913,29 @@ def test_redis_exporter_sidecar_is_scraped_through_its_own_port(
     if override.get("metrics", {}).get("serviceMonitor", {}).get("enabled"):
         (monitor,) = monitors
         assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_the_upload_worker_is_scraped_through_its_metrics_port(
+    helm_template: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The worker serves only /metrics: on the port its env names, named http, behind a Service
+    that its ServiceMonitor selects, opened to Prometheus by the indexer's NetworkPolicy."""
+    override = {"metrics": {"serviceMonitor": {"enabled": True}}, "networkPolicy": {"enabled": True}}
+    result = render_with(helm_template, tmp_path, override, base="default")
+    assert result.returncode == 0, result.stderr
+    docs = result.docs
+    (deployment,) = of_component(docs, "indexer-worker", {"Deployment"})
+    (worker,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["INDEXER_METRICS_PORT"] == "8003" and env["INDEXER_METRICS_HOST"] == "0.0.0.0"
+    assert [(p["name"], p["containerPort"]) for p in worker["ports"]] == [("http", 8003)]
+    (service,) = [o for o in docs if o.get("kind") == "Service" and component_of(o) == "indexer-worker"]
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [("http", "http")]
+    (monitor,) = [
+        o for o in docs if o.get("kind") == "ServiceMonitor" and component_of(o) == "indexer-worker"
+    ]
+    assert selector_matches(monitor["spec"]["selector"], service["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["http"]
+    policy = next(o for o in docs if o.get("kind") == "NetworkPolicy" and component_of(o) == "indexer")
+    opened = {p.get("port") for rule in policy["spec"]["ingress"] for p in rule.get("ports") or []}
+    assert opened == {8003}, f"the indexer's NetworkPolicy opens {opened}, want only Prometheus on 8003"

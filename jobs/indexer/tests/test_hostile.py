@@ -1,7 +1,8 @@
 """Hostile and broken uploads against the real worker process (``python -m omnirag.indexer worker``),
 a real Redis and the real embedder: decompression bombs stay within the worker's memory budget,
 files that can never be read are dead-lettered on their first attempt, a request that kills its
-worker is dead-lettered after a few deaths, and a worker outlives a Redis restart. Every hostile
+worker is dead-lettered after a few deaths, a worker outlives a Redis restart, and its /metrics
+says what it did (jobs by outcome, dead letters, commits, compactions). Every hostile
 file is built here; none is kept in the repository."""
 
 from __future__ import annotations
@@ -334,3 +335,85 @@ def test_the_worker_waits_for_redis_not_ready_and_takes_the_next_job_when_it_is_
     finally:
         worker.stop()
     assert "Redis does not answer" in worker.log()
+
+
+def scrape(worker: WorkerProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """The worker's /metrics as {(sample name, labels): value}."""
+    from omnirag_harness.processes import http_get
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status_code, body = http_get(worker.metrics_url)
+    assert status_code == 200, body[:300]
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def sample(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_the_worker_says_on_its_metrics_what_it_did(tmp_path, redis_url, embedder_url, r):
+    """What an operator's Prometheus reads from the real worker process: jobs by outcome, dead
+    letters, the queue, seconds per stage, commits, and the compaction the commits set off."""
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    broken = corrupt_pdf(uploads / "report.pdf")
+    env = worker_env(
+        tmp_path,
+        redis_url,
+        embedder_url,
+        # Two one-document segments fill a tier: the worker merges them in the background.
+        INDEXER_COMPACTION_FANOUT="2",
+        INDEXER_METRICS_REFRESH_SECONDS="0.1",
+    )
+    with WorkerProcess(env, tmp_path) as worker:
+        wait_for("its /metrics", lambda: _answers(worker), worker, limit=60)
+        before = scrape(worker)
+        assert sample(before, "omnirag_indexer_jobs_total", kind="text", outcome="done") == 0
+        texts = [
+            text_job(r, f"The {animal} rota changes on {day}.", source=f"{animal}.txt")
+            for animal, day in [("otter", "Tuesdays"), ("quokka", "Fridays"), ("wombat", "Sundays")]
+        ]
+        dead = upload(r, uploads, broken)
+        wait_for("the jobs", finished(r, *texts, dead), worker)
+
+        def merged() -> bool:
+            runs = "omnirag_indexer_compactions_total"
+            return sample(scrape(worker), runs, collection="uploads", outcome="merged") >= 1
+
+        wait_for("a compaction", merged, worker, limit=120)
+        wait_for("the queue's gauges", lambda: sample(scrape(worker), "omnirag_indexer_dead_letters") == 1)
+        after = scrape(worker)
+
+    assert sample(after, "omnirag_indexer_jobs_total", kind="text", outcome="done") == 3
+    assert sample(after, "omnirag_indexer_jobs_total", kind="file", outcome="dead") == 1
+    assert sample(after, "omnirag_indexer_job_seconds_count", kind="text") == 3
+    # Each text was embedded and published as its own commit (its own segment).
+    assert sample(after, "omnirag_indexer_commit_seconds_count", collection="uploads") == 3
+    assert sample(after, "omnirag_indexer_commit_seconds_sum", collection="uploads") > 0
+    assert sample(after, "omnirag_indexer_stage_seconds_count", stage="embed") == 3
+    assert sample(after, "omnirag_indexer_stage_seconds_count", stage="publish") == 3
+    # The PDF was read (and refused) too.
+    assert sample(after, "omnirag_indexer_stage_seconds_count", stage="load") == 4
+    assert sample(after, "omnirag_indexer_chunks_embedded_total") == 3
+    assert sample(after, "omnirag_indexer_request_bytes_count") == 3
+    assert sample(after, "omnirag_indexer_compaction_seconds_count", collection="uploads") >= 1
+    assert sample(after, "omnirag_indexer_compacted_chunks_total", collection="uploads") >= 2
+    # Nothing waits; the dead letter is counted; Redis answers.
+    assert sample(after, "omnirag_indexer_queue_depth") == 0
+    assert sample(after, "omnirag_indexer_queue_oldest_age_seconds") == 0
+    assert sample(after, "omnirag_indexer_redis_up") == 1
+    # The worker ran compaction on the same collection's own segments and kept serving.
+    assert r.xlen(DEAD_LETTER_STREAM) == 1
+
+
+def _answers(worker: WorkerProcess) -> bool:
+    from omnirag_harness.processes import http_get
+
+    try:
+        return http_get(worker.metrics_url, timeout=1)[0] == 200
+    except OSError:
+        return False

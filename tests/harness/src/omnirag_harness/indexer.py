@@ -16,7 +16,7 @@ from pathlib import Path
 from omnirag.indexer import spec
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import run_kb
-from omnirag_harness.processes import stop_process
+from omnirag_harness.processes import free_port, stop_process
 
 
 def index_knowledge_bases(config: Path, index_root: Path, embedder_url: str) -> Path:
@@ -75,10 +75,12 @@ class WorkerProcess:
 
     It runs in ``workdir`` (so no ``.env`` of the checkout leaks in) and logs to ``workdir/worker-
     <n>.log``. ``peak_rss()`` is the kernel's high-water mark of its resident memory (VmHWM), the
-    figure an OOM killer compares with a pod's limit."""
+    figure an OOM killer compares with a pod's limit. It serves its metrics at ``metrics_url``
+    (a free port unless ``env`` names one)."""
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.env = {**os.environ, **env}
+        self.env = {**os.environ, "INDEXER_METRICS_PORT": str(free_port()), **env}
+        self.metrics_url = f"http://127.0.0.1:{self.env['INDEXER_METRICS_PORT']}/metrics"
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0

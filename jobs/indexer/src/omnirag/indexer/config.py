@@ -71,10 +71,25 @@ class IndexerSettings(RedisServiceSettings):
         None,
         description="The worker rewrites this file every heartbeat_seconds while its event loop runs, "
         'as {"at": time, "redis": bool}: a liveness probe checks its age, a readiness probe its Redis '
-        "flag (the worker has no HTTP port; waiting for Redis is alive, not ready). Empty: no file.",
+        "flag (the worker serves no API; waiting for Redis is alive, not ready). Empty: no file.",
     )
     heartbeat_seconds: float = Field(
         10.0, gt=0, le=300, description="How often the heartbeat file is rewritten."
+    )
+    metrics_port: int = Field(
+        8003,
+        ge=0,
+        le=65535,
+        description="The worker serves its Prometheus metrics (omnirag_indexer_*) on this port at /metrics "
+        "(0: not served). Only the worker: a one-shot run reports its outcome on exit instead.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Interface the worker's /metrics binds. 127.0.0.1 keeps a laptop's private; "
+        "the chart sets 0.0.0.0.",
+    )
+    metrics_refresh_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often the worker reads the queue's gauges from Redis."
     )
     keep_uploads: bool = Field(
         False,

@@ -74,6 +74,9 @@ class RunSummary:
     refused: list[str] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    # Of those seconds: waiting for the embedder, and the commit (segment, deletions, manifest).
+    embed_seconds: float = 0.0
+    commit_seconds: float = 0.0
     # The compaction after the publish: segments merged, chunks written, seconds, version (or why not).
     compaction: dict[str, Any] | None = None
 
@@ -259,7 +262,9 @@ async def _finish(
 ) -> None:
     summary.chunks_total = writer.count()
     if changed:
+        started = time.perf_counter()
         summary.version = await asyncio.to_thread(writer.commit)
+        summary.commit_seconds = round(time.perf_counter() - started, 4)
         summary.published = True
         await asyncio.to_thread(
             prune_versions,
@@ -486,13 +491,17 @@ def plan_changes(
     return plan
 
 
-async def apply_plan(writer: VersionWriter, embedder: EmbedClient, plan: Plan, tick: Progress) -> None:
-    """Embed the plan's new chunks and write every change into the version being built."""
+async def apply_plan(writer: VersionWriter, embedder: EmbedClient, plan: Plan, tick: Progress) -> float:
+    """Embed the plan's new chunks and write every change into the version being built; returns
+    the seconds spent embedding."""
     tick("chunks", 0, len(plan.embed))
+    embed_seconds = 0.0
     if plan.embed:
+        started = time.perf_counter()
         vectors = await embedder.embed(
             [c.text for c in plan.embed], on_done=lambda n: tick("chunks", n, None)
         )
+        embed_seconds = time.perf_counter() - started
         batch = [
             Document(id=c.id, text=c.text, metadata=c.metadata, vector=vec, content_hash=c.content_hash)
             for c, vec in zip(plan.embed, vectors, strict=True)
@@ -502,6 +511,7 @@ async def apply_plan(writer: VersionWriter, embedder: EmbedClient, plan: Plan, t
         await asyncio.to_thread(writer.delete, plan.delete)
     for ids, fields in plan.retag:
         await asyncio.to_thread(writer.retag, ids, fields)
+    return embed_seconds
 
 
 async def _apply(
@@ -532,7 +542,7 @@ async def _apply(
     summary.problems.extend(plan.conflicts)
     summary.added, summary.changed, summary.unchanged = plan.added, plan.changed, plan.unchanged
     summary.deleted = plan.deleted
-    await apply_plan(writer, embedder, plan, tick)
+    summary.embed_seconds = round(await apply_plan(writer, embedder, plan, tick), 4)
     summary.chunks_embedded = len(plan.embed)
     return not plan.empty
 

@@ -18,6 +18,9 @@ Failures are of three kinds, each bounded:
 Redis going away stops nothing: the worker waits and reconnects with backoff, and says meanwhile,
 in its heartbeat file, that it is alive but not ready. Each job's status (queued, running, done,
 failed, dead, with the version or the error) is a Redis hash readable by job id.
+
+Prometheus reads the worker on ``metrics_port`` (``omnirag.indexer.metrics``): jobs by outcome, the
+queue's depth and oldest request, dead letters, seconds per stage, commits and compactions.
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ from omnirag.core.schemas.ingest import (
 from omnirag.extract import OCR
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.loaders import LoadError, LoadLimits, load_file
+from omnirag.indexer.metrics import IndexerMetrics, serve
 from omnirag.indexer.pipeline import compact_collection, delete_documents, ingest
 from omnirag.indexer.types import SourceDocument
 
 log = logging.getLogger("omnirag.indexer.worker")
 
+#: The kinds of request a metric names; anything else (a malformed request) counts as "unknown".
+KINDS = frozenset({"file", "text", "delete"})
 #: Redis is unreachable: wait and reconnect. (redis-py wraps socket errors in these.)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 #: Seconds before a transient failure is queued again, doubled per attempt: an embedder that is
@@ -151,6 +157,7 @@ class Worker:
         self._compact_again: set[str] = set()
         #: The loop's last Redis round trip succeeded (it is taking requests).
         self.ready = False
+        self.metrics = IndexerMetrics()
         self._beat_ok = True
         # redis-py's stubs type stream replies loosely; treat the client as untyped here. A read
         # timeout past the blocking read's own: a Redis that stops answering (a partition, not a
@@ -188,7 +195,13 @@ class Worker:
             try:
                 while True:
                     self._compact_again.discard(collection)
-                    result = await compact_collection(self.ingest_settings, collection)
+                    try:
+                        result = await compact_collection(self.ingest_settings, collection)
+                    except Exception:
+                        self.metrics.compaction(collection, None)
+                        raise
+                    if result is not None:
+                        self.metrics.compaction(collection, result)
                     merged = bool(result and result["version"])  # published (not given up)
                     if merged:
                         log.info("compacted", extra={"collection": collection, **(result or {})})
@@ -230,7 +243,15 @@ class Worker:
         msg_id, fields = messages[0]
         return msg_id, fields, 1
 
+    def _count(self, raw: dict[str, str], outcome: str, started: float | None = None) -> None:
+        kind = raw.get("kind", "")
+        kind = kind if kind in KINDS else "unknown"
+        self.metrics.jobs.labels(kind, outcome).inc()
+        if started is not None:
+            self.metrics.job_seconds.labels(kind).observe(time.perf_counter() - started)
+
     async def handle(self, msg_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1) -> None:
+        started = time.perf_counter()
         raw = {k.decode(): v.decode() for k, v in fields.items()}
         job_id = raw.get("job_id", "unknown")
         try:
@@ -261,7 +282,9 @@ class Worker:
                     req.collection, [req.document or ""], self.ingest_settings, origin="upload"
                 )
             else:
-                doc = await asyncio.to_thread(to_document, req, self.uploads, self.limits, self.ocr)
+                with self.metrics.stage("load"):
+                    doc = await asyncio.to_thread(to_document, req, self.uploads, self.limits, self.ocr)
+                self.metrics.bytes.observe(await asyncio.to_thread(self._request_bytes, req))
                 summary = await ingest(
                     req.collection,
                     [doc],
@@ -290,7 +313,12 @@ class Worker:
             hold.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hold
+        if summary.embed_seconds:
+            self.metrics.stage_seconds.labels("embed").observe(summary.embed_seconds)
+        self.metrics.chunks.inc(summary.chunks_embedded)
         if summary.published:
+            self.metrics.stage_seconds.labels("publish").observe(summary.commit_seconds)
+            self.metrics.commit_seconds.labels(req.collection).observe(summary.commit_seconds)
             self._compact_later(req.collection)
         # Acknowledged only now that the version is published.
         await self.redis.xack(INGEST_STREAM, CONSUMER_GROUP, msg_id)
@@ -306,6 +334,7 @@ class Worker:
             error="",
             chunks=summary.chunks_embedded,
         )
+        self._count(raw, "done", started)
         log.info(
             "ingested", extra={"job_id": job_id, "collection": req.collection, "version": summary.version}
         )
@@ -331,6 +360,7 @@ class Worker:
         if req.attempts + 1 >= self.max_attempts:
             await self.dead(msg_id, raw, reason)
             return
+        self._count(raw, "retried")
         await set_status(self.redis, req.job_id, error=reason)
         await asyncio.sleep(min(RETRY_DELAY_SECONDS * 2**req.attempts, 60.0))
         again = raw | {"attempts": str(req.attempts + 1)}
@@ -340,6 +370,14 @@ class Worker:
             pipe.xdel(INGEST_STREAM, msg_id)
             await pipe.execute()
         await set_status(self.redis, req.job_id, status="queued", error=reason, attempts=req.attempts + 1)
+
+    def _request_bytes(self, req: IngestRequest) -> int:
+        if req.kind == "text":
+            return len((req.text or "").encode("utf-8"))
+        try:  # to_document checked the path
+            return (self.uploads.resolve() / (req.path or "")).stat().st_size
+        except OSError:
+            return 0
 
     def _remove_upload(self, relative: str) -> None:
         root = self.uploads.resolve()
@@ -363,6 +401,7 @@ class Worker:
             pipe.xdel(INGEST_STREAM, msg_id)
             await pipe.execute()
         await set_status(self.redis, job_id, status="dead", error=reason[:2000], deliveries=deliveries)
+        self._count(raw, "dead")
         log.warning(
             "ingest request moved to the dead-letter stream", extra={"job_id": job_id, "reason": reason}
         )
@@ -371,6 +410,7 @@ class Worker:
         beat = None
         if self.settings.heartbeat_file is not None:
             beat = asyncio.create_task(self._heartbeat(self.settings.heartbeat_file), name="heartbeat")
+        gauges = asyncio.create_task(self._refresh_gauges(), name="queue-gauges")
         delay = 0.5
         set_up = False
         try:
@@ -383,12 +423,14 @@ class Worker:
                     if not self.ready:
                         log.info("Redis answers: taking requests")
                     self.ready, delay = True, 0.5
+                    self.metrics.redis_up.set(1)
                     if message is not None:
                         await self.handle(*message)
                 except Exception as exc:
                     if not _redis_down(exc):
                         raise
                     self.ready, set_up = False, False
+                    self.metrics.redis_up.set(0)
                     log.warning(
                         "Redis does not answer; waiting to reconnect",
                         extra={"reason": str(exc), "retry_in": round(delay, 1)},
@@ -396,10 +438,20 @@ class Worker:
                     await _wait(stop, delay * random.uniform(0.8, 1.2))
                     delay = min(delay * 2, self.settings.redis_retry_max_seconds)
         finally:
-            if beat is not None:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
+            for task in (beat, gauges):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _refresh_gauges(self) -> None:
+        """The queue's gauges, read from Redis every ``metrics_refresh_seconds``."""
+        while True:
+            try:
+                await self.metrics.refresh_queue(self.redis)
+            except Exception as exc:  # Redis away: the loop says so; the gauges keep their last value
+                log.debug("cannot read the queue's gauges", extra={"reason": str(exc)})
+            await asyncio.sleep(self.settings.metrics_refresh_seconds)
 
     async def _heartbeat(self, path: Path) -> None:
         """Rewrite ``path`` every ``heartbeat_seconds`` while the event loop runs, with whether
@@ -445,6 +497,10 @@ async def run_worker(settings: IndexerSettings) -> int:
         print("error: the worker needs Redis: set INDEXER_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
         return 2
     worker = Worker(settings, uploads_dir=settings.uploads_dir)
+    server = None
+    if settings.metrics_port:
+        server = serve(worker.metrics, settings.metrics_port, settings.metrics_host)
+        log.info("metrics served", extra={"port": settings.metrics_port})
     # SIGTERM (a rolling update, a scale-down): finish the request in hand, then stop. Killed
     # instead, the worker would leave it to be taken over and counted as a death.
     stop = asyncio.Event()
@@ -455,4 +511,7 @@ async def run_worker(settings: IndexerSettings) -> int:
         await worker.run(stop)
     finally:
         await worker.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
