@@ -77,3 +77,20 @@ def test_merge_orders_ties_by_id_and_keeps_an_id_once() -> None:
     assert ids.tolist() == [7, 2, 3] and scores.tolist() == pytest.approx([0.9, 0.5, 0.5])
     assert merge_top([], 5)[1].tolist() == []
     assert merge_top(parts, 0)[1].tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_partial_sort_of_the_small_segments_block_orders_as_a_full_sort(seed: int) -> None:
+    """_best (a partition, then a sort of what can make the top k) gives the full lexsort's answer,
+    also where many scores tie at the k-th place; in_sorted answers as np.isin."""
+    from omnirag.index.collection import _best, in_sorted
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    # Few distinct scores: ties everywhere, at the k-th place too.
+    scores = rng.integers(0, 6, n).astype(np.float32) / 5
+    ids = rng.permutation(10 * n)[:n].astype(np.int64)
+    for k in (1, 3, 10, 50):
+        assert _best(scores, ids, k).tolist() == np.lexsort((ids, -scores))[:k].tolist()
+    sorted_ids = np.unique(rng.integers(0, 20 * n, int(rng.integers(1, 50))))
+    assert in_sorted(ids, sorted_ids).tolist() == np.isin(ids, sorted_ids).tolist()

@@ -137,7 +137,7 @@ class Part:
         """Which of ``int_ids`` are live chunks of this part."""
         mask = self.segment.owns(int_ids)
         if len(self.deleted):
-            mask &= ~np.isin(int_ids, self.deleted)
+            mask &= ~in_sorted(int_ids, self.deleted)
         return mask
 
     def rows_of(self, int_ids: np.ndarray) -> np.ndarray:
@@ -221,6 +221,7 @@ class Collection:
         # Which small segment holds each of their live chunks (live ids are unique across parts),
         # sorted for one lookup; the large segments are asked directly. Nothing the size of the
         # whole collection is built per version: a reload adds only what it does not share.
+        self._tail_part = owner  # the part of each of _tail_ids
         order = np.argsort(self._tail_ids, kind="stable")
         self._tail_sorted, self._tail_owner = self._tail_ids[order], owner[order]
         self._owned = owned  # close the segments with the collection (no SegmentCache holds them)
@@ -401,12 +402,12 @@ class Collection:
             mode = "dense" if vector is not None else "sparse"
         if mode == "dense":
             assert vector is not None
-            scores, ids = self._dense(vector, k, allowed)
-            hits = self._hits(ids, scores, dense=scores)
+            scores, ids, owners = self._dense(vector, k, allowed)
+            hits = self._hits(ids, scores, owners, dense=scores)
         elif mode == "sparse":
             assert query is not None
-            scores, ids = self._sparse_top(self._sparse(query, allowed), k)
-            hits = self._hits(ids, scores, sparse=scores)
+            scores, ids, owners = self._sparse_top(self._sparse(query, allowed), k)
+            hits = self._hits(ids, scores, owners, sparse=scores)
         else:
             assert vector is not None and query is not None
             hits = self._hybrid(vector, query, k, allowed)
@@ -422,30 +423,30 @@ class Collection:
         rows = None if allowed is None else [p.rows_of(a) for p, a in zip(self.parts, allowed, strict=True)]
         return postings_scores([p.view for p in self.parts], query, self.stats, rows)
 
-    def _sparse_top(self, per_part: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _sparse_top(self, per_part: list[np.ndarray], k: int) -> Owned:
         found = []
-        for part, scores in zip(self.parts, per_part, strict=True):
+        for i, (part, scores) in enumerate(zip(self.parts, per_part, strict=True)):
             rows = _top(scores, k)
-            found.append((scores[rows], part.segment.ids[rows]))
-        return found[0] if len(found) == 1 else merge_top(found, k)
+            found.append((scores[rows], part.segment.ids[rows], np.full(len(rows), i, dtype=np.int32)))
+        return _merge_owned(found, k)
 
-    def _dense(
-        self, vector: np.ndarray, k: int, allowed: list[np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _dense(self, vector: np.ndarray, k: int, allowed: list[np.ndarray] | None) -> Owned:
+        """The top ``k`` (scores, int ids) and the part that holds each."""
         tail = set(self._tail)
-        found = [
-            self._dense_part(p, vector, k, None if allowed is None else allowed[i])
-            for i, p in enumerate(self.parts)
-            if i not in tail
-        ]
+        found = []
+        for i, p in enumerate(self.parts):
+            if i not in tail:
+                scores, ids = self._dense_part(p, vector, k, None if allowed is None else allowed[i])
+                found.append((scores, ids, np.full(len(ids), i, dtype=np.int32)))
         if tail:
-            ids, scores = self._tail_ids, self._exact(self._tail_vecs, vector)
+            ids, owner = self._tail_ids, self._tail_part
+            scores = self._exact(self._tail_vecs, vector)
             if allowed is not None:
                 keep = np.isin(ids, np.concatenate([allowed[i] for i in self._tail]))
-                ids, scores = ids[keep], scores[keep]
-            order = np.lexsort((ids, -scores))[:k]
-            found.append((scores[order], ids[order]))
-        return found[0] if len(found) == 1 else merge_top(found, k)
+                ids, scores, owner = ids[keep], scores[keep], owner[keep]
+            order = _best(scores, ids, k)
+            found.append((scores[order], ids[order], owner[order]))
+        return _merge_owned(found, k)
 
     def _dense_part(
         self, part: Part, vector: np.ndarray, k: int, allowed: np.ndarray | None
@@ -462,7 +463,7 @@ class Collection:
         deleted = part.deleted
         if allowed is None and 0 < len(deleted) <= OVERFETCH_DELETIONS_MAX:
             scores, ids = dense.search(part.segment.index, kind, cfg, vector, k + len(deleted))
-            keep = ~np.isin(ids, deleted)
+            keep = ~in_sorted(ids, deleted)
             return scores[keep][:k], ids[keep][:k]
         selector = part.not_deleted() if allowed is None and len(deleted) else None
         return dense.search(part.segment.index, kind, cfg, vector, k, allowed, selector=selector)
@@ -505,9 +506,9 @@ class Collection:
 
     def _hybrid(self, vector: np.ndarray, query: str, k: int, allowed: list[np.ndarray] | None) -> list[Hit]:
         depth = max(3 * k, 30)
-        _, d_ids = self._dense(vector, depth, allowed)
+        _, d_ids, _ = self._dense(vector, depth, allowed)
         per_part = self._sparse(query, allowed)
-        _, s_ids = self._sparse_top(per_part, depth)
+        _, s_ids, _ = self._sparse_top(per_part, depth)
         candidates = np.unique(np.concatenate([d_ids, s_ids]))
         # Score every candidate by both parts, exactly.
         c_ids, c_vecs = self._vectors_for(candidates)
@@ -525,22 +526,26 @@ class Collection:
         fused = w_dense * d_norm + (1.0 - w_dense) * s_norm
         # Ties (e.g. documents BM25 does not find when dense counts 0) are broken by the dense score.
         order = np.lexsort((-dense_c, -fused))[:k]
-        return self._hits(c_ids[order], fused[order], dense=dense_c[order], sparse=sparse_c[order])
+        return self._hits(
+            c_ids[order], fused[order], owners[order], dense=dense_c[order], sparse=sparse_c[order]
+        )
 
     def _hits(
         self,
         ids: np.ndarray,
         scores: np.ndarray,
+        owners: np.ndarray | None = None,
         dense: np.ndarray | None = None,
         sparse: np.ndarray | None = None,
     ) -> list[Hit]:
+        """Hits of ``ids`` (``owners``: the part holding each, when the search knows it)."""
         found: dict[int, tuple[str, str, dict[str, Any]]] = {}
         ids = np.asarray(ids, dtype=np.int64)
         if len(self.parts) == 1:
             found.update(self.parts[0].segment.docs.fetch(ids.tolist()))
         else:
-            owners = self._owners(ids)
-            for i in np.unique(owners[owners >= 0]).tolist():
+            owners = self._owners(ids) if owners is None else owners
+            for i in sorted(set(owners[owners >= 0].tolist())):
                 found.update(self.parts[i].segment.docs.fetch(ids[owners == i].tolist()))
         hits = []
         for i, iid in enumerate(ids.tolist()):
@@ -559,6 +564,40 @@ class Collection:
                 )
             )
         return hits
+
+
+#: (scores, int ids, the part holding each) of a search's best, best first.
+Owned = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def in_sorted(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in ``sorted_ids`` (sorted, not empty): a binary search each, far
+    cheaper than np.isin for the few dozen ids a search holds."""
+    at = np.minimum(np.searchsorted(sorted_ids, values), len(sorted_ids) - 1)
+    found: np.ndarray = sorted_ids[at] == values
+    return found
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` best ``scores``, best first, equal scores by int id (as merge_top
+    orders them); a partial sort first when there are many, every tie at the k-th place kept."""
+    if len(scores) > 4 * k > 0:
+        kth = -np.partition(-scores, k - 1)[k - 1]
+        candidates = np.flatnonzero(scores >= kth)
+        return candidates[np.lexsort((ids[candidates], -scores[candidates]))][:k]
+    return np.lexsort((ids, -scores))[:k]
+
+
+def _merge_owned(found: list[Owned], k: int) -> Owned:
+    """merge_top over per-part results, with the part of each id carried along."""
+    if len(found) == 1:
+        return found[0]
+    scores, ids = merge_top([(s, i) for s, i, _ in found], k)
+    owner_of: dict[int, int] = {}
+    for _, part_ids, owners in found:
+        owner_of.update(zip(part_ids.tolist(), owners.tolist(), strict=True))
+    owners = np.fromiter((owner_of[i] for i in ids.tolist()), dtype=np.int32, count=len(ids))
+    return scores, ids, owners
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:
