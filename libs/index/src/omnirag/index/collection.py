@@ -39,7 +39,7 @@ from omnirag.index.docstore import (
 )
 from omnirag.index.filters import compile_filter
 from omnirag.index.manifest import Manifest, hash_tree
-from omnirag.index.merge import merge_top
+from omnirag.index.merge import merge_top_tagged
 from omnirag.index.postings import LiveSegment, Postings, Statistics, ceiling
 from omnirag.index.postings import scores as postings_scores
 from omnirag.index.segment import (
@@ -589,15 +589,8 @@ def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
 
 
 def _merge_owned(found: list[Owned], k: int) -> Owned:
-    """merge_top over per-part results, with the part of each id carried along."""
-    if len(found) == 1:
-        return found[0]
-    scores, ids = merge_top([(s, i) for s, i, _ in found], k)
-    owner_of: dict[int, int] = {}
-    for _, part_ids, owners in found:
-        owner_of.update(zip(part_ids.tolist(), owners.tolist(), strict=True))
-    owners = np.fromiter((owner_of[i] for i in ids.tolist()), dtype=np.int32, count=len(ids))
-    return scores, ids, owners
+    """The merge over per-part results (merge_top_tagged), the part of each id carried along."""
+    return found[0] if len(found) == 1 else merge_top_tagged(found, k)
 
 
 def _top(scores: np.ndarray, k: int) -> np.ndarray:

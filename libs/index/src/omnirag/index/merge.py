@@ -19,15 +19,27 @@ def merge_top(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[n
     """The best ``k`` of per-segment ``(scores, int ids)`` (higher is better), best first; equal
     scores are ordered by int id, so the answer does not depend on the order of the segments.
     An id found in several parts (never, when deletions are applied) keeps its best score."""
-    kept = [(np.asarray(s, dtype=np.float32), np.asarray(i, dtype=np.int64)) for s, i in parts if len(i)]
+    scores, ids, _ = merge_top_tagged([(s, i, np.zeros(len(i), dtype=np.int32)) for s, i in parts], k)
+    return scores, ids
+
+
+def merge_top_tagged(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`merge_top` over ``(scores, int ids, tags)``, each id's tag carried along (the
+    segment, or the pod, that answered it)."""
+    kept = [(s, i, t) for s, i, t in parts if len(i)]
     if not kept or k <= 0:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
-    scores = np.concatenate([s for s, _ in kept])
-    ids = np.concatenate([i for _, i in kept])
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    scores = np.concatenate([np.asarray(s, dtype=np.float32) for s, _, _ in kept])
+    ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, i, _ in kept])
+    tags = np.concatenate([np.asarray(t) for _, _, t in kept])
     order = np.lexsort((ids, -scores))
-    ids, scores = ids[order], scores[order]
-    _, first = np.unique(ids, return_index=True)
-    if len(first) != len(ids):
+    ids, scores, tags = ids[order], scores[order], tags[order]
+    listed = ids.tolist()
+    if len(set(listed)) != len(listed):
+        # The first of each id is its best (sorted by score): keep only those, in order.
+        _, first = np.unique(ids, return_index=True)
         keep = np.sort(first)
-        ids, scores = ids[keep], scores[keep]
-    return scores[:k], ids[:k]
+        ids, scores, tags = ids[keep], scores[keep], tags[keep]
+    return scores[:k], ids[:k], tags[:k]
