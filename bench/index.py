@@ -95,16 +95,25 @@ def docs(start: int, vecs: np.ndarray, rng: random.Random, salt: str = "") -> li
     ]
 
 
-def search_p50(coll: Any, queries: np.ndarray) -> tuple[float, list[list[str]]]:
+def search_p50s(
+    colls: dict[str, Any], queries: np.ndarray
+) -> tuple[dict[str, float], dict[str, list[list[str]]]]:
+    """p50 (ms) and results of each collection over the same queries, interleaved (each query asked
+    of every collection in turn, the order rotating): a noisy moment of the machine slows all of
+    them alike rather than the one measured then."""
+    names = list(colls)
     for q in queries[:3]:
-        coll.search(vector=q, k=10, mode="dense")
-    lat, results = [], []
-    for q in queries:
-        t = time.perf_counter()
-        hits = coll.search(vector=q, k=10, mode="dense")
-        lat.append(time.perf_counter() - t)
-        results.append([h.id for h in hits])
-    return statistics.median(lat) * 1000, results
+        for name in names:
+            colls[name].search(vector=q, k=10, mode="dense")
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    results: dict[str, list[list[str]]] = {n: [] for n in names}
+    for j, q in enumerate(queries):
+        for name in names[j % len(names) :] + names[: j % len(names)]:
+            t = time.perf_counter()
+            hits = colls[name].search(vector=q, k=10, mode="dense")
+            lat[name].append(time.perf_counter() - t)
+            results[name].append([h.id for h in hits])
+    return {n: statistics.median(lat[n]) * 1000 for n in names}, results
 
 
 RELOAD = """
@@ -175,35 +184,34 @@ def one_size(root: Path, n: int, kind: str, args: argparse.Namespace) -> dict[st
     out["disk_ratio"] = out["disk_after_commits_bytes"] / base_disk
     queries = vectors(np.random.default_rng(7), args.queries)
     faiss.omp_set_num_threads(1)
-    coll = open_current(root, name, verify=False)
-    assert coll is not None
-    out["segments_before_compaction"] = len(coll.segments)
-    seg_p50, seg_res = search_p50(coll, queries)
-    coll.close()
-    # What the indexer leaves: the tiered policy applied until it asks for nothing more, on a copy
-    # (hard links: segments never change) so that the full compaction below starts from the same.
-    policy = f"{name}-policy"
+    # Three states of the same live documents, side by side (hard links: segments never change):
+    # the segments 20 commits left, what the tiered policy leaves of them, and one compacted segment.
+    before, policy = f"{name}-segments", f"{name}-policy"
+    shutil.copytree(root / name, root / before, copy_function=os.link)
     shutil.copytree(root / name, root / policy, copy_function=os.link)
     while compact(root, policy).version is not None:
         pass
-    coll = open_current(root, policy, verify=False)
-    assert coll is not None
-    out["segments_after_policy"] = len(coll.segments)
-    policy_p50, policy_res = search_p50(coll, queries)
-    coll.close()
-    shutil.rmtree(root / policy)
     t = time.perf_counter()
     result = compact(root, name, full=True)
     out["compaction_s"] = time.perf_counter() - t
     out["compaction_chunks_per_s"] = result.chunks / out["compaction_s"]
     out["compaction_over_base_build"] = out["compaction_s"] / out["base_build_s"]
-    coll = open_current(root, name, verify=False)
-    assert coll is not None and len(coll.segments) == 1
-    one_p50, one_res = search_p50(coll, queries)
-    coll.close()
-    out["search_p50_ms"] = {"segments": seg_p50, "policy": policy_p50, "compacted": one_p50}
-    out["search_p50_segments_over_compacted"] = seg_p50 / one_p50
-    out["search_p50_policy_over_compacted"] = policy_p50 / one_p50
+    colls = {
+        key: open_current(root, n, verify=False)
+        for key, n in [("segments", before), ("policy", policy), ("compacted", name)]
+    }
+    assert all(c is not None for c in colls.values()) and len(colls["compacted"].segments) == 1
+    out["segments_before_compaction"] = len(colls["segments"].segments)
+    out["segments_after_policy"] = len(colls["policy"].segments)
+    p50, res = search_p50s(colls, queries)
+    for c in colls.values():
+        c.close()
+    shutil.rmtree(root / before)
+    shutil.rmtree(root / policy)
+    seg_res, policy_res, one_res = res["segments"], res["policy"], res["compacted"]
+    out["search_p50_ms"] = p50
+    out["search_p50_segments_over_compacted"] = p50["segments"] / p50["compacted"]
+    out["search_p50_policy_over_compacted"] = p50["policy"] / p50["compacted"]
     out["identical_results"] = seg_res == one_res == policy_res
     # Recall@10 against the exact top-10 of the live vectors (what Flat gives; for IVF-PQ the bar is
     # that segments do no worse than one index).
@@ -267,10 +275,15 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000,100000,1000000")
     ap.add_argument("--types", default="flat,ivfpq")
     ap.add_argument("--commits", type=int, default=20)
-    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--no-peer-reload", dest="peer_reload", action="store_false")
     ap.add_argument("--root", type=Path, default=None, help="where to write (default: a temporary directory)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows measured now in --out (a re-run of a few sizes), keeping the others",
+    )
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = args.types.split(",")
@@ -286,6 +299,17 @@ def main() -> int:
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    head = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+    commands = [" ".join(["python", "bench/index.py", *sys.argv[1:]]) + f" ({head or 'no git'})"]
+    if args.merge and args.out.exists():
+        before = json.loads(args.out.read_text())
+        fresh = {(r["type"], r["chunks"]) for r in runs}
+        kept = [r for r in before["runs"] if (r["type"], r["chunks"]) not in fresh]
+        order = {k: i for i, k in enumerate(["flat", "hnsw", "ivfpq"])}
+        runs = sorted(kept + runs, key=lambda r: (order.get(r["type"], 9), r["chunks"]))
+        commands = [*before.get("commands_merged", [" ".join(before["command"])]), *commands]
+        kinds = list(dict.fromkeys(r["type"] for r in runs))
     by = {(r["type"], r["chunks"]): r for r in runs}
     ratios: dict[str, Any] = {}
     for kind in kinds:
@@ -316,6 +340,7 @@ def main() -> int:
         "format1_before": FORMAT1,
         "ratios": ratios,
         "runs": runs,
+        "commands_merged": commands,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
