@@ -857,6 +857,7 @@ def metrics() -> J:
                     "embedderQueueSaturation": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                     "modelWaitingRequests": integer(1),
                     "indexStaleHours": integer(1),
+                    "ingestWaitSeconds": integer(1),
                     "additionalRules": OBJECT_LIST,
                 },
                 required=["enabled"],
