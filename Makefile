@@ -32,10 +32,11 @@ setup: $(STAMP) system-deps ## create .venv and install every package editable (
 
 # chromium: the UI's browser tests drive Debian's build (playwright never downloads one);
 # fonts-wqy-microhei: Chinese text in their screenshots.
-system-deps: ## Debian packages the stack and the tests run: redis-server, chromium (+ a CJK font), prometheus (promtool)
+system-deps: ## Debian packages the stack and the tests run: redis-server, chromium (+ a CJK font), prometheus (+ promtool, redis_exporter)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-redis-exporter >/dev/null || missing="$$missing prometheus-redis-exporter"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing="$$missing fonts-wqy-microhei"; \
 	if [ -n "$$missing" ]; then \

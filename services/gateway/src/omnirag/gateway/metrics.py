@@ -6,6 +6,8 @@ from omnirag.core.http import CIRCUIT_STATE_VALUES, CircuitState
 from omnirag.core.metrics import ServiceMetrics
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+#: The parts an answer can be given without (``omnirag.degraded`` of a reply).
+DEGRADED_PARTS = ("retriever", "embedder", "history", "answer")
 
 
 class GatewayMetrics:
@@ -61,6 +63,16 @@ class GatewayMetrics:
             "Circuit breaker of each upstream (embedder, retriever): 0 closed, 1 half-open, 2 open.",
             ["upstream"],
         )
+        # Every known label value starts at 0, so that a panel or an alert over rate() reads 0 on a
+        # healthy gateway rather than "No data" (a counter's series exists only once it has a label).
+        for part in DEGRADED_PARTS:
+            self.degraded.labels(part)
+        for limit in ("rpm", "tpm"):
+            self.rate_limited.labels(limit)
+        for when in ("before_stream", "mid_stream"):
+            self.llm_errors.labels(when)
+        for direction in ("prompt", "completion"):
+            self.llm_tokens.labels(direction)
 
     def circuit_changed(self, upstream: str, state: CircuitState) -> None:
         self.circuit_state.labels(upstream).set(CIRCUIT_STATE_VALUES[state])

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +57,11 @@ class RetrieverMetrics:
         self.deleted = m.gauge(
             "collection_deleted_chunks",
             "Chunks the served version deletes from its segments.",
+            ["collection"],
+        )
+        self.published = m.gauge(
+            "collection_published_timestamp_seconds",
+            "When the served version was published (Unix seconds): time() minus it is its age.",
             ["collection"],
         )
         self.segments_opened = m.counter(
@@ -159,6 +165,7 @@ class Registry:
                         self.metrics.version.remove(name, old.collection.version)
                         self.metrics.segments.remove(name)
                         self.metrics.deleted.remove(name)
+                        self.metrics.published.remove(name)
                 changes["removed"].append(name)
             return changes
 
@@ -236,6 +243,13 @@ class Registry:
         self.metrics.documents.labels(new.name).set(new.collection.count)
         self.metrics.segments.labels(new.name).set(len(new.collection.segments))
         self.metrics.deleted.labels(new.name).set(new.collection.manifest.counts.get("deleted", 0))
+        with contextlib.suppress(ValueError):  # an unreadable time leaves the series out, not the load
+            published = datetime.fromisoformat(new.collection.manifest.created_at.replace("Z", "+00:00"))
+            self.metrics.published.labels(new.name).set(published.timestamp())
+        # Counters every collection has from its first load on, at 0 until something happens: a
+        # panel over their rate reads 0, not "No data".
+        self.metrics.reload_failures.labels(new.name)
+        self.metrics.empty.labels(new.name)
 
     async def poll_forever(self) -> None:
         while True:
