@@ -361,11 +361,23 @@ def test_writer_killed_at_random_instants(tmp_path: Path, ctx: Any) -> None:
         state = new
     full = max(durations)
 
+    fulls = [full]
     for round_no in range(3, 3 + RANDOM_TRIALS):
         plan = make_plan(rng, round_no)
         new = apply(state, plan)
         trial = Trial(ctx, tmp_path, NAME, plan)
-        killed = trial.kill_after(rng.uniform(0, 1.25 * full))
+        if round_no % 5 == 0:
+            # Calibrate again: a whole run takes 45-75 ms here, varying from run to run (and a
+            # little longer as segments pile up: no compaction here). Two runs measured at the start
+            # once came out short, and 38 of 40 kills then landed before the publish; the slowest
+            # whole run seen so far bounds the window.
+            fulls.append(trial.run_to_end())
+            full = max(fulls)
+            assert check_whole(tmp_path, NAME, [state, new]) == 1
+            outcomes["new-finished"] += 1
+            state = new
+            continue
+        killed = trial.kill_after(rng.uniform(0, 1.5 * full))
         outcomes["stray-tmp"] += any((tmp_path / NAME / ".tmp").iterdir())
         outcome = check_whole(tmp_path, NAME, [state, new])
         if not killed:
@@ -377,10 +389,12 @@ def test_writer_killed_at_random_instants(tmp_path: Path, ctx: Any) -> None:
         assert check_whole(tmp_path, NAME, [state]) == 0
 
     # The kills really landed inside the write, not only before or after it.
-    assert outcomes["old-killed"] >= 3, outcomes
-    assert outcomes["stray-tmp"] >= 3, outcomes
-    # …and not all of them before it could publish: some trials end with the new version served.
-    assert outcomes["new-killed"] + outcomes["new-finished"] >= 3, outcomes
+    assert outcomes["old-killed"] >= 3, (outcomes, fulls)
+    assert outcomes["stray-tmp"] >= 3, (outcomes, fulls)
+    # …and not all of them before it could publish: some trials end with the new version served
+    # (the whole runs of the calibration aside).
+    killed_or_finished = outcomes["new-killed"] + outcomes["new-finished"] - (len(fulls) - 1)
+    assert killed_or_finished >= 3, (outcomes, fulls)
 
 
 def test_the_writers_store_the_vectors_the_checks_search_with(tmp_path: Path, ctx: Any) -> None:
