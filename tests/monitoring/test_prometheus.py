@@ -10,6 +10,7 @@ alerts (tests/chart/test_alert_rules.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -75,16 +76,7 @@ def worker(
         "INDEXER_LOG_LEVEL": "INFO",
     }
     with WorkerProcess(env, workdir) as proc:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(proc.metrics_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if not proc.alive() or time.monotonic() > deadline:
-                pytest.fail(f"the worker serves no /metrics:\n{proc.log()[-3000:]}")
-            time.sleep(0.2)
+        proc.metrics(timeout=120)
         yield proc
 
 
@@ -109,6 +101,7 @@ def redis_exporter(redis_url: str, tmp_path_factory: Any) -> Iterator[str]:
         log.close()
 
 
+@functools.cache
 def rendered_rules() -> dict[str, Any]:
     """The chart's PrometheusRule (defaults, monitoring on) as a rules file."""
     helm = binary("helm")

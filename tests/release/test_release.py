@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from omnirag_harness.servers import metric_value
 
 # conftest.py skips this module unless OMNIRAG_TEST_RELEASE=1 (set by `make test`).
 pytestmark = pytest.mark.timeout(1800)  # the first test waits for the whole release to start
@@ -306,19 +307,11 @@ def test_upload_through_the_gateway_is_indexed_by_the_worker_pod(release: Any) -
     wait_for("the retriever finds the upload", found, 120)
 
     # The worker pod's /metrics (what the chart's ServiceMonitor scrapes) counted the job and its commit.
-    from prometheus_client.parser import text_string_to_metric_families
-
-    worker = f"http://{release.ip(f'{FULLNAME}-indexer-worker')}:8003/metrics"
-    samples = {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(httpx.get(worker, timeout=10).text)
-        for s in family.samples
-    }
-    done = frozenset({("kind", "text"), ("outcome", "done")})
-    assert samples.get(("omnirag_indexer_jobs_total", done), 0) >= 1, samples
-    commits = ("omnirag_indexer_commit_seconds_count", frozenset({("collection", "release-uploads")}))
-    assert samples.get(commits, 0) >= 1, samples
-    assert samples.get(("omnirag_indexer_redis_up", frozenset()), 0) == 1
+    worker = httpx.get(f"http://{release.ip(f'{FULLNAME}-indexer-worker')}:8003/metrics", timeout=10).text
+    assert metric_value(worker, "omnirag_indexer_jobs_total", 'kind="text",outcome="done"') >= 1, worker
+    commits = metric_value(worker, "omnirag_indexer_commit_seconds_count", 'collection="release-uploads"')
+    assert commits >= 1, worker
+    assert metric_value(worker, "omnirag_indexer_redis_up") == 1
 
 
 def test_ui_serves_its_page_after_login(release: Any) -> None:

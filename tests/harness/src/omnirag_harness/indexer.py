@@ -16,7 +16,7 @@ from pathlib import Path
 from omnirag.indexer import spec
 from omnirag.indexer.config import IndexerSettings
 from omnirag.indexer.pipeline import run_kb
-from omnirag_harness.processes import free_port, stop_process
+from omnirag_harness.processes import free_port, http_get, stop_process
 
 
 def index_knowledge_bases(config: Path, index_root: Path, embedder_url: str) -> Path:
@@ -124,6 +124,20 @@ class WorkerProcess:
 
     def log(self) -> str:
         return (self.workdir / f"worker-{self.starts}.log").read_text(errors="replace")
+
+    def metrics(self, timeout: float = 60) -> str:
+        """The worker's /metrics page, once it answers (it starts serving after its imports)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, body = http_get(self.metrics_url, timeout=2)
+                if status == 200:
+                    return body.decode()
+            except OSError:
+                pass
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker serves no /metrics:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
 
     def kill(self) -> None:
         """SIGKILL, as the OOM killer does: no cleanup of any kind."""
